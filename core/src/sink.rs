@@ -1,0 +1,50 @@
+//! The `Sink` plugin contract: a sink applies messages durably, keeps the checkpoint with the
+//! data (DESIGN §4–5) and reports what is durable.
+
+use crate::change::{Checkpoint, Message, Position};
+use crate::error::Result;
+use async_trait::async_trait;
+use std::fmt::Debug;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// What a sink gets when it is built.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    /// The pipeline name (`name:` in the config).
+    pub name: String,
+    /// The source's plugin name, recorded in checkpoints.
+    pub source_type: String,
+}
+
+/// The sink's ends of the pipeline.
+pub struct SinkIo {
+    pub input: mpsc::Receiver<Message>,
+    /// Publish each position once the data up to it is durable, never before.
+    pub acked: watch::Sender<Option<Position>>,
+    pub shutdown: CancellationToken,
+}
+
+/// A running sink.
+///
+/// Contract: apply changes in order; acknowledge a position only after the write carrying its
+/// checkpoint succeeded; when `input` closes, finish what is in flight for completed
+/// transactions, drop an unfinished trailing transaction (it will be replayed), and return.
+#[async_trait]
+pub trait Sink: Send {
+    /// The checkpoint stored with the data, if any.
+    async fn checkpoint(&mut self) -> Result<Option<Checkpoint>>;
+
+    async fn run(self: Box<Self>, io: SinkIo) -> Result<()>;
+}
+
+/// A sink's configuration, selected in YAML by `type:`.
+#[async_trait]
+#[typetag::serde(tag = "type")]
+pub trait SinkConfig: Debug + Send + Sync {
+    /// Checks the configuration without I/O; errors name the key and the fix.
+    fn validate(&self, pipeline_name: &str) -> Result<()>;
+
+    /// Connects and returns the running sink.
+    async fn build(&self, cx: SinkContext) -> Result<Box<dyn Sink>>;
+}

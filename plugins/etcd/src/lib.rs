@@ -1,0 +1,1 @@
+//! etcdsync `etcd` plugin.

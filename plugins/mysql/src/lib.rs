@@ -1,0 +1,1 @@
+//! etcdsync `mysql` plugin.

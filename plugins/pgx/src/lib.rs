@@ -1,0 +1,1 @@
+//! etcdsync `pgx` plugin.

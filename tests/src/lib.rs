@@ -1,0 +1,1 @@
+//! Cross-plugin integration tests against real servers.
