@@ -1,1 +1,5 @@
-fn main() {}
+//! The `etcdsync` binary with the built-in plugins.
+
+fn main() -> std::process::ExitCode {
+    etcdsync_cli::main()
+}

@@ -17,7 +17,10 @@ pub struct TableId {
 
 impl TableId {
     pub fn new(schema: impl Into<String>, table: impl Into<String>) -> Self {
-        Self { schema: schema.into(), table: table.into() }
+        Self {
+            schema: schema.into(),
+            table: table.into(),
+        }
     }
 }
 
@@ -37,7 +40,10 @@ pub struct Column {
 
 impl Column {
     pub fn new(name: impl Into<String>, type_name: impl Into<String>) -> Self {
-        Self { name: name.into(), type_name: type_name.into() }
+        Self {
+            name: name.into(),
+            type_name: type_name.into(),
+        }
     }
 }
 
@@ -77,12 +83,19 @@ pub type Row = Vec<Value>;
 /// What happened to one row, or to a whole table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    Insert { row: Row },
+    Insert {
+        row: Row,
+    },
     /// `old` is present when the source knows it: always when the key changed, and the full old
     /// row under REPLICA IDENTITY FULL / binlog full image. Columns it lacks are `Value::Missing`.
-    Update { old: Option<Row>, row: Row },
+    Update {
+        old: Option<Row>,
+        row: Row,
+    },
     /// `old` holds at least the key columns.
-    Delete { old: Row },
+    Delete {
+        old: Row,
+    },
     Truncate,
 }
 
@@ -105,7 +118,11 @@ pub struct Change {
 
 impl Change {
     pub fn new(table: Arc<TableSchema>, op: Op) -> Self {
-        Self { table, op, route: Route::default() }
+        Self {
+            table,
+            op,
+            route: Route::default(),
+        }
     }
 
     pub fn insert(table: Arc<TableSchema>, row: Row) -> Self {
@@ -209,7 +226,11 @@ mod tests {
     fn key_values_follow_key_order() {
         let schema = TableSchema::new(
             TableId::new("s", "t"),
-            vec![Column::new("a", "int"), Column::new("b", "int"), Column::new("c", "int")],
+            vec![
+                Column::new("a", "int"),
+                Column::new("b", "int"),
+                Column::new("c", "int"),
+            ],
             vec![2, 0],
         );
         let row = vec![Value::Int(1), Value::Int(2), Value::Int(3)];
@@ -230,6 +251,9 @@ mod tests {
             json,
             r#"{"source":"pgx","position":"0/16B3748","applied_at":"1970-01-01T00:00:00.000000Z"}"#
         );
-        assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), checkpoint);
+        assert_eq!(
+            serde_json::from_str::<Checkpoint>(&json).expect("parse"),
+            checkpoint
+        );
     }
 }

@@ -57,13 +57,17 @@ impl PipelineConfig {
     }
 
     pub fn parse_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
-        let mut document: serde_yaml::Value = serde_yaml::from_str(text)
-            .map_err(|e| Error::config(format!("invalid YAML: {e}")))?;
+        let mut document: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| Error::config(format!("invalid YAML: {e}")))?;
         expand_env(&mut document, &mut Vec::new(), env)?;
         let config: PipelineConfig = serde_path_to_error::deserialize(document).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            Error::config(format!("at `{path}`: {inner}"))
+            if path == "." {
+                Error::config(format!("at the top level: {inner}"))
+            } else {
+                Error::config(format!("at `{path}`: {inner}"))
+            }
         })?;
         config.validate()?;
         Ok(config)
@@ -74,7 +78,9 @@ impl PipelineConfig {
         validate_name(&self.name)?;
         self.source.validate(&self.name)?;
         for (i, transform) in self.transforms.iter().enumerate() {
-            transform.validate().map_err(|e| e.context(format!("transforms[{i}]")))?;
+            transform
+                .validate()
+                .map_err(|e| e.context(format!("transforms[{i}]")))?;
         }
         self.sink.validate(&self.name)?;
         Ok(())
@@ -84,7 +90,9 @@ impl PipelineConfig {
 fn validate_name(name: &str) -> Result<()> {
     let valid = !name.is_empty()
         && name.len() <= 48
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if valid {
         Ok(())
     } else {
@@ -174,10 +182,16 @@ mod tests {
 
     #[test]
     fn expands_variables_defaults_and_escapes() {
-        assert_eq!(expand_string("a${PASS}b", &env).as_deref(), Ok("as3cr:et #xb"));
+        assert_eq!(
+            expand_string("a${PASS}b", &env).as_deref(),
+            Ok("as3cr:et #xb")
+        );
         assert_eq!(expand_string("${NOPE:-dflt}", &env).as_deref(), Ok("dflt"));
         assert_eq!(expand_string("${EMPTY:-dflt}", &env).as_deref(), Ok(""));
-        assert_eq!(expand_string("$${PASS} $5", &env).as_deref(), Ok("${PASS} $5"));
+        assert_eq!(
+            expand_string("$${PASS} $5", &env).as_deref(),
+            Ok("${PASS} $5")
+        );
         assert_eq!(expand_string("${NOPE}", &env), Err("NOPE".to_string()));
     }
 
@@ -187,7 +201,10 @@ mod tests {
             serde_yaml::from_str("sink: { password: \"${NOPE}\" }").expect("yaml");
         let err = expand_env(&mut doc, &mut Vec::new(), &env).expect_err("unset");
         let msg = err.to_string();
-        assert!(msg.contains("`sink.password`") && msg.contains("NOPE"), "{msg}");
+        assert!(
+            msg.contains("`sink.password`") && msg.contains("NOPE"),
+            "{msg}"
+        );
         assert!(!msg.contains("s3cr"));
     }
 

@@ -41,7 +41,11 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), source: None }
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     pub fn config(message: impl Into<String>) -> Self {
@@ -58,7 +62,11 @@ impl Error {
 
     /// Wraps a plugin error; its `Display` becomes the message and it stays in the source chain.
     pub fn wrap(kind: ErrorKind, error: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self { kind, message: error.to_string(), source: Some(Box::new(error)) }
+        Self {
+            kind,
+            message: error.to_string(),
+            source: Some(Box::new(error)),
+        }
     }
 
     /// Attaches a cause to this error.

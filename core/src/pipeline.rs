@@ -49,7 +49,10 @@ pub async fn run_once(config: &PipelineConfig, shutdown: CancellationToken) -> R
     let source_type = config.source.typetag_name().to_string();
     let mut sink = config
         .sink
-        .build(SinkContext { name: config.name.clone(), source_type: source_type.clone() })
+        .build(SinkContext {
+            name: config.name.clone(),
+            source_type: source_type.clone(),
+        })
         .await?;
     let resume = sink.checkpoint().await?;
     if let Some(checkpoint) = &resume {
@@ -62,9 +65,19 @@ pub async fn run_once(config: &PipelineConfig, shutdown: CancellationToken) -> R
         }
         tracing::info!(position = %checkpoint.position, "resuming after checkpoint");
     }
-    let source = config.source.build(SourceContext { name: config.name.clone(), resume }).await?;
+    let source = config
+        .source
+        .build(SourceContext {
+            name: config.name.clone(),
+            resume,
+        })
+        .await?;
     let mut chain = Chain::new(
-        config.transforms.iter().map(|t| t.build()).collect::<Result<Vec<_>>>()?,
+        config
+            .transforms
+            .iter()
+            .map(|t| t.build())
+            .collect::<Result<Vec<_>>>()?,
     );
 
     let stop = shutdown.child_token();
@@ -79,13 +92,24 @@ pub async fn run_once(config: &PipelineConfig, shutdown: CancellationToken) -> R
         tasks.spawn(async move { run_transforms(&mut chain, source_rx, sink_tx).await });
         sink_rx
     };
-    tasks.spawn(source.run(SourceIo { output: source_tx, acked: ack_rx, shutdown: stop.clone() }));
-    tasks.spawn(sink.run(SinkIo { input: sink_input, acked: ack_tx, shutdown: stop.clone() }));
+    tasks.spawn(source.run(SourceIo {
+        output: source_tx,
+        acked: ack_rx,
+        shutdown: stop.clone(),
+    }));
+    tasks.spawn(sink.run(SinkIo {
+        input: sink_input,
+        acked: ack_tx,
+        shutdown: stop.clone(),
+    }));
 
     let mut first_error: Option<Error> = None;
     while let Some(joined) = tasks.join_next().await {
         let result = joined.unwrap_or_else(|e| {
-            Err(Error::new(ErrorKind::Fatal, format!("a pipeline task panicked or was aborted: {e}")))
+            Err(Error::new(
+                ErrorKind::Fatal,
+                format!("a pipeline task panicked or was aborted: {e}"),
+            ))
         });
         if let Err(error) = result {
             stop.cancel();

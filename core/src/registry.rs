@@ -44,5 +44,7 @@ pub fn plugins() -> Vec<&'static PluginInfo> {
 
 /// The plugin of this kind and name, if linked in.
 pub fn find(kind: PluginKind, name: &str) -> Option<&'static PluginInfo> {
-    inventory::iter::<PluginInfo>.into_iter().find(|p| p.kind == kind && p.name == name)
+    inventory::iter::<PluginInfo>
+        .into_iter()
+        .find(|p| p.kind == kind && p.name == name)
 }

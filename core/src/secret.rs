@@ -38,7 +38,9 @@ impl serde::Serialize for Secret {
 
 /// Replaces the password in a URL (`scheme://user:password@host`) with `***`, for messages.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
@@ -68,7 +70,10 @@ mod tests {
 
     #[test]
     fn redact_url_hides_password_only() {
-        assert_eq!(redact_url("postgres://u:p%40ss@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:p%40ss@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("mysql://h:3306/db?x=1"), "mysql://h:3306/db?x=1");
         assert_eq!(redact_url("not a url"), "not a url");

@@ -54,9 +54,9 @@ impl TableSelection {
 
     /// True when `column` of `table` is excluded.
     pub fn column_excluded(&self, table: &TableId, column: &str) -> bool {
-        self.exclude_columns
-            .iter()
-            .any(|(pattern, columns)| pattern_matches(pattern, table) && columns.iter().any(|c| c == column))
+        self.exclude_columns.iter().any(|(pattern, columns)| {
+            pattern_matches(pattern, table) && columns.iter().any(|c| c == column)
+        })
     }
 }
 
@@ -68,7 +68,9 @@ fn split_pattern(pattern: &str) -> Option<(&str, &str)> {
 /// Matches a `schema.table` glob against a table.
 pub fn pattern_matches(pattern: &str, table: &TableId) -> bool {
     match split_pattern(pattern) {
-        Some((schema, name)) => glob_matches(schema, &table.schema) && glob_matches(name, &table.table),
+        Some((schema, name)) => {
+            glob_matches(schema, &table.schema) && glob_matches(name, &table.table)
+        }
         None => false,
     }
 }
@@ -130,17 +132,30 @@ mod tests {
 
     #[test]
     fn validation_names_the_key() {
-        let err = selection(&["users"], &[]).validate("source.tables").expect_err("no dot");
-        assert!(err.to_string().contains("source.tables.include: `users`"), "{err}");
-        let err = selection(&[], &[]).validate("source.tables").expect_err("empty");
-        assert!(err.to_string().contains("source.tables.include is empty"), "{err}");
-        selection(&["public.*"], &["x.y"]).validate("source.tables").expect("valid");
+        let err = selection(&["users"], &[])
+            .validate("source.tables")
+            .expect_err("no dot");
+        assert!(
+            err.to_string().contains("source.tables.include: `users`"),
+            "{err}"
+        );
+        let err = selection(&[], &[])
+            .validate("source.tables")
+            .expect_err("empty");
+        assert!(
+            err.to_string().contains("source.tables.include is empty"),
+            "{err}"
+        );
+        selection(&["public.*"], &["x.y"])
+            .validate("source.tables")
+            .expect("valid");
     }
 
     #[test]
     fn column_excludes_by_table_glob() {
         let mut s = selection(&["public.*"], &[]);
-        s.exclude_columns.insert("public.user*".into(), vec!["password".into()]);
+        s.exclude_columns
+            .insert("public.user*".into(), vec!["password".into()]);
         assert!(s.column_excluded(&TableId::new("public", "users"), "password"));
         assert!(!s.column_excluded(&TableId::new("public", "users"), "name"));
         assert!(!s.column_excluded(&TableId::new("public", "orders"), "password"));

@@ -29,7 +29,10 @@ pub struct Chain {
 
 impl Chain {
     pub fn new(transforms: Vec<Box<dyn Transform>>) -> Self {
-        Self { transforms, scratch: Vec::new() }
+        Self {
+            transforms,
+            scratch: Vec::new(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -13,7 +13,11 @@ pub enum EncodeError {
     #[error("column {column} of {table} was not sent by the source (old row without full replica identity)")]
     Missing { table: String, column: String },
     #[error("row of {table} has {got} values but the table has {expected} columns")]
-    Arity { table: String, expected: usize, got: usize },
+    Arity {
+        table: String,
+        expected: usize,
+        got: usize,
+    },
 }
 
 /// Encodes a row as a JSON object `{"col":value,…}` in the table's column order.
@@ -185,7 +189,10 @@ mod tests {
         assert_eq!(render(&Value::Bool(false)), "false");
         assert_eq!(render(&Value::Int(i64::MIN)), "-9223372036854775808");
         assert_eq!(render(&Value::UInt(u64::MAX)), "18446744073709551615");
-        assert_eq!(render(&Value::Text("a\"b\\c\nd\u{1}é".into())), "\"a\\\"b\\\\c\\nd\\u0001é\"");
+        assert_eq!(
+            render(&Value::Text("a\"b\\c\nd\u{1}é".into())),
+            "\"a\\\"b\\\\c\\nd\\u0001é\""
+        );
     }
 
     #[test]
@@ -221,7 +228,10 @@ mod tests {
     #[test]
     fn json_is_embedded_compact() {
         let doc = "{ \"b\" : [1, 2.50], \"a\" : \"x y\\\" z\" }";
-        assert_eq!(render(&Value::Json(doc.into())), "{\"b\":[1,2.50],\"a\":\"x y\\\" z\"}");
+        assert_eq!(
+            render(&Value::Json(doc.into())),
+            "{\"b\":[1,2.50],\"a\":\"x y\\\" z\"}"
+        );
         assert_eq!(render(&Value::Json("\"s\"".into())), "\"s\"");
     }
 
@@ -237,7 +247,10 @@ mod tests {
     #[test]
     fn temporal_values_are_strings() {
         assert_eq!(render(&Value::Date("infinity".into())), "\"infinity\"");
-        assert_eq!(render(&Value::TimestampTz("2024-01-02T03:04:05.5Z".into())), "\"2024-01-02T03:04:05.5Z\"");
+        assert_eq!(
+            render(&Value::TimestampTz("2024-01-02T03:04:05.5Z".into())),
+            "\"2024-01-02T03:04:05.5Z\""
+        );
     }
 
     fn schema() -> TableSchema {
@@ -251,7 +264,10 @@ mod tests {
     #[test]
     fn rows_are_objects_in_column_order() {
         let row = vec![Value::Int(1), Value::Text("x".into())];
-        assert_eq!(encode_row(&schema(), &row).expect("encode"), b"{\"id\":1,\"name\":\"x\"}");
+        assert_eq!(
+            encode_row(&schema(), &row).expect("encode"),
+            b"{\"id\":1,\"name\":\"x\"}"
+        );
     }
 
     #[test]
@@ -259,6 +275,13 @@ mod tests {
         let err = encode_row(&schema(), &[Value::Int(1), Value::Unchanged]).expect_err("unchanged");
         assert!(err.to_string().contains("column name of public.t"), "{err}");
         let err = encode_row(&schema(), &[Value::Int(1)]).expect_err("arity");
-        assert!(matches!(err, EncodeError::Arity { expected: 2, got: 1, .. }));
+        assert!(matches!(
+            err,
+            EncodeError::Arity {
+                expected: 2,
+                got: 1,
+                ..
+            }
+        ));
     }
 }

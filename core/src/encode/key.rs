@@ -61,7 +61,11 @@ pub fn table_prefix(prefix: &str, table: &TableId) -> String {
 }
 
 /// The default key of a row given its key column values in key order.
-pub fn row_key<'a>(prefix: &str, table: &TableId, key: impl IntoIterator<Item = &'a Value>) -> String {
+pub fn row_key<'a>(
+    prefix: &str,
+    table: &TableId,
+    key: impl IntoIterator<Item = &'a Value>,
+) -> String {
     let mut out = table_prefix(prefix, table);
     for (i, value) in key.into_iter().enumerate() {
         if i > 0 {
@@ -115,15 +119,24 @@ mod tests {
     fn row_keys_join_components_in_key_order() {
         let table = TableId::new("public", "orders");
         let key = [Value::Int(7), Value::Text("a/b".into())];
-        assert_eq!(row_key("/etcdsync", &table, &key), "/etcdsync/public/orders/7/a%2Fb");
-        assert_eq!(row_key("/etcdsync/", &table, &key[..1]), "/etcdsync/public/orders/7");
+        assert_eq!(
+            row_key("/etcdsync", &table, &key),
+            "/etcdsync/public/orders/7/a%2Fb"
+        );
+        assert_eq!(
+            row_key("/etcdsync/", &table, &key[..1]),
+            "/etcdsync/public/orders/7"
+        );
         let bin = [Value::Bytes(vec![0xde, 0xad])];
         assert_eq!(row_key("/p", &table, &bin), "/p/public/orders/dead");
     }
 
     #[test]
     fn table_prefix_escapes_names_and_ends_with_slash() {
-        assert_eq!(table_prefix("/p", &TableId::new("my/db", "t%1")), "/p/my%2Fdb/t%251/");
+        assert_eq!(
+            table_prefix("/p", &TableId::new("my/db", "t%1")),
+            "/p/my%2Fdb/t%251/"
+        );
     }
 
     #[test]
