@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The one command that runs every test:
+#   0. tools/testenv.sh install (apt-get what is missing: servers, protoc)
 #   1. (CI=true only) cargo fmt --check and clippy -D warnings
 #   2. tools/testenv.sh start   (private PostgreSQL, MariaDB, etcd, etcd TLS+auth)
 #   3. cargo test --workspace --all-features [extra args]
@@ -32,6 +33,9 @@ if [[ -f $HOME/.cargo/env ]] && ! command -v cargo >/dev/null 2>&1; then
 fi
 
 say() { printf '[test] %s\n' "$*" >&2; }
+
+# Packages first: the build itself needs protoc (etcd-client).
+"$SCRIPT_DIR/testenv.sh" install
 
 if [[ ${CI:-} == true ]]; then
     say "CI: ${CARGO_FMT[*]}"

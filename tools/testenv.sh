@@ -10,6 +10,7 @@
 #   tools/testenv.sh stop [--clean] stop all servers; --clean also removes data
 #   tools/testenv.sh env           print the env file (path as a comment first)
 #   tools/testenv.sh status        show which servers are running
+#   tools/testenv.sh install       only apt-get what is missing (servers, protoc)
 #
 # State dir: ${ETCDSYNC_TESTENV_DIR:-<repo>/target/testenv}
 # The env file <state dir>/env can be sourced (`. target/testenv/env`).
@@ -644,6 +645,7 @@ main() {
     (($# > 0)) && shift
     case $cmd in
     start) cmd_start ;;
+    install) ensure_packages ;;
     stop) cmd_stop "${1:-}" ;;
     env) cmd_env ;;
     status) cmd_status ;;
