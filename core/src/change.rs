@@ -103,9 +103,19 @@ pub enum Op {
 /// JSON row value (DESIGN §2–3).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Route {
+    /// The row's key below the sink's data prefix (`svc/name` → `{prefix}/svc/name`), already
+    /// escaped per DESIGN §2.
     pub key: Option<String>,
+    /// The old row's key below the data prefix, when it differs from `key` and could be computed
+    /// from the old row. When it could not (the source sent only the old primary key), a tracked
+    /// route lets the sink find it in its key index.
     pub old_key: Option<String>,
+    /// The value to store instead of the JSON row.
     pub value: Option<Vec<u8>>,
+    /// The table's keys do not follow the default layout, so the sink records each row's key in
+    /// its index under the meta prefix; deletes without a computable key, truncates and snapshot
+    /// clean-up go through that index.
+    pub tracked: bool,
 }
 
 /// One change of one table.
