@@ -1,0 +1,550 @@
+//! Column values → core `Value` (DESIGN §3), from the snapshot's binary-protocol result sets and
+//! from binlog row images alike: both sides first classify a column into one [`Kind`] and then go
+//! through the same helpers, so snapshot and stream encode byte-identically.
+
+use etcdsync_core::value::{format_date, push_fraction};
+use etcdsync_core::Value;
+use mysql_common::binlog::value::BinlogValue;
+use mysql_common::value::Value as MyValue;
+use std::sync::Arc;
+
+/// How a column's values are rendered. Derived from `information_schema` for the snapshot and
+/// from the TABLE_MAP event (type, metadata, optional metadata) for the binlog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Int {
+        unsigned: bool,
+    },
+    Float,
+    Double,
+    Decimal,
+    Bit,
+    Year,
+    Date,
+    DateTime,
+    Timestamp,
+    Time,
+    /// Character data; binlog bytes are in `charset`, result sets in utf8mb4.
+    Text {
+        charset: Charset,
+    },
+    /// BINARY(n) (binlog strips trailing 0x00, SELECT returns them: pad to `pad_to`),
+    /// VARBINARY, BLOB, GEOMETRY.
+    Binary {
+        pad_to: usize,
+    },
+    Enum(Arc<[String]>),
+    Set(Arc<[String]>),
+    /// MySQL's native JSON (binary in the binlog). MariaDB's JSON is LONGTEXT: `Text`.
+    Json,
+    /// Anything else: its text form.
+    Other,
+}
+
+impl Kind {
+    /// A short type name for `Column::type_name`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Kind::Int { unsigned: false } => "int",
+            Kind::Int { unsigned: true } => "int unsigned",
+            Kind::Float => "float",
+            Kind::Double => "double",
+            Kind::Decimal => "decimal",
+            Kind::Bit => "bit",
+            Kind::Year => "year",
+            Kind::Date => "date",
+            Kind::DateTime => "datetime",
+            Kind::Timestamp => "timestamp",
+            Kind::Time => "time",
+            Kind::Text { .. } => "text",
+            Kind::Binary { .. } => "binary",
+            Kind::Enum(_) => "enum",
+            Kind::Set(_) => "set",
+            Kind::Json => "json",
+            Kind::Other => "other",
+        }
+    }
+}
+
+/// The character sets binlog text is decoded from. MySQL's `latin1` is Windows-1252.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charset {
+    Utf8,
+    Latin1,
+    Ascii,
+    /// Anything else: decoded as UTF-8, invalid bytes replaced.
+    Unknown,
+}
+
+impl Charset {
+    /// From a collation id of the TABLE_MAP optional metadata.
+    pub fn from_collation(id: u16) -> Charset {
+        use mysql_common::collations::{Collation, CollationId};
+        match id {
+            // MariaDB-only utf8mb3/utf8mb4 collation ids (e.g. the uca1400 family) are unknown to
+            // mysql_common's table; they are all UTF-8.
+            2048..=4095 => Charset::Utf8,
+            _ => match Collation::resolve(CollationId::from(id)).charset() {
+                "utf8mb4" | "utf8mb3" | "utf8" => Charset::Utf8,
+                "latin1" => Charset::Latin1,
+                "ascii" => Charset::Ascii,
+                _ => Charset::Unknown,
+            },
+        }
+    }
+
+    pub fn decode(self, bytes: &[u8]) -> String {
+        match self {
+            Charset::Latin1 => bytes.iter().map(|&b| cp1252(b)).collect(),
+            Charset::Utf8 | Charset::Ascii | Charset::Unknown => {
+                String::from_utf8_lossy(bytes).into_owned()
+            }
+        }
+    }
+}
+
+/// MySQL `latin1` (cp1252; its five undefined bytes map to the C1 controls).
+fn cp1252(b: u8) -> char {
+    const HIGH: [u16; 32] = [
+        0x20AC, 0x0081, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160,
+        0x2039, 0x0152, 0x008D, 0x017D, 0x008F, 0x0090, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022,
+        0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x009D, 0x017E, 0x0178,
+    ];
+    match b {
+        0x80..=0x9f => char::from_u32(u32::from(HIGH[usize::from(b - 0x80)])).unwrap_or('\u{fffd}'),
+        _ => char::from(b),
+    }
+}
+
+/// Snapshot side: the kind of a column from `information_schema.COLUMNS` (`DATA_TYPE`,
+/// `COLUMN_TYPE`).
+pub fn kind_from_information_schema(data_type: &str, column_type: &str) -> Kind {
+    let unsigned = column_type.to_ascii_lowercase().contains("unsigned");
+    match data_type.to_ascii_lowercase().as_str() {
+        "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" => {
+            Kind::Int { unsigned }
+        }
+        "float" => Kind::Float,
+        "double" | "real" | "double precision" => Kind::Double,
+        "decimal" | "numeric" => Kind::Decimal,
+        "bit" => Kind::Bit,
+        "year" => Kind::Year,
+        "date" => Kind::Date,
+        "datetime" => Kind::DateTime,
+        "timestamp" => Kind::Timestamp,
+        "time" => Kind::Time,
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => Kind::Text {
+            charset: Charset::Utf8,
+        },
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "geometry"
+        | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+        | "multipolygon" | "geometrycollection" | "geomcollection" => Kind::Binary { pad_to: 0 },
+        // Result sets carry enum labels and set members as text already.
+        "enum" => Kind::Enum(Arc::from(Vec::new())),
+        "set" => Kind::Set(Arc::from(Vec::new())),
+        "json" => Kind::Json,
+        _ => Kind::Other,
+    }
+}
+
+/// Snapshot side: a binary-protocol result value (session `time_zone='+00:00'`, utf8mb4).
+pub fn snapshot_value(kind: &Kind, value: MyValue) -> Value {
+    match (kind, value) {
+        (_, MyValue::NULL) => Value::Null,
+        (Kind::Enum(_), MyValue::Bytes(b)) => Value::Text(Charset::Utf8.decode(&b)),
+        (Kind::Set(_), MyValue::Bytes(b)) => {
+            let text = Charset::Utf8.decode(&b);
+            Value::Array(
+                text.split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(|m| Value::Text(m.to_string()))
+                    .collect(),
+            )
+        }
+        (Kind::Json, MyValue::Bytes(b)) => Value::Json(Charset::Utf8.decode(&b)),
+        (Kind::Year, MyValue::Bytes(b)) => year_from_text(&b),
+        (kind, value) => common_value(kind, value),
+    }
+}
+
+/// Binlog side: one decoded row-image value.
+pub fn binlog_value(kind: &Kind, value: BinlogValue<'_>) -> Value {
+    match value {
+        BinlogValue::Value(value) => binlog_plain(kind, value),
+        BinlogValue::Jsonb(jsonb) => match serde_json::Value::try_from(jsonb) {
+            Ok(json) => Value::Json(json.to_string()),
+            Err(e) => Value::Text(format!("(undecodable JSON: {e})")),
+        },
+        BinlogValue::JsonDiff(_) => Value::Missing,
+    }
+}
+
+fn binlog_plain(kind: &Kind, value: MyValue) -> Value {
+    match (kind, value) {
+        (_, MyValue::NULL) => Value::Null,
+        (Kind::Text { charset }, MyValue::Bytes(b)) => Value::Text(charset.decode(&b)),
+        (Kind::Binary { pad_to }, MyValue::Bytes(mut b)) => {
+            if b.len() < *pad_to {
+                b.resize(*pad_to, 0);
+            }
+            Value::Bytes(b)
+        }
+        (Kind::Enum(labels), MyValue::Int(i)) => {
+            // 0 is the "invalid value" MySQL stores as the empty string.
+            let label = usize::try_from(i)
+                .ok()
+                .and_then(|i| i.checked_sub(1))
+                .and_then(|i| labels.get(i));
+            Value::Text(label.cloned().unwrap_or_default())
+        }
+        (Kind::Set(members), MyValue::Bytes(mask)) => Value::Array(
+            members
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| {
+                    mask.get(i / 8)
+                        .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
+                })
+                .map(|(_, m)| Value::Text(m.clone()))
+                .collect(),
+        ),
+        // The binlog renders YEAR as 1900 + stored byte; the stored 0 is YEAR 0000.
+        (Kind::Year, MyValue::Bytes(b)) => match year_from_text(&b) {
+            Value::Int(1900) => Value::Int(0),
+            other => other,
+        },
+        // TIMESTAMP2 arrives as "seconds[.micros]" since the epoch; old TIMESTAMP as Int.
+        (Kind::Timestamp, MyValue::Bytes(b)) => {
+            let text = String::from_utf8_lossy(&b);
+            let (secs, micros) = match text.split_once('.') {
+                Some((s, f)) => (s.parse::<i64>().ok(), f.parse::<u32>().ok()),
+                None => (text.parse::<i64>().ok(), Some(0)),
+            };
+            match (secs, micros) {
+                (Some(secs), Some(micros)) => timestamp_from_epoch(secs, micros),
+                _ => Value::Text(text.into_owned()),
+            }
+        }
+        (Kind::Timestamp, MyValue::Int(secs)) => timestamp_from_epoch(secs, 0),
+        (kind, value) => common_value(kind, value),
+    }
+}
+
+/// What both sides share once the side-specific forms are out of the way.
+fn common_value(kind: &Kind, value: MyValue) -> Value {
+    match (kind, value) {
+        (_, MyValue::NULL) => Value::Null,
+        (Kind::Int { unsigned: true }, MyValue::Int(i)) => match u64::try_from(i) {
+            Ok(u) => Value::UInt(u),
+            Err(_) => Value::Int(i),
+        },
+        (Kind::Int { unsigned: false }, MyValue::UInt(u)) => match i64::try_from(u) {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::UInt(u),
+        },
+        (Kind::Year, MyValue::Int(i)) => Value::Int(i),
+        (Kind::Year, MyValue::UInt(u)) => Value::UInt(u),
+        (_, MyValue::Int(i)) => Value::Int(i),
+        (_, MyValue::UInt(u)) => Value::UInt(u),
+        (Kind::Double, MyValue::Float(f)) => Value::Float64(f64::from(f)),
+        (_, MyValue::Float(f)) => Value::Float32(f),
+        (_, MyValue::Double(f)) => Value::Float64(f),
+        (Kind::Decimal, MyValue::Bytes(b)) => Value::Decimal(decimal_text(&b)),
+        (Kind::Bit, MyValue::Bytes(b)) => Value::UInt(bit_value(&b)),
+        (Kind::Text { .. } | Kind::Enum(_) | Kind::Other, MyValue::Bytes(b)) => {
+            Value::Text(Charset::Utf8.decode(&b))
+        }
+        (Kind::Json, MyValue::Bytes(b)) => Value::Json(Charset::Utf8.decode(&b)),
+        (Kind::Set(_), MyValue::Bytes(b)) => Value::Text(Charset::Utf8.decode(&b)),
+        (Kind::Binary { .. }, MyValue::Bytes(b)) => Value::Bytes(b),
+        (_, MyValue::Bytes(b)) => Value::Text(String::from_utf8_lossy(&b).into_owned()),
+        (Kind::Date, MyValue::Date(y, m, d, ..)) => {
+            Value::Date(format_date(i32::from(y), u32::from(m), u32::from(d)))
+        }
+        (Kind::Timestamp, MyValue::Date(y, mo, d, h, mi, s, us)) => {
+            Value::TimestampTz(format!("{}Z", datetime_text(y, mo, d, h, mi, s, us)))
+        }
+        (_, MyValue::Date(y, mo, d, h, mi, s, us)) => {
+            Value::Timestamp(datetime_text(y, mo, d, h, mi, s, us))
+        }
+        (_, MyValue::Time(neg, days, h, m, s, us)) => {
+            Value::Time(time_text(neg, days, h, m, s, us))
+        }
+    }
+}
+
+fn year_from_text(bytes: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(bytes);
+    match text.trim().parse::<i64>() {
+        Ok(y) => Value::Int(y),
+        Err(_) => Value::Text(text.into_owned()),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.f]`.
+pub fn datetime_text(y: u16, mo: u8, d: u8, h: u8, mi: u8, s: u8, micros: u32) -> String {
+    let mut out = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+    push_fraction(&mut out, micros);
+    out
+}
+
+/// `[-]HH:MM:SS[.f]` with hours beyond 24 (MySQL TIME spans ±838:59:59).
+pub fn time_text(negative: bool, days: u32, h: u8, m: u8, s: u8, micros: u32) -> String {
+    let hours = days * 24 + u32::from(h);
+    let mut out = String::new();
+    if negative {
+        out.push('-');
+    }
+    out.push_str(&format!("{hours:02}:{m:02}:{s:02}"));
+    push_fraction(&mut out, micros);
+    out
+}
+
+/// A TIMESTAMP given as seconds since the epoch: `YYYY-MM-DDTHH:MM:SS[.f]Z`. Second 0 is the
+/// "zero" timestamp `0000-00-00 00:00:00` (1970-01-01 00:00:00 UTC is outside TIMESTAMP's range).
+pub fn timestamp_from_epoch(secs: i64, micros: u32) -> Value {
+    if secs == 0 && micros == 0 {
+        return Value::TimestampTz("0000-00-00T00:00:00Z".into());
+    }
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let (h, mi, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let mut out = format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+    push_fraction(&mut out, micros);
+    out.push('Z');
+    Value::TimestampTz(out)
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Decimal text with its scale kept and leading zeros of the integer part removed
+/// (`-0012.30` → `-12.30`, `.5` → `0.5`).
+pub fn decimal_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    let (sign, digits) = match text.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (int, frac) = match digits.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (digits, None),
+    };
+    let int = int.trim_start_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    match frac {
+        Some(frac) => format!("{sign}{int}.{frac}"),
+        None => format!("{sign}{int}"),
+    }
+}
+
+/// BIT(n) bytes, big-endian, as a number.
+pub fn bit_value(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdsync_core::encode::json::write_value;
+
+    fn json(v: &Value) -> String {
+        let mut out = Vec::new();
+        write_value(&mut out, v);
+        String::from_utf8(out).expect("utf8")
+    }
+
+    fn labels(items: &[&str]) -> Arc<[String]> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn integers_by_signedness() {
+        let u = Kind::Int { unsigned: true };
+        assert_eq!(
+            json(&binlog_plain(&u, MyValue::UInt(u64::MAX))),
+            "18446744073709551615"
+        );
+        assert_eq!(
+            json(&snapshot_value(&u, MyValue::UInt(u64::MAX))),
+            "18446744073709551615"
+        );
+        assert_eq!(binlog_plain(&u, MyValue::Int(255)), Value::UInt(255));
+        assert_eq!(snapshot_value(&u, MyValue::Int(255)), Value::UInt(255));
+        let s = Kind::Int { unsigned: false };
+        assert_eq!(binlog_plain(&s, MyValue::Int(-128)), Value::Int(-128));
+    }
+
+    #[test]
+    fn decimals_keep_scale_and_drop_leading_zeros() {
+        assert_eq!(decimal_text(b"12.3400"), "12.3400");
+        assert_eq!(decimal_text(b"-0000012.30"), "-12.30");
+        assert_eq!(decimal_text(b"0000000000.5"), "0.5");
+        assert_eq!(decimal_text(b".5"), "0.5");
+        assert_eq!(decimal_text(b"000"), "0");
+        assert_eq!(
+            json(&binlog_plain(
+                &Kind::Decimal,
+                MyValue::Bytes(b"-5.00".to_vec())
+            )),
+            "\"-5.00\""
+        );
+    }
+
+    #[test]
+    fn bits_years_enums_sets() {
+        assert_eq!(
+            binlog_plain(&Kind::Bit, MyValue::Bytes(vec![0x01, 0x02])),
+            Value::UInt(258)
+        );
+        assert_eq!(
+            snapshot_value(&Kind::Bit, MyValue::Bytes(vec![0xff; 8])),
+            Value::UInt(u64::MAX)
+        );
+        assert_eq!(
+            binlog_plain(&Kind::Year, MyValue::Bytes(b"1900".to_vec())),
+            Value::Int(0)
+        );
+        assert_eq!(
+            binlog_plain(&Kind::Year, MyValue::Bytes(b"2024".to_vec())),
+            Value::Int(2024)
+        );
+        assert_eq!(
+            snapshot_value(&Kind::Year, MyValue::Int(2024)),
+            Value::Int(2024)
+        );
+        let e = Kind::Enum(labels(&["small", "large"]));
+        assert_eq!(
+            binlog_plain(&e, MyValue::Int(2)),
+            Value::Text("large".into())
+        );
+        assert_eq!(
+            binlog_plain(&e, MyValue::Int(0)),
+            Value::Text(String::new())
+        );
+        let set = Kind::Set(labels(&["a", "b", "c", "d", "e", "f", "g", "h", "i"]));
+        let from_binlog = binlog_plain(&set, MyValue::Bytes(vec![0b0000_0101, 0b1]));
+        assert_eq!(json(&from_binlog), "[\"a\",\"c\",\"i\"]");
+        let from_snapshot = snapshot_value(&set, MyValue::Bytes(b"a,c,i".to_vec()));
+        assert_eq!(from_binlog, from_snapshot);
+        assert_eq!(
+            json(&snapshot_value(&set, MyValue::Bytes(Vec::new()))),
+            "[]"
+        );
+    }
+
+    #[test]
+    fn temporal_values_match_between_sides() {
+        // DATETIME(6)
+        let dt = MyValue::Date(2024, 2, 29, 23, 59, 58, 120_000);
+        assert_eq!(
+            json(&snapshot_value(&Kind::DateTime, dt.clone())),
+            "\"2024-02-29T23:59:58.12\""
+        );
+        assert_eq!(
+            binlog_plain(&Kind::DateTime, dt.clone()),
+            snapshot_value(&Kind::DateTime, dt)
+        );
+        // TIMESTAMP: binlog seconds since epoch vs. UTC result set parts.
+        let secs = 1_709_251_198; // 2024-02-29T23:59:58Z
+        let binlog = binlog_plain(
+            &Kind::Timestamp,
+            MyValue::Bytes(format!("{secs}.120000").into_bytes()),
+        );
+        let snapshot = snapshot_value(
+            &Kind::Timestamp,
+            MyValue::Date(2024, 2, 29, 23, 59, 58, 120_000),
+        );
+        assert_eq!(binlog, snapshot);
+        assert_eq!(json(&binlog), "\"2024-02-29T23:59:58.12Z\"");
+        assert_eq!(
+            binlog_plain(&Kind::Timestamp, MyValue::Bytes(b"0".to_vec())),
+            snapshot_value(&Kind::Timestamp, MyValue::Date(0, 0, 0, 0, 0, 0, 0))
+        );
+        // TIME beyond a day, negative, fractional.
+        let t = MyValue::Time(true, 34, 22, 59, 59, 500_000);
+        assert_eq!(json(&binlog_plain(&Kind::Time, t)), "\"-838:59:59.5\"");
+        assert_eq!(
+            json(&snapshot_value(
+                &Kind::Time,
+                MyValue::Time(false, 0, 1, 2, 3, 0)
+            )),
+            "\"01:02:03\""
+        );
+        assert_eq!(
+            json(&snapshot_value(
+                &Kind::Date,
+                MyValue::Date(7, 1, 2, 0, 0, 0, 0)
+            )),
+            "\"0007-01-02\""
+        );
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn text_charsets_and_binary_padding() {
+        let latin1 = Kind::Text {
+            charset: Charset::Latin1,
+        };
+        assert_eq!(
+            binlog_plain(&latin1, MyValue::Bytes(vec![b'c', 0xe9, 0x80])),
+            Value::Text("cé€".into())
+        );
+        assert_eq!(Charset::from_collation(8), Charset::Latin1);
+        assert_eq!(Charset::from_collation(45), Charset::Utf8);
+        assert_eq!(Charset::from_collation(33), Charset::Utf8);
+        let bin = Kind::Binary { pad_to: 4 };
+        assert_eq!(
+            binlog_plain(&bin, MyValue::Bytes(vec![1, 0])),
+            Value::Bytes(vec![1, 0, 0, 0])
+        );
+        assert_eq!(
+            json(&binlog_plain(&bin, MyValue::Bytes(b"ab".to_vec()))),
+            "\"YWIAAA==\""
+        );
+    }
+
+    #[test]
+    fn floats_stay_single_precision() {
+        assert_eq!(
+            json(&binlog_plain(&Kind::Float, MyValue::Float(1.1))),
+            "1.1"
+        );
+        assert_eq!(
+            json(&snapshot_value(&Kind::Double, MyValue::Double(0.1))),
+            "0.1"
+        );
+    }
+
+    #[test]
+    fn information_schema_kinds() {
+        assert_eq!(
+            kind_from_information_schema("bigint", "bigint(20) unsigned"),
+            Kind::Int { unsigned: true }
+        );
+        assert_eq!(
+            kind_from_information_schema("varbinary", "varbinary(3)"),
+            Kind::Binary { pad_to: 0 }
+        );
+        assert_eq!(kind_from_information_schema("inet6", "inet6"), Kind::Other);
+        assert!(matches!(
+            kind_from_information_schema("set", "set('a')"),
+            Kind::Set(_)
+        ));
+    }
+}

@@ -1,0 +1,154 @@
+//! The running `mysql` source: connects, checks prerequisites, decides between resuming from
+//! the checkpoint, snapshotting, or starting at the current position, then streams the binlog
+//! until shutdown (Source contract in core/src/source.rs; DESIGN §5–6).
+
+use crate::binlog;
+use crate::config::{SnapshotMode, ValidMysql};
+use crate::error::{MysqlError, Result};
+use crate::position::SourcePosition;
+use crate::prereq::{self, ServerInfo};
+use crate::snapshot;
+use etcdsync_core::source::{Source, SourceIo};
+use etcdsync_core::{async_trait, Checkpoint, Error, Message, Position};
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Opts};
+
+/// Opens a connection with the session settings snapshot and stream rely on (utf8mb4 text,
+/// UTC TIMESTAMPs).
+pub async fn connect(opts: &Opts) -> Result<Conn> {
+    let target = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+    let mut conn = Conn::new(opts.clone())
+        .await
+        .map_err(|e| MysqlError::driver(format!("connecting to {target}"), e))?;
+    conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+        .await
+        .map_err(|e| MysqlError::driver(format!("setting up the session on {target}"), e))?;
+    Ok(conn)
+}
+
+/// Where streaming starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// After the checkpoint.
+    Resume(SourcePosition),
+    /// Snapshot first, then stream from its position.
+    Snapshot,
+    /// No snapshot (`snapshot: never`): from the server's current position.
+    Current(SourcePosition),
+}
+
+pub struct MysqlSource {
+    config: ValidMysql,
+    server: ServerInfo,
+    start: Start,
+}
+
+impl MysqlSource {
+    pub async fn build(config: ValidMysql, resume: Option<Checkpoint>) -> Result<Self, Error> {
+        let mut conn = connect(&config.opts).await?;
+        let server = prereq::check(&mut conn, &config).await?;
+        tracing::info!(version = %server.version, flavour = ?server.flavour, url = %config.redacted_url, "connected to the MySQL/MariaDB server");
+        let start = match resume {
+            Some(checkpoint) => {
+                let Some(position) = SourcePosition::parse(checkpoint.position.as_str()) else {
+                    return Err(Error::config(format!(
+                        "the checkpoint position `{}` is not a MySQL binlog position (file:offset); delete the checkpoint key to start over",
+                        checkpoint.position
+                    )));
+                };
+                if binlog_exists(&mut conn, &position).await? {
+                    Start::Resume(position)
+                } else if config.snapshot == SnapshotMode::WhenNeeded {
+                    tracing::warn!(position = %position, "the checkpoint's binlog has been purged; re-snapshotting (snapshot: when_needed)");
+                    Start::Snapshot
+                } else {
+                    return Err(MysqlError::Purged(binlog::purged_message(
+                        &position,
+                        &format!(
+                            "binlog file {} is not on the server (SHOW BINARY LOGS)",
+                            position.binlog.file
+                        ),
+                    ))
+                    .into());
+                }
+            }
+            None if config.snapshot == SnapshotMode::Never => {
+                Start::Current(snapshot::current_position(&mut conn, server.flavour).await?)
+            }
+            None => Start::Snapshot,
+        };
+        drop(conn);
+        Ok(Self {
+            config,
+            server,
+            start,
+        })
+    }
+
+    pub fn start(&self) -> &Start {
+        &self.start
+    }
+}
+
+/// True when the position's binlog file is still listed by `SHOW BINARY LOGS`.
+async fn binlog_exists(conn: &mut Conn, position: &SourcePosition) -> Result<bool> {
+    let rows: Vec<mysql_async::Row> = conn
+        .query("SHOW BINARY LOGS")
+        .await
+        .map_err(|e| MysqlError::driver("listing binlog files (SHOW BINARY LOGS)", e))?;
+    Ok(rows
+        .into_iter()
+        .any(|mut row| row.take::<String, _>(0).as_deref() == Some(position.binlog.file.as_str())))
+}
+
+#[async_trait]
+impl Source for MysqlSource {
+    async fn run(self: Box<Self>, io: SourceIo) -> Result<(), Error> {
+        let SourceIo {
+            output,
+            acked,
+            shutdown,
+        } = io;
+        let start = match self.start.clone() {
+            Start::Resume(position) => position,
+            Start::Current(position) => {
+                // Record where streaming starts, so a restart does not skip ahead.
+                let heartbeat = Message::Heartbeat {
+                    position: Position::new(position.to_string()),
+                };
+                if output.send(heartbeat).await.is_err() {
+                    return Ok(());
+                }
+                position
+            }
+            Start::Snapshot => {
+                let done = tokio::select! {
+                    _ = shutdown.cancelled() => None,
+                    done = snapshot::run(&self.config, self.server.flavour, &output) => done?,
+                };
+                match done {
+                    Some(position) => position,
+                    None => {
+                        drop(output);
+                        SourceIo::final_ack(acked).await;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let conn = connect(&self.config.opts).await?;
+        binlog::stream(
+            conn,
+            &self.config,
+            self.server.flavour,
+            start,
+            &output,
+            &shutdown,
+        )
+        .await?;
+        drop(output);
+        let last = SourceIo::final_ack(acked).await;
+        tracing::info!(position = ?last.as_ref().map(|p| p.to_string()), "mysql source stopped");
+        Ok(())
+    }
+}
