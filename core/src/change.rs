@@ -53,13 +53,20 @@ impl Column {
 pub struct TableSchema {
     pub id: TableId,
     pub columns: Vec<Column>,
-    /// Indices into `columns` of the key columns, in key order. Never empty.
+    /// Indices into `columns` of the key columns, in key order. Never empty for row changes;
+    /// a `Truncate` may carry a schema with no columns (see [`TableSchema::name_only`]).
     pub key: Vec<usize>,
 }
 
 impl TableSchema {
     pub fn new(id: TableId, columns: Vec<Column>, key: Vec<usize>) -> Self {
         Self { id, columns, key }
+    }
+
+    /// A schema that only names the table, for changes that concern the whole table (a
+    /// truncate or drop seen in a DDL statement) where the source does not know the columns.
+    pub fn name_only(id: TableId) -> Self {
+        Self { id, columns: Vec::new(), key: Vec::new() }
     }
 
     pub fn column_index(&self, name: &str) -> Option<usize> {
