@@ -1,0 +1,256 @@
+//! Opening connections: tokio-postgres for catalog queries and COPY, pgwire-replication for the
+//! replication session, both with the session settings of DESIGN §3 and the same TLS rules
+//! (rustls with the ring provider; `sslmode` as libpq reads it).
+
+use crate::config::{SslMode, Valid};
+use crate::error::pg;
+use etcdsync_core::{Error, Result};
+use pgwire_replication::{Lsn, ReplicationConfig, TlsConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+/// Opens a query connection; its driver runs on a spawned task that ends with the connection.
+pub async fn connect(valid: &Valid, purpose: &str) -> Result<Client> {
+    let context = format!("connecting to {} ({purpose})", valid.display_url);
+    let mut config = valid.pg.clone();
+    let client = match valid.sslmode {
+        SslMode::Disable => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            let (client, connection) = config.connect(NoTls).await.map_err(pg(context))?;
+            tokio::spawn(drive(connection));
+            client
+        }
+        mode => {
+            config.ssl_mode(if mode == SslMode::Prefer {
+                tokio_postgres::config::SslMode::Prefer
+            } else {
+                tokio_postgres::config::SslMode::Require
+            });
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_tls(valid)?);
+            let (client, connection) = config.connect(tls).await.map_err(pg(context))?;
+            tokio::spawn(drive(connection));
+            client
+        }
+    };
+    Ok(client)
+}
+
+async fn drive<F, E>(connection: F)
+where
+    F: std::future::Future<Output = std::result::Result<(), E>>,
+    E: std::fmt::Display,
+{
+    if let Err(error) = connection.await {
+        tracing::debug!(error = %error, "postgres connection ended");
+    }
+}
+
+/// The rustls client configuration for `sslmode`.
+fn client_tls(valid: &Valid) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::fatal(format!("TLS setup failed: {e}")))?;
+    let config = match valid.sslmode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth(),
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let roots = Arc::new(root_store(valid)?);
+            let webpki =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| Error::config(format!("at `source.sslrootcert`: {e}")))?;
+            if valid.sslmode == SslMode::VerifyFull {
+                builder.with_webpki_verifier(webpki).with_no_client_auth()
+            } else {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                    .with_no_client_auth()
+            }
+        }
+    };
+    Ok(config)
+}
+
+fn root_store(valid: &Valid) -> Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &valid.sslrootcert {
+        Some(path) => {
+            use rustls::pki_types::pem::PemObject;
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                Error::config(format!(
+                    "at `source.sslrootcert`: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            for cert in certs {
+                let cert = cert.map_err(|e| {
+                    Error::config(format!(
+                        "at `source.sslrootcert`: {} is not PEM: {e}",
+                        path.display()
+                    ))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    Error::config(format!(
+                        "at `source.sslrootcert`: bad certificate in {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(roots)
+}
+
+/// `sslmode=prefer|require`: encrypt, verify nothing (as libpq does).
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `sslmode=verify-ca`: the chain must lead to a trusted root; the host name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The replication session's settings: same server, credentials, TLS and session settings as
+/// the query connections; standby status every second so `confirmed_flush_lsn` follows etcd.
+pub fn replication_config(valid: &Valid, start: Lsn, acked: Lsn) -> Result<ReplicationConfig> {
+    let host = match valid.pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => return Err(Error::config("at `source.url`: no host")),
+    };
+    let port = valid.pg.get_ports().first().copied().unwrap_or(5432);
+    let user = valid.pg.get_user().unwrap_or_default();
+    let password = valid
+        .pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let database = valid.pg.get_dbname().unwrap_or_default();
+    let tls = match valid.sslmode {
+        SslMode::Disable => TlsConfig::disabled(),
+        SslMode::Prefer => TlsConfig {
+            mode: pgwire_replication::SslMode::Prefer,
+            ..TlsConfig::default()
+        },
+        SslMode::Require => TlsConfig::require(),
+        SslMode::VerifyCa => TlsConfig::verify_ca(valid.sslrootcert.clone()),
+        SslMode::VerifyFull => TlsConfig::verify_full(valid.sslrootcert.clone()),
+    };
+    let mut config = ReplicationConfig::new(
+        host,
+        user,
+        password,
+        database,
+        valid.slot.clone(),
+        valid.publications(),
+    )
+    .with_port(port)
+    .with_tls(tls)
+    .with_start_lsn(start)
+    .with_ack_lsn(acked)
+    .with_status_interval(Duration::from_secs(1))
+    .with_wakeup_interval(Duration::from_secs(10))
+    .with_application_name(valid.application_name.clone());
+    if let Some(options) = valid.pg.get_options() {
+        config = config.with_options(options);
+    }
+    Ok(config)
+}

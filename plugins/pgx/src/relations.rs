@@ -1,0 +1,438 @@
+//! Table metadata: which tables are selected, each table's key (primary key, replica identity
+//! index, `key_columns`), column types resolved through the catalog (domains to their base type,
+//! arrays to their element type), and the stream's relation cache that turns pgoutput Relation
+//! messages into one `Arc<TableSchema>` per table version (DESIGN §1–3).
+
+use crate::decode::{RelationMessage, TupleValue};
+use crate::error::pg;
+use crate::types::{builtin_kind, parse_value, TypeKind};
+use etcdsync_core::change::Column;
+use etcdsync_core::tables::TableSelection;
+use etcdsync_core::{Error, Result, Row, TableId, TableSchema, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_postgres::Client;
+
+/// SQL identifier quoting.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `"schema"."table"`.
+pub fn quote_table(id: &TableId) -> String {
+    format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.table))
+}
+
+/// A selected table as found at start.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub oid: u32,
+    pub id: TableId,
+    /// Key column names in key order.
+    pub key: Vec<String>,
+}
+
+/// A column type as the catalog describes it.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub kind: TypeKind,
+    pub name: String,
+}
+
+/// Type OID → kind, cached per connection.
+#[derive(Debug, Default)]
+pub struct Types {
+    cache: HashMap<u32, Resolved>,
+}
+
+impl Types {
+    pub fn resolve<'a>(
+        &'a mut self,
+        client: &'a Client,
+        oid: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<Resolved>> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(found) = self.cache.get(&oid) {
+                return Ok(found.clone());
+            }
+            let row = client
+                .query_opt(
+                    "SELECT typname::text, typtype::text, typelem, typbasetype, typcategory::text, typlen::int4 \
+                     FROM pg_type WHERE oid = $1",
+                    &[&oid],
+                )
+                .await
+                .map_err(pg(format!("looking up type {oid}")))?;
+            let resolved = match row {
+                None => Resolved {
+                    kind: TypeKind::Text,
+                    name: oid.to_string(),
+                },
+                Some(row) => {
+                    let name: String = row.get(0);
+                    let typtype: String = row.get(1);
+                    let elem: u32 = row.get(2);
+                    let base: u32 = row.get(3);
+                    let category: String = row.get(4);
+                    let len: i32 = row.get(5);
+                    let kind = if let Some(kind) = builtin_kind(oid) {
+                        kind
+                    } else if typtype == "d" && base != 0 {
+                        self.resolve(client, base).await?.kind
+                    } else if category == "A" && elem != 0 && len == -1 {
+                        let delim = self.delimiter(client, elem).await?;
+                        let elem = self.resolve(client, elem).await?.kind;
+                        TypeKind::Array {
+                            elem: Box::new(elem),
+                            delim,
+                        }
+                    } else {
+                        TypeKind::Text
+                    };
+                    Resolved { kind, name }
+                }
+            };
+            self.cache.insert(oid, resolved.clone());
+            Ok(resolved)
+        })
+    }
+
+    async fn delimiter(&self, client: &Client, elem: u32) -> Result<u8> {
+        let row = client
+            .query_opt(
+                "SELECT typdelim::text FROM pg_type WHERE oid = $1",
+                &[&elem],
+            )
+            .await
+            .map_err(pg(format!("looking up type {elem}")))?;
+        Ok(row
+            .and_then(|r| r.get::<_, String>(0).bytes().next())
+            .unwrap_or(b','))
+    }
+}
+
+/// Every ordinary table of the database that the selection includes.
+pub async fn selected_tables(
+    client: &Client,
+    selection: &TableSelection,
+) -> Result<Vec<(u32, TableId, String)>> {
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+             ORDER BY 2, 3",
+            &[],
+        )
+        .await
+        .map_err(pg("listing tables"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.get::<_, u32>(0),
+                TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+                r.get::<_, String>(3),
+            )
+        })
+        .filter(|(_, id, _)| selection.matches(id))
+        .collect())
+}
+
+/// Looks up one table by OID (a table first seen in the stream).
+pub async fn table_by_oid(client: &Client, oid: u32) -> Result<Option<(TableId, String)>> {
+    let row = client
+        .query_opt(
+            "SELECT n.nspname::text, c.relname::text, c.relreplident::text \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await
+        .map_err(pg(format!("looking up table {oid}")))?;
+    Ok(row.map(|r| {
+        (
+            TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            r.get::<_, String>(2),
+        )
+    }))
+}
+
+async fn index_columns(client: &Client, oid: u32, condition: &str) -> Result<Vec<Vec<String>>> {
+    let sql = format!(
+        "SELECT i.indexrelid, array_agg(a.attname::text ORDER BY k.ord), bool_and(a.attnotnull) \
+         FROM pg_index i \
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         WHERE i.indrelid = $1 AND {condition} AND i.indpred IS NULL AND i.indexprs IS NULL \
+           AND i.indisvalid \
+         GROUP BY i.indexrelid, i.indisprimary \
+         ORDER BY i.indisprimary DESC, count(*), i.indexrelid"
+    );
+    let rows = client
+        .query(&sql, &[&oid])
+        .await
+        .map_err(pg("looking up table keys"))?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.get::<_, Option<bool>>(2).unwrap_or(false))
+        .map(|r| r.get::<_, Vec<String>>(1))
+        .collect())
+}
+
+fn no_key(id: &TableId, why: &str) -> Error {
+    Error::config(format!(
+        "table {id} has no usable key ({why}): add a primary key (ALTER TABLE {t} ADD PRIMARY KEY (…)), \
+         or set `source.key_columns: {{ \"{id}\": [col, …] }}` together with ALTER TABLE {t} REPLICA IDENTITY FULL, \
+         or leave the table out with `source.tables.exclude: [\"{id}\"]`",
+        t = quote_table(id)
+    ))
+}
+
+/// The key of a table, as the stream will be able to identify rows: its primary key, its
+/// replica identity index, or configured `key_columns` (DESIGN §2; issue 3 §4).
+pub async fn table_key(
+    client: &Client,
+    oid: u32,
+    id: &TableId,
+    replident: &str,
+    key_columns: &BTreeMap<TableId, Vec<String>>,
+    selection: &TableSelection,
+) -> Result<Vec<String>> {
+    let primary = index_columns(client, oid, "i.indisprimary")
+        .await?
+        .into_iter()
+        .next();
+    let identity = index_columns(client, oid, "i.indisreplident")
+        .await?
+        .into_iter()
+        .next();
+    let key = if let Some(configured) = key_columns.get(id) {
+        let same_as = |cols: &Option<Vec<String>>| cols.as_ref().is_some_and(|c| c == configured);
+        let covered = match replident {
+            "f" => true,
+            "d" => same_as(&primary),
+            "i" => same_as(&identity),
+            _ => false,
+        };
+        if !covered {
+            return Err(Error::config(format!(
+                "at `source.key_columns.{id}`: deletes and key changes of {id} would not carry these columns; \
+                 run ALTER TABLE {} REPLICA IDENTITY FULL",
+                quote_table(id)
+            )));
+        }
+        configured.clone()
+    } else {
+        match replident {
+            "d" => primary.ok_or_else(|| no_key(id, "no primary key"))?,
+            "i" => identity.ok_or_else(|| no_key(id, "its replica identity index is missing"))?,
+            "f" => match primary {
+                Some(pk) => pk,
+                None => index_columns(client, oid, "i.indisunique")
+                    .await?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| no_key(id, "REPLICA IDENTITY FULL without a primary key or unique index on NOT NULL columns"))?,
+            },
+            _ => {
+                return Err(Error::config(format!(
+                    "table {id} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be followed: \
+                     run ALTER TABLE {} REPLICA IDENTITY DEFAULT, or exclude it with `source.tables.exclude`",
+                    quote_table(id)
+                )))
+            }
+        }
+    };
+    if let Some(col) = key.iter().find(|c| selection.column_excluded(id, c)) {
+        return Err(Error::config(format!(
+            "at `source.tables.exclude_columns`: `{col}` is a key column of {id} and cannot be excluded"
+        )));
+    }
+    Ok(key)
+}
+
+/// A table's shape as the stream describes it: the schema handed to the pipeline and, per
+/// column sent by pgoutput, its kind (`None` for excluded columns).
+#[derive(Debug, Clone)]
+pub struct Relation {
+    pub schema: Arc<TableSchema>,
+    kinds: Vec<Option<TypeKind>>,
+}
+
+/// Builds a schema from columns in table order and key column names; `key_flags` is the fallback
+/// when the key names are not all present (a key column renamed while running).
+pub fn build_schema(
+    id: TableId,
+    columns: Vec<Column>,
+    key: &[String],
+    key_flags: Option<&[bool]>,
+) -> Result<TableSchema> {
+    let mut indices: Vec<usize> = key
+        .iter()
+        .filter_map(|k| columns.iter().position(|c| &c.name == k))
+        .collect();
+    if indices.len() != key.len() || indices.is_empty() {
+        indices = key_flags
+            .map(|flags| {
+                flags
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| **f)
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
+    if indices.is_empty() {
+        return Err(no_key(
+            &id,
+            "its key columns are not among the synced columns",
+        ));
+    }
+    Ok(TableSchema::new(id, columns, indices))
+}
+
+impl Relation {
+    /// From a pgoutput Relation message. `key` is the table's key resolved from the catalog.
+    pub async fn from_message(
+        message: &RelationMessage,
+        key: &[String],
+        selection: &TableSelection,
+        types: &mut Types,
+        client: &Client,
+    ) -> Result<Self> {
+        let namespace = if message.namespace.is_empty() {
+            "pg_catalog"
+        } else {
+            message.namespace.as_str()
+        };
+        let id = TableId::new(namespace, message.name.as_str());
+        let mut columns = Vec::new();
+        let mut kinds = Vec::new();
+        let mut flags = Vec::new();
+        for column in &message.columns {
+            if selection.column_excluded(&id, &column.name) {
+                kinds.push(None);
+                continue;
+            }
+            let resolved = types.resolve(client, column.type_oid).await?;
+            columns.push(Column::new(column.name.clone(), resolved.name));
+            kinds.push(Some(resolved.kind));
+            flags.push(column.is_key);
+        }
+        let schema = build_schema(id, columns, key, Some(&flags))?;
+        Ok(Relation {
+            schema: Arc::new(schema),
+            kinds,
+        })
+    }
+
+    /// Converts a tuple. `old_key_only`: an old row sent as key only (`K`), whose non-key
+    /// columns are `Missing`; `old`: any old row, where an unsent value is `Missing` too.
+    pub fn row(&self, values: &[TupleValue], old: bool, old_key_only: bool) -> Result<Row> {
+        if values.len() != self.kinds.len() {
+            return Err(Error::fatal(format!(
+                "pgoutput sent {} columns for {} but its relation has {}",
+                values.len(),
+                self.schema.id,
+                self.kinds.len()
+            )));
+        }
+        let mut row = Vec::with_capacity(self.schema.columns.len());
+        for (value, kind) in values.iter().zip(&self.kinds) {
+            let Some(kind) = kind else { continue };
+            let index = row.len();
+            let value = match value {
+                TupleValue::Null if old_key_only && !self.schema.key.contains(&index) => {
+                    Value::Missing
+                }
+                TupleValue::Null => Value::Null,
+                TupleValue::Unchanged if old => Value::Missing,
+                TupleValue::Unchanged => Value::Unchanged,
+                TupleValue::Text(bytes) => parse_value(kind, &String::from_utf8_lossy(bytes)),
+                TupleValue::Binary(bytes) => Value::Bytes(bytes.to_vec()),
+            };
+            row.push(value);
+        }
+        Ok(row)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn relation(kinds: Vec<Option<TypeKind>>, columns: &[&str], key: Vec<usize>) -> Relation {
+        let schema = TableSchema::new(
+            TableId::new("public", "t"),
+            columns.iter().map(|c| Column::new(*c, "x")).collect(),
+            key,
+        );
+        Relation {
+            schema: Arc::new(schema),
+            kinds,
+        }
+    }
+
+    fn t(s: &str) -> TupleValue {
+        TupleValue::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn rows_skip_excluded_columns_and_mark_unsent_values() {
+        let rel = relation(
+            vec![Some(TypeKind::Int), None, Some(TypeKind::Text)],
+            &["id", "name"],
+            vec![0],
+        );
+        assert_eq!(
+            rel.row(&[t("1"), t("secret"), TupleValue::Unchanged], false, false)
+                .expect("row"),
+            vec![Value::Int(1), Value::Unchanged]
+        );
+        assert_eq!(
+            rel.row(&[t("1"), TupleValue::Null, TupleValue::Null], true, true)
+                .expect("row"),
+            vec![Value::Int(1), Value::Missing]
+        );
+        assert_eq!(
+            rel.row(&[t("1"), TupleValue::Null, TupleValue::Null], true, false)
+                .expect("row"),
+            vec![Value::Int(1), Value::Null]
+        );
+        assert!(rel.row(&[t("1")], false, false).is_err());
+    }
+
+    #[test]
+    fn schema_key_by_name_then_flags() {
+        let cols = vec![Column::new("a", "int4"), Column::new("b", "text")];
+        let s = build_schema(
+            TableId::new("s", "t"),
+            cols.clone(),
+            &["b".into(), "a".into()],
+            None,
+        )
+        .expect("schema");
+        assert_eq!(s.key, vec![1, 0]);
+        let s = build_schema(
+            TableId::new("s", "t"),
+            cols.clone(),
+            &["gone".into()],
+            Some(&[true, false]),
+        )
+        .expect("flags");
+        assert_eq!(s.key, vec![0]);
+        let err = build_schema(TableId::new("s", "t"), cols, &[], Some(&[false, false]))
+            .expect_err("no key");
+        assert!(err.to_string().contains("s.t has no usable key"), "{err}");
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_table(&TableId::new("a\"b", "c")), "\"a\"\"b\".\"c\"");
+    }
+}

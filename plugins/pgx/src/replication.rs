@@ -1,0 +1,496 @@
+//! Streaming from the slot (DESIGN §1, §5): pgoutput v1 changes become `Changes` … `Commit` per
+//! source transaction, transactions at or before the resume position are skipped, acknowledged
+//! positions are confirmed upstream (`flush_lsn`), and keepalives while no transaction is open
+//! become rate-limited `Heartbeat`s so an idle or filtered database does not retain WAL. Tables
+//! selected while running are copied at a temporary slot's consistent point and then streamed.
+
+use crate::config::Valid;
+use crate::decode::{decode, LogicalMessage};
+use crate::error::{pg, wire, PgxError};
+use crate::position;
+use crate::relations::{
+    quote_ident, quote_table, selected_tables, table_by_oid, table_key, Relation, TableInfo, Types,
+};
+use crate::snapshot::copy_tables;
+use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
+use etcdsync_core::{Change, Commit, Error, Message, Position, Result, TableId};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+/// What the stream needs besides the replication session.
+pub struct Streamer {
+    pub client: ReplicationClient,
+    /// Catalog connection for Relation messages (types, keys of tables first seen here).
+    pub catalog: Client,
+    pub types: Types,
+    /// Keys of the known tables (streamed, pending or being copied).
+    pub keys: HashMap<TableId, Vec<String>>,
+    /// Transactions whose commit record starts before this were already applied.
+    pub resume: Lsn,
+    pub valid: Valid,
+    pub server_version: i32,
+    /// Tables selected but not copied yet; their changes are skipped until their copy.
+    pub pending: Vec<TableInfo>,
+}
+
+/// A copy of newly selected tables: a temporary slot's session holds the exported snapshot
+/// until the stream reaches the slot's consistent point, where the copy is inserted.
+struct TableCopy {
+    point: Lsn,
+    snapshot: String,
+    session: ReplicationClient,
+    tables: Vec<TableInfo>,
+}
+
+/// The open transaction.
+struct Txn {
+    final_lsn: Lsn,
+    skip: bool,
+    changes: usize,
+}
+
+enum Flow {
+    Continue,
+    /// The sink is gone or shutdown was requested while waiting on it.
+    Stop,
+}
+
+/// The stream's own bookkeeping.
+struct State {
+    relations: HashMap<u32, Option<Relation>>,
+    txn: Option<Txn>,
+    batch: Vec<Change>,
+    /// The last position handed to the pipeline (commit end, snapshot point or heartbeat).
+    last: Lsn,
+    pending_heartbeat: Option<Lsn>,
+    last_progress: Instant,
+    copy: Option<TableCopy>,
+    /// Copied tables to move into the main publication once the copy's position is acknowledged.
+    promote: Option<(Lsn, Vec<TableId>)>,
+}
+
+impl Streamer {
+    pub async fn run(
+        mut self,
+        output: mpsc::Sender<Message>,
+        mut acked: watch::Receiver<Option<Position>>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let mut st = State {
+            relations: HashMap::new(),
+            txn: None,
+            batch: Vec::with_capacity(CHANGES_PER_MESSAGE),
+            last: self.resume,
+            pending_heartbeat: None,
+            last_progress: Instant::now(),
+            copy: None,
+            promote: None,
+        };
+        let out = Out {
+            output: &output,
+            shutdown: &shutdown,
+        };
+        let refresh_every = self.valid.table_refresh_interval;
+        let mut next_refresh = Instant::now() + refresh_every;
+        'stream: loop {
+            if st.txn.is_none() && st.copy.is_none() && !self.pending.is_empty() {
+                st.copy = Some(self.start_copy().await?);
+            }
+            let heartbeat_due = st.last_progress + self.valid.heartbeat_interval;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                changed = acked.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let position = acked.borrow_and_update().clone();
+                    if let Some(position) = position {
+                        let lsn = position::parse(&position)?;
+                        self.client.update_applied_lsn(lsn);
+                        if st.promote.as_ref().is_some_and(|(point, _)| lsn >= *point) {
+                            if let Some((_, tables)) = st.promote.take() {
+                                self.promote(&tables).await?;
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(next_refresh), if self.valid.manage_publication && st.txn.is_none() => {
+                    self.refresh().await?;
+                    next_refresh = Instant::now() + refresh_every;
+                }
+                _ = tokio::time::sleep_until(heartbeat_due), if st.pending_heartbeat.is_some() && st.txn.is_none() => {
+                    if let Some(lsn) = st.pending_heartbeat.take().filter(|lsn| *lsn > st.last) {
+                        if let Flow::Stop = out.send(Message::Heartbeat { position: position::format(lsn) }).await {
+                            break;
+                        }
+                        st.last = lsn;
+                    }
+                    st.last_progress = Instant::now();
+                }
+                event = self.client.recv() => {
+                    let event = event.map_err(wire("reading the replication stream"))?;
+                    let Some(event) = event else {
+                        return Err(Error::transient("the server ended the replication stream"));
+                    };
+                    match event {
+                        ReplicationEvent::Begin { final_lsn, .. } => {
+                            if st.copy.as_ref().is_some_and(|c| final_lsn >= c.point) {
+                                if let Flow::Stop = self.insert_copy(&mut st, &out).await? {
+                                    break;
+                                }
+                            }
+                            st.txn = Some(Txn { final_lsn, skip: final_lsn < self.resume, changes: 0 });
+                        }
+                        ReplicationEvent::XLogData { data, .. } => {
+                            let message = decode(data).map_err(|e| Error::from(PgxError::Protocol(e.to_string())))?;
+                            let mut changes = self.apply(message, &mut st.relations).await?;
+                            let Some(open) = st.txn.as_mut() else { continue };
+                            if open.skip || changes.is_empty() {
+                                continue;
+                            }
+                            // tables awaiting their copy: the copy will hold these changes
+                            let copy_point = st.copy.as_ref().map(|c| (c.point, &c.tables));
+                            changes.retain(|c| {
+                                let id = &c.table.id;
+                                let pending = self.pending.iter().any(|t| &t.id == id);
+                                let copying = copy_point.is_some_and(|(point, tables)| {
+                                    open.final_lsn < point && tables.iter().any(|t| &t.id == id)
+                                });
+                                !pending && !copying
+                            });
+                            open.changes += changes.len();
+                            for change in changes {
+                                st.batch.push(change);
+                                if st.batch.len() >= CHANGES_PER_MESSAGE {
+                                    let full = std::mem::replace(&mut st.batch, Vec::with_capacity(CHANGES_PER_MESSAGE));
+                                    if let Flow::Stop = out.send(Message::Changes(full)).await {
+                                        break 'stream;
+                                    }
+                                }
+                            }
+                        }
+                        ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
+                            let open = st.txn.take();
+                            let applied = open.as_ref().is_some_and(|t| !t.skip && t.changes > 0) && end_lsn > st.last;
+                            if applied {
+                                if !st.batch.is_empty() {
+                                    let rest = std::mem::take(&mut st.batch);
+                                    if let Flow::Stop = out.send(Message::Changes(rest)).await {
+                                        break;
+                                    }
+                                }
+                                let commit = Commit {
+                                    position: position::format(end_lsn),
+                                    commit_time: position::pg_time(commit_time_micros),
+                                };
+                                if let Flow::Stop = out.send(Message::Commit(commit)).await {
+                                    break;
+                                }
+                                st.last = end_lsn;
+                                st.last_progress = Instant::now();
+                                st.pending_heartbeat = None;
+                            } else {
+                                st.batch.clear();
+                                if end_lsn > st.last {
+                                    st.pending_heartbeat = Some(end_lsn);
+                                }
+                            }
+                        }
+                        ReplicationEvent::KeepAlive { wal_end, .. } => {
+                            if st.txn.is_none() {
+                                if st.copy.as_ref().is_some_and(|c| wal_end >= c.point) {
+                                    if let Flow::Stop = self.insert_copy(&mut st, &out).await? {
+                                        break;
+                                    }
+                                }
+                                if wal_end > st.last && st.pending_heartbeat.is_none_or(|p| wal_end > p) {
+                                    st.pending_heartbeat = Some(wal_end);
+                                }
+                            }
+                        }
+                        ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+                    }
+                }
+            }
+        }
+        self.finish(output, acked).await
+    }
+
+    /// Shutdown (source contract): stop reading, close the output, wait for the sink's last
+    /// acknowledgement, confirm it upstream, end the session.
+    async fn finish(
+        mut self,
+        output: mpsc::Sender<Message>,
+        acked: watch::Receiver<Option<Position>>,
+    ) -> Result<()> {
+        drop(output);
+        if let Some(last) = etcdsync_core::source::SourceIo::final_ack(acked).await {
+            let lsn = position::parse(&last)?;
+            self.client.update_applied_lsn(lsn);
+            let metrics = self.client.metrics();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while metrics.last_applied_lsn() < lsn
+                && Instant::now() < deadline
+                && self.client.is_running()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::info!(position = %last, "confirmed the last acknowledged position");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.shutdown()).await;
+        Ok(())
+    }
+
+    /// Looks for selected tables that are not known yet and queues them for a copy.
+    async fn refresh(&mut self) -> Result<()> {
+        let mut found = Vec::new();
+        for (oid, id, replident) in selected_tables(&self.catalog, &self.valid.tables).await? {
+            if self.keys.contains_key(&id) {
+                continue;
+            }
+            let key = table_key(
+                &self.catalog,
+                oid,
+                &id,
+                &replident,
+                &self.valid.key_columns,
+                &self.valid.tables,
+            )
+            .await?;
+            self.keys.insert(id.clone(), key.clone());
+            found.push(TableInfo { oid, id, key });
+        }
+        if found.is_empty() {
+            return Ok(());
+        }
+        let list = found
+            .iter()
+            .map(|t| quote_table(&t.id))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let publication = self.valid.pending_publication();
+        self.catalog
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} ADD TABLE {list}",
+                quote_ident(&publication)
+            ))
+            .await
+            .map_err(pg(format!(
+                "adding new tables to publication {publication}"
+            )))?;
+        tracing::info!(tables = %list, "new tables selected; they are copied, then streamed");
+        self.pending.extend(found);
+        Ok(())
+    }
+
+    /// Creates the temporary slot whose exported snapshot the pending tables are copied from.
+    async fn start_copy(&mut self) -> Result<TableCopy> {
+        let config = crate::connect::replication_config(&self.valid, Lsn::ZERO, Lsn::ZERO)?;
+        let mut session = ReplicationClient::connect_gated(config)
+            .await
+            .map_err(wire("opening a replication session for a table copy"))?;
+        let slot = self.valid.copy_slot();
+        let rows = session
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT"
+            ))
+            .await
+            .map_err(wire(format!("creating temporary slot {slot}")))?;
+        let (point, snapshot) = crate::source::slot_answer(&rows)?;
+        let tables = std::mem::take(&mut self.pending);
+        tracing::info!(point = %point.to_pg_string(), tables = tables.len(), "copy of new tables scheduled");
+        Ok(TableCopy {
+            point,
+            snapshot,
+            session,
+            tables,
+        })
+    }
+
+    /// Inserts the pending copy into the stream at its consistent point.
+    async fn insert_copy(&mut self, st: &mut State, out: &Out<'_>) -> Result<Flow> {
+        let Some(copy) = st.copy.take() else {
+            return Ok(Flow::Continue);
+        };
+        let ids: Vec<TableId> = copy.tables.iter().map(|t| t.id.clone()).collect();
+        if let Flow::Stop = out
+            .send(Message::SnapshotStarted {
+                tables: ids.clone(),
+            })
+            .await
+        {
+            return Ok(Flow::Stop);
+        }
+        let done = copy_tables(
+            &self.valid,
+            &copy.tables,
+            &copy.snapshot,
+            self.server_version,
+            out.output,
+            out.shutdown,
+        )
+        .await?;
+        drop(copy.session);
+        if !done {
+            return Ok(Flow::Stop);
+        }
+        if let Flow::Stop = out
+            .send(Message::SnapshotFinished {
+                position: position::format(copy.point),
+            })
+            .await
+        {
+            return Ok(Flow::Stop);
+        }
+        st.last = st.last.max(copy.point);
+        st.last_progress = Instant::now();
+        st.promote = Some((copy.point, ids));
+        Ok(Flow::Continue)
+    }
+
+    /// Moves copied tables from the pending publication into the main one (one transaction).
+    async fn promote(&self, tables: &[TableId]) -> Result<()> {
+        let list = tables
+            .iter()
+            .map(quote_table)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "BEGIN; ALTER PUBLICATION {} ADD TABLE {list}; ALTER PUBLICATION {} DROP TABLE {list}; COMMIT",
+            quote_ident(&self.valid.publication),
+            quote_ident(&self.valid.pending_publication())
+        );
+        self.catalog
+            .batch_execute(&sql)
+            .await
+            .map_err(pg("moving copied tables into the publication"))?;
+        tracing::info!(tables = %list, "copied tables are streamed");
+        Ok(())
+    }
+
+    /// Turns one pgoutput message into changes of selected tables.
+    async fn apply(
+        &mut self,
+        message: LogicalMessage,
+        relations: &mut HashMap<u32, Option<Relation>>,
+    ) -> Result<Vec<Change>> {
+        let lookup =
+            |relations: &HashMap<u32, Option<Relation>>, relid: u32| -> Result<Option<Relation>> {
+                match relations.get(&relid) {
+                    Some(found) => Ok(found.clone()),
+                    None => Err(Error::fatal(format!(
+                        "pgoutput sent a change of relation {relid} before describing it"
+                    ))),
+                }
+            };
+        Ok(match message {
+            LogicalMessage::Relation(rel) => {
+                let namespace = if rel.namespace.is_empty() {
+                    "pg_catalog"
+                } else {
+                    rel.namespace.as_str()
+                };
+                let id = TableId::new(namespace, rel.name.as_str());
+                let entry = if self.valid.tables.matches(&id) {
+                    let key = match self.keys.get(&id) {
+                        Some(key) => key.clone(),
+                        None => {
+                            let replident = match table_by_oid(&self.catalog, rel.relid).await? {
+                                Some((_, replident)) => replident,
+                                None => (rel.replica_identity as char).to_string(),
+                            };
+                            let key = table_key(
+                                &self.catalog,
+                                rel.relid,
+                                &id,
+                                &replident,
+                                &self.valid.key_columns,
+                                &self.valid.tables,
+                            )
+                            .await?;
+                            self.keys.insert(id.clone(), key.clone());
+                            key
+                        }
+                    };
+                    Some(
+                        Relation::from_message(
+                            &rel,
+                            &key,
+                            &self.valid.tables,
+                            &mut self.types,
+                            &self.catalog,
+                        )
+                        .await?,
+                    )
+                } else {
+                    None
+                };
+                relations.insert(rel.relid, entry);
+                Vec::new()
+            }
+            LogicalMessage::Insert { relid, new } => match lookup(relations, relid)? {
+                Some(rel) => vec![Change::insert(
+                    rel.schema.clone(),
+                    rel.row(&new, false, false)?,
+                )],
+                None => Vec::new(),
+            },
+            LogicalMessage::Update { relid, old, new } => match lookup(relations, relid)? {
+                Some(rel) => {
+                    let old = match old {
+                        Some(old) => Some(rel.row(&old.values, true, !old.full)?),
+                        None => None,
+                    };
+                    vec![Change::update(
+                        rel.schema.clone(),
+                        old,
+                        rel.row(&new, false, false)?,
+                    )]
+                }
+                None => Vec::new(),
+            },
+            LogicalMessage::Delete { relid, old } => match lookup(relations, relid)? {
+                Some(rel) => vec![Change::delete(
+                    rel.schema.clone(),
+                    rel.row(&old.values, true, !old.full)?,
+                )],
+                None => Vec::new(),
+            },
+            LogicalMessage::Truncate { relids, .. } => {
+                let mut out = Vec::new();
+                for relid in relids {
+                    if let Some(rel) = lookup(relations, relid)? {
+                        out.push(Change::truncate(rel.schema.clone()));
+                    }
+                }
+                out
+            }
+            LogicalMessage::Begin { .. }
+            | LogicalMessage::Commit { .. }
+            | LogicalMessage::Origin { .. }
+            | LogicalMessage::Type { .. }
+            | LogicalMessage::Message { .. } => Vec::new(),
+        })
+    }
+}
+
+/// Sends to the pipeline without blocking shutdown.
+struct Out<'a> {
+    output: &'a mpsc::Sender<Message>,
+    shutdown: &'a CancellationToken,
+}
+
+impl Out<'_> {
+    async fn send(&self, message: Message) -> Flow {
+        tokio::select! {
+            sent = self.output.send(message) => if sent.is_ok() { Flow::Continue } else { Flow::Stop },
+            _ = self.shutdown.cancelled() => Flow::Stop,
+        }
+    }
+}

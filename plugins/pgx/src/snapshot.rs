@@ -1,0 +1,277 @@
+//! The initial snapshot (DESIGN §6): workers import the slot's exported snapshot
+//! (`SET TRANSACTION SNAPSHOT`) and `COPY … TO STDOUT` tables in parallel, streaming inserts in
+//! `CHANGES_PER_MESSAGE` chunks; values go through `types::parse_value` exactly as the stream's.
+
+use crate::config::Valid;
+use crate::connect::connect;
+use crate::error::pg;
+use crate::relations::{build_schema, quote_ident, quote_table, TableInfo, Types};
+use crate::types::{parse_value, TypeKind};
+use etcdsync_core::change::Column;
+use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
+use etcdsync_core::{Change, Message, Result, Value};
+use futures::StreamExt;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+/// Copies every table with `valid.snapshot_workers` connections that all see `snapshot`.
+/// Returns `false` when stopped by shutdown or a closed output before finishing.
+pub async fn copy_tables(
+    valid: &Valid,
+    tables: &[TableInfo],
+    snapshot: &str,
+    server_version: i32,
+    output: &mpsc::Sender<Message>,
+    shutdown: &CancellationToken,
+) -> Result<bool> {
+    let queue = Arc::new(Mutex::new(tables.iter().cloned().collect::<VecDeque<_>>()));
+    let workers = valid.snapshot_workers.min(tables.len()).max(1);
+    let jobs = (0..workers).map(|n| {
+        let queue = queue.clone();
+        async move { worker(n, valid, queue, snapshot, server_version, output).await }
+    });
+    tokio::select! {
+        results = futures::future::try_join_all(jobs) => Ok(results?.into_iter().all(|done| done)),
+        _ = shutdown.cancelled() => Ok(false),
+    }
+}
+
+async fn worker(
+    n: usize,
+    valid: &Valid,
+    queue: Arc<Mutex<VecDeque<TableInfo>>>,
+    snapshot: &str,
+    server_version: i32,
+    output: &mpsc::Sender<Message>,
+) -> Result<bool> {
+    let client = connect(valid, &format!("snapshot worker {n}")).await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            snapshot.replace('\'', "''")
+        ))
+        .await
+        .map_err(pg("importing the exported snapshot"))?;
+    let mut types = Types::default();
+    loop {
+        let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
+        let Some(table) = next else { break };
+        if !copy_table(&client, &table, valid, &mut types, server_version, output).await? {
+            return Ok(false);
+        }
+    }
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(pg("ending the snapshot transaction"))?;
+    Ok(true)
+}
+
+/// The synced columns of a table as the snapshot sees them: not dropped, not generated
+/// (pgoutput does not send generated columns), not excluded; in table order.
+async fn columns(
+    client: &Client,
+    table: &TableInfo,
+    valid: &Valid,
+    server_version: i32,
+) -> Result<Vec<(String, u32)>> {
+    let generated = if server_version >= 120000 {
+        "AND a.attgenerated = ''"
+    } else {
+        ""
+    };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT a.attname::text, a.atttypid FROM pg_attribute a \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped {generated} ORDER BY a.attnum"
+            ),
+            &[&table.oid],
+        )
+        .await
+        .map_err(pg(format!("reading the columns of {}", table.id)))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, u32>(1)))
+        .filter(|(name, _)| !valid.tables.column_excluded(&table.id, name))
+        .collect())
+}
+
+async fn copy_table(
+    client: &Client,
+    table: &TableInfo,
+    valid: &Valid,
+    types: &mut Types,
+    server_version: i32,
+    output: &mpsc::Sender<Message>,
+) -> Result<bool> {
+    let cols = columns(client, table, valid, server_version).await?;
+    let mut schema_columns = Vec::with_capacity(cols.len());
+    let mut kinds = Vec::with_capacity(cols.len());
+    for (name, oid) in &cols {
+        let resolved = types.resolve(client, *oid).await?;
+        schema_columns.push(Column::new(name.clone(), resolved.name));
+        kinds.push(resolved.kind);
+    }
+    let schema = Arc::new(build_schema(
+        table.id.clone(),
+        schema_columns,
+        &table.key,
+        None,
+    )?);
+    let select = cols
+        .iter()
+        .map(|(name, _)| quote_ident(name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "COPY (SELECT {select} FROM ONLY {}) TO STDOUT",
+        quote_table(&table.id)
+    );
+    let context = format!("copying {}", table.id);
+    let stream = client.copy_out(&sql).await.map_err(pg(context.clone()))?;
+    futures::pin_mut!(stream);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut batch = Vec::with_capacity(CHANGES_PER_MESSAGE);
+    let mut rows = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(pg(context.clone()))?;
+        pending.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+            let line = &pending[start..start + end];
+            batch.push(Change::insert(schema.clone(), row(line, &kinds)));
+            start += end + 1;
+            if batch.len() >= CHANGES_PER_MESSAGE {
+                rows += batch.len() as u64;
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(CHANGES_PER_MESSAGE));
+                if output.send(Message::Changes(full)).await.is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+        pending.drain(..start);
+    }
+    if !pending.is_empty() {
+        batch.push(Change::insert(schema.clone(), row(&pending, &kinds)));
+    }
+    rows += batch.len() as u64;
+    if !batch.is_empty() && output.send(Message::Changes(batch)).await.is_err() {
+        return Ok(false);
+    }
+    tracing::info!(table = %table.id, rows, "table copied");
+    Ok(true)
+}
+
+fn row(line: &[u8], kinds: &[TypeKind]) -> Vec<Value> {
+    parse_copy_line(line)
+        .into_iter()
+        .zip(kinds)
+        .map(|(field, kind)| match field {
+            None => Value::Null,
+            Some(text) => parse_value(kind, &text),
+        })
+        .collect()
+}
+
+/// Splits one line of COPY text format into fields: tab-separated, `\N` is NULL, backslash
+/// escapes (`\b \f \n \r \t \v \\`, octal `\ddd`, hex `\xhh`) decoded.
+pub fn parse_copy_line(line: &[u8]) -> Vec<Option<String>> {
+    line.split(|&b| b == b'\t').map(unescape_field).collect()
+}
+
+fn unescape_field(field: &[u8]) -> Option<String> {
+    if field == b"\\N" {
+        return None;
+    }
+    if !field.contains(&b'\\') {
+        return Some(String::from_utf8_lossy(field).into_owned());
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let b = field[i];
+        if b != b'\\' || i + 1 == field.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let c = field[i + 1];
+        i += 2;
+        match c {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut value = u32::from(c - b'0');
+                let mut digits = 1;
+                while digits < 3 && i < field.len() && (b'0'..=b'7').contains(&field[i]) {
+                    value = value * 8 + u32::from(field[i] - b'0');
+                    i += 1;
+                    digits += 1;
+                }
+                out.push((value & 0xff) as u8);
+            }
+            b'x' if i < field.len() && field[i].is_ascii_hexdigit() => {
+                let mut value = 0u32;
+                let mut digits = 0;
+                while digits < 2 && i < field.len() && field[i].is_ascii_hexdigit() {
+                    value = value * 16 + (field[i] as char).to_digit(16).unwrap_or(0);
+                    i += 1;
+                    digits += 1;
+                }
+                out.push((value & 0xff) as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_fields_and_escapes() {
+        let line = b"1\t\\N\ta\\tb\\nc\\\\d\t\\\\x0a\t\\101\\x42\t";
+        assert_eq!(
+            parse_copy_line(line),
+            vec![
+                Some("1".into()),
+                None,
+                Some("a\tb\nc\\d".into()),
+                Some("\\x0a".into()),
+                Some("AB".into()),
+                Some(String::new()),
+            ]
+        );
+        assert_eq!(parse_copy_line("é\\r".as_bytes()), vec![Some("é\r".into())]);
+    }
+
+    #[test]
+    fn copy_values_use_the_shared_type_rules() {
+        let kinds = [
+            TypeKind::Int,
+            TypeKind::Bytes,
+            TypeKind::TimestampTz,
+            TypeKind::Text,
+        ];
+        let values = row(b"7\t\\\\x6869\t2024-01-02 03:04:05.10+00\t\\N", &kinds);
+        assert_eq!(
+            values,
+            vec![
+                Value::Int(7),
+                Value::Bytes(b"hi".to_vec()),
+                Value::TimestampTz("2024-01-02T03:04:05.1Z".into()),
+                Value::Null
+            ]
+        );
+    }
+}

@@ -1,0 +1,433 @@
+//! `PgxSource`: `build` connects, checks prerequisites (wal_level, REPLICATION, usable keys),
+//! keeps the publication in step and decides between snapshot and resume; `run` takes the
+//! snapshot on a slot created with an exported snapshot (DESIGN §6) and then streams (§5).
+
+use crate::config::{PgxConfig, SnapshotMode, Valid};
+use crate::connect::{connect, replication_config};
+use crate::error::{pg, wire};
+use crate::position;
+use crate::relations::{quote_ident, quote_table, selected_tables, table_key, TableInfo, Types};
+use crate::replication::Streamer;
+use crate::snapshot::copy_tables;
+use etcdsync_core::source::{Source, SourceContext, SourceIo};
+use etcdsync_core::{async_trait, Error, Message, Result, TableId};
+use pgwire_replication::{Lsn, ReplicationClient};
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+use tokio_postgres::Client;
+
+/// What `run` starts with.
+enum Plan {
+    /// No checkpoint: (re)create the slot with an exported snapshot and copy every table.
+    Snapshot,
+    /// Stream from this position (a checkpoint, or the slot's position with `snapshot: never`).
+    Stream { from: Lsn },
+}
+
+pub struct PgxSource {
+    valid: Valid,
+    catalog: Client,
+    server_version: i32,
+    /// Streamed tables (copied by the initial snapshot, or already published).
+    tables: Vec<TableInfo>,
+    /// Newly selected tables awaiting their copy.
+    pending: Vec<TableInfo>,
+    plan: Plan,
+}
+
+/// The slot as `pg_replication_slots` shows it.
+struct SlotState {
+    plugin: Option<String>,
+    database: Option<String>,
+    active: bool,
+    confirmed_flush: Option<Lsn>,
+}
+
+pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Source>> {
+    let valid = config.validated(&cx.name)?;
+    let catalog = connect(&valid, "catalog").await?;
+    let server_version = check_server(&catalog, &valid).await?;
+
+    let mut tables = Vec::new();
+    for (oid, id, replident) in selected_tables(&catalog, &valid.tables).await? {
+        let key = table_key(
+            &catalog,
+            oid,
+            &id,
+            &replident,
+            &valid.key_columns,
+            &valid.tables,
+        )
+        .await?;
+        tables.push(TableInfo { oid, id, key });
+    }
+    if tables.is_empty() {
+        tracing::warn!(include = ?valid.tables.include, "no table matches source.tables; streaming tables created later only");
+    }
+    let slot = slot_state(&catalog, &valid.slot).await?;
+    if let Some(slot) = &slot {
+        check_slot(&valid, slot)?;
+    }
+    let plan = match (&cx.resume, valid.snapshot) {
+        (Some(checkpoint), _) => {
+            let from = position::parse(&checkpoint.position)?;
+            let Some(slot) = slot else {
+                return Err(Error::fatal(format!(
+                    "replication slot `{}` is gone, so changes after the checkpoint {} are lost to etcdsync; \
+                     delete the checkpoint key (under the sink's meta prefix) to take a fresh snapshot",
+                    valid.slot, checkpoint.position
+                )));
+            };
+            if let Some(confirmed) = slot.confirmed_flush {
+                if confirmed > from {
+                    return Err(Error::fatal(format!(
+                        "replication slot `{}` has confirmed {} but etcd's checkpoint is only {}: the changes in \
+                         between cannot be replayed (was etcd restored from a backup?); delete the checkpoint key \
+                         to take a fresh snapshot",
+                        valid.slot,
+                        confirmed.to_pg_string(),
+                        checkpoint.position
+                    )));
+                }
+            }
+            Plan::Stream { from }
+        }
+        (None, SnapshotMode::Initial) => Plan::Snapshot,
+        (None, SnapshotMode::Never) => {
+            let from = match slot.and_then(|s| s.confirmed_flush) {
+                Some(lsn) => lsn,
+                None => create_slot_sql(&catalog, &valid.slot).await?,
+            };
+            Plan::Stream { from }
+        }
+    };
+    let resuming_with_copies = cx.resume.is_some() && valid.snapshot == SnapshotMode::Initial;
+    let pending = sync_publications(&catalog, &valid, &tables, resuming_with_copies).await?;
+    if !pending.is_empty() {
+        let names: Vec<String> = pending.iter().map(|t| t.id.to_string()).collect();
+        tracing::info!(tables = ?names, "newly selected tables will be copied, then streamed");
+    }
+    let tables = tables
+        .into_iter()
+        .filter(|t| !pending.iter().any(|p| p.id == t.id))
+        .collect();
+    Ok(Box::new(PgxSource {
+        valid,
+        catalog,
+        server_version,
+        tables,
+        pending,
+        plan,
+    }))
+}
+
+/// Server prerequisites, each failure naming the fix. Returns `server_version_num`.
+async fn check_server(client: &Client, valid: &Valid) -> Result<i32> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int4, current_setting('wal_level'), \
+                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), current_user::text",
+            &[],
+        )
+        .await
+        .map_err(pg("checking server settings"))?;
+    let version: i32 = row.get(0);
+    let wal_level: String = row.get(1);
+    let can_replicate: Option<bool> = row.get(2);
+    let user: String = row.get(3);
+    if version < 100000 {
+        return Err(Error::config(format!(
+            "{} runs PostgreSQL {version}; pgoutput logical replication needs PostgreSQL 10 or later",
+            valid.display_url
+        )));
+    }
+    if wal_level != "logical" {
+        return Err(Error::config(format!(
+            "{} has wal_level = {wal_level}; logical replication needs wal_level = logical: run \
+             ALTER SYSTEM SET wal_level = logical; and restart the server",
+            valid.display_url
+        )));
+    }
+    if can_replicate != Some(true) {
+        return Err(Error::config(format!(
+            "role {user} may not open replication connections: run ALTER ROLE {} REPLICATION; (as a superuser)",
+            quote_ident(&user)
+        )));
+    }
+    Ok(version)
+}
+
+async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, database::text, active, confirmed_flush_lsn::text \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(pg("looking up the replication slot"))?;
+    Ok(row.map(|r| SlotState {
+        plugin: r.get(0),
+        database: r.get(1),
+        active: r.get(2),
+        confirmed_flush: r
+            .get::<_, Option<String>>(3)
+            .and_then(|t| Lsn::parse(&t).ok()),
+    }))
+}
+
+fn check_slot(valid: &Valid, slot: &SlotState) -> Result<()> {
+    let database = valid.pg.get_dbname().unwrap_or_default();
+    if slot.plugin.as_deref() != Some("pgoutput") || slot.database.as_deref() != Some(database) {
+        return Err(Error::config(format!(
+            "replication slot `{}` exists but is not a pgoutput slot of database {database} (plugin {:?}, database {:?}); \
+             set `source.slot` to another name",
+            valid.slot, slot.plugin, slot.database
+        )));
+    }
+    Ok(())
+}
+
+async fn create_slot_sql(client: &Client, slot: &str) -> Result<Lsn> {
+    let row = client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .map_err(pg(format!("creating replication slot {slot}")))?;
+    let text: String = row.get(0);
+    Lsn::parse(&text).map_err(|e| Error::fatal(format!("slot {slot} reported LSN `{text}`: {e}")))
+}
+
+/// Drops the slot, waiting a little for a previous session of ours that still holds it.
+async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
+    for attempt in 0..20 {
+        match slot_state(client, slot).await? {
+            None => return Ok(()),
+            Some(state) if state.active => {
+                if attempt == 19 {
+                    return Err(Error::transient(format!(
+                        "replication slot `{slot}` is in use by another session (another etcdsync with the same name?)"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Some(_) => {
+                client
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                    .await
+                    .map_err(pg(format!(
+                        "dropping replication slot {slot} for a fresh snapshot"
+                    )))?;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn publication_tables(client: &Client, name: &str) -> Result<Option<BTreeSet<TableId>>> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .map_err(pg("looking up the publication"))?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    let tables = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(pg("reading the publication's tables"))?
+        .into_iter()
+        .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    Ok(Some(tables))
+}
+
+/// Creates a publication if missing, or makes its table list equal to `wanted`.
+async fn set_publication(client: &Client, name: &str, wanted: &BTreeSet<TableId>) -> Result<()> {
+    let list = |set: &BTreeSet<TableId>| set.iter().map(quote_table).collect::<Vec<_>>().join(", ");
+    let sql = match publication_tables(client, name).await? {
+        None if wanted.is_empty() => format!("CREATE PUBLICATION {}", quote_ident(name)),
+        None => format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(name),
+            list(wanted)
+        ),
+        Some(current) if &current == wanted => return Ok(()),
+        Some(current) if wanted.is_empty() => {
+            format!(
+                "ALTER PUBLICATION {} DROP TABLE {}",
+                quote_ident(name),
+                list(&current)
+            )
+        }
+        Some(_) => format!(
+            "ALTER PUBLICATION {} SET TABLE {}",
+            quote_ident(name),
+            list(wanted)
+        ),
+    };
+    client.batch_execute(&sql).await.map_err(pg(format!(
+        "updating publication {name} to the selected tables (or set `source.manage_publication: false`)"
+    )))?;
+    tracing::info!(publication = %name, tables = wanted.len(), "publication tables set");
+    Ok(())
+}
+
+/// Brings the publications in step with the selection (issue 3 §2, §5). With a snapshot ahead
+/// (or `snapshot: never`) every selected table goes into the publication. When resuming, tables
+/// already published stay; newly selected ones go into the pending publication and are returned:
+/// they are copied before they are streamed (a crash before that copy is acknowledged leaves
+/// them pending, so the copy is redone).
+async fn sync_publications(
+    client: &Client,
+    valid: &Valid,
+    tables: &[TableInfo],
+    resuming_with_copies: bool,
+) -> Result<Vec<TableInfo>> {
+    let wanted: BTreeSet<TableId> = tables.iter().map(|t| t.id.clone()).collect();
+    if !valid.manage_publication {
+        if publication_tables(client, &valid.publication)
+            .await?
+            .is_none()
+        {
+            set_publication(client, &valid.publication, &wanted).await?;
+        }
+        return Ok(Vec::new());
+    }
+    let published = if resuming_with_copies {
+        let current = publication_tables(client, &valid.publication)
+            .await?
+            .unwrap_or_default();
+        current.intersection(&wanted).cloned().collect()
+    } else {
+        wanted.clone()
+    };
+    let pending: BTreeSet<TableId> = wanted.difference(&published).cloned().collect();
+    set_publication(client, &valid.pending_publication(), &pending).await?;
+    set_publication(client, &valid.publication, &published).await?;
+    Ok(tables
+        .iter()
+        .filter(|t| pending.contains(&t.id))
+        .cloned()
+        .collect())
+}
+
+/// The consistent point and snapshot name of a `CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT`
+/// answer (columns slot_name, consistent_point, snapshot_name, output_plugin).
+pub fn slot_answer(rows: &[Vec<Option<bytes::Bytes>>]) -> Result<(Lsn, String)> {
+    let text = |i: usize| {
+        rows.first()
+            .and_then(|row| row.get(i))
+            .and_then(|v| v.as_ref())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let (Some(point), Some(snapshot)) = (text(1), text(2)) else {
+        return Err(Error::fatal(
+            "CREATE_REPLICATION_SLOT returned no consistent point or snapshot name",
+        ));
+    };
+    let point = Lsn::parse(&point)
+        .map_err(|e| Error::fatal(format!("slot consistent point `{point}`: {e}")))?;
+    Ok((point, snapshot))
+}
+
+impl PgxSource {
+    /// Creates the slot with an exported snapshot on a replication session that stays open
+    /// while the workers copy; returns the consistent point, or `None` when stopped.
+    async fn snapshot(&mut self, io: &SourceIo) -> Result<Option<Lsn>> {
+        drop_slot(&self.catalog, &self.valid.slot).await?;
+        let config = replication_config(&self.valid, Lsn::ZERO, Lsn::ZERO)?;
+        let mut session = ReplicationClient::connect_gated(config)
+            .await
+            .map_err(wire("opening the replication session"))?;
+        let rows = session
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                self.valid.slot
+            ))
+            .await
+            .map_err(wire(format!(
+                "creating replication slot {}",
+                self.valid.slot
+            )))?;
+        let (consistent, snapshot) = slot_answer(&rows)?;
+        let point = consistent.to_pg_string();
+        tracing::info!(slot = %self.valid.slot, consistent_point = %point, snapshot = %snapshot, tables = self.tables.len(), "snapshot started");
+
+        let tables: Vec<TableId> = self.tables.iter().map(|t| t.id.clone()).collect();
+        if io.send(Message::SnapshotStarted { tables }).await.is_err() {
+            return Ok(None);
+        }
+        let done = copy_tables(
+            &self.valid,
+            &self.tables,
+            &snapshot,
+            self.server_version,
+            &io.output,
+            &io.shutdown,
+        )
+        .await?;
+        // The exported snapshot is no longer needed: end the session that holds it.
+        drop(session);
+        if !done {
+            return Ok(None);
+        }
+        if io
+            .send(Message::SnapshotFinished {
+                position: position::format(consistent),
+            })
+            .await
+            .is_err()
+        {
+            return Ok(None);
+        }
+        tracing::info!(consistent_point = %point, "snapshot finished; streaming");
+        Ok(Some(consistent))
+    }
+}
+
+#[async_trait]
+impl Source for PgxSource {
+    async fn run(mut self: Box<Self>, io: SourceIo) -> Result<()> {
+        let from = match self.plan {
+            Plan::Stream { from } => from,
+            Plan::Snapshot => match self.snapshot(&io).await? {
+                Some(point) => point,
+                None => {
+                    drop(io.output);
+                    let _ = SourceIo::final_ack(io.acked).await;
+                    return Ok(());
+                }
+            },
+        };
+        let config = replication_config(&self.valid, from, from)?;
+        let client = ReplicationClient::connect(config)
+            .await
+            .map_err(wire("starting replication"))?;
+        let keys: HashMap<TableId, Vec<String>> = self
+            .tables
+            .iter()
+            .chain(&self.pending)
+            .map(|t| (t.id.clone(), t.key.clone()))
+            .collect();
+        let streamer = Streamer {
+            client,
+            catalog: self.catalog,
+            types: Types::default(),
+            keys,
+            resume: from,
+            valid: self.valid.clone(),
+            server_version: self.server_version,
+            pending: self.pending,
+        };
+        tracing::info!(slot = %self.valid.slot, from = %from.to_pg_string(), "streaming");
+        streamer.run(io.output, io.acked, io.shutdown).await
+    }
+}

@@ -1,0 +1,458 @@
+//! PostgreSQL helpers for the `pgx_*` tests: a database per test (dropped with its slots by a
+//! guard), a source harness with an acknowledging in-memory sink, etcd read-back, and the
+//! expected etcd content computed from the database (DESIGN §2–3).
+
+use etcdsync_core::encode::json::encode_row;
+use etcdsync_core::encode::key::{escape_component, row_key};
+use etcdsync_core::source::{SourceConfig, SourceContext, SourceIo};
+use etcdsync_core::{Checkpoint, Message, Op, Position, TableId};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+/// An environment variable the test environment (`tools/testenv.sh`) exports. Missing → panic:
+/// with `integration-tests` on, a missing server fails the test, never skips it.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run tools/testenv.sh start and source target/testenv/env")
+    })
+}
+
+/// A name unique to this process and call, usable as database, slot, publication, prefix.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() % 1_000_000)
+        .unwrap_or(0);
+    format!("{prefix}_{}_{t}_{n}", std::process::id())
+}
+
+/// Replaces the database of a libpq URL.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let head = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{head}/{database}?{q}"),
+        None => format!("{head}/{database}"),
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// A fresh database for one test, dropped (with its replication slots) when the guard drops.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    base_url: String,
+}
+
+impl TestDb {
+    pub async fn create(prefix: &str) -> TestDb {
+        let base_url = env("ETCDSYNC_TEST_PG");
+        let name = unique(prefix);
+        let admin = connect(&base_url).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        let url = with_database(&base_url, &name);
+        TestDb {
+            name,
+            url,
+            base_url,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+
+    /// The slot's confirmed_flush_lsn as a number.
+    pub async fn confirmed_flush(&self, slot: &str) -> Option<u64> {
+        let client = self.client().await;
+        let row = client
+            .query_opt(
+                "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .expect("query slot");
+        row.and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(|v| v as u64)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (name, base) = (self.name.clone(), self.base_url.clone());
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok((client, connection)) = tokio_postgres::connect(&base, NoTls).await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                for _ in 0..20 {
+                    let _ = client
+                        .execute(
+                            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                             WHERE database = $1 AND active_pid IS NOT NULL",
+                            &[&name],
+                        )
+                        .await;
+                    let _ = client
+                        .execute(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                             WHERE database = $1 AND NOT active",
+                            &[&name],
+                        )
+                        .await;
+                    let left = client
+                        .query_one(
+                            "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+                            &[&name],
+                        )
+                        .await
+                        .map(|r| r.get::<_, i64>(0))
+                        .unwrap_or(0);
+                    if left == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A `pgx` source config section for a test database.
+pub fn source_yaml(db: &TestDb, include: &[&str], extra: &str) -> String {
+    let include = include
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "type: pgx\nurl: \"{}\"\ntables:\n  include: [{include}]\nsslmode: disable\nheartbeat_interval: 1s\ntable_refresh_interval: 1s\n{extra}",
+        db.url
+    )
+}
+
+/// A source running against an in-memory sink that records every message and acknowledges
+/// every position at once.
+pub struct SourceRun {
+    pub messages: Arc<Mutex<Vec<Message>>>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<etcdsync_core::Result<()>>,
+    sink: tokio::task::JoinHandle<Option<Position>>,
+}
+
+impl SourceRun {
+    pub async fn start(yaml: &str, name: &str, resume: Option<Position>) -> SourceRun {
+        Self::start_with(yaml, name, resume, true).await
+    }
+
+    /// Like [`SourceRun::start`]; with `ack: false` the sink records but never acknowledges, as
+    /// if etcd held the data but the confirmation never reached PostgreSQL (a crash in between).
+    pub async fn start_with(
+        yaml: &str,
+        name: &str,
+        resume: Option<Position>,
+        ack: bool,
+    ) -> SourceRun {
+        let config: Box<dyn SourceConfig> = serde_yaml::from_str(yaml).expect("source yaml");
+        config.validate(name).expect("valid source config");
+        let resume = resume.map(|position| Checkpoint {
+            source: "pgx".into(),
+            position,
+            committed_at: None,
+            applied_at: "2000-01-01T00:00:00Z".into(),
+        });
+        let source = config
+            .build(SourceContext {
+                name: name.into(),
+                resume,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("build source: {e}"));
+        let (tx, mut rx) = mpsc::channel(16);
+        let (ack_tx, ack_rx) = watch::channel(None);
+        let shutdown = CancellationToken::new();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let recorded = messages.clone();
+        let sink = tokio::spawn(async move {
+            let mut last = None;
+            while let Some(message) = rx.recv().await {
+                let position = match &message {
+                    Message::Commit(commit) => Some(commit.position.clone()),
+                    Message::SnapshotFinished { position } | Message::Heartbeat { position } => {
+                        Some(position.clone())
+                    }
+                    _ => None,
+                };
+                if let Ok(mut all) = recorded.lock() {
+                    all.push(message);
+                }
+                if let Some(position) = position.filter(|_| ack) {
+                    last = Some(position.clone());
+                    let _ = ack_tx.send(Some(position));
+                }
+            }
+            last
+        });
+        let io = SourceIo {
+            output: tx,
+            acked: ack_rx,
+            shutdown: shutdown.clone(),
+        };
+        let task = tokio::spawn(source.run(io));
+        SourceRun {
+            messages,
+            shutdown,
+            task,
+            sink,
+        }
+    }
+
+    /// Waits until `done` holds for the messages so far (panics after `timeout`).
+    pub async fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&[Message]) -> bool) {
+        let start = Instant::now();
+        loop {
+            if let Ok(all) = self.messages.lock() {
+                if done(&all) {
+                    return;
+                }
+            }
+            if self.task.is_finished() {
+                panic!("source stopped while waiting for {what}");
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}: {:#?}",
+                self.messages.lock().map(|m| m.len())
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the source; returns every message and the last acknowledged position.
+    pub async fn stop(self) -> (Vec<Message>, Option<Position>) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+        match result {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("source failed: {e}"),
+            Ok(Err(e)) => panic!("source panicked: {e}"),
+            Err(_) => panic!("source did not stop within 20 s"),
+        }
+        let last = self.sink.await.unwrap_or(None);
+        let messages = self.messages.lock().map(|m| m.clone()).unwrap_or_default();
+        (messages, last)
+    }
+}
+
+/// Rows (by key text) of one table as the messages leave them: applies inserts, updates,
+/// deletes and truncates in order, the way a sink would. Values are the JSON encodings.
+pub fn apply(messages: &[Message], prefix: &str) -> BTreeMap<String, String> {
+    let mut state = BTreeMap::new();
+    for message in messages {
+        let Message::Changes(changes) = message else {
+            continue;
+        };
+        for change in changes {
+            let schema = &change.table;
+            let key =
+                |row: &[etcdsync_core::Value]| row_key(prefix, &schema.id, schema.key_values(row));
+            match &change.op {
+                Op::Insert { row } => {
+                    state.insert(key(row), json(schema, row));
+                }
+                Op::Update { old, row } => {
+                    if let Some(old) = old {
+                        state.remove(&key(old));
+                    }
+                    let mut row = row.clone();
+                    if let Some(prev) = state.get(&key(&row)) {
+                        // fill unchanged TOAST values from the previous value
+                        let prev: serde_json::Value =
+                            serde_json::from_str(prev).unwrap_or_default();
+                        for (i, value) in row.iter_mut().enumerate() {
+                            if *value == etcdsync_core::Value::Unchanged {
+                                let name = &schema.columns[i].name;
+                                *value = etcdsync_core::Value::Json(prev[name].to_string());
+                            }
+                        }
+                    }
+                    state.insert(key(&row), json(schema, &row));
+                }
+                Op::Delete { old } => {
+                    state.remove(&key(old));
+                }
+                Op::Truncate => {
+                    let table_prefix = etcdsync_core::encode::key::table_prefix(prefix, &schema.id);
+                    state.retain(|k, _| !k.starts_with(&table_prefix));
+                }
+            }
+        }
+    }
+    state
+}
+
+fn json(schema: &etcdsync_core::TableSchema, row: &[etcdsync_core::Value]) -> String {
+    String::from_utf8(encode_row(schema, row).expect("encode row")).expect("utf8")
+}
+
+/// The expected content of a table under `prefix`: key from the key columns (given in key
+/// order), value `row_to_json` of the row (valid for int/text/bool columns, whose JSON the
+/// database renders exactly as DESIGN §3 does).
+pub async fn expected(
+    client: &Client,
+    prefix: &str,
+    table: &TableId,
+    key_columns: &[&str],
+) -> BTreeMap<String, String> {
+    let keys = key_columns
+        .iter()
+        .map(|c| format!("t.\"{c}\"::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT ARRAY[{keys}], row_to_json(t)::text FROM \"{}\".\"{}\" t",
+        table.schema, table.table
+    );
+    let rows = client.query(&sql, &[]).await.expect("read table");
+    let base = etcdsync_core::encode::key::table_prefix(prefix, table);
+    rows.into_iter()
+        .map(|r| {
+            let parts: Vec<String> = r.get(0);
+            let key = format!(
+                "{base}{}",
+                parts
+                    .iter()
+                    .map(|p| escape_component(p))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            );
+            (key, r.get::<_, String>(1))
+        })
+        .collect()
+}
+
+/// Every key and value under `prefix` in etcd (read in pages, so large tables fit).
+pub async fn etcd_dump(client: &mut etcd_client::Client, prefix: &str) -> BTreeMap<String, String> {
+    let end = etcdsync_core::encode::key::prefix_range_end(prefix);
+    let mut out = BTreeMap::new();
+    let mut from = prefix.as_bytes().to_vec();
+    loop {
+        let options = etcd_client::GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(2000);
+        let response = client
+            .get(from.clone(), Some(options))
+            .await
+            .expect("etcd get");
+        for kv in response.kvs() {
+            out.insert(
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                String::from_utf8_lossy(kv.value()).into_owned(),
+            );
+        }
+        match response.kvs().last() {
+            Some(last) if response.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return out,
+        }
+    }
+}
+
+pub async fn etcd() -> etcd_client::Client {
+    let endpoint = env("ETCDSYNC_TEST_ETCD");
+    etcd_client::Client::connect([endpoint.as_str()], None)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to etcd at {endpoint}: {e}"))
+}
+
+/// Deletes an etcd prefix when dropped.
+pub struct EtcdPrefixGuard(pub Vec<String>);
+
+impl Drop for EtcdPrefixGuard {
+    fn drop(&mut self) {
+        let prefixes = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(endpoint) = std::env::var("ETCDSYNC_TEST_ETCD") else {
+                    return;
+                };
+                let Ok(mut client) = etcd_client::Client::connect([endpoint.as_str()], None).await
+                else {
+                    return;
+                };
+                for prefix in prefixes {
+                    let _ = client
+                        .delete(
+                            prefix,
+                            Some(etcd_client::DeleteOptions::new().with_prefix()),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Polls until `f` returns true or `timeout` passes; returns whether it became true.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
