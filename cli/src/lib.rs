@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use etcdsync_etcd as _;
 use etcdsync_mysql as _;
 use etcdsync_pgx as _;
+use etcdsync_transforms as _;
 
 const EXAMPLES: &str = "\
 Examples:

@@ -1,0 +1,107 @@
+//! The `etcdsync` binary: plugin listing, example configs, and config errors (no servers needed).
+
+use etcdsync_core::registry::{self, PluginKind};
+use etcdsync_core::sink::SinkConfig;
+use etcdsync_core::source::SourceConfig;
+use etcdsync_core::transform::TransformConfig;
+use std::process::Command;
+
+// Link the built-in plugins into this test binary too.
+use etcdsync_etcd as _;
+use etcdsync_mysql as _;
+use etcdsync_pgx as _;
+use etcdsync_transforms as _;
+
+fn etcdsync(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_etcdsync")).args(args).output().expect("run etcdsync")
+}
+
+#[test]
+fn plugins_lists_the_built_in_plugins() {
+    let output = etcdsync(&["plugins"]);
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    for (kind, name) in [
+        ("source", "pgx"),
+        ("source", "mysql"),
+        ("sink", "etcd"),
+        ("transform", "key_template"),
+        ("transform", "value"),
+        ("transform", "filter"),
+        ("transform", "drop_columns"),
+        ("transform", "rename_columns"),
+    ] {
+        assert!(
+            text.lines().any(|l| l.split_whitespace().take(2).eq([kind, name])),
+            "`{kind} {name}` missing from:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn every_registered_example_parses_and_validates() {
+    let plugins = registry::plugins();
+    assert!(plugins.len() >= 3, "built-in plugins not registered: {plugins:?}");
+    for plugin in plugins {
+        let context = format!("example of {} `{}`:\n{}", plugin.kind, plugin.name, plugin.example);
+        let result = match plugin.kind {
+            PluginKind::Source => serde_yaml::from_str::<Box<dyn SourceConfig>>(plugin.example)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate("example").map_err(|e| e.to_string())),
+            PluginKind::Sink => serde_yaml::from_str::<Box<dyn SinkConfig>>(plugin.example)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate("example").map_err(|e| e.to_string())),
+            PluginKind::Transform => serde_yaml::from_str::<Box<dyn TransformConfig>>(plugin.example)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string())),
+        };
+        if let Err(error) = result {
+            panic!("{context}\nfails: {error}");
+        }
+    }
+}
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("etcdsync-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+const SOURCE: &str = "source: { type: pgx, url: \"postgres://u@127.0.0.1:1/db\", tables: { include: [\"public.*\"] } }";
+
+fn assert_run_fails_with(config_name: &str, text: &str, needle: &str) {
+    let path = write_config(config_name, text);
+    let output = etcdsync(&["run", "--config-file", path.to_str().expect("utf8 path")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{config_name} should fail");
+    assert!(stderr.contains(needle), "{config_name}: expected `{needle}` in:\n{stderr}");
+}
+
+#[test]
+fn bad_configs_exit_non_zero_naming_the_key() {
+    assert_run_fails_with(
+        "unknown-key.yaml",
+        &format!("name: t\n{SOURCE}\nsink: {{ type: etcd, endpoint: x }}\n"),
+        "sink.endpoint",
+    );
+    assert_run_fails_with("missing-sink.yaml", &format!("name: t\n{SOURCE}\n"), "missing field `sink`");
+    assert_run_fails_with(
+        "overlap.yaml",
+        &format!("name: t\n{SOURCE}\nsink: {{ type: etcd, prefix: /a, meta_prefix: /a/meta }}\n"),
+        "sink.meta_prefix",
+    );
+    assert_run_fails_with("no-file.yaml", "", "");
+    let output = etcdsync(&["run", "-c", "/nonexistent/etcdsync.yaml"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/etcdsync.yaml"));
+}
+
+#[test]
+fn version_and_help() {
+    let output = etcdsync(&["--version"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let output = etcdsync(&["--help"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("etcdsync run --config-file"));
+}

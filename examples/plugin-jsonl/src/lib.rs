@@ -1,0 +1,6 @@
+//! Example third-party etcdsync plugins: a `jsonl` sink that appends every change as one JSON
+//! line to a file, and a `tag` transform that adds a constant column. Both register with the
+//! same registry as the built-ins and are selected by `type:` in YAML.
+
+pub mod jsonl_sink;
+pub mod tag_transform;
