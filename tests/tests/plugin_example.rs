@@ -1,0 +1,111 @@
+//! The out-of-tree example plugin crate (`examples/plugin-jsonl`) builds its own etcdsync binary,
+//! which lists its plugins beside the built-ins and syncs a real PostgreSQL table through its
+//! `tag` transform into its `jsonl` sink.
+#![cfg(feature = "integration-tests")]
+
+use etcdsync_tests::pg::{self, TestDb};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// Builds the example crate in its own target dir (it is its own workspace) and returns its binary.
+fn build_example() -> PathBuf {
+    let root = repo_root();
+    let target = root.join("target/example-plugin");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(root.join("examples/plugin-jsonl/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .expect("run cargo build for the example plugin");
+    assert!(status.success(), "building examples/plugin-jsonl failed");
+    target.join("debug/etcdsync-jsonl")
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn example_plugin_binary_runs_against_postgres() {
+    let binary = build_example();
+
+    let listing = Command::new(&binary).arg("plugins").output().expect("etcdsync-jsonl plugins");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for (kind, name) in [("sink", "jsonl"), ("transform", "tag"), ("sink", "etcd"), ("source", "pgx")] {
+        assert!(
+            listing.lines().any(|l| l.split_whitespace().take(2).eq([kind, name])),
+            "`{kind} {name}` missing:\n{listing}"
+        );
+    }
+
+    let db = TestDb::create("plugin_example").await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, label text); INSERT INTO items VALUES (1, 'one'), (2, 'two');")
+        .await
+        .expect("schema");
+
+    let dir = std::env::temp_dir().join(pg::unique("etcdsync_plugin_example"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let out = dir.join("changes.jsonl");
+    let config = dir.join("config.yaml");
+    let name = pg::unique("plugex").replace('_', "-").to_lowercase();
+    let source = pg::source_yaml(&db, &["public.items"], "").replace('\n', "\n  ");
+    std::fs::write(
+        &config,
+        format!(
+            "name: {name}\nsource:\n  {source}\ntransforms:\n  - {{ type: tag, column: origin, value: eu-1 }}\nsink: {{ type: jsonl, path: \"{}\" }}\n",
+            out.display()
+        ),
+    )
+    .expect("write config");
+
+    let mut child = Command::new(&binary)
+        .args(["run", "--config-file"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcdsync-jsonl run");
+
+    let arrived = pg::eventually(Duration::from_secs(60), || {
+        let out = out.clone();
+        async move { lines(&out).len() >= 2 }
+    })
+    .await;
+    assert!(arrived, "snapshot rows never reached the jsonl file");
+    client.batch_execute("INSERT INTO items VALUES (3, 'three')").await.expect("insert");
+    let streamed = pg::eventually(Duration::from_secs(30), || {
+        let out = out.clone();
+        async move { lines(&out).len() >= 3 }
+    })
+    .await;
+    assert!(streamed, "streamed insert never reached the jsonl file");
+
+    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(term.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "etcdsync-jsonl exited with {status}");
+
+    let written = lines(&out);
+    let mut labels: Vec<_> = written.iter().map(|l| l["row"]["label"].as_str().unwrap_or("").to_string()).collect();
+    labels.sort();
+    assert_eq!(labels, ["one", "three", "two"]);
+    assert!(written.iter().all(|l| l["row"]["origin"] == "eu-1" && l["table"] == "public.items"));
+    let checkpoint: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("changes.jsonl.checkpoint")).expect("checkpoint file"),
+    )
+    .expect("checkpoint JSON");
+    assert_eq!(checkpoint["source"], "pgx");
+    let _ = std::fs::remove_dir_all(&dir);
+}
