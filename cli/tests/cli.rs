@@ -13,7 +13,10 @@ use etcdsync_pgx as _;
 use etcdsync_transforms as _;
 
 fn etcdsync(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_etcdsync")).args(args).output().expect("run etcdsync")
+    Command::new(env!("CARGO_BIN_EXE_etcdsync"))
+        .args(args)
+        .output()
+        .expect("run etcdsync")
 }
 
 #[test]
@@ -32,7 +35,8 @@ fn plugins_lists_the_built_in_plugins() {
         ("transform", "rename_columns"),
     ] {
         assert!(
-            text.lines().any(|l| l.split_whitespace().take(2).eq([kind, name])),
+            text.lines()
+                .any(|l| l.split_whitespace().take(2).eq([kind, name])),
             "`{kind} {name}` missing from:\n{text}"
         );
     }
@@ -41,9 +45,15 @@ fn plugins_lists_the_built_in_plugins() {
 #[test]
 fn every_registered_example_parses_and_validates() {
     let plugins = registry::plugins();
-    assert!(plugins.len() >= 3, "built-in plugins not registered: {plugins:?}");
+    assert!(
+        plugins.len() >= 3,
+        "built-in plugins not registered: {plugins:?}"
+    );
     for plugin in plugins {
-        let context = format!("example of {} `{}`:\n{}", plugin.kind, plugin.name, plugin.example);
+        let context = format!(
+            "example of {} `{}`:\n{}",
+            plugin.kind, plugin.name, plugin.example
+        );
         let result = match plugin.kind {
             PluginKind::Source => serde_yaml::from_str::<Box<dyn SourceConfig>>(plugin.example)
                 .map_err(|e| e.to_string())
@@ -51,9 +61,11 @@ fn every_registered_example_parses_and_validates() {
             PluginKind::Sink => serde_yaml::from_str::<Box<dyn SinkConfig>>(plugin.example)
                 .map_err(|e| e.to_string())
                 .and_then(|c| c.validate("example").map_err(|e| e.to_string())),
-            PluginKind::Transform => serde_yaml::from_str::<Box<dyn TransformConfig>>(plugin.example)
-                .map_err(|e| e.to_string())
-                .and_then(|c| c.validate().map_err(|e| e.to_string())),
+            PluginKind::Transform => {
+                serde_yaml::from_str::<Box<dyn TransformConfig>>(plugin.example)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| c.validate().map_err(|e| e.to_string()))
+            }
         };
         if let Err(error) = result {
             panic!("{context}\nfails: {error}");
@@ -76,7 +88,10 @@ fn assert_run_fails_with(config_name: &str, text: &str, needle: &str) {
     let output = etcdsync(&["run", "--config-file", path.to_str().expect("utf8 path")]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{config_name} should fail");
-    assert!(stderr.contains(needle), "{config_name}: expected `{needle}` in:\n{stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{config_name}: expected `{needle}` in:\n{stderr}"
+    );
 }
 
 #[test]
@@ -86,7 +101,11 @@ fn bad_configs_exit_non_zero_naming_the_key() {
         &format!("name: t\n{SOURCE}\nsink: {{ type: etcd, endpoint: x }}\n"),
         "sink.endpoint",
     );
-    assert_run_fails_with("missing-sink.yaml", &format!("name: t\n{SOURCE}\n"), "missing field `sink`");
+    assert_run_fails_with(
+        "missing-sink.yaml",
+        &format!("name: t\n{SOURCE}\n"),
+        "missing field `sink`",
+    );
     assert_run_fails_with(
         "overlap.yaml",
         &format!("name: t\n{SOURCE}\nsink: {{ type: etcd, prefix: /a, meta_prefix: /a/meta }}\n"),

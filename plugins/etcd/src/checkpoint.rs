@@ -1,0 +1,103 @@
+//! The metadata keys under `{meta_prefix}/` (DESIGN §2, §5, §6): `checkpoint` (JSON
+//! [`Checkpoint`], written only inside data transactions and by idle heartbeats) and `snapshot`
+//! (state of the last snapshot and its start revision).
+
+use crate::batch::CommitMark;
+use crate::error::EtcdError;
+use etcdsync_core::change::rfc3339;
+use etcdsync_core::{Checkpoint, TableId};
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+
+/// The checkpoint JSON for a commit, stamped with the time it is applied.
+pub fn encode_checkpoint(source: &str, mark: &CommitMark) -> Vec<u8> {
+    let checkpoint = Checkpoint {
+        source: source.to_string(),
+        position: mark.position.clone(),
+        committed_at: mark.committed_at.clone(),
+        applied_at: rfc3339(SystemTime::now()),
+    };
+    // A struct of strings always serializes.
+    serde_json::to_vec(&checkpoint).unwrap_or_default()
+}
+
+/// Parses the value of the checkpoint key; `key` is named in the error.
+pub fn decode_checkpoint(key: &str, value: &[u8]) -> Result<Checkpoint, EtcdError> {
+    serde_json::from_slice(value).map_err(|e| EtcdError::MalformedCheckpoint {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// `{meta}/snapshot`: which snapshot ran last, and from which etcd revision on its keys count as
+/// fresh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMarker {
+    /// `running` or `done`.
+    pub state: SnapshotState,
+    /// etcd's revision before the snapshot wrote anything: keys of the snapshotted tables with a
+    /// mod_revision at or below it were not rewritten and are removed when it finishes.
+    pub start_revision: i64,
+    pub tables: Vec<TableId>,
+    /// RFC 3339 time of the state change.
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotState {
+    Running,
+    Done,
+}
+
+impl SnapshotMarker {
+    pub fn new(state: SnapshotState, start_revision: i64, tables: &[TableId]) -> Self {
+        Self {
+            state,
+            start_revision,
+            tables: tables.to_vec(),
+            at: rfc3339(SystemTime::now()),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdsync_core::Position;
+
+    #[test]
+    fn checkpoint_round_trip_and_malformed_value() {
+        let mark = CommitMark {
+            position: Position::new("0/1A"),
+            committed_at: Some("2024-01-01T00:00:00Z".into()),
+        };
+        let json = encode_checkpoint("pgx", &mark);
+        let back = decode_checkpoint("/m/checkpoint", &json).expect("parse");
+        assert_eq!(back.source, "pgx");
+        assert_eq!(back.position, Position::new("0/1A"));
+        assert_eq!(back.committed_at.as_deref(), Some("2024-01-01T00:00:00Z"));
+        let err = decode_checkpoint("/m/checkpoint", b"garbage").expect_err("malformed");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/m/checkpoint") && msg.contains("delete"),
+            "{msg}"
+        );
+        assert_eq!(err.kind(), etcdsync_core::ErrorKind::Config);
+    }
+
+    #[test]
+    fn snapshot_marker_json() {
+        let marker =
+            SnapshotMarker::new(SnapshotState::Running, 42, &[TableId::new("public", "t")]);
+        let text = String::from_utf8(marker.to_json()).expect("utf8");
+        assert!(
+            text.starts_with(r#"{"state":"running","start_revision":42,"tables":[{"schema":"public","table":"t"}]"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! `EtcdError`: everything the etcd sink can fail with, and its mapping onto core's
+//! [`ErrorKind`] (retry / stop / fix the config). Messages name the table, key or config key and
+//! the fix; they never contain secrets.
+
+use etcdsync_core::encode::json::EncodeError;
+use etcdsync_core::{Error, ErrorKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// A TLS file named in the config cannot be read.
+    #[error("sink.tls.{field}: cannot read `{path}`: {source}; check that the file exists and is readable")]
+    TlsFile {
+        field: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An etcd request failed; `kind` says whether retrying can help and `hint` what to do.
+    #[error("etcd {op} failed: {detail}{hint}")]
+    Request {
+        op: String,
+        kind: ErrorKind,
+        detail: String,
+        hint: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+
+    /// One change does not fit into one etcd request.
+    #[error(
+        "table {table}: the change of key `{key}` needs {size} bytes, more than one etcd request may carry \
+         ({limit} bytes with sink.max_request_bytes = {max_request_bytes}); raise sink.max_request_bytes \
+         (and etcd's --max-request-bytes to match), or set sink.on_oversize: skip to skip such values"
+    )]
+    Oversize {
+        table: String,
+        key: String,
+        size: usize,
+        limit: usize,
+        max_request_bytes: usize,
+    },
+
+    /// A (transformed) key that is not under the data prefix.
+    #[error(
+        "table {table}: key `{key}` is not a key below the data prefix `{prefix}` (transforms give keys relative \
+         to sink.prefix, non-empty and without a leading `/`); etcdsync writes only under sink.prefix and \
+         sink.meta_prefix, so fix the transform that produced this key"
+    )]
+    KeyOutsidePrefix {
+        table: String,
+        key: String,
+        prefix: String,
+    },
+
+    /// Two rows map to the same key (a key template that does not hold the primary key).
+    #[error(
+        "key `{key}` of row {row} is already the key of row {other}: two rows map to one key; make the \
+         key_template hold every primary-key column (e.g. {{id}}) so keys are unique"
+    )]
+    KeyCollision {
+        key: String,
+        row: String,
+        other: String,
+    },
+
+    /// A PostgreSQL TOAST column arrived unchanged and there is no stored value to fill it from.
+    #[error(
+        "table {table}, key `{key}`: column {column} arrived unchanged (TOAST) but {reason}; \
+         re-snapshot the table (delete the checkpoint key) to reload the row, or set REPLICA IDENTITY FULL on it"
+    )]
+    UnresolvedUnchanged {
+        table: String,
+        key: String,
+        column: String,
+        reason: String,
+    },
+
+    /// A row that cannot be encoded as JSON.
+    #[error("table {table}, key `{key}`: {source}")]
+    Encode {
+        table: String,
+        key: String,
+        #[source]
+        source: EncodeError,
+    },
+
+    /// The checkpoint key holds something that is not a checkpoint.
+    #[error(
+        "`{key}` holds a malformed checkpoint ({reason}); delete it (etcdctl del '{key}') to start over \
+         with a fresh snapshot, or point sink.meta_prefix elsewhere"
+    )]
+    MalformedCheckpoint { key: String, reason: String },
+
+    /// The message stream broke the source contract (e.g. a `Commit` inside a snapshot).
+    #[error("unexpected message from the source: {0}")]
+    Protocol(String),
+
+    /// A data transaction's compare failed (e.g. HA fencing: this instance is no longer leader).
+    #[error("an etcd transaction's guard compare failed ({0}); this instance stops writing")]
+    CompareFailed(String),
+
+    /// An internal failure of the sink (a task panicked, etcd answered without a header).
+    #[error("etcd sink internal error: {0}")]
+    Task(String),
+
+    /// The pipeline is stopping; whatever was being retried is abandoned, unacknowledged.
+    #[error("stopped while waiting for etcd")]
+    Shutdown,
+}
+
+impl EtcdError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EtcdError::TlsFile { .. } | EtcdError::MalformedCheckpoint { .. } => ErrorKind::Config,
+            EtcdError::Request { kind, .. } => *kind,
+            EtcdError::Oversize { .. }
+            | EtcdError::KeyOutsidePrefix { .. }
+            | EtcdError::KeyCollision { .. }
+            | EtcdError::UnresolvedUnchanged { .. }
+            | EtcdError::Encode { .. }
+            | EtcdError::Protocol(_)
+            | EtcdError::CompareFailed(_)
+            | EtcdError::Task(_) => ErrorKind::Fatal,
+            EtcdError::Shutdown => ErrorKind::Transient,
+        }
+    }
+}
+
+impl From<EtcdError> for Error {
+    fn from(error: EtcdError) -> Self {
+        let kind = error.kind();
+        Error::wrap(kind, error)
+    }
+}

@@ -1,0 +1,648 @@
+//! Streaming into a real etcd (`ETCDSYNC_TEST_ETCD`): puts, deletes, key changes, coalescing,
+//! splitting a 10 000-change transaction, truncate, oversize values, TOAST fill, checkpoints,
+//! heartbeats, group commit, and keys confined to the data prefix.
+#![cfg(feature = "integration-tests")]
+
+mod common;
+
+use common::*;
+use etcd_client::GetOptions;
+use etcdsync_core::change::Route;
+use etcdsync_core::{Change, Checkpoint, ErrorKind, Message, TableId, TableSchema, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn map(entries: &[(&str, String)]) -> BTreeMap<String, String> {
+    entries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+async fn checkpoint_in_etcd(client: &mut etcd_client::Client, p: &Prefixes) -> Option<Checkpoint> {
+    get(client, &p.checkpoint_key())
+        .await
+        .map(|text| serde_json::from_str(&text).expect("checkpoint JSON"))
+}
+
+#[tokio::test]
+async fn insert_update_delete_and_key_change() {
+    let url = etcd_url();
+    let p = Prefixes::new("crud", &url);
+    let mut sink = start(&p.yaml("")).await;
+    let mut etcd = client(&url).await;
+    let users = table("public", "users");
+
+    sink.txn(
+        vec![
+            insert(&users, 1, "a"),
+            insert(&users, 2, "b"),
+            insert(&users, 3, "c"),
+        ],
+        1,
+    )
+    .await;
+    sink.wait_ack(&pos(1)).await;
+    let k = |id| p.key("public", "users", id);
+    assert_eq!(
+        dump(&mut etcd, &format!("{}/", p.data)).await,
+        map(&[
+            (&k(1), json(1, "a")),
+            (&k(2), json(2, "b")),
+            (&k(3), json(3, "c"))
+        ])
+    );
+
+    sink.txn(vec![Change::update(users.clone(), None, row(1, "a2"))], 2)
+        .await;
+    sink.txn(vec![Change::delete(users.clone(), row(2, "b"))], 3)
+        .await;
+    sink.txn(
+        vec![Change::update(
+            users.clone(),
+            Some(row(3, "c")),
+            row(30, "c"),
+        )],
+        4,
+    )
+    .await;
+    sink.wait_ack(&pos(4)).await;
+    assert_eq!(
+        dump(&mut etcd, &format!("{}/", p.data)).await,
+        map(&[(&k(1), json(1, "a2")), (&k(30), json(30, "c"))])
+    );
+
+    // The key change deleted the old key in the same etcd transaction that put the new one.
+    let new = etcd.get(k(30), None).await.expect("get");
+    let revision = new.kvs()[0].mod_revision();
+    let before = etcd
+        .get(k(3), Some(GetOptions::new().with_revision(revision - 1)))
+        .await
+        .expect("get");
+    assert_eq!(
+        before.kvs().len(),
+        1,
+        "old key existed right before the key change"
+    );
+
+    let checkpoint = checkpoint_in_etcd(&mut etcd, &p)
+        .await
+        .expect("checkpoint written");
+    assert_eq!(checkpoint.position, pos(4));
+    assert_eq!(checkpoint.source, SOURCE);
+    assert!(checkpoint.committed_at.is_some());
+    sink.close().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_key_written_twice_in_one_transaction_is_coalesced() {
+    let url = etcd_url();
+    let p = Prefixes::new("coalesce", &url);
+    let mut sink = start(&p.yaml("")).await;
+    let mut etcd = client(&url).await;
+    let t = table("s", "t");
+    sink.txn(
+        vec![
+            insert(&t, 1, "a"),
+            Change::update(t.clone(), None, row(1, "b")),
+            insert(&t, 2, "x"),
+            Change::delete(t.clone(), row(2, "x")),
+            insert(&t, 3, "y"),
+            Change::update(t.clone(), None, row(3, "z")),
+        ],
+        1,
+    )
+    .await;
+    sink.wait_ack(&pos(1)).await;
+    let k = |id| p.key("s", "t", id);
+    assert_eq!(
+        dump(&mut etcd, &format!("{}/", p.data)).await,
+        map(&[(&k(1), json(1, "b")), (&k(3), json(3, "z"))])
+    );
+    // Each key was written once (version 1), all in one etcd transaction with the checkpoint.
+    let response = etcd
+        .get(
+            format!("{}/", p.data),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("get");
+    let revisions: BTreeSet<i64> = response.kvs().iter().map(|kv| kv.mod_revision()).collect();
+    assert!(
+        response.kvs().iter().all(|kv| kv.version() == 1),
+        "{:?}",
+        response.kvs()
+    );
+    assert_eq!(revisions.len(), 1);
+    let checkpoint = etcd.get(p.checkpoint_key(), None).await.expect("get");
+    assert_eq!(
+        checkpoint.kvs()[0].mod_revision(),
+        *revisions.first().expect("one")
+    );
+    sink.close().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_transaction_of_10000_changes_is_split_and_acknowledged_only_at_its_end() {
+    const N: i64 = 10_000;
+    let url = etcd_url();
+    let p = Prefixes::new("big", &url);
+    let mut sink = start(&p.yaml("")).await;
+    let mut etcd = client(&url).await;
+    let t = table("public", "big");
+    let data = format!("{}/", p.data);
+
+    // When the ack arrives, look at etcd at once: everything must be there already.
+    let mut acked = sink.acked.clone();
+    let observer = {
+        let url = url.clone();
+        let data = data.clone();
+        let checkpoint_key = p.checkpoint_key();
+        tokio::spawn(async move {
+            acked.changed().await.expect("an ack");
+            let seen = acked.borrow().clone();
+            let mut etcd = client(&url).await;
+            let count = etcd
+                .get(
+                    data,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+                .expect("count")
+                .count();
+            let checkpoint = get(&mut etcd, &checkpoint_key).await;
+            (seen, count, checkpoint)
+        })
+    };
+
+    let rows: Vec<Change> = (0..N)
+        .map(|i| insert(&t, i, &format!("row-{i:05}-{}", "v".repeat(100))))
+        .collect();
+    for chunk in rows.chunks(256) {
+        sink.send(Message::Changes(chunk.to_vec())).await;
+    }
+    // Parts of the transaction reach etcd before its commit arrives, but no ack and no checkpoint.
+    let partial = async {
+        loop {
+            let count = etcd
+                .get(
+                    data.as_str(),
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+                .expect("count")
+                .count();
+            if count >= N / 2 {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let count = tokio::time::timeout(PATIENCE, partial)
+        .await
+        .expect("parts applied before the commit");
+    assert!(count < N, "the last part waits for the commit");
+    assert_eq!(sink.last_ack(), None, "acknowledged before the commit");
+    assert_eq!(
+        get(&mut etcd, &p.checkpoint_key()).await,
+        None,
+        "checkpoint before the commit"
+    );
+
+    sink.send(commit(1)).await;
+    sink.wait_ack(&pos(1)).await;
+    let (seen, count, checkpoint) = observer.await.expect("observer");
+    assert_eq!(seen, Some(pos(1)));
+    assert_eq!(count, N, "every key was in etcd when the ack came");
+    let checkpoint: Checkpoint =
+        serde_json::from_str(&checkpoint.expect("checkpoint")).expect("json");
+    assert_eq!(checkpoint.position, pos(1));
+
+    // Split into several etcd transactions (127 data ops + checkpoint each at most), the
+    // checkpoint only in the last one.
+    let response = etcd
+        .get(data.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get");
+    assert_eq!(response.kvs().len() as i64, N);
+    let revisions: BTreeSet<i64> = response.kvs().iter().map(|kv| kv.mod_revision()).collect();
+    assert!(
+        revisions.len() as i64 >= N / 127,
+        "only {} etcd transactions",
+        revisions.len()
+    );
+    let checkpoint_kv = etcd.get(p.checkpoint_key(), None).await.expect("get");
+    assert_eq!(
+        checkpoint_kv.kvs()[0].version(),
+        1,
+        "the checkpoint was written once"
+    );
+    assert_eq!(
+        checkpoint_kv.kvs()[0].mod_revision(),
+        *revisions.last().expect("revisions")
+    );
+    sink.close().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn truncate_deletes_the_tables_range_and_not_its_neighbour() {
+    let url = etcd_url();
+    let p = Prefixes::new("truncate", &url);
+    let mut sink = start(&p.yaml("")).await;
+    let mut etcd = client(&url).await;
+    let t = table("s", "t");
+    let t2 = table("s", "t2");
+    sink.txn(
+        vec![
+            insert(&t, 1, "a"),
+            insert(&t, 2, "a"),
+            insert(&t2, 1, "b"),
+            insert(&t2, 2, "b"),
+        ],
+        1,
+    )
+    .await;
+    // Put before and after the truncate in one source transaction; a neighbour written too.
+    sink.txn(
+        vec![
+            insert(&t, 4, "c"),
+            Change::truncate(t.clone()),
+            insert(&t, 5, "d"),
+            insert(&t2, 3, "e"),
+        ],
+        2,
+    )
+    .await;
+    sink.wait_ack(&pos(2)).await;
+    let k = |table: &str, id| p.key("s", table, id);
+    assert_eq!(
+        dump(&mut etcd, &format!("{}/", p.data)).await,
+        map(&[
+            (&k("t", 5), json(5, "d")),
+            (&k("t2", 1), json(1, "b")),
+            (&k("t2", 2), json(2, "b")),
+            (&k("t2", 3), json(3, "e"))
+        ])
+    );
+    sink.txn(vec![Change::truncate(t2.clone())], 3).await;
+    sink.wait_ack(&pos(3)).await;
+    assert_eq!(
+        dump(&mut etcd, &format!("{}/", p.data)).await,
+        map(&[(&k("t", 5), json(5, "d"))])
+    );
+    sink.close().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_oversize_value_stops_the_sink_naming_table_and_key() {
+    let url = etcd_url();
+    let p = Prefixes::new("oversize", &url);
+    let sink = start(&p.yaml("max_request_bytes: 65536\n")).await;
+    let t = table("s", "big");
+    let _ = sink
+        .tx
+        .send(Message::Changes(vec![
+            insert(&t, 1, "small"),
+            insert(&t, 2, &"x".repeat(100_000)),
+        ]))
+        .await;
+    let _ = sink.tx.send(commit(1)).await;
+    let error = sink.result().await.expect_err("oversize is an error");
+    let message = error.to_string();
+    assert_eq!(error.kind(), ErrorKind::Fatal);
+    assert!(message.contains("s.big"), "{message}");
+    assert!(message.contains(&p.key("s", "big", 2)), "{message}");
+    assert!(
+        message.contains("sink.max_request_bytes") && message.contains("on_oversize"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn on_oversize_skip_skips_the_value_and_counts_it() {
+    let url = etcd_url();
+    let p = Prefixes::new("skip", &url);
+    let mut sink = start(&p.yaml("max_request_bytes: 65536\non_oversize: skip\n")).await;
+    let mut etcd = client(&url).await;
+    let t = table("s", "big");
+    let before = etcdsync_etcd::events::counters().oversize_skipped;
+    sink.txn(
+        vec![
+            insert(&t, 1, "small"),
+            insert(&t, 2, &"x".repeat(100_000)),
+            insert(&t, 3, "small"),
+        ],
+        1,
+    )
+    .await;
+    sink.wait_ack(&pos(1)).await;
+    let k = |id| p.key("s", "big", id);
+    assert_eq!(
+        dump(&mut etcd, &format!("{}/", p.data)).await,
+        map(&[(&k(1), json(1, "small")), (&k(3), json(3, "small"))])
+    );
+    assert!(etcdsync_etcd::events::counters().oversize_skipped > before);
+    sink.close().await.expect("clean stop");
+}
+
+fn doc_table() -> Arc<TableSchema> {
+    use etcdsync_core::change::Column;
+    Arc::new(TableSchema::new(
+        TableId::new("public", "docs"),
+        vec![
+            Column::new("id", "int4"),
+            Column::new("doc", "jsonb"),
+            Column::new("n", "numeric"),
+            Column::new("body", "text"),
+        ],
+        vec![0],
+    ))
+}
+
+#[tokio::test]
+async fn unchanged_toast_columns_are_filled_from_etcd_and_from_the_pending_batch() {
+    let url = etcd_url();
+    let p = Prefixes::new("toast", &url);
+    let mut sink = start(&p.yaml("")).await;
+    let mut etcd = client(&url).await;
+    let docs = doc_table();
+    let row = |id: i64, doc: Value, n: Value, body: Value| vec![Value::Int(id), doc, n, body];
+    let text = |s: &str| Value::Text(s.into());
+
+    // From etcd: the row was applied by an earlier etcd transaction.
+    sink.txn(
+        vec![Change::insert(
+            docs.clone(),
+            row(
+                1,
+                Value::Json("{ \"a\" : [1, 2.50] }".into()),
+                Value::Decimal("1.50".into()),
+                text("long body"),
+            ),
+        )],
+        1,
+    )
+    .await;
+    sink.wait_ack(&pos(1)).await;
+    sink.txn(
+        vec![Change::update(
+            docs.clone(),
+            None,
+            row(
+                1,
+                Value::Unchanged,
+                Value::Decimal("2.00".into()),
+                Value::Unchanged,
+            ),
+        )],
+        2,
+    )
+    .await;
+    sink.wait_ack(&pos(2)).await;
+    assert_eq!(
+        get(&mut etcd, &p.key("public", "docs", 1)).await.as_deref(),
+        Some(r#"{"id":1,"doc":{"a":[1,2.50]},"n":"2.00","body":"long body"}"#)
+    );
+
+    // From the pending batch (same source transaction), then through a key change.
+    sink.txn(
+        vec![
+            Change::insert(docs.clone(), row(2, Value::Null, Value::Null, text("b2"))),
+            Change::update(
+                docs.clone(),
+                None,
+                row(
+                    2,
+                    Value::Unchanged,
+                    Value::Decimal("3".into()),
+                    Value::Unchanged,
+                ),
+            ),
+        ],
+        3,
+    )
+    .await;
+    sink.txn(
+        vec![Change::update(
+            docs.clone(),
+            Some(row(2, Value::Missing, Value::Missing, Value::Missing)),
+            row(
+                20,
+                Value::Unchanged,
+                Value::Decimal("4".into()),
+                Value::Unchanged,
+            ),
+        )],
+        4,
+    )
+    .await;
+    sink.wait_ack(&pos(4)).await;
+    assert_eq!(get(&mut etcd, &p.key("public", "docs", 2)).await, None);
+    assert_eq!(
+        get(&mut etcd, &p.key("public", "docs", 20))
+            .await
+            .as_deref(),
+        Some(r#"{"id":20,"doc":null,"n":"4","body":"b2"}"#)
+    );
+
+    // Nothing to fill from: an error naming table, key and column.
+    let _ = sink
+        .tx
+        .send(Message::Changes(vec![Change::update(
+            docs.clone(),
+            None,
+            row(99, Value::Null, Value::Null, Value::Unchanged),
+        )]))
+        .await;
+    let _ = sink.tx.send(commit(5)).await;
+    let message = sink.result().await.expect_err("unresolvable").to_string();
+    assert!(message.contains("public.docs"), "{message}");
+    assert!(message.contains(&p.key("public", "docs", 99)), "{message}");
+    assert!(message.contains("column body"), "{message}");
+}
+
+#[tokio::test]
+async fn the_checkpoint_round_trips_and_a_malformed_one_is_a_config_error() {
+    let url = etcd_url();
+    let p = Prefixes::new("checkpoint", &url);
+    let mut etcd = client(&url).await;
+    let mut sink = build(&p.yaml("")).await.expect("build");
+    assert_eq!(sink.checkpoint().await.expect("read"), None);
+    let mut running = run(sink);
+    running.txn(vec![insert(&table("s", "t"), 1, "a")], 7).await;
+    running.wait_ack(&pos(7)).await;
+    running.close().await.expect("clean stop");
+
+    let mut sink = build(&p.yaml("")).await.expect("build");
+    let checkpoint = sink.checkpoint().await.expect("read").expect("present");
+    assert_eq!(checkpoint.position, pos(7));
+    assert_eq!(checkpoint.source, SOURCE);
+
+    etcd.put(p.checkpoint_key(), "not json", None)
+        .await
+        .expect("put");
+    let error = sink.checkpoint().await.expect_err("malformed");
+    assert_eq!(error.kind(), ErrorKind::Config);
+    let message = error.to_string();
+    assert!(
+        message.contains(&p.checkpoint_key()) && message.contains("delete"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_write_the_checkpoint_when_idle_at_most_once_per_interval() {
+    let url = etcd_url();
+    let p = Prefixes::new("heartbeat", &url);
+    let mut sink = start(&p.yaml("heartbeat_interval: 1h\n")).await;
+    let mut etcd = client(&url).await;
+    sink.send(Message::Heartbeat { position: pos(5) }).await;
+    sink.wait_ack(&pos(5)).await;
+    assert_eq!(
+        checkpoint_in_etcd(&mut etcd, &p).await.map(|c| c.position),
+        Some(pos(5))
+    );
+
+    // Within the interval a second heartbeat waits...
+    sink.send(Message::Heartbeat { position: pos(6) }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.last_ack(), Some(pos(5)));
+    assert_eq!(
+        checkpoint_in_etcd(&mut etcd, &p).await.map(|c| c.position),
+        Some(pos(5))
+    );
+    // ...but data carries it along at once, and closing the input flushes the last one.
+    sink.txn(vec![insert(&table("s", "t"), 1, "a")], 7).await;
+    sink.wait_ack(&pos(7)).await;
+    sink.send(Message::Heartbeat { position: pos(8) }).await;
+    let acked = sink.acked.clone();
+    sink.close().await.expect("clean stop");
+    assert_eq!(acked.borrow().clone(), Some(pos(8)));
+    assert_eq!(
+        checkpoint_in_etcd(&mut etcd, &p).await.map(|c| c.position),
+        Some(pos(8))
+    );
+}
+
+#[tokio::test]
+async fn group_commit_packs_many_small_transactions() {
+    const N: u64 = 2000;
+    let url = etcd_url();
+    let p = Prefixes::new("group", &url);
+    let mut sink = start(&p.yaml("")).await;
+    let mut etcd = client(&url).await;
+    let t = table("s", "t");
+    for i in 1..=N {
+        sink.txn(vec![insert(&t, i as i64, "v")], i).await;
+    }
+    sink.wait_ack(&pos(N)).await;
+    let response = etcd
+        .get(
+            format!("{}/", p.data),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("get");
+    assert_eq!(response.kvs().len() as u64, N);
+    let revisions: BTreeSet<i64> = response.kvs().iter().map(|kv| kv.mod_revision()).collect();
+    assert!(
+        (revisions.len() as u64) < N / 2,
+        "{} etcd transactions for {N} source transactions",
+        revisions.len()
+    );
+    assert_eq!(
+        checkpoint_in_etcd(&mut etcd, &p).await.map(|c| c.position),
+        Some(pos(N))
+    );
+    sink.close().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn transform_routes_are_used_and_confined_to_the_data_prefix() {
+    let url = etcd_url();
+    let p = Prefixes::new("route", &url);
+    let mut sink = start(&p.yaml("")).await;
+    let mut etcd = client(&url).await;
+    let t = table("s", "t");
+    let routed = |key: &str, old_key: Option<&str>, value: &str, change: Change| Change {
+        route: Route {
+            key: Some(key.to_string()),
+            old_key: old_key.map(str::to_string),
+            value: Some(value.as_bytes().to_vec()),
+            tracked: false,
+        },
+        ..change
+    };
+    // Route keys are relative to the data prefix.
+    let config_a = format!("{}/config/a", p.data);
+    let config_b = format!("{}/config/b", p.data);
+    sink.txn(vec![routed("config/a", None, "v1", insert(&t, 1, "a"))], 1)
+        .await;
+    sink.wait_ack(&pos(1)).await;
+    assert_eq!(get(&mut etcd, &config_a).await.as_deref(), Some("v1"));
+    // A moved key: the old one is deleted in the same etcd transaction.
+    sink.txn(
+        vec![routed(
+            "config/b",
+            Some("config/a"),
+            "v2",
+            Change::update(t.clone(), None, row(1, "b")),
+        )],
+        2,
+    )
+    .await;
+    sink.wait_ack(&pos(2)).await;
+    assert_eq!(
+        dump(&mut etcd, &format!("{}/", p.data)).await,
+        map(&[(&config_b, "v2".to_string())])
+    );
+
+    // An absolute key is refused, naming it; nothing is written anywhere.
+    let outside = format!("/elsewhere-{}", unique("route"));
+    let _ = sink
+        .tx
+        .send(Message::Changes(vec![routed(
+            &outside,
+            None,
+            "x",
+            insert(&t, 2, "c"),
+        )]))
+        .await;
+    let _ = sink.tx.send(commit(3)).await;
+    let message = sink
+        .result()
+        .await
+        .expect_err("outside the prefix")
+        .to_string();
+    assert!(
+        message.contains(&outside) && message.contains("data prefix"),
+        "{message}"
+    );
+    assert_eq!(get(&mut etcd, &outside).await, None);
+    assert_eq!(dump(&mut etcd, &format!("{}/", p.data)).await.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_configs_name_the_key() {
+    let url = etcd_url();
+    let overlap = format!(
+        "type: etcd\nendpoints: [\"{url}\"]\nprefix: /etcdsync\nmeta_prefix: /etcdsync/meta\n"
+    );
+    let message = build(&overlap)
+        .await
+        .err()
+        .expect("overlap is an error")
+        .to_string();
+    assert!(
+        message.contains("sink.prefix") && message.contains("sink.meta_prefix"),
+        "{message}"
+    );
+    let unknown = format!("type: etcd\nendpoints: [\"{url}\"]\nmax_txn_opz: 5\n");
+    let message = build(&unknown)
+        .await
+        .err()
+        .expect("an unknown key is an error")
+        .to_string();
+    assert!(message.contains("max_txn_opz"), "{message}");
+}
