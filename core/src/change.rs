@@ -66,7 +66,11 @@ impl TableSchema {
     /// A schema that only names the table, for changes that concern the whole table (a
     /// truncate or drop seen in a DDL statement) where the source does not know the columns.
     pub fn name_only(id: TableId) -> Self {
-        Self { id, columns: Vec::new(), key: Vec::new() }
+        Self {
+            id,
+            columns: Vec::new(),
+            key: Vec::new(),
+        }
     }
 
     pub fn column_index(&self, name: &str) -> Option<usize> {

@@ -1,4 +1,4 @@
 //! Cross-plugin integration tests against real servers.
 
-pub mod pg;
 pub mod mysql;
+pub mod pg;

@@ -9,7 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 /// Builds the example crate in its own target dir (it is its own workspace) and returns its binary.
@@ -40,11 +43,21 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
 async fn example_plugin_binary_runs_against_postgres() {
     let binary = build_example();
 
-    let listing = Command::new(&binary).arg("plugins").output().expect("etcdsync-jsonl plugins");
+    let listing = Command::new(&binary)
+        .arg("plugins")
+        .output()
+        .expect("etcdsync-jsonl plugins");
     let listing = String::from_utf8_lossy(&listing.stdout);
-    for (kind, name) in [("sink", "jsonl"), ("transform", "tag"), ("sink", "etcd"), ("source", "pgx")] {
+    for (kind, name) in [
+        ("sink", "jsonl"),
+        ("transform", "tag"),
+        ("sink", "etcd"),
+        ("source", "pgx"),
+    ] {
         assert!(
-            listing.lines().any(|l| l.split_whitespace().take(2).eq([kind, name])),
+            listing
+                .lines()
+                .any(|l| l.split_whitespace().take(2).eq([kind, name])),
             "`{kind} {name}` missing:\n{listing}"
         );
     }
@@ -84,7 +97,10 @@ async fn example_plugin_binary_runs_against_postgres() {
     })
     .await;
     assert!(arrived, "snapshot rows never reached the jsonl file");
-    client.batch_execute("INSERT INTO items VALUES (3, 'three')").await.expect("insert");
+    client
+        .batch_execute("INSERT INTO items VALUES (3, 'three')")
+        .await
+        .expect("insert");
     let streamed = pg::eventually(Duration::from_secs(30), || {
         let out = out.clone();
         async move { lines(&out).len() >= 3 }
@@ -92,16 +108,24 @@ async fn example_plugin_binary_runs_against_postgres() {
     .await;
     assert!(streamed, "streamed insert never reached the jsonl file");
 
-    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(term.success());
     let status = child.wait().expect("wait");
     assert!(status.success(), "etcdsync-jsonl exited with {status}");
 
     let written = lines(&out);
-    let mut labels: Vec<_> = written.iter().map(|l| l["row"]["label"].as_str().unwrap_or("").to_string()).collect();
+    let mut labels: Vec<_> = written
+        .iter()
+        .map(|l| l["row"]["label"].as_str().unwrap_or("").to_string())
+        .collect();
     labels.sort();
     assert_eq!(labels, ["one", "three", "two"]);
-    assert!(written.iter().all(|l| l["row"]["origin"] == "eu-1" && l["table"] == "public.items"));
+    assert!(written
+        .iter()
+        .all(|l| l["row"]["origin"] == "eu-1" && l["table"] == "public.items"));
     let checkpoint: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join("changes.jsonl.checkpoint")).expect("checkpoint file"),
     )
