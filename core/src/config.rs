@@ -7,6 +7,7 @@ use crate::source::SourceConfig;
 use crate::transform::TransformConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::time::Duration;
 
 /// The whole file given to `--config-file`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -21,6 +22,41 @@ pub struct PipelineConfig {
     pub sink: Box<dyn SinkConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// After SIGINT/SIGTERM, how long to wait for the in-flight transaction before exiting
+    /// with an error (default `30s`).
+    #[serde(default = "default_shutdown_timeout", with = "crate::duration")]
+    pub shutdown_timeout: Duration,
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `metrics:` section: Prometheus `/metrics`, `/healthz` and `/readyz` over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to serve on, e.g. `127.0.0.1:9187`; absent (default) serves nothing.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// `/readyz` answers 200 only while streaming with replication lag below this (default `30s`).
+    #[serde(default = "default_ready_max_lag", with = "crate::duration")]
+    pub ready_max_lag: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            ready_max_lag: default_ready_max_lag(),
+        }
+    }
+}
+
+fn default_ready_max_lag() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `log:` section.
@@ -76,6 +112,13 @@ impl PipelineConfig {
     /// Checks every section without I/O.
     pub fn validate(&self) -> Result<()> {
         validate_name(&self.name)?;
+        if let Some(listen) = &self.metrics.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(Error::config(format!(
+                    "at `metrics.listen`: `{listen}` is not an address; write e.g. `127.0.0.1:9187`"
+                )));
+            }
+        }
         self.source.validate(&self.name)?;
         for (i, transform) in self.transforms.iter().enumerate() {
             transform

@@ -4,14 +4,17 @@
 
 pub mod change;
 pub mod config;
+pub mod duration;
 pub mod encode;
 pub mod error;
+pub mod inspect;
 pub mod pipeline;
 pub mod registry;
 pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod tables;
+pub mod telemetry;
 pub mod transform;
 pub mod value;
 

@@ -3,6 +3,7 @@
 
 use crate::change::{Checkpoint, Message, Position};
 use crate::error::Result;
+use crate::inspect::SinkInspector;
 use async_trait::async_trait;
 use std::fmt::Debug;
 use tokio::sync::{mpsc, watch};
@@ -47,4 +48,14 @@ pub trait SinkConfig: Debug + Send + Sync {
 
     /// Connects and returns the running sink.
     async fn build(&self, cx: SinkContext) -> Result<Box<dyn Sink>>;
+
+    /// Connects for `check`, `status` and `verify`. Plugins that do not support them keep this
+    /// default, which says so.
+    async fn inspect(&self, cx: SinkContext) -> Result<Box<dyn SinkInspector>> {
+        let _ = cx;
+        Err(crate::Error::config(format!(
+            "sink `{}` does not support check, status or verify",
+            self.typetag_name()
+        )))
+    }
 }

@@ -3,6 +3,7 @@
 
 use crate::change::{Checkpoint, Message, Position};
 use crate::error::Result;
+use crate::inspect::SourceInspector;
 use async_trait::async_trait;
 use std::fmt::Debug;
 use tokio::sync::{mpsc, watch};
@@ -70,4 +71,14 @@ pub trait SourceConfig: Debug + Send + Sync {
 
     /// Connects and returns the running source.
     async fn build(&self, cx: SourceContext) -> Result<Box<dyn Source>>;
+
+    /// Connects for `check`, `status` and `verify`. Plugins that do not support them keep this
+    /// default, which says so.
+    async fn inspect(&self, pipeline_name: &str) -> Result<Box<dyn SourceInspector>> {
+        let _ = pipeline_name;
+        Err(crate::Error::config(format!(
+            "source `{}` does not support check, status or verify",
+            self.typetag_name()
+        )))
+    }
 }

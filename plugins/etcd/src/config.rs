@@ -50,17 +50,23 @@ pub struct EtcdConfig {
     pub snapshot_txns_in_flight: usize,
     /// Timeout of each etcd request, as `10s`, `500ms`, `1m` or a number of seconds. A timed-out
     /// request is retried.
-    #[serde(default = "default_request_timeout", with = "duration")]
+    #[serde(default = "default_request_timeout", with = "etcdsync_core::duration")]
     pub request_timeout: Duration,
     /// Timeout of establishing a connection to an endpoint (same formats).
-    #[serde(default = "default_connect_timeout", with = "duration")]
+    #[serde(default = "default_connect_timeout", with = "etcdsync_core::duration")]
     pub connect_timeout: Duration,
     /// Least time between two checkpoint-only writes (idle heartbeats, filtered transactions).
-    #[serde(default = "default_heartbeat_interval", with = "duration")]
+    #[serde(
+        default = "default_heartbeat_interval",
+        with = "etcdsync_core::duration"
+    )]
     pub heartbeat_interval: Duration,
     /// Longest pause between two retries of a failing etcd request (backoff starts at 100 ms and
     /// doubles up to this).
-    #[serde(default = "default_retry_max_backoff", with = "duration")]
+    #[serde(
+        default = "default_retry_max_backoff",
+        with = "etcdsync_core::duration"
+    )]
     pub retry_max_backoff: Duration,
 }
 
@@ -391,38 +397,6 @@ impl SinkConfig for EtcdConfig {
         let settings = self.settings(&cx.name)?;
         let sink = EtcdSink::connect(settings, cx.source_type).await?;
         Ok(Box::new(sink))
-    }
-}
-
-/// Durations as humantime text (`10s`, `1m 30s`, `250ms`) or a number of seconds.
-mod duration {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(u64),
-        Fractional(f64),
-        Text(String),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        match Raw::deserialize(deserializer)? {
-            Raw::Seconds(s) => Ok(Duration::from_secs(s)),
-            Raw::Fractional(f) => Duration::try_from_secs_f64(f).map_err(|_| {
-                serde::de::Error::custom(format!("`{f}` is not a valid number of seconds"))
-            }),
-            Raw::Text(text) => humantime::parse_duration(&text).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "`{text}` is not a duration ({e}); write e.g. `10s`, `500ms` or `1m`"
-                ))
-            }),
-        }
-    }
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
     }
 }
 

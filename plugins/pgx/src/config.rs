@@ -48,11 +48,11 @@ pub struct PgxConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sslrootcert: Option<PathBuf>,
     /// How often an idle stream records its position (DESIGN §5), e.g. `10s` (default).
-    #[serde(default = "default_heartbeat", with = "duration_text")]
+    #[serde(default = "default_heartbeat", with = "etcdsync_core::duration")]
     pub heartbeat_interval: Duration,
     /// How often to look for new tables that match `tables` (created later, or selected by a
     /// changed config); each is copied and then streamed. Needs `manage_publication`. Default `10s`.
-    #[serde(default = "default_refresh", with = "duration_text")]
+    #[serde(default = "default_refresh", with = "etcdsync_core::duration")]
     pub table_refresh_interval: Duration,
 }
 
@@ -70,38 +70,6 @@ fn default_true() -> bool {
 
 fn default_heartbeat() -> Duration {
     Duration::from_secs(10)
-}
-
-mod duration_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    /// Seconds as a number (`10`, `0.5`) or text (`10s`, `500ms`), like the etcd sink's.
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(u64),
-        Fractional(f64),
-        Text(String),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        match Raw::deserialize(d)? {
-            Raw::Seconds(s) => Ok(Duration::from_secs(s)),
-            Raw::Fractional(f) => Duration::try_from_secs_f64(f).map_err(|_| {
-                serde::de::Error::custom(format!("`{f}` is not a valid number of seconds"))
-            }),
-            Raw::Text(text) => humantime::parse_duration(&text).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "`{text}` is not a duration such as `10s` or `500ms`: {e}"
-                ))
-            }),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
