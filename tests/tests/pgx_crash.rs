@@ -1,0 +1,232 @@
+//! kill -9 of a running pipeline process, during the snapshot and during streaming, then a
+//! restart: etcd must end up equal to the database, every key and value (issue 3).
+//!
+//! The pipeline runs in a child process: this test binary re-executes itself with
+//! `ETCDSYNC_CRASH_CHILD_CONFIG` set, which makes `child_pipeline` run the pipeline from that
+//! YAML until it is killed with SIGKILL — a real process death, not a cancelled task.
+#![cfg(feature = "integration-tests")]
+
+use etcdsync_core::config::PipelineConfig;
+use etcdsync_core::TableId;
+use etcdsync_etcd as _;
+use etcdsync_pgx as _;
+use etcdsync_tests::pg::{env, etcd, etcd_dump, expected, unique, EtcdPrefixGuard, TestDb};
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const CHILD_CONFIG: &str = "ETCDSYNC_CRASH_CHILD_CONFIG";
+
+/// Runs the pipeline when started as a child by the tests below; a no-op otherwise.
+#[test]
+fn child_pipeline() {
+    let Ok(yaml) = std::env::var(CHILD_CONFIG) else {
+        return;
+    };
+    let config = PipelineConfig::parse(&yaml).expect("child config");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async move {
+        // Runs until SIGKILL; an error here fails the child, which the parent notices.
+        etcdsync_core::pipeline::run(&config, CancellationToken::new())
+            .await
+            .expect("pipeline");
+    });
+}
+
+struct Setup {
+    db: TestDb,
+    data: String,
+    meta: String,
+    yaml: String,
+}
+
+impl Setup {
+    async fn new(prefix: &str) -> Setup {
+        let db = TestDb::create(prefix).await;
+        let name = unique("crash").replace('_', "-");
+        let data = format!("/c-{name}");
+        let meta = format!("/cm-{name}");
+        // Small etcd transactions, one in flight: the snapshot takes long enough to be killed in.
+        let yaml = format!(
+            "name: {name}\nsource:\n  type: pgx\n  url: \"{url}\"\n  sslmode: disable\n  heartbeat_interval: 1s\n  \
+             tables:\n    include: [\"public.*\"]\n\
+             sink:\n  type: etcd\n  endpoints: [\"{etcd}\"]\n  prefix: {data}\n  meta_prefix: {meta}\n  \
+             max_txn_ops: 16\n  snapshot_txns_in_flight: 1\n",
+            url = db.url,
+            etcd = env("ETCDSYNC_TEST_ETCD"),
+        );
+        Setup {
+            db,
+            data,
+            meta,
+            yaml,
+        }
+    }
+
+    fn spawn(&self) -> Child {
+        let exe = std::env::current_exe().expect("test binary path");
+        Command::new(exe)
+            .args([
+                "--exact",
+                "child_pipeline",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_CONFIG, &self.yaml)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the pipeline child")
+    }
+
+    async fn keys(&self) -> usize {
+        etcd_dump(&mut etcd().await, &format!("{}/", self.data))
+            .await
+            .len()
+    }
+
+    async fn checkpoint(&self) -> Option<String> {
+        etcd_dump(&mut etcd().await, &format!("{}/checkpoint", self.meta))
+            .await
+            .into_values()
+            .next()
+    }
+
+    /// Waits until etcd under the data prefix equals the `items` table, comparing every key and value.
+    async fn converge(&self) {
+        let pg = self.db.client().await;
+        let table = TableId::new("public", "items");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut last = (BTreeMap::new(), BTreeMap::new());
+        while Instant::now() < deadline {
+            let want = expected(&pg, &self.data, &table, &["id"]).await;
+            let got = etcd_dump(&mut etcd().await, &format!("{}/", self.data)).await;
+            if got == want {
+                return;
+            }
+            last = (got, want);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let missing = last.1.keys().filter(|k| !last.0.contains_key(*k)).count();
+        let extra = last.0.keys().filter(|k| !last.1.contains_key(*k)).count();
+        let different = last
+            .1
+            .iter()
+            .filter(|(k, v)| last.0.get(*k).is_some_and(|g| g != *v))
+            .count();
+        panic!("etcd never matched the database: {missing} missing, {extra} extra, {different} different keys");
+    }
+}
+
+fn kill9(child: &mut Child) {
+    child.kill().expect("SIGKILL the pipeline child");
+    let _ = child.wait();
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_snapshot_then_restart_converges() {
+    let s = Setup::new("crash_snapshot").await;
+    let _guard = EtcdPrefixGuard(vec![format!("{}/", s.data), format!("{}/", s.meta)]);
+    let pg = s.db.client().await;
+    pg.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, label text, n bigint);
+         INSERT INTO items SELECT g, 'item ' || g, g * 7 FROM generate_series(1, 40000) g;",
+    )
+    .await
+    .expect("setup");
+
+    let mut child = s.spawn();
+    wait_until(
+        "the snapshot to be part-way",
+        Duration::from_secs(60),
+        || async { s.keys().await >= 500 },
+    )
+    .await;
+    assert!(
+        s.checkpoint().await.is_none(),
+        "killed too late: the snapshot had already finished"
+    );
+    kill9(&mut child);
+    let partial = s.keys().await;
+    assert!(
+        partial < 40000,
+        "the snapshot was complete before the kill ({partial} keys)"
+    );
+
+    // Changes while nothing runs, including rows the partial snapshot already wrote.
+    pg.batch_execute(
+        "DELETE FROM items WHERE id <= 100;
+         UPDATE items SET label = 'changed' WHERE id BETWEEN 101 AND 200;
+         INSERT INTO items VALUES (50001, 'new', 1);",
+    )
+    .await
+    .expect("changes while down");
+
+    let mut child = s.spawn();
+    s.converge().await;
+    kill9(&mut child);
+    assert!(
+        s.checkpoint().await.is_some(),
+        "the restarted snapshot wrote a checkpoint"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_streaming_then_restart_converges() {
+    let s = Setup::new("crash_stream").await;
+    let _guard = EtcdPrefixGuard(vec![format!("{}/", s.data), format!("{}/", s.meta)]);
+    let pg = s.db.client().await;
+    pg.batch_execute("CREATE TABLE items (id int PRIMARY KEY, label text, n bigint); INSERT INTO items VALUES (1, 'one', 1);")
+        .await
+        .expect("setup");
+
+    let mut child = s.spawn();
+    s.converge().await;
+
+    // A writer keeps committing transactions (multi-row, with updates and deletes) while the
+    // child is killed in the middle of applying them.
+    let writer_url = s.db.url.clone();
+    let writer = tokio::spawn(async move {
+        let pg = etcdsync_tests::pg::connect(&writer_url).await;
+        for batch in 0..200i64 {
+            let base = 1000 + batch * 50;
+            pg.batch_execute(&format!(
+                "BEGIN;
+                 INSERT INTO items SELECT g, 'b{batch}', g FROM generate_series({base}, {base} + 49) g;
+                 UPDATE items SET n = n + 1 WHERE id % 7 = 0;
+                 DELETE FROM items WHERE id % 11 = 0;
+                 COMMIT;"
+            ))
+            .await
+            .expect("writer transaction");
+        }
+    });
+    wait_until(
+        "streaming to be under way",
+        Duration::from_secs(60),
+        || async { s.keys().await >= 2000 },
+    )
+    .await;
+    kill9(&mut child);
+    writer.await.expect("writer");
+
+    let mut child = s.spawn();
+    s.converge().await;
+    kill9(&mut child);
+}
