@@ -243,8 +243,12 @@ max_replication_slots = 50
 max_wal_senders = 50
 max_worker_processes = 16
 wal_sender_timeout = 60s
+# fsync off keeps tests fast; synchronous_commit stays on so that a commit's WAL is flushed
+# (and so decodable by the walsender) at once, as on production servers.
 fsync = off
-synchronous_commit = off
+ssl = on
+ssl_cert_file = 'server.pem'
+ssl_key_file = 'server-key.pem'
 full_page_writes = off
 shared_buffers = 64MB
 log_min_messages = warning
@@ -260,6 +264,9 @@ host    replication  all   127.0.0.1/32   trust
 host    all          all   ::1/128        trust
 host    replication  all   ::1/128        trust
 EOF
+    # TLS with the throwaway CA's server certificate (verify-full against 127.0.0.1/localhost).
+    install -o "$PG_OS_USER" -m 0644 "$TLS_DIR/server.pem" "$PG_DATA/server.pem"
+    install -o "$PG_OS_USER" -m 0600 "$TLS_DIR/server-key.pem" "$PG_DATA/server-key.pem"
     chown "$PG_OS_USER:" "$PG_DATA/postgresql.conf" "$PG_DATA/pg_hba.conf"
 
     if ! as_user "$PG_OS_USER" "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" \
@@ -581,6 +588,7 @@ cmd_start() {
         echo "export ETCDSYNC_TEST_PG_ADMIN='postgres://postgres@127.0.0.1:$pg_port/postgres'"
         echo "export ETCDSYNC_TEST_PG_BIN='$PG_BIN'"
         echo "export ETCDSYNC_TEST_PG_DATA='$PG_DATA'"
+        echo "export ETCDSYNC_TEST_PG_TLS_CA='$TLS_DIR/ca.pem'"
         echo "export ETCDSYNC_TEST_MYSQL='mysql://etcdsync:etcdsync@127.0.0.1:$my_port'"
         if [[ -n $my_admin ]]; then
             echo "export ETCDSYNC_TEST_MYSQL_ADMIN='$my_admin'"

@@ -301,29 +301,125 @@ pub fn apply_into(state: &mut BTreeMap<String, String>, messages: &[Message], pr
     }
 }
 
+/// Rows encoded as the sink would store them, split into the snapshot (by id) and the binlog
+/// (`(op, id, json)` in order; deletes give their old row). The first column must be an INT id;
+/// it is zeroed in the JSON so rows with different ids compare equal.
+pub type Phases = (BTreeMap<i64, String>, Vec<(String, i64, String)>);
+
+pub fn split_phases(messages: &[Message]) -> Phases {
+    let mut snapshot = BTreeMap::new();
+    let mut binlog = Vec::new();
+    let mut in_snapshot = true;
+    for message in messages {
+        match message {
+            Message::SnapshotFinished { .. } => in_snapshot = false,
+            Message::Changes(changes) => {
+                for change in changes {
+                    let (what, row) = match &change.op {
+                        Op::Insert { row } => ("insert", row),
+                        Op::Update { row, .. } => ("update", row),
+                        Op::Delete { old } => ("delete", old),
+                        Op::Truncate => continue,
+                    };
+                    let etcdsync_core::Value::Int(id) = row[0] else {
+                        panic!("the first column is an int id: {:?}", row[0])
+                    };
+                    let mut without_id = row.clone();
+                    without_id[0] = etcdsync_core::Value::Int(0);
+                    let json =
+                        String::from_utf8(encode_row(&change.table, &without_id).expect("encode"))
+                            .expect("utf8");
+                    if in_snapshot {
+                        snapshot.insert(id, json);
+                    } else {
+                        binlog.push((what.to_string(), id, json));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (snapshot, binlog)
+}
+
+/// Asserts that every binlog row `id` encodes exactly like snapshot row `id % 100`.
+pub fn assert_parity(phases: &Phases) {
+    let (snapshot, binlog) = phases;
+    for (what, id, json) in binlog {
+        let original = id % 100;
+        assert_eq!(
+            Some(json),
+            snapshot.get(&original),
+            "{what} of row {id} differs from the snapshot of row {original}"
+        );
+    }
+}
+
 /// The database's state as a fresh snapshot of `include` sees it.
 pub async fn db_state(include: &[String], prefix: &str) -> BTreeMap<String, String> {
-    let run = SourceRun::start(&source_yaml(include, ""), &unique("state"), None).await;
-    run.wait_for("state snapshot", Duration::from_secs(60), snapshot_done)
+    db_state_yaml(&source_yaml(include, ""), prefix).await
+}
+
+/// The database's state as a fresh snapshot with this `source:` YAML sees it (its own
+/// `server_id`, as the source under test may still be streaming).
+pub async fn db_state_yaml(yaml: &str, prefix: &str) -> BTreeMap<String, String> {
+    let yaml: String = yaml
+        .lines()
+        .filter(|l| !l.starts_with("server_id:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let run = SourceRun::start(&yaml, &unique("state"), None).await;
+    run.wait_for("state snapshot", Duration::from_secs(120), snapshot_done)
         .await;
     let (messages, _) = run.stop().await;
     apply(&messages, prefix)
 }
 
-/// Every key and value under `prefix` in etcd.
+/// A replica server id no other test process uses at the same time.
+pub fn unique_server_id() -> u32 {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    1_000_000 + (std::process::id() % 100_000) * 100 + COUNTER.fetch_add(1, Ordering::Relaxed) % 100
+}
+
+/// Every key and value under `prefix` in etcd, read in pages (gRPC limits one response).
 pub async fn etcd_dump(client: &mut etcd_client::Client, prefix: &str) -> BTreeMap<String, String> {
-    let options = etcd_client::GetOptions::new().with_prefix();
-    let response = client.get(prefix, Some(options)).await.expect("etcd get");
-    response
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
+    let end = prefix_end(prefix.as_bytes());
+    let mut out = BTreeMap::new();
+    let mut from = prefix.as_bytes().to_vec();
+    loop {
+        let options = etcd_client::GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(1000);
+        let response = client
+            .get(from.clone(), Some(options))
+            .await
+            .expect("etcd get");
+        for kv in response.kvs() {
+            out.insert(
                 String::from_utf8_lossy(kv.key()).into_owned(),
                 String::from_utf8_lossy(kv.value()).into_owned(),
-            )
-        })
-        .collect()
+            );
+        }
+        match response.kvs().last() {
+            Some(last) if response.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return out,
+        }
+    }
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 pub async fn etcd() -> etcd_client::Client {
@@ -382,4 +478,272 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// Keys under `prefix` in etcd (count only).
+pub async fn etcd_count(client: &mut etcd_client::Client, prefix: &str) -> i64 {
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    client
+        .get(prefix, Some(options))
+        .await
+        .map(|r| r.count())
+        .unwrap_or(-1)
+}
+
+/// The environment variable that makes [`child_pipeline_main`] run a pipeline.
+pub const CHILD_CONFIG_ENV: &str = "ETCDSYNC_TEST_CHILD_PIPELINE";
+
+/// The body of a helper test that [`PipelineProcess`] runs in a child process: when
+/// `ETCDSYNC_TEST_CHILD_PIPELINE` names a config file, runs that pipeline with
+/// `core::pipeline::run` until the process is killed (or the pipeline fails); otherwise `None`.
+pub async fn child_pipeline_main() -> Option<etcdsync_core::Result<()>> {
+    let path = std::env::var(CHILD_CONFIG_ENV).ok()?;
+    let config = etcdsync_core::config::PipelineConfig::load(std::path::Path::new(&path))
+        .unwrap_or_else(|e| panic!("child pipeline config {path}: {e}"));
+    eprintln!(
+        "child pipeline {} started (pid {})",
+        config.name,
+        std::process::id()
+    );
+    Some(etcdsync_core::pipeline::run(&config, CancellationToken::new()).await)
+}
+
+/// A pipeline in a child process (the current test binary re-executed to run one helper test
+/// whose body is [`child_pipeline_main`]), so a test can `kill -9` it as an operator or the
+/// kernel would: no destructor, no flush, no last acknowledgement.
+pub struct PipelineProcess {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl PipelineProcess {
+    /// Starts `helper_test` of this test binary with the pipeline config `yaml`.
+    pub fn start(helper_test: &str, yaml: &str) -> PipelineProcess {
+        let dir = std::env::temp_dir().join(unique("etcdsync-child"));
+        std::fs::create_dir_all(&dir).expect("child dir");
+        let config = dir.join("pipeline.yaml");
+        std::fs::write(&config, yaml).expect("child config");
+        let log = std::fs::File::create(dir.join("child.log")).expect("child log");
+        let err = log.try_clone().expect("child log");
+        let exe = std::env::current_exe().expect("test binary");
+        let child = std::process::Command::new(exe)
+            .args([helper_test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_CONFIG_ENV, &config)
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("spawn the child pipeline");
+        PipelineProcess { child, dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// False once the process has exited (it should only end by being killed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL (`kill -9`), then reaps the process.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `VmHWM` (peak resident memory) of the running process, in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// `VmRSS` (resident memory now) of the running process, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    /// What the child printed (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("child.log")).unwrap_or_default()
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+impl Drop for PipelineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A MariaDB server of the test's own (data under /tmp, a free port, ROW/FULL/FULL binlog,
+/// root without password over TCP), for tests that stop and restart the server.
+pub struct PrivateMariaDb {
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateMariaDb {
+    /// Installs and starts a fresh server (a few seconds).
+    pub async fn start() -> PrivateMariaDb {
+        let dir = std::env::temp_dir().join(unique("etcdsync-mdb"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let install_dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&install_dir).expect("server dir");
+            let run = |program: &str, args: &[&str]| {
+                let out = std::process::Command::new(program)
+                    .args(args)
+                    .current_dir("/")
+                    .output()
+                    .unwrap_or_else(|e| {
+                        panic!("{program}: {e} (is MariaDB installed? tools/testenv.sh install)")
+                    });
+                assert!(
+                    out.status.success(),
+                    "{program} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            let path = install_dir.to_string_lossy().into_owned();
+            run("chown", &["mysql:", &path]);
+            run(
+                "mariadb-install-db",
+                &[
+                    "--no-defaults",
+                    "--user=mysql",
+                    &format!("--datadir={path}/data"),
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                    "--skip-name-resolve",
+                ],
+            );
+        })
+        .await
+        .expect("install");
+        let mut server = PrivateMariaDb {
+            dir,
+            port,
+            child: None,
+        };
+        server.launch().await;
+        server
+    }
+
+    /// `mysql://root@127.0.0.1:port/`.
+    pub fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}/", self.port)
+    }
+
+    pub async fn connect(&self) -> Conn {
+        let opts = Opts::from_url(&self.url()).expect("url");
+        let mut conn = Conn::new(opts)
+            .await
+            .expect("connect to the private server");
+        conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+            .await
+            .expect("session setup");
+        conn
+    }
+
+    async fn launch(&mut self) {
+        let path = self.dir.to_string_lossy().into_owned();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mariadbd.out"))
+            .expect("server log");
+        let err = log.try_clone().expect("server log");
+        let child = std::process::Command::new("mariadbd")
+            .args([
+                "--no-defaults",
+                "--user=mysql",
+                &format!("--datadir={path}/data"),
+                &format!("--socket={path}/mysql.sock"),
+                &format!("--port={}", self.port),
+                "--bind-address=127.0.0.1",
+                &format!("--pid-file={path}/mariadb.pid"),
+                &format!("--log-error={path}/mariadb.log"),
+                &format!("--log-bin={path}/data/mysql-bin"),
+                "--binlog-format=ROW",
+                "--binlog-row-image=FULL",
+                "--binlog-row-metadata=FULL",
+                "--server-id=1",
+                "--innodb-buffer-pool-size=32M",
+                "--character-set-server=utf8mb4",
+                "--skip-name-resolve",
+            ])
+            .current_dir("/")
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("start mariadbd");
+        self.child = Some(child);
+        let url = self.url();
+        let ready = eventually(Duration::from_secs(60), || {
+            let url = url.clone();
+            async move {
+                let Ok(opts) = Opts::from_url(&url) else {
+                    return false;
+                };
+                match Conn::new(opts).await {
+                    Ok(conn) => {
+                        let _ = conn.disconnect().await;
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        assert!(
+            ready,
+            "the private MariaDB did not come up: {}",
+            std::fs::read_to_string(self.dir.join("mariadb.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server as `systemctl restart` would (SIGTERM, wait for exit).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            tokio::task::spawn_blocking(move || {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status();
+                let _ = child.wait();
+            })
+            .await
+            .expect("stop");
+        }
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.launch().await;
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -4,15 +4,17 @@
 //! loss or duplicates, and missing prerequisites reported with their fix.
 #![cfg(feature = "integration-tests")]
 
-use etcdsync_core::encode::json::encode_row;
+use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
 use etcdsync_core::{Message, Op, TableId};
 use etcdsync_mysql as _;
 use etcdsync_tests::mysql::{
-    apply, apply_into, build, commits, connect, db_state, exec, snapshot_done, source_yaml, unique,
-    SourceRun, TestDbs,
+    apply, apply_into, assert_parity, build, commits, connect, db_state, db_state_yaml, exec,
+    snapshot_done, source_yaml, split_phases, unique, unique_server_id, url, SourceRun, TestDbs,
 };
 use mysql_async::prelude::*;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -202,48 +204,11 @@ async fn every_type_is_byte_identical_between_snapshot_and_binlog() {
     let (messages, _) = run.stop().await;
 
     // Encoded values by (source, id): snapshot inserts, binlog inserts, updates, deletes.
-    let mut snapshot = BTreeMap::new();
-    let mut binlog: Vec<(String, i64, String)> = Vec::new();
-    let mut in_snapshot = true;
-    for message in &messages {
-        match message {
-            Message::SnapshotFinished { .. } => in_snapshot = false,
-            Message::Changes(changes) => {
-                for change in changes {
-                    let (what, row) = match &change.op {
-                        Op::Insert { row } => ("insert", row),
-                        Op::Update { row, .. } => ("update", row),
-                        Op::Delete { old } => ("delete", old),
-                        Op::Truncate => continue,
-                    };
-                    let etcdsync_core::Value::Int(id) = row[0] else {
-                        panic!("id is an int: {:?}", row[0])
-                    };
-                    let mut without_id = row.clone();
-                    without_id[0] = etcdsync_core::Value::Int(0);
-                    let json =
-                        String::from_utf8(encode_row(&change.table, &without_id).expect("encode"))
-                            .expect("utf8");
-                    if in_snapshot {
-                        snapshot.insert(id, json);
-                    } else {
-                        binlog.push((what.to_string(), id, json));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    let phases = split_phases(&messages);
+    let (snapshot, binlog) = &phases;
     assert_eq!(snapshot.len(), TYPES_ROWS.len());
     assert_eq!(binlog.len(), 3 * TYPES_ROWS.len(), "{binlog:#?}");
-    for (what, id, json) in &binlog {
-        let original = id % 100;
-        assert_eq!(
-            Some(json),
-            snapshot.get(&original),
-            "{what} of row {id} differs from the snapshot of row {original}"
-        );
-    }
+    assert_parity(&phases);
     let expected_first = concat!(
         r#"{"id":0,"ti":-128,"tiu":255,"si":-32768,"siu":65535,"mi":-8388608,"miu":16777215,"#,
         r#""i":-2147483648,"iu":4294967295,"bi":-9223372036854775808,"biu":18446744073709551615,"#,
@@ -253,7 +218,7 @@ async fn every_type_is_byte_identical_between_snapshot_and_binlog() {
         r#""dt3":"2000-01-01T00:00:00.12","dt6":"1999-12-31T23:59:59.000001","ts0":"2024-02-29T23:59:58Z","#,
         r#""ts6":"2038-01-19T03:14:07.999999Z","c":"ab","vc":"héllo \"q\" \\ /","tx":"multi\nline\ttab","#,
         r#""l1":"café €","l1c":"ü","bin":"AQIAAA==","vb":"AP8=","bl":"3q2+7w==","#,
-        r#""j":"{\"b\": [1, 2.50], \"a\": \"x\"}","#
+        r#""j":{"b":[1,2.50],"a":"x"},"#
     );
     let first = snapshot.get(&1).expect("row 1");
     assert!(
@@ -275,6 +240,125 @@ async fn every_type_is_byte_identical_between_snapshot_and_binlog() {
     ] {
         assert!(second.contains(needle), "{needle} not in {second}");
     }
+}
+
+/// MariaDB's JSON (LONGTEXT + `json_valid` CHECK, also on a latin1 TEXT), INET6 and UUID.
+const DOCS_TABLE: &str = "CREATE TABLE `{db}`.docs (
+    id INT PRIMARY KEY,
+    j JSON,
+    jl TEXT CHARACTER SET latin1 CHECK (json_valid(jl)),
+    plain LONGTEXT,
+    ip INET6,
+    u UUID
+)";
+
+const DOCS_ROWS: &[&str] = &[
+    r#"({id}, '{ "b" : [1, 2.50, -0.5e+3],\n\t"a" : {"nested": {"deeper": [true, false, null]}}, "ü": "ß \\" \\\\ \\n \\u00e9 日本" }',
+       '{"k" :  "vé"}', '{"not": "a JSON column"}', '2001:db8::1:0:0:1', '123e4567-e89b-12d3-a456-426614174000')"#,
+    r#"({id}, '"top-level string"', '[ ]', 'x', '::ffff:1.2.3.4', '01234567-89ab-7def-8123-456789abcdef')"#,
+    r#"({id}, '123.450', 'null', '', '::1.2.3.4', 'ffffffff-ffff-ffff-ffff-ffffffffffff')"#,
+    r#"({id}, NULL, NULL, NULL, 'fe80::1:0:0:0', '00000000-0000-0000-0000-000000000000')"#,
+    r#"({id}, '[1, {"a": [ ]}, "é", {}]', '{"x":{"y":{"z":1}}}', '[1]', '::', '123e4567-e89b-12d3-e456-426614174000')"#,
+    r#"({id}, '{}', '"ü"', NULL, '::1', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11')"#,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_json_inet6_and_uuid_are_identical_between_snapshot_and_binlog() {
+    let dbs = TestDbs::create("my_docs", 1).await;
+    let name = dbs.name(0).to_string();
+    let mut db = connect().await;
+    exec(
+        &mut db,
+        &format!(
+            "{};
+             CREATE TABLE `{name}`.late (id INT PRIMARY KEY, doc LONGTEXT);
+             INSERT INTO `{name}`.late VALUES (1, '{{\"a\":  1}}')",
+            DOCS_TABLE.replace("{db}", &name)
+        ),
+    )
+    .await;
+    let insert = |base: usize| {
+        format!(
+            "INSERT INTO `{name}`.docs VALUES {}",
+            DOCS_ROWS
+                .iter()
+                .enumerate()
+                .map(|(i, row)| row.replace("{id}", &(base + i).to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    db.query_drop(insert(1)).await.expect("snapshot rows");
+    let include = vec![format!("{name}.docs")];
+    let run = SourceRun::start(&source_yaml(&include, ""), &unique("docs"), None).await;
+    run.wait_for("snapshot", WAIT, snapshot_done).await;
+    db.query_drop(insert(101)).await.expect("binlog rows");
+    exec(
+        &mut db,
+        &format!(
+            "UPDATE `{name}`.docs SET id = id + 100 WHERE id > 100;
+             DELETE FROM `{name}`.docs WHERE id > 200"
+        ),
+    )
+    .await;
+    run.wait_for("binlog rows", WAIT, |m| commits(m) >= 3).await;
+    let (messages, _) = run.stop().await;
+    let phases = split_phases(&messages);
+    assert_eq!(phases.0.len(), DOCS_ROWS.len());
+    assert_eq!(phases.1.len(), 3 * DOCS_ROWS.len(), "{:#?}", phases.1);
+    assert_parity(&phases);
+    let row = |id: i64| phases.0.get(&id).map(String::as_str).unwrap_or_default();
+    assert_eq!(
+        row(1),
+        concat!(
+            r#"{"id":0,"j":{"b":[1,2.50,-0.5e+3],"a":{"nested":{"deeper":[true,false,null]}},"ü":"ß \" \\ \n \u00e9 日本"},"#,
+            r#""jl":{"k":"vé"},"plain":"{\"not\": \"a JSON column\"}","ip":"2001:db8::1:0:0:1","#,
+            r#""u":"123e4567-e89b-12d3-a456-426614174000"}"#
+        )
+    );
+    assert_eq!(
+        row(2),
+        r#"{"id":0,"j":"top-level string","jl":[],"plain":"x","ip":"::ffff:1.2.3.4","u":"01234567-89ab-7def-8123-456789abcdef"}"#
+    );
+    assert_eq!(
+        row(3),
+        r#"{"id":0,"j":123.450,"jl":null,"plain":"","ip":"::1.2.3.4","u":"ffffffff-ffff-ffff-ffff-ffffffffffff"}"#
+    );
+    assert_eq!(
+        row(4),
+        r#"{"id":0,"j":null,"jl":null,"plain":null,"ip":"fe80::1:0:0:0","u":"00000000-0000-0000-0000-000000000000"}"#
+    );
+    assert!(
+        row(5).contains(r#""j":[1,{"a":[]},"é",{}],"jl":{"x":{"y":{"z":1}}}"#),
+        "{}",
+        row(5)
+    );
+    assert!(row(6).contains(r#""ip":"::1","#), "{}", row(6));
+
+    // A column that becomes JSON while streaming: the DDL refreshes the cached hints.
+    let include = vec![format!("{name}.late")];
+    let run = SourceRun::start(&source_yaml(&include, ""), &unique("late"), None).await;
+    run.wait_for("snapshot", WAIT, snapshot_done).await;
+    exec(
+        &mut db,
+        &format!(
+            "ALTER TABLE `{name}`.late MODIFY doc JSON;
+             INSERT INTO `{name}`.late VALUES (2, '{{\"b\" : [2]}}');
+             UPDATE `{name}`.late SET doc = '{{\"a\": 1}}' WHERE id = 1"
+        ),
+    )
+    .await;
+    run.wait_for("changes after the ALTER", WAIT, |m| commits(m) >= 2)
+        .await;
+    let (messages, _) = run.stop().await;
+    let streamed = apply(&messages, PREFIX);
+    assert_eq!(
+        streamed
+            .get(&format!("{PREFIX}/{name}/late/2"))
+            .map(String::as_str),
+        Some(r#"{"id":2,"doc":{"b":[2]}}"#)
+    );
+    assert_eq!(streamed, db_state(&include, PREFIX).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,6 +435,138 @@ async fn resume_after_restart_has_no_loss_and_no_duplicates() {
     apply_into(&mut state, &first, PREFIX);
     apply_into(&mut state, &second, PREFIX);
     assert_eq!(state, db_state(&includes(&dbs), PREFIX).await);
+}
+
+/// The `(op, key value)` of every change in `messages`, in order.
+fn changed(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Changes(c) => Some(c.iter().map(|c| {
+                let row = match &c.op {
+                    Op::Insert { row } | Op::Update { row, .. } => row.clone(),
+                    Op::Delete { old } => old.clone(),
+                    Op::Truncate => Vec::new(),
+                };
+                format!("{} {:?}", c.op_name(), row.first())
+            })),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn commit_positions(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Commit(c) => Some(c.position.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_by_mariadb_gtid_and_by_file_offset() {
+    let dbs = TestDbs::create("my_gtid", 1).await;
+    let name = dbs.name(0).to_string();
+    let mut db = connect().await;
+    exec(
+        &mut db,
+        &format!(
+            "CREATE TABLE `{name}`.kv (k INT PRIMARY KEY, v INT);
+             INSERT INTO `{name}`.kv VALUES (1, 1)"
+        ),
+    )
+    .await;
+    let yaml = source_yaml(&includes(&dbs), "");
+    let pipeline = unique("gtid");
+    let run = SourceRun::start(&yaml, &pipeline, None).await;
+    run.wait_for("snapshot", WAIT, snapshot_done).await;
+    let snapshot_position = run.snapshot().iter().find_map(|m| match m {
+        Message::SnapshotFinished { position } => Some(position.to_string()),
+        _ => None,
+    });
+    let snapshot_position = snapshot_position.expect("snapshot position");
+    assert!(
+        snapshot_position.contains(" gtid=0-1-"),
+        "the snapshot position carries the GTID state: {snapshot_position}"
+    );
+    for i in 2..=3 {
+        db.query_drop(format!("INSERT INTO `{name}`.kv VALUES ({i}, {i})"))
+            .await
+            .expect("insert");
+    }
+    run.wait_for("two commits", WAIT, |m| commits(m) >= 2).await;
+    let (_, acked) = run.stop().await;
+    let acked = acked.expect("acked").to_string();
+    let (_, gtid) = acked.split_once(" gtid=").expect("gtid in the checkpoint");
+
+    // A checkpoint whose file name this server never had: only the GTID can place it.
+    exec(
+        &mut db,
+        &format!(
+            "INSERT INTO `{name}`.kv VALUES (4, 4);
+             UPDATE `{name}`.kv SET v = 10 WHERE k = 1"
+        ),
+    )
+    .await;
+    let foreign = etcdsync_core::Position::new(format!("elsewhere-bin.000042:4 gtid={gtid}"));
+    let run = SourceRun::start(&yaml, &pipeline, Some(foreign)).await;
+    run.wait_for("the two changes", WAIT, |m| commits(m) >= 2)
+        .await;
+    let (messages, acked) = run.stop().await;
+    assert_eq!(
+        changed(&messages),
+        vec!["insert Some(Int(4))", "update Some(Int(1))"],
+        "exactly the transactions after the GTID"
+    );
+    let positions = commit_positions(&messages);
+    assert!(
+        positions
+            .iter()
+            .all(|p| p.starts_with("mysql-bin.") && p.contains(" gtid=0-1-")),
+        "positions name the server's own file once streaming: {positions:?}"
+    );
+
+    // The same checkpoint without its GTID part resumes by file and offset.
+    let acked = acked.expect("acked").to_string();
+    let (file_offset, _) = acked.split_once(" gtid=").expect("gtid");
+    db.query_drop(format!("DELETE FROM `{name}`.kv WHERE k = 2"))
+        .await
+        .expect("delete");
+    let run = SourceRun::start(
+        &yaml,
+        &pipeline,
+        Some(etcdsync_core::Position::new(file_offset)),
+    )
+    .await;
+    run.wait_for("the delete", WAIT, |m| commits(m) >= 1).await;
+    let (messages, _) = run.stop().await;
+    assert_eq!(changed(&messages), vec!["delete Some(Int(2))"]);
+    assert!(
+        commit_positions(&messages)
+            .iter()
+            .all(|p| p.contains(" gtid=0-1-")),
+        "a file/offset start gains the GTID state: {:?}",
+        commit_positions(&messages)
+    );
+
+    // A GTID the server's binlogs do not hold is the purged-binlog error, found when
+    // streaming starts; `snapshot: when_needed` re-snapshots instead.
+    let unknown = || etcdsync_core::Position::new("mysql-bin.000001:4 gtid=0-1-999999999");
+    let run = SourceRun::start(&yaml, &pipeline, Some(unknown())).await;
+    let err = run.join(WAIT).await.expect_err("unknown GTID");
+    assert_eq!(err.kind(), etcdsync_core::ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("snapshot: when_needed"), "{err}");
+    let yaml = source_yaml(&includes(&dbs), "snapshot: when_needed\n");
+    let run = SourceRun::start(&yaml, &pipeline, Some(unknown())).await;
+    run.wait_for("re-snapshot", WAIT, snapshot_done).await;
+    let (messages, _) = run.stop().await;
+    assert_eq!(
+        apply(&messages, PREFIX),
+        db_state(&includes(&dbs), PREFIX).await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,4 +704,262 @@ async fn alter_table_while_running_needs_no_schema_cache() {
     let fresh = db_state(&includes(&dbs), PREFIX).await;
     assert_eq!(state.get(&key(3)), fresh.get(&key(3)));
     assert_eq!(state.get(&key(1)), fresh.get(&key(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_exclude_globs_and_excluded_columns() {
+    let dbs = TestDbs::create("my_sel", 2).await;
+    let (a, b) = (dbs.name(0).to_string(), dbs.name(1).to_string());
+    let mut db = connect().await;
+    exec(
+        &mut db,
+        &format!(
+            "CREATE TABLE `{a}`.users (id INT PRIMARY KEY, name TEXT, password_hash TEXT, email TEXT);
+             INSERT INTO `{a}`.users VALUES (1, 'ann', 'secret-1', 'a@x'), (2, 'bob', 'secret-2', 'b@x');
+             CREATE TABLE `{a}`.orders (id INT PRIMARY KEY, total INT);
+             INSERT INTO `{a}`.orders VALUES (1, 10);
+             CREATE TABLE `{a}`.skip_me (id INT PRIMARY KEY);
+             INSERT INTO `{a}`.skip_me VALUES (1);
+             CREATE TABLE `{b}`.keep_this (id INT PRIMARY KEY, v INT);
+             INSERT INTO `{b}`.keep_this VALUES (1, 1);
+             CREATE TABLE `{b}`.other (id INT PRIMARY KEY);
+             INSERT INTO `{b}`.other VALUES (1)"
+        ),
+    )
+    .await;
+    let yaml = format!(
+        "type: mysql\nurl: \"{}\"\ntables:\n  include: [\"{a}.*\", \"{b}.keep*\"]\n  exclude: [\"{a}.skip*\"]\n  \
+         exclude_columns: {{ \"{a}.user?\": [password_hash] }}\n",
+        url()
+    );
+    let run = SourceRun::start(&yaml, &unique("sel"), None).await;
+    run.wait_for("snapshot", WAIT, snapshot_done).await;
+    exec(
+        &mut db,
+        &format!(
+            "INSERT INTO `{a}`.users VALUES (3, 'cy', 'secret-3', 'c@x');
+             UPDATE `{a}`.users SET password_hash = 'secret-new' WHERE id = 1;
+             UPDATE `{a}`.users SET email = 'bob@x' WHERE id = 2;
+             INSERT INTO `{a}`.skip_me VALUES (2);
+             INSERT INTO `{b}`.other VALUES (2);
+             INSERT INTO `{b}`.keep_this VALUES (2, 2);
+             INSERT INTO `{a}`.orders VALUES (2, 20)"
+        ),
+    )
+    .await;
+    run.wait_for("the selected changes", WAIT, |m| commits(m) >= 5)
+        .await;
+    let (messages, _) = run.stop().await;
+    let mut started = messages
+        .iter()
+        .find_map(|m| match m {
+            Message::SnapshotStarted { tables } => Some(tables.clone()),
+            _ => None,
+        })
+        .expect("SnapshotStarted");
+    started.sort();
+    assert_eq!(
+        started,
+        vec![
+            TableId::new(&a, "orders"),
+            TableId::new(&a, "users"),
+            TableId::new(&b, "keep_this")
+        ]
+    );
+    for m in &messages {
+        if let Message::Changes(changes) = m {
+            for c in changes {
+                assert!(
+                    started.contains(&c.table.id),
+                    "a change of an unselected table: {}",
+                    c.table.id
+                );
+                assert!(
+                    c.table.column_index("password_hash").is_none(),
+                    "excluded column sent"
+                );
+            }
+        }
+    }
+    let state = apply(&messages, PREFIX);
+    assert!(state.values().all(|v| !v.contains("secret")), "{state:#?}");
+    assert_eq!(
+        state
+            .get(&format!("{PREFIX}/{a}/users/2"))
+            .map(String::as_str),
+        Some(r#"{"id":2,"name":"bob","email":"bob@x"}"#)
+    );
+    assert_eq!(state, db_state_yaml(&yaml, PREFIX).await);
+
+    // Excluding a key column is a configuration error, named with its fix.
+    let bad = yaml.replace("[password_hash]", "[id]");
+    let run = SourceRun::start(&bad, &unique("sel"), None).await;
+    let err = run.join(WAIT).await.expect_err("key column excluded");
+    assert_eq!(err.kind(), etcdsync_core::ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("primary-key column `id`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_snapshot_workers_see_one_consistent_point_under_writes() {
+    let dbs = TestDbs::create("my_par", 1).await;
+    let name = dbs.name(0).to_string();
+    let mut db = connect().await;
+    for t in 0..6 {
+        exec(
+            &mut db,
+            &format!(
+                "CREATE TABLE `{name}`.t{t} (id INT PRIMARY KEY, v INT, pad VARCHAR(100));
+                 INSERT INTO `{name}`.t{t} SELECT seq, 0, REPEAT('p', 100) FROM `{name}`.seq_1_to_4000"
+            ),
+        )
+        .await;
+    }
+    // Transactions touching two tables at once keep committing during the snapshot.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let mut db = connect().await;
+            let mut i: u32 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                exec(
+                    &mut db,
+                    &format!(
+                        "BEGIN;
+                         UPDATE `{name}`.t{} SET v = v + 1 WHERE id = {};
+                         INSERT INTO `{name}`.t{} VALUES ({}, {i}, 'w');
+                         COMMIT",
+                        i % 6,
+                        (i * 7) % 4000 + 1,
+                        (i + 1) % 6,
+                        100_000 + i
+                    ),
+                )
+                .await;
+                i += 1;
+            }
+            i
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let yaml = source_yaml(&includes(&dbs), "snapshot_workers: 4\n");
+    let run = SourceRun::start(&yaml, &unique("par"), None).await;
+    run.wait_for("snapshot", Duration::from_secs(120), snapshot_done)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.expect("writer");
+    assert!(written > 0, "the writer ran");
+    db.query_drop(format!("INSERT INTO `{name}`.t0 VALUES (999999, 0, 'end')"))
+        .await
+        .expect("marker");
+    run.wait_for("the marker row", WAIT, |m| {
+        m.iter().any(|m| {
+            match m {
+            Message::Changes(c) => c.iter().any(|c| {
+                matches!(&c.op, Op::Insert { row } if row[0] == etcdsync_core::Value::Int(999_999))
+            }),
+            _ => false,
+        }
+        })
+    })
+    .await;
+    let (messages, _) = run.stop().await;
+    let state = apply(&messages, PREFIX);
+    assert_eq!(state.len(), 6 * 4000 + written as usize + 1);
+    assert_eq!(state, db_state(&includes(&dbs), PREFIX).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_id_in_use_is_a_clear_error() {
+    let dbs = TestDbs::create("my_sid", 1).await;
+    let name = dbs.name(0).to_string();
+    let mut db = connect().await;
+    exec(
+        &mut db,
+        &format!("CREATE TABLE `{name}`.t (id INT PRIMARY KEY)"),
+    )
+    .await;
+    let id = unique_server_id();
+    let yaml = source_yaml(&includes(&dbs), &format!("server_id: {id}\n"));
+    let run = SourceRun::start(&yaml, &unique("sid"), None).await;
+    run.wait_for("snapshot", WAIT, snapshot_done).await;
+    db.query_drop(format!("INSERT INTO `{name}`.t VALUES (1)"))
+        .await
+        .expect("insert");
+    run.wait_for("streaming", WAIT, |m| commits(m) >= 1).await;
+    let err = match build(&yaml, &unique("sid2"), None).await {
+        Ok(_) => panic!("a second replica with server_id {id} must be refused"),
+        Err(e) => e,
+    };
+    let message = err.to_string();
+    assert_eq!(err.kind(), etcdsync_core::ErrorKind::Config, "{message}");
+    assert!(
+        message.contains(&format!("source.server_id ({id}) is already in use"))
+            && message.contains("set source.server_id to a number no other server or replica uses"),
+        "{message}"
+    );
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100k_row_transaction_streams_in_bounded_chunks() {
+    const ROWS: usize = 100_000;
+    let dbs = TestDbs::create("my_big", 1).await;
+    let name = dbs.name(0).to_string();
+    let mut db = connect().await;
+    exec(
+        &mut db,
+        &format!("CREATE TABLE `{name}`.big (id INT PRIMARY KEY, v VARCHAR(100))"),
+    )
+    .await;
+    let run = SourceRun::start(&source_yaml(&includes(&dbs), ""), &unique("big"), None).await;
+    run.wait_for("snapshot", WAIT, snapshot_done).await;
+    db.query_drop(format!(
+        "INSERT INTO `{name}`.big SELECT seq, CONCAT('row ', seq) FROM `{name}`.seq_1_to_{ROWS}"
+    ))
+    .await
+    .expect("one big transaction");
+    run.wait_for("the big transaction", Duration::from_secs(180), |m| {
+        commits(m) >= 1
+    })
+    .await;
+    let (messages, _) = run.stop().await;
+    let after: Vec<&Message> = messages
+        .iter()
+        .skip_while(|m| !matches!(m, Message::SnapshotFinished { .. }))
+        .filter(|m| matches!(m, Message::Changes(_) | Message::Commit(_)))
+        .collect();
+    let sizes: Vec<usize> = after
+        .iter()
+        .take_while(|m| !matches!(m, Message::Commit(_)))
+        .filter_map(|m| match m {
+            Message::Changes(c) => Some(c.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        ROWS,
+        "every row, before the commit"
+    );
+    assert!(
+        sizes.iter().all(|&n| n <= CHANGES_PER_MESSAGE),
+        "no message holds more than CHANGES_PER_MESSAGE changes: max {:?}",
+        sizes.iter().max()
+    );
+    assert!(
+        sizes.len() >= ROWS / CHANGES_PER_MESSAGE,
+        "the transaction arrives in {} messages",
+        sizes.len()
+    );
+    assert_eq!(
+        after
+            .iter()
+            .filter(|m| matches!(m, Message::Commit(_)))
+            .count(),
+        1,
+        "one source transaction, one commit"
+    );
 }

@@ -1,20 +1,27 @@
 //! Binlog streaming (DESIGN §1, §5): events → core messages. Row events between BEGIN/GTID and
 //! XID/COMMIT become one source transaction whose `Commit` carries the position after its last
-//! event; TRUNCATE / DROP / RENAME TABLE query events become range deletes. Commits at or before
-//! the resume position are skipped; idle or filtered-out traffic yields `Heartbeat`s.
+//! event; TRUNCATE / DROP / RENAME TABLE query events become range deletes. Streaming starts
+//! from the GTID state when the position has one (MariaDB `@slave_connect_state`, MySQL
+//! COM_BINLOG_DUMP_GTID), else from file/offset; transactions at or before the resume point are
+//! skipped; idle or filtered-out traffic yields `Heartbeat`s.
 
+use crate::columns::{read_hints, ColumnHints};
 use crate::config::{OnDrop, ValidMysql};
 use crate::error::{MysqlError, Result};
-use crate::position::{BinlogPos, SourcePosition};
-use crate::prereq::Flavour;
-use crate::tablemap::{map_table, project, read_image, Mapped, TableInfo};
+use crate::position::{uuid_text, BinlogPos, Gtids, SourcePosition};
+use crate::prereq::{Flavour, ServerInfo};
+use crate::snapshot::with_mariadb_gtid;
+use crate::source::connect;
+use crate::tablemap::{
+    column_names, map_table, project, read_image, Mapped, TableInfo, TableMapError,
+};
 use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
 use etcdsync_core::tables::TableSelection;
 use etcdsync_core::{Change, Commit, Message, Position, TableId, TableSchema, Value};
 use futures::StreamExt;
 use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
 use mysql_async::prelude::*;
-use mysql_async::{BinlogStreamRequest, Conn};
+use mysql_async::{BinlogStreamRequest, Conn, Opts};
 use mysql_common::io::ParseBuf;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
@@ -39,12 +46,22 @@ const MARIADB_GTID_LIST: u8 = 163;
 const MARIADB_GTID_STANDALONE: u8 = 1;
 /// `@mariadb_slave_capability` value announcing MariaDB GTID support (MARIA_SLAVE_CAPABILITY_GTID).
 const MARIADB_CAPABILITY_GTID: u8 = 4;
+/// `LOG_EVENT_ARTIFICIAL_F`: an event the server made up for this stream (the opening ROTATE).
+const ARTIFICIAL_EVENT: u16 = 0x0020;
 
-/// Streams from `start` until shutdown, the sink going away, or an error.
+/// How the dump was requested, which decides how already-applied transactions are recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    FileOffset,
+    Gtid,
+}
+
+/// Streams from `start` until shutdown, the sink going away, or an error. A purged start
+/// position is reported as [`MysqlError::Purged`] before anything is sent.
 pub async fn stream(
     conn: Conn,
     config: &ValidMysql,
-    flavour: Flavour,
+    server: &ServerInfo,
     start: SourcePosition,
     output: &mpsc::Sender<Message>,
     shutdown: &CancellationToken,
@@ -54,23 +71,60 @@ pub async fn stream(
     conn.query_drop(format!("SET @master_heartbeat_period = {heartbeat_ns}"))
         .await
         .map_err(|e| MysqlError::driver("setting the binlog heartbeat period", e))?;
-    if flavour == Flavour::MariaDb {
+    let mut start = start;
+    if server.flavour == Flavour::MariaDb {
         conn.query_drop(format!(
             "SET @mariadb_slave_capability = {MARIADB_CAPABILITY_GTID}"
         ))
         .await
         .map_err(|e| MysqlError::driver("announcing MariaDB GTID support", e))?;
+        if start.gtid.is_empty() {
+            // A checkpoint without GTIDs (written before they were recorded): look the GTID
+            // state of its file/offset up, so positions from now on carry a complete one.
+            start = match with_mariadb_gtid(&mut conn, server.flavour, start.clone()).await {
+                Ok(with) => with,
+                Err(e) => {
+                    tracing::debug!(error = %e, position = %start, "no GTID position for the start position; streaming by file and offset");
+                    start
+                }
+            };
+        }
     }
     let file = start.binlog.file.clone();
-    let request = BinlogStreamRequest::new(config.server_id)
-        .with_filename(file.as_bytes())
-        .with_pos(start.binlog.offset);
+    let mut request = BinlogStreamRequest::new(config.server_id);
+    let mode = match (&start.gtid, server.flavour) {
+        (Gtids::MariaDb(pos), Flavour::MariaDb) if !pos.is_empty() => {
+            // With @slave_connect_state set, the server finds the start by GTID and ignores
+            // the file and offset of COM_BINLOG_DUMP.
+            conn.query_drop(format!(
+                "SET @slave_connect_state = '{pos}', @slave_gtid_strict_mode = 0, \
+                 @slave_gtid_ignore_duplicates = 0"
+            ))
+            .await
+            .map_err(|e| MysqlError::driver("setting the GTID start (@slave_connect_state)", e))?;
+            Mode::Gtid
+        }
+        (Gtids::MySql(set), Flavour::MySql) if !set.is_empty() => {
+            let sids = set.to_sids().map_err(|e| {
+                MysqlError::Other(format!("cannot resume from the GTID set of {start}: {e}"))
+            })?;
+            request = request.with_gtid().with_gtid_set(sids);
+            Mode::Gtid
+        }
+        _ => {
+            request = request
+                .with_filename(file.as_bytes())
+                .with_pos(start.binlog.offset);
+            Mode::FileOffset
+        }
+    };
     let mut events = conn
         .get_binlog_stream(request)
         .await
         .map_err(|e| stream_error(e, config, &start))?;
-    tracing::info!(position = %start, server_id = config.server_id, "binlog streaming started");
-    let mut decoder = Decoder::new(config, start.clone(), output.clone());
+    tracing::info!(position = %start, mode = ?mode, server_id = config.server_id, "binlog streaming started");
+    let mut decoder = Decoder::new(config, server.flavour, mode, start.clone(), output.clone());
+    let mut first = true;
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -93,9 +147,12 @@ pub async fn stream(
                     source: mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed),
                 })
             }
+            // The server refuses a start position with the first packet of the stream.
+            Ok(Some(Err(e))) if first => return Err(stream_error(e, config, &start)),
             Ok(Some(Err(e))) => return Err(stream_error(e, config, &decoder.position)),
             Ok(Some(Ok(event))) => event,
         };
+        first = false;
         if !decoder.handle(&event).await? {
             break;
         }
@@ -133,35 +190,105 @@ pub fn purged_message(at: &SourcePosition, detail: &str) -> String {
     )
 }
 
+/// The GTID of the transaction being read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TxnGtid {
+    MariaDb { domain: u32, server: u32, seq: u64 },
+    MySql { source: String, gno: u64 },
+}
+
+/// MariaDB column hints per table, read on a side connection and cached until the table's
+/// column list changes or a DDL statement passes (see `columns`).
+struct HintCache {
+    opts: Opts,
+    conn: Option<Conn>,
+    tables: HashMap<TableId, (Vec<String>, ColumnHints)>,
+}
+
+impl HintCache {
+    async fn get(&mut self, table: &TableId, names: &[String]) -> Result<ColumnHints> {
+        if let Some((known, hints)) = self.tables.get(table) {
+            if known.as_slice() == names {
+                return Ok(hints.clone());
+            }
+        }
+        // The side connection idles between DDLs and may have been closed by the server
+        // (wait_timeout): one fresh attempt before giving up.
+        let mut attempt = 0;
+        let hints = loop {
+            attempt += 1;
+            let conn = match &mut self.conn {
+                Some(conn) => conn,
+                None => self.conn.insert(connect(&self.opts).await?),
+            };
+            match read_hints(conn, table).await {
+                Ok(hints) => break hints,
+                Err(e) => {
+                    self.conn = None;
+                    if attempt > 1 || !matches!(e, MysqlError::Connection { .. }) {
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        self.tables
+            .insert(table.clone(), (names.to_vec(), hints.clone()));
+        Ok(hints)
+    }
+
+    fn clear(&mut self) {
+        self.tables.clear();
+    }
+}
+
 struct Decoder<'a> {
     selection: &'a TableSelection,
     on_drop: OnDrop,
+    flavour: Flavour,
+    mode: Mode,
     output: mpsc::Sender<Message>,
     tables: HashMap<u64, (TableMapEvent<'static>, Arc<Mapped>)>,
+    hints: HintCache,
     /// Position after the last event consumed outside a transaction.
     position: SourcePosition,
+    /// GTIDs are recorded in positions only when the start had a complete GTID state.
+    track_gtids: bool,
     file: String,
-    /// Commits at or before this are skipped (the checkpoint).
-    resume: BinlogPos,
+    /// The checkpoint: transactions at or before it are skipped.
+    resume: SourcePosition,
     in_txn: bool,
     /// Changes of the current transaction already sent.
     sent: bool,
     pending: Vec<Change>,
-    gtid: Option<(u32, u32, u64)>,
+    gtid: Option<TxnGtid>,
     last_report: Instant,
     reported: String,
     warned: HashSet<TableId>,
 }
 
 impl<'a> Decoder<'a> {
-    fn new(config: &'a ValidMysql, start: SourcePosition, output: mpsc::Sender<Message>) -> Self {
+    fn new(
+        config: &'a ValidMysql,
+        flavour: Flavour,
+        mode: Mode,
+        start: SourcePosition,
+        output: mpsc::Sender<Message>,
+    ) -> Self {
         Self {
             selection: &config.tables,
             on_drop: config.on_drop,
+            flavour,
+            mode,
             output,
             tables: HashMap::new(),
+            hints: HintCache {
+                opts: config.opts.clone(),
+                conn: None,
+                tables: HashMap::new(),
+            },
             file: start.binlog.file.clone(),
-            resume: start.binlog.clone(),
+            track_gtids: !start.gtid.is_empty(),
+            resume: start.clone(),
             reported: start.to_string(),
             position: start,
             in_txn: false,
@@ -188,7 +315,11 @@ impl<'a> Decoder<'a> {
         match data {
             EventData::RotateEvent(rotate) => {
                 self.file = rotate_file_name(event, rotate.name_raw());
-                if !self.in_txn {
+                let artificial = header.flags_raw() & ARTIFICIAL_EVENT != 0 || log_pos == 0;
+                // In GTID mode the opening ROTATE names the file but not where in it the
+                // stream starts: keep the checkpoint's position until the next event says.
+                let keep = artificial && self.mode == Mode::Gtid;
+                if !self.in_txn && !keep {
                     self.position.binlog = BinlogPos::new(self.file.clone(), rotate.position());
                 }
                 Ok(true)
@@ -208,27 +339,38 @@ impl<'a> Decoder<'a> {
                 }
             }
             EventData::TableMapEvent(tme) => {
-                self.map(tme.into_owned())?;
+                self.map(tme.into_owned()).await?;
                 Ok(true)
             }
-            EventData::RowsEvent(rows) => {
-                self.rows(&rows, log_pos).await?;
-                Ok(true)
-            }
+            EventData::RowsEvent(rows) => self.rows(&rows, log_pos).await,
             EventData::XidEvent(_) => self.commit(log_pos, header.timestamp()).await,
             EventData::HeartbeatEvent => {
-                if !self.in_txn && log_pos > 0 {
-                    let candidate = BinlogPos::new(self.file.clone(), log_pos);
-                    if candidate.compare(&self.position.binlog) == Some(Ordering::Greater) {
-                        self.position.binlog = candidate;
-                    }
-                }
+                self.advance_idle(log_pos);
                 self.report(true).await
             }
-            EventData::GtidEvent(_) | EventData::AnonymousGtidEvent(_) => {
+            EventData::GtidEvent(gtid) => {
                 // MySQL: a transaction follows (its BEGIN comes as a query event).
+                let uuid = uuid_text(&gtid.sid());
+                let source = match gtid.tag() {
+                    Some(tag) => format!("{uuid}:{}", tag.as_str()),
+                    None => uuid,
+                };
+                self.gtid = Some(TxnGtid::MySql {
+                    source,
+                    gno: gtid.gno(),
+                });
                 Ok(true)
             }
+            EventData::AnonymousGtidEvent(_) => {
+                self.gtid = None;
+                Ok(true)
+            }
+            EventData::TransactionPayloadEvent(_) => Err(MysqlError::Prerequisite(format!(
+                "  - the binlog at {}:{log_pos} holds a compressed transaction payload: set \
+                 binlog_transaction_compression=OFF on the server (SET GLOBAL and my.cnf), then \
+                 re-snapshot (delete the checkpoint key), as compressed transactions are not read",
+                self.file
+            ))),
             EventData::RowsQueryEvent(_)
             | EventData::FormatDescriptionEvent(_)
             | EventData::PreviousGtidsEvent(_)
@@ -238,7 +380,6 @@ impl<'a> Decoder<'a> {
             | EventData::IgnorableEvent(_)
             | EventData::StopEvent
             | EventData::UnknownEvent => Ok(true),
-            EventData::TransactionPayloadEvent(_) => Ok(true),
             other => {
                 tracing::debug!(
                     event_type = raw_type,
@@ -250,7 +391,17 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    async fn handle_unknown(&mut self, raw_type: u8, event: &Event, _log_pos: u64) -> Result<bool> {
+    /// Outside a transaction, moves the position forward to `log_pos` of the current file.
+    fn advance_idle(&mut self, log_pos: u64) {
+        if !self.in_txn && log_pos > 0 {
+            let candidate = BinlogPos::new(self.file.clone(), log_pos);
+            if candidate.compare(&self.position.binlog) == Some(Ordering::Greater) {
+                self.position.binlog = candidate;
+            }
+        }
+    }
+
+    async fn handle_unknown(&mut self, raw_type: u8, event: &Event, log_pos: u64) -> Result<bool> {
         match raw_type {
             MARIADB_GTID => {
                 let data = event.data();
@@ -260,21 +411,27 @@ impl<'a> Decoder<'a> {
                     data.get(12).copied(),
                 ) else {
                     return Err(MysqlError::Decode {
-                        position: format!("{}:{}", self.file, event.header().log_pos()),
+                        position: format!("{}:{log_pos}", self.file),
                         message: "short MariaDB GTID event".into(),
                     });
                 };
-                self.gtid = Some((
-                    u32::from_le_bytes(domain),
-                    event.header().server_id(),
-                    u64::from_le_bytes(seq),
-                ));
+                self.gtid = Some(TxnGtid::MariaDb {
+                    domain: u32::from_le_bytes(domain),
+                    server: event.header().server_id(),
+                    seq: u64::from_le_bytes(seq),
+                });
                 if flags & MARIADB_GTID_STANDALONE == 0 {
                     self.begin();
                 }
                 Ok(true)
             }
-            MARIADB_ANNOTATE_ROWS | MARIADB_BINLOG_CHECKPOINT | MARIADB_GTID_LIST => Ok(true),
+            // The GTID list the server sends where a GTID-mode stream starts carries that
+            // position in its header.
+            MARIADB_GTID_LIST => {
+                self.advance_idle(log_pos);
+                Ok(true)
+            }
+            MARIADB_ANNOTATE_ROWS | MARIADB_BINLOG_CHECKPOINT => Ok(true),
             other => {
                 tracing::debug!(event_type = other, "ignoring unknown binlog event");
                 Ok(true)
@@ -288,29 +445,50 @@ impl<'a> Decoder<'a> {
         self.pending.clear();
     }
 
-    fn map(&mut self, tme: TableMapEvent<'static>) -> Result<()> {
+    async fn map(&mut self, tme: TableMapEvent<'static>) -> Result<()> {
         let table_id = tme.table_id();
         if let Some((known, _)) = self.tables.get(&table_id) {
             if *known == tme {
                 return Ok(());
             }
         }
-        let mapped =
-            map_table(&tme, self.selection).map_err(|e| MysqlError::Other(e.to_string()))?;
+        let id = TableId::new(tme.database_name(), tme.table_name());
+        let hints = if self.flavour == Flavour::MariaDb && self.selection.matches(&id) {
+            let names = column_names(&tme).map_err(|e| MysqlError::Other(e.to_string()))?;
+            self.hints.get(&id, &names).await?
+        } else {
+            ColumnHints::default()
+        };
+        let mapped = map_table(&tme, self.selection, &hints).map_err(|e| match e {
+            TableMapError::KeyExcluded { .. } => MysqlError::Config(e.to_string()),
+            other => MysqlError::Other(other.to_string()),
+        })?;
         if let Mapped::Ignored = mapped {
-            let id = TableId::new(tme.database_name(), tme.table_name());
             if self.selection.matches(&id) && self.warned.insert(id.clone()) {
-                tracing::warn!(table = %id, "table has no primary key (or a key column is excluded); its changes are not synced");
+                tracing::warn!(table = %id, "table has no primary key; its changes are not synced (add a PRIMARY KEY or exclude it)");
             }
         }
         self.tables.insert(table_id, (tme, Arc::new(mapped)));
         Ok(())
     }
 
-    fn before_resume(&self, log_pos: u64) -> bool {
+    /// True when the event group ending at `log_pos` was applied before the checkpoint: by
+    /// GTID in GTID mode (any server's file names), by file and offset otherwise.
+    fn already_applied(&self, log_pos: u64) -> bool {
+        if self.mode == Mode::Gtid {
+            return match (&self.gtid, &self.resume.gtid) {
+                (Some(TxnGtid::MariaDb { domain, seq, .. }), Gtids::MariaDb(pos)) => {
+                    pos.covers(*domain, *seq)
+                }
+                (Some(TxnGtid::MySql { source, gno }), Gtids::MySql(set)) => {
+                    set.contains(source, *gno)
+                }
+                _ => false,
+            };
+        }
         let here = BinlogPos::new(self.file.clone(), log_pos);
         matches!(
-            here.compare(&self.resume),
+            here.compare(&self.resume.binlog),
             Some(Ordering::Less | Ordering::Equal)
         )
     }
@@ -325,7 +503,7 @@ impl<'a> Decoder<'a> {
         let Mapped::Synced(info) = mapped.as_ref() else {
             return Ok(true);
         };
-        if self.before_resume(log_pos) {
+        if self.already_applied(log_pos) {
             return Ok(true);
         }
         let info = info.clone();
@@ -348,11 +526,13 @@ impl<'a> Decoder<'a> {
 
     /// Ends the current transaction at `log_pos`.
     async fn commit(&mut self, log_pos: u64, timestamp: u32) -> Result<bool> {
-        let skip = self.before_resume(log_pos);
+        let skip = self.already_applied(log_pos);
         self.in_txn = false;
         self.position.binlog = BinlogPos::new(self.file.clone(), log_pos);
-        if let Some((domain, server, seq)) = self.gtid.take() {
-            self.position.gtid.advance(domain, server, seq);
+        if let Some(gtid) = self.gtid.take() {
+            if self.track_gtids {
+                record_gtid(&mut self.position.gtid, gtid);
+            }
         }
         let pending = std::mem::take(&mut self.pending);
         let sent = std::mem::replace(&mut self.sent, false);
@@ -407,7 +587,7 @@ impl<'a> Decoder<'a> {
         timestamp: u32,
     ) -> Result<bool> {
         if let Some(table) = statement_dml_target(sql, schema) {
-            if self.selection.matches(&table) && !self.before_resume(log_pos) {
+            if self.selection.matches(&table) && !self.already_applied(log_pos) {
                 return Err(MysqlError::Prerequisite(format!(
                     "  - a change to {table} was written to the binlog as a statement, not as row events (at {}:{log_pos}: `{}`): \
                      a session or the server uses binlog_format=STATEMENT/MIXED; set binlog_format=ROW globally \
@@ -418,6 +598,12 @@ impl<'a> Decoder<'a> {
                 )));
             }
             return Ok(true);
+        }
+        // Any DDL may change a CHECK constraint or a column type: map tables afresh and re-read
+        // their hints on next use (every transaction repeats its TABLE_MAP events).
+        self.hints.clear();
+        if !self.in_txn {
+            self.tables.clear();
         }
         let tables: Vec<TableId> = match parse_ddl(sql, schema) {
             Some(Ddl::Truncate(tables)) => tables,
@@ -438,7 +624,7 @@ impl<'a> Decoder<'a> {
         let changes: Vec<Change> = tables
             .into_iter()
             .filter(|t| self.selection.matches(t))
-            .map(|t| Change::truncate(Arc::new(TableSchema::new(t, Vec::new(), Vec::new()))))
+            .map(|t| Change::truncate(Arc::new(TableSchema::name_only(t))))
             .collect();
         if changes.is_empty() {
             // Not ours; a DDL outside a transaction still moves the position.
@@ -454,6 +640,22 @@ impl<'a> Decoder<'a> {
         }
         self.pending = changes;
         self.commit(log_pos, timestamp).await
+    }
+}
+
+/// Adds a committed transaction's GTID to the position's GTID state.
+fn record_gtid(state: &mut Gtids, gtid: TxnGtid) {
+    match (state, gtid) {
+        (
+            Gtids::MariaDb(pos),
+            TxnGtid::MariaDb {
+                domain,
+                server,
+                seq,
+            },
+        ) => pos.advance(domain, server, seq),
+        (Gtids::MySql(set), TxnGtid::MySql { source, gno }) => set.add(&source, gno),
+        _ => {}
     }
 }
 
@@ -542,7 +744,8 @@ fn decode_rows(info: &TableInfo, rows: &RowsEventData<'_>) -> std::io::Result<Ve
             if row.iter().any(|v| matches!(v, Value::Missing)) {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    "the row image lacks columns: set binlog_row_image=FULL on the server",
+                    "the row image lacks columns: set binlog_row_image=FULL (and on MySQL \
+                     binlog_row_value_options='') on the server, then re-snapshot",
                 ));
             }
         }
@@ -782,6 +985,191 @@ fn statement_dml_target(sql: &str, schema: &str) -> Option<TableId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MysqlConfig;
+    use mysql_common::binlog::consts::{BinlogVersion, EventType};
+    use mysql_common::binlog::events::{
+        FormatDescriptionEvent, GtidEvent, QueryEvent, RotateEvent,
+    };
+    use mysql_common::proto::MySerialize;
+
+    const UUID: [u8; 16] = [
+        0x3e, 0x11, 0xfa, 0x47, 0x71, 0xca, 0x11, 0xe1, 0x9e, 0x33, 0xc8, 0x0a, 0xa9, 0x42, 0x95,
+        0x62,
+    ];
+    const U: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+
+    fn config() -> ValidMysql {
+        serde_yaml::from_str::<MysqlConfig>(
+            "url: mysql://u:p@127.0.0.1:1/\ntables: { include: [\"db.*\"] }\n",
+        )
+        .expect("yaml")
+        .validate_config("unit")
+        .expect("valid")
+    }
+
+    /// An event as the server frames it: the 19-byte v4 header, then `data` (no checksum).
+    fn event(event_type: u8, log_pos: u32, flags: u16, server_id: u32, data: &[u8]) -> Event {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&1_700_000_000u32.to_le_bytes());
+        bytes.push(event_type);
+        bytes.extend_from_slice(&server_id.to_le_bytes());
+        bytes.extend_from_slice(&(19 + data.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&log_pos.to_le_bytes());
+        bytes.extend_from_slice(&flags.to_le_bytes());
+        bytes.extend_from_slice(data);
+        let fde = FormatDescriptionEvent::new(BinlogVersion::Version4);
+        Event::read(&fde, &bytes[..]).expect("event bytes")
+    }
+
+    fn serialized(value: &impl MySerialize) -> Vec<u8> {
+        let mut buf = Vec::new();
+        value.serialize(&mut buf);
+        buf
+    }
+
+    fn query(sql: &str, log_pos: u32) -> Event {
+        let q = QueryEvent::new(Vec::new(), b"db".to_vec()).with_query(sql.as_bytes().to_vec());
+        event(EventType::QUERY_EVENT as u8, log_pos, 0, 1, &serialized(&q))
+    }
+
+    fn mysql_gtid(gno: u64, log_pos: u32) -> Event {
+        let g = GtidEvent::new(UUID, gno);
+        event(EventType::GTID_EVENT as u8, log_pos, 0, 1, &serialized(&g))
+    }
+
+    fn mariadb_gtid(domain: u32, seq: u64, standalone: bool, log_pos: u32) -> Event {
+        let mut data = Vec::new();
+        data.extend_from_slice(&seq.to_le_bytes());
+        data.extend_from_slice(&domain.to_le_bytes());
+        data.push(u8::from(standalone));
+        data.extend_from_slice(&[0; 6]);
+        event(MARIADB_GTID, log_pos, 0, 7, &data)
+    }
+
+    fn rotate(name: &str, position: u64, artificial: bool) -> Event {
+        let r = RotateEvent::new(position, name.as_bytes().to_vec());
+        let (log_pos, flags) = if artificial {
+            (0, ARTIFICIAL_EVENT)
+        } else {
+            (9, 0)
+        };
+        event(
+            EventType::ROTATE_EVENT as u8,
+            log_pos,
+            flags,
+            1,
+            &serialized(&r),
+        )
+    }
+
+    async fn feed(
+        flavour: Flavour,
+        mode: Mode,
+        start: &str,
+        events: &[Event],
+    ) -> (Vec<Message>, SourcePosition) {
+        let config = config();
+        let (tx, mut rx) = mpsc::channel(64);
+        let start = SourcePosition::parse(start).expect("start");
+        let mut decoder = Decoder::new(&config, flavour, mode, start, tx);
+        for e in events {
+            assert!(decoder.handle(e).await.expect("handle"));
+        }
+        let position = decoder.position.clone();
+        drop(decoder);
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            out.push(m);
+        }
+        (out, position)
+    }
+
+    fn commit_positions(messages: &[Message]) -> Vec<String> {
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Commit(c) => Some(c.position.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn mysql_gtid_stream_skips_executed_transactions_and_extends_the_set() {
+        let events = [
+            // The opening ROTATE of a GTID dump names the file, not the offset.
+            rotate("binlog.000003", 4, true),
+            // Already in the checkpoint's set: skipped.
+            mysql_gtid(5, 200),
+            query("TRUNCATE TABLE t", 300),
+            mysql_gtid(6, 350),
+            query("TRUNCATE TABLE t", 400),
+            // A transaction of another table: the position moves, nothing is sent.
+            mysql_gtid(7, 450),
+            query("BEGIN", 480),
+            event(EventType::XID_EVENT as u8, 500, 0, 1, &9u64.to_le_bytes()),
+        ];
+        let start = format!("binlog.000002:900 gtid={U}:1-5");
+        let (messages, position) = feed(Flavour::MySql, Mode::Gtid, &start, &events).await;
+        assert_eq!(
+            commit_positions(&messages),
+            vec![format!("binlog.000003:400 gtid={U}:1-6")]
+        );
+        let truncates: Vec<&Change> = messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Changes(c) => Some(c.iter()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(truncates.len(), 1);
+        assert_eq!(truncates[0].table.id, TableId::new("db", "t"));
+        assert_eq!(
+            position.to_string(),
+            format!("binlog.000003:500 gtid={U}:1-7")
+        );
+        assert!(matches!(position.gtid, Gtids::MySql(ref set) if set.contains(U, 7)));
+    }
+
+    #[tokio::test]
+    async fn mariadb_gtid_events_advance_the_domain_and_file_mode_skips_by_offset() {
+        let events = [
+            rotate("mysql-bin.000001", 1000, true),
+            // At or before the checkpoint offset: skipped in file/offset mode.
+            mariadb_gtid(0, 41, true, 950),
+            query("TRUNCATE TABLE t", 1000),
+            mariadb_gtid(0, 42, true, 1050),
+            query("TRUNCATE TABLE t", 1100),
+            mariadb_gtid(2, 9, false, 1150),
+            query("BEGIN", 1160),
+            event(EventType::XID_EVENT as u8, 1200, 0, 1, &1u64.to_le_bytes()),
+        ];
+        let (messages, position) = feed(
+            Flavour::MariaDb,
+            Mode::FileOffset,
+            "mysql-bin.000001:1000 gtid=0-1-41",
+            &events,
+        )
+        .await;
+        assert_eq!(
+            commit_positions(&messages),
+            vec!["mysql-bin.000001:1100 gtid=0-7-42".to_string()]
+        );
+        assert_eq!(
+            position.to_string(),
+            "mysql-bin.000001:1200 gtid=0-7-42,2-7-9"
+        );
+        // Without a GTID state at the start, none is invented from a partial view.
+        let (_, position) = feed(
+            Flavour::MariaDb,
+            Mode::FileOffset,
+            "mysql-bin.000001:1000",
+            &events,
+        )
+        .await;
+        assert_eq!(position.to_string(), "mysql-bin.000001:1200");
+    }
 
     fn t(s: &str, n: &str) -> TableId {
         TableId::new(s, n)

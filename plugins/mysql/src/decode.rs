@@ -2,6 +2,8 @@
 //! from binlog row images alike: both sides first classify a column into one [`Kind`] and then go
 //! through the same helpers, so snapshot and stream encode byte-identically.
 
+use crate::columns::Hint;
+use crate::json::{json_or_text, render_jsonb};
 use etcdsync_core::value::{format_date, push_fraction};
 use etcdsync_core::Value;
 use mysql_common::binlog::value::BinlogValue;
@@ -35,8 +37,18 @@ pub enum Kind {
     },
     Enum(Arc<[String]>),
     Set(Arc<[String]>),
-    /// MySQL's native JSON (binary in the binlog). MariaDB's JSON is LONGTEXT: `Text`.
+    /// MySQL's native JSON (binary in the binlog, MySQL's own text in result sets).
     Json,
+    /// MariaDB's JSON: text with a `json_valid()` CHECK (see `columns`).
+    JsonText {
+        charset: Charset,
+    },
+    /// MariaDB INET4 (4 bytes in the binlog, dotted text in result sets).
+    Inet4,
+    /// MariaDB INET6 (16 bytes in the binlog, text in result sets).
+    Inet6,
+    /// MariaDB UUID (16 bytes in the binlog, text in result sets).
+    Uuid,
     /// Anything else: its text form.
     Other,
 }
@@ -60,7 +72,10 @@ impl Kind {
             Kind::Binary { .. } => "binary",
             Kind::Enum(_) => "enum",
             Kind::Set(_) => "set",
-            Kind::Json => "json",
+            Kind::Json | Kind::JsonText { .. } => "json",
+            Kind::Inet4 => "inet4",
+            Kind::Inet6 => "inet6",
+            Kind::Uuid => "uuid",
             Kind::Other => "other",
         }
     }
@@ -143,7 +158,28 @@ pub fn kind_from_information_schema(data_type: &str, column_type: &str) -> Kind 
         "enum" => Kind::Enum(Arc::from(Vec::new())),
         "set" => Kind::Set(Arc::from(Vec::new())),
         "json" => Kind::Json,
+        "inet4" => Kind::Inet4,
+        "inet6" => Kind::Inet6,
+        "uuid" => Kind::Uuid,
         _ => Kind::Other,
+    }
+}
+
+/// Refines a column's kind with what information_schema knows (MariaDB's JSON, INET4, INET6,
+/// UUID); a hint that does not fit the column's storage (the table changed since) is ignored.
+pub fn with_hint(kind: Kind, hint: Option<Hint>) -> Kind {
+    match (hint, kind) {
+        (Some(Hint::Json), Kind::Text { charset }) => Kind::JsonText { charset },
+        (Some(Hint::Inet6), Kind::Binary { pad_to: 16 } | Kind::Text { .. } | Kind::Other) => {
+            Kind::Inet6
+        }
+        (Some(Hint::Inet4), Kind::Binary { pad_to: 4 } | Kind::Text { .. } | Kind::Other) => {
+            Kind::Inet4
+        }
+        (Some(Hint::Uuid), Kind::Binary { pad_to: 16 } | Kind::Text { .. } | Kind::Other) => {
+            Kind::Uuid
+        }
+        (_, kind) => kind,
     }
 }
 
@@ -162,27 +198,37 @@ pub fn snapshot_value(kind: &Kind, value: MyValue) -> Value {
             )
         }
         (Kind::Json, MyValue::Bytes(b)) => Value::Json(Charset::Utf8.decode(&b)),
+        (Kind::JsonText { .. }, MyValue::Bytes(b)) => json_or_text(Charset::Utf8.decode(&b)),
+        (Kind::Inet4 | Kind::Inet6 | Kind::Uuid, MyValue::Bytes(b)) => {
+            Value::Text(Charset::Utf8.decode(&b))
+        }
         (Kind::Year, MyValue::Bytes(b)) => year_from_text(&b),
         (kind, value) => common_value(kind, value),
     }
 }
 
-/// Binlog side: one decoded row-image value.
-pub fn binlog_value(kind: &Kind, value: BinlogValue<'_>) -> Value {
-    match value {
+/// Binlog side: one decoded row-image value. Fails only on malformed binary JSON.
+pub fn binlog_value(kind: &Kind, value: BinlogValue<'_>) -> std::io::Result<Value> {
+    Ok(match value {
         BinlogValue::Value(value) => binlog_plain(kind, value),
-        BinlogValue::Jsonb(jsonb) => match serde_json::Value::try_from(jsonb) {
-            Ok(json) => Value::Json(json.to_string()),
-            Err(e) => Value::Text(format!("(undecodable JSON: {e})")),
-        },
+        BinlogValue::Jsonb(jsonb) => Value::Json(render_jsonb(&jsonb)?),
+        // A partial JSON update (binlog_row_value_options=PARTIAL_JSON): not a full value.
         BinlogValue::JsonDiff(_) => Value::Missing,
-    }
+    })
 }
 
 fn binlog_plain(kind: &Kind, value: MyValue) -> Value {
     match (kind, value) {
         (_, MyValue::NULL) => Value::Null,
         (Kind::Text { charset }, MyValue::Bytes(b)) => Value::Text(charset.decode(&b)),
+        (Kind::JsonText { charset }, MyValue::Bytes(b)) => json_or_text(charset.decode(&b)),
+        // Fixed-size binary in the row image, trailing zero bytes stripped.
+        (Kind::Inet6, MyValue::Bytes(b)) => Value::Text(inet6_text(&padded::<16>(&b))),
+        (Kind::Inet4, MyValue::Bytes(b)) => {
+            let [a, b2, c, d] = padded::<4>(&b);
+            Value::Text(format!("{a}.{b2}.{c}.{d}"))
+        }
+        (Kind::Uuid, MyValue::Bytes(b)) => Value::Text(uuid_text(&padded::<16>(&b))),
         (Kind::Binary { pad_to }, MyValue::Bytes(mut b)) => {
             if b.len() < *pad_to {
                 b.resize(*pad_to, 0);
@@ -251,9 +297,16 @@ fn common_value(kind: &Kind, value: MyValue) -> Value {
         (_, MyValue::Double(f)) => Value::Float64(f),
         (Kind::Decimal, MyValue::Bytes(b)) => Value::Decimal(decimal_text(&b)),
         (Kind::Bit, MyValue::Bytes(b)) => Value::UInt(bit_value(&b)),
-        (Kind::Text { .. } | Kind::Enum(_) | Kind::Other, MyValue::Bytes(b)) => {
-            Value::Text(Charset::Utf8.decode(&b))
-        }
+        (
+            Kind::Text { .. }
+            | Kind::Enum(_)
+            | Kind::Other
+            | Kind::Inet4
+            | Kind::Inet6
+            | Kind::Uuid,
+            MyValue::Bytes(b),
+        ) => Value::Text(Charset::Utf8.decode(&b)),
+        (Kind::JsonText { .. }, MyValue::Bytes(b)) => json_or_text(Charset::Utf8.decode(&b)),
         (Kind::Json, MyValue::Bytes(b)) => Value::Json(Charset::Utf8.decode(&b)),
         (Kind::Set(_), MyValue::Bytes(b)) => Value::Text(Charset::Utf8.decode(&b)),
         (Kind::Binary { .. }, MyValue::Bytes(b)) => Value::Bytes(b),
@@ -271,6 +324,73 @@ fn common_value(kind: &Kind, value: MyValue) -> Value {
             Value::Time(time_text(neg, days, h, m, s, us))
         }
     }
+}
+
+/// The first `N` bytes, zero-padded (the binlog strips trailing zeros of BINARY(n) values).
+fn padded<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    for (o, b) in out.iter_mut().zip(bytes) {
+        *o = *b;
+    }
+    out
+}
+
+/// MariaDB's UUID text: lowercase, hyphenated, in stored byte order (MariaDB 10.11 keeps the
+/// text order in the row image; checked by the type parity test).
+pub fn uuid_text(bytes: &[u8; 16]) -> String {
+    crate::position::uuid_text(bytes)
+}
+
+/// MariaDB's (and MySQL's `INET6_NTOA`) IPv6 text: lowercase hex words without leading zeros,
+/// the first longest run of zero words (even a single one) as `::`, and the last 32 bits as a
+/// dotted quad for IPv4-compatible (`::1.2.3.4`) and IPv4-mapped (`::ffff:1.2.3.4`) addresses.
+pub fn inet6_text(bytes: &[u8; 16]) -> String {
+    let words: Vec<u16> = bytes
+        .chunks(2)
+        .map(|w| (u16::from(w[0]) << 8) | u16::from(w[1]))
+        .collect();
+    // The gap: the first longest run of zero words.
+    let (mut gap_pos, mut gap_len) = (usize::MAX, 0usize);
+    let mut i = 0;
+    while i < 8 {
+        if words[i] == 0 {
+            let start = i;
+            while i < 8 && words[i] == 0 {
+                i += 1;
+            }
+            if i - start > gap_len {
+                gap_pos = start;
+                gap_len = i - start;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    let mut out = String::new();
+    let mut i = 0;
+    while i < 8 {
+        if i == gap_pos {
+            if i == 0 {
+                out.push(':');
+            }
+            out.push(':');
+            i += gap_len;
+            continue;
+        }
+        if i == 6 && gap_pos == 0 && (gap_len == 6 || (gap_len == 5 && words[5] == 0xffff)) {
+            out.push_str(&format!(
+                "{}.{}.{}.{}",
+                bytes[12], bytes[13], bytes[14], bytes[15]
+            ));
+            break;
+        }
+        out.push_str(&format!("{:x}", words[i]));
+        if i != 7 {
+            out.push(':');
+        }
+        i += 1;
+    }
+    out
 }
 
 fn year_from_text(bytes: &[u8]) -> Value {
@@ -520,6 +640,64 @@ mod tests {
     }
 
     #[test]
+    fn inet6_text_follows_mariadb() {
+        // (stored bytes as hex, MariaDB's text) — checked against MariaDB 10.11.
+        for (hex, text) in [
+            ("00000000000000000000000000000001", "::1"),
+            ("00000000000000000000000000000000", "::"),
+            ("00000000000000000000ffff01020304", "::ffff:1.2.3.4"),
+            ("00000000000000000000000001020304", "::1.2.3.4"),
+            ("20010db8000000000001000000000001", "2001:db8::1:0:0:1"),
+            ("20010000000000010000000000000000", "2001:0:0:1::"),
+            ("fe800000000000000001000000000000", "fe80::1:0:0:0"),
+            ("00000001000200030004000500060007", "::1:2:3:4:5:6:7"),
+            ("00010000000200030004000500060007", "1::2:3:4:5:6:7"),
+            ("00010002000300040005000600070000", "1:2:3:4:5:6:7::"),
+            ("00000000000000000000ffff00000000", "::ffff:0.0.0.0"),
+            ("00000000000000000000000000010000", "::0.1.0.0"),
+            ("0000000000000000000000000000ffff", "::ffff"),
+            ("00000000000000000000000100000000", "::1:0:0"),
+            ("00000000000000000001ffff01020304", "::1:ffff:102:304"),
+            ("ffff0000000000010002000300040005", "ffff::1:2:3:4:5"),
+        ] {
+            let bytes: Vec<u8> = (0..16)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+                .collect();
+            let bytes: [u8; 16] = bytes.try_into().expect("16 bytes");
+            assert_eq!(inet6_text(&bytes), text, "{hex}");
+        }
+        // Trailing zero bytes are stripped in the row image.
+        assert_eq!(
+            binlog_plain(&Kind::Inet6, MyValue::Bytes(vec![0x20, 0x01])),
+            Value::Text("2001::".into())
+        );
+        assert_eq!(
+            binlog_plain(&Kind::Inet4, MyValue::Bytes(vec![10, 0, 0])),
+            Value::Text("10.0.0.0".into())
+        );
+        assert_eq!(
+            binlog_plain(&Kind::Uuid, MyValue::Bytes(vec![0x12, 0x3e])),
+            Value::Text("123e0000-0000-0000-0000-000000000000".into())
+        );
+    }
+
+    #[test]
+    fn mariadb_json_text_is_json_on_both_sides() {
+        let kind = Kind::JsonText {
+            charset: Charset::Utf8,
+        };
+        let doc = "{ \"a\" : [1, 2.50], \"é\": {\"x\": null} }";
+        let binlog = binlog_plain(&kind, MyValue::Bytes(doc.as_bytes().to_vec()));
+        let snapshot = snapshot_value(&kind, MyValue::Bytes(doc.as_bytes().to_vec()));
+        assert_eq!(binlog, snapshot);
+        assert_eq!(json(&binlog), r#"{"a":[1,2.50],"é":{"x":null}}"#);
+        assert_eq!(
+            snapshot_value(&kind, MyValue::Bytes(b"not json".to_vec())),
+            Value::Text("not json".into())
+        );
+    }
+
+    #[test]
     fn floats_stay_single_precision() {
         assert_eq!(
             json(&binlog_plain(&Kind::Float, MyValue::Float(1.1))),
@@ -541,7 +719,27 @@ mod tests {
             kind_from_information_schema("varbinary", "varbinary(3)"),
             Kind::Binary { pad_to: 0 }
         );
-        assert_eq!(kind_from_information_schema("inet6", "inet6"), Kind::Other);
+        assert_eq!(kind_from_information_schema("inet6", "inet6"), Kind::Inet6);
+        assert_eq!(kind_from_information_schema("uuid", "uuid"), Kind::Uuid);
+        let text = Kind::Text {
+            charset: Charset::Latin1,
+        };
+        assert_eq!(
+            with_hint(text.clone(), Some(Hint::Json)),
+            Kind::JsonText {
+                charset: Charset::Latin1
+            }
+        );
+        assert_eq!(with_hint(text.clone(), None), text);
+        assert_eq!(
+            with_hint(Kind::Binary { pad_to: 16 }, Some(Hint::Uuid)),
+            Kind::Uuid
+        );
+        assert_eq!(
+            with_hint(Kind::Int { unsigned: false }, Some(Hint::Json)),
+            Kind::Int { unsigned: false },
+            "a stale hint does not apply to another storage"
+        );
         assert!(matches!(
             kind_from_information_schema("set", "set('a')"),
             Kind::Set(_)

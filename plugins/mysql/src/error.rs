@@ -25,6 +25,9 @@ pub enum MysqlError {
     /// The checkpoint's binlog file is gone from the server.
     #[error("{0}")]
     Purged(String),
+    /// The configuration does not fit the database (found only once connected).
+    #[error("{0}")]
+    Config(String),
     /// A binlog event could not be decoded.
     #[error("cannot decode binlog event at {position}: {message}")]
     Decode { position: String, message: String },
@@ -49,7 +52,7 @@ impl MysqlError {
         match self {
             MysqlError::Connection { .. } => ErrorKind::Transient,
             MysqlError::Prerequisite(_) => ErrorKind::Config,
-            MysqlError::Purged(_) => ErrorKind::Config,
+            MysqlError::Purged(_) | MysqlError::Config(_) => ErrorKind::Config,
             MysqlError::Server { .. } | MysqlError::Decode { .. } | MysqlError::Other(_) => {
                 ErrorKind::Fatal
             }

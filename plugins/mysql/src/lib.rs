@@ -3,9 +3,11 @@
 //! (issue 4; DESIGN §1–6). Registered with `inventory` and selected in YAML by `type: mysql`.
 
 pub mod binlog;
+pub mod columns;
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod json;
 pub mod position;
 pub mod prereq;
 pub mod snapshot;

@@ -24,6 +24,25 @@ pub struct ServerInfo {
     pub server_id: u32,
 }
 
+impl ServerInfo {
+    /// Compares the leading `major.minor.patch` of `VERSION()` (`10.11.6-MariaDB-log`, `8.0.36`).
+    pub fn version_at_least(&self, major: u32, minor: u32, patch: u32) -> bool {
+        version_numbers(&self.version) >= (major, minor, patch)
+    }
+}
+
+/// `(major, minor, patch)` of a server version string; missing parts are 0.
+pub fn version_numbers(version: &str) -> (u32, u32, u32) {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
 /// Reads the flavour from `VERSION()` (`10.11.6-MariaDB-0+deb12u1`, `8.0.36`).
 pub fn flavour_of(version: &str) -> Flavour {
     if version.to_ascii_lowercase().contains("mariadb") {
@@ -66,12 +85,13 @@ pub async fn check(conn: &mut Conn, config: &ValidMysql) -> Result<ServerInfo> {
                 .join("\n"),
         ));
     }
-    check_replica_ids(conn, config).await?;
-    Ok(ServerInfo {
+    let info = ServerInfo {
         flavour,
         version: observed.version,
         server_id,
-    })
+    };
+    check_replica_ids(conn, config, &info).await?;
+    Ok(info)
 }
 
 async fn observe(conn: &mut Conn) -> Result<Observed> {
@@ -147,6 +167,13 @@ pub fn problems(observed: &Observed, flavour: Flavour, config: &ValidMysql) -> V
                     "binlog_row_value_options is {v}: partial JSON updates cannot be applied to a full row; set binlog_row_value_options='' (SET GLOBAL and my.cnf)"
                 ));
             }
+        }
+        if var("binlog_transaction_compression").as_deref() == Some("ON") {
+            problems.push(
+                "binlog_transaction_compression is ON: etcdsync does not read compressed transaction payloads; \
+                 set binlog_transaction_compression=OFF (SET GLOBAL and my.cnf)"
+                    .to_string(),
+            );
         }
     }
 
@@ -238,14 +265,28 @@ fn server_id_clash(config: &ValidMysql, what: &str) -> String {
     )
 }
 
+/// The statement that lists connected replicas: `SHOW REPLICAS` since MySQL 8.0.22 (the old
+/// name is gone in 8.4), `SHOW SLAVE HOSTS` on MariaDB.
+pub fn replicas_statement(server: &ServerInfo) -> &'static str {
+    match server.flavour {
+        Flavour::MySql if server.version_at_least(8, 0, 22) => "SHOW REPLICAS",
+        _ => "SHOW SLAVE HOSTS",
+    }
+}
+
 /// Fails when another connected replica uses our server id. Our own previous connection may
 /// still be registered for a moment after a restart, so a clash is re-checked for a few seconds.
-async fn check_replica_ids(conn: &mut Conn, config: &ValidMysql) -> Result<()> {
+async fn check_replica_ids(
+    conn: &mut Conn,
+    config: &ValidMysql,
+    server: &ServerInfo,
+) -> Result<()> {
+    let statement = replicas_statement(server);
     for attempt in 0..6 {
-        let rows: Vec<Row> = match conn.query("SHOW SLAVE HOSTS").await {
+        let rows: Vec<Row> = match conn.query(statement).await {
             Ok(rows) => rows,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot list replicas (SHOW SLAVE HOSTS); skipping the server_id clash check");
+                tracing::debug!(error = %e, statement, "cannot list replicas; skipping the server_id clash check");
                 return Ok(());
             }
         };
@@ -339,6 +380,62 @@ mod tests {
             assert!(found.contains(needle), "{needle} missing in:\n{found}");
         }
         assert!(!found.contains("no SELECT"), "{found}");
+    }
+
+    #[test]
+    fn mysql_only_settings() {
+        let mut mysql = good();
+        mysql.version = "8.0.36".into();
+        mysql.grants = vec![
+            "GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `s`@`%`".into(),
+        ];
+        assert!(problems(&mysql, Flavour::MySql, &config(1)).is_empty());
+        mysql
+            .variables
+            .insert("binlog_transaction_compression".into(), "ON".into());
+        mysql
+            .variables
+            .insert("binlog_row_value_options".into(), "PARTIAL_JSON".into());
+        let found = problems(&mysql, Flavour::MySql, &config(1)).join("\n");
+        assert!(
+            found.contains("binlog_transaction_compression=OFF"),
+            "{found}"
+        );
+        assert!(found.contains("binlog_row_value_options=''"), "{found}");
+        // MySQL always snapshots under a brief global read lock.
+        mysql.grants =
+            vec!["GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `s`@`%`".into()];
+        let found = problems(&mysql, Flavour::MySql, &config(1)).join("\n");
+        assert!(found.contains("GRANT RELOAD ON *.*"), "{found}");
+    }
+
+    #[test]
+    fn versions_pick_statements() {
+        let info = |flavour, version: &str| ServerInfo {
+            flavour,
+            version: version.into(),
+            server_id: 1,
+        };
+        assert_eq!(
+            version_numbers("10.11.6-MariaDB-0+deb12u1-log"),
+            (10, 11, 6)
+        );
+        assert_eq!(version_numbers("8.4.0"), (8, 4, 0));
+        assert_eq!(version_numbers("9"), (9, 0, 0));
+        assert!(info(Flavour::MySql, "8.0.22").version_at_least(8, 0, 22));
+        assert!(!info(Flavour::MySql, "8.0.21").version_at_least(8, 0, 22));
+        assert_eq!(
+            replicas_statement(&info(Flavour::MySql, "8.4.3")),
+            "SHOW REPLICAS"
+        );
+        assert_eq!(
+            replicas_statement(&info(Flavour::MySql, "5.7.44")),
+            "SHOW SLAVE HOSTS"
+        );
+        assert_eq!(
+            replicas_statement(&info(Flavour::MariaDb, "10.11.6-MariaDB")),
+            "SHOW SLAVE HOSTS"
+        );
     }
 
     #[test]

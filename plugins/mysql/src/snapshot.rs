@@ -3,12 +3,14 @@
 //! otherwise a brief FLUSH TABLES WITH READ LOCK while every worker opens its snapshot. Rows are
 //! streamed (binary protocol) in chunks of `CHANGES_PER_MESSAGE`, never a whole table in memory.
 
+use crate::columns::{read_hints, ColumnHints};
 use crate::config::ValidMysql;
-use crate::decode::{kind_from_information_schema, snapshot_value, Kind};
+use crate::decode::{kind_from_information_schema, snapshot_value, with_hint, Kind};
 use crate::error::{MysqlError, Result};
-use crate::position::{BinlogPos, SourcePosition};
-use crate::prereq::Flavour;
+use crate::position::{BinlogPos, GtidPos, GtidSet, Gtids, SourcePosition};
+use crate::prereq::{Flavour, ServerInfo};
 use crate::source::connect;
+use crate::tablemap::key_column_excluded;
 use etcdsync_core::change::Column;
 use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
 use etcdsync_core::tables::TableSelection;
@@ -38,6 +40,7 @@ pub fn quote_ident(name: &str) -> String {
 pub async fn list_tables(
     conn: &mut Conn,
     selection: &TableSelection,
+    flavour: Flavour,
 ) -> Result<Vec<SnapshotTable>> {
     let all: Vec<(String, String)> = conn
         .query(
@@ -54,7 +57,7 @@ pub async fn list_tables(
         if !selection.matches(&id) {
             continue;
         }
-        if let Some(t) = describe(conn, &id, selection).await? {
+        if let Some(t) = describe(conn, &id, selection, flavour).await? {
             tables.push(t);
         }
     }
@@ -65,6 +68,7 @@ async fn describe(
     conn: &mut Conn,
     id: &TableId,
     selection: &TableSelection,
+    flavour: Flavour,
 ) -> Result<Option<SnapshotTable>> {
     let columns: Vec<(String, String, String)> = conn
         .exec(
@@ -95,16 +99,21 @@ async fn describe(
     for k in &key {
         match kept.iter().position(|(name, _, _)| name == k) {
             Some(i) => key_index.push(i),
-            None => {
-                return Err(MysqlError::Other(format!(
-                    "source.tables.exclude_columns removes primary-key column `{k}` of {id}; key columns cannot be excluded"
-                )))
-            }
+            None => return Err(MysqlError::Config(key_column_excluded(id, k))),
         }
     }
+    let hints = match flavour {
+        Flavour::MariaDb => read_hints(conn, id).await?,
+        Flavour::MySql => ColumnHints::default(),
+    };
     let kinds: Vec<Kind> = kept
         .iter()
-        .map(|(_, data_type, column_type)| kind_from_information_schema(data_type, column_type))
+        .map(|(name, data_type, column_type)| {
+            with_hint(
+                kind_from_information_schema(data_type, column_type),
+                hints.get(name),
+            )
+        })
         .collect();
     let schema = TableSchema::new(
         id.clone(),
@@ -130,43 +139,136 @@ async fn describe(
     }))
 }
 
-/// The binlog position of the server now (`SHOW MASTER STATUS`, or MySQL ≥ 8.2's
-/// `SHOW BINARY LOG STATUS`).
-pub async fn current_position(conn: &mut Conn, flavour: Flavour) -> Result<SourcePosition> {
-    let statements: &[&str] = match flavour {
-        Flavour::MySql => &["SHOW BINARY LOG STATUS", "SHOW MASTER STATUS"],
-        Flavour::MariaDb => &["SHOW MASTER STATUS"],
+/// The statement that shows the current binlog position: MySQL ≥ 8.2 renamed `SHOW MASTER
+/// STATUS` to `SHOW BINARY LOG STATUS` (and 8.4 removed the old name); MariaDB keeps it.
+pub fn status_statements(server: &ServerInfo) -> [&'static str; 2] {
+    match server.flavour {
+        Flavour::MySql if server.version_at_least(8, 2, 0) => {
+            ["SHOW BINARY LOG STATUS", "SHOW MASTER STATUS"]
+        }
+        _ => ["SHOW MASTER STATUS", "SHOW BINARY LOG STATUS"],
+    }
+}
+
+/// A `SHOW MASTER STATUS` / `SHOW BINARY LOG STATUS` row (`File`, `Position`, …, and on MySQL
+/// `Executed_Gtid_Set`, empty when gtid_mode is OFF) as a position.
+pub fn position_from_status(
+    columns: &[(String, Option<String>)],
+    flavour: Flavour,
+) -> Result<SourcePosition> {
+    let get = |name: &str| {
+        columns
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_deref())
     };
+    let (Some(file), Some(offset)) = (get("File"), get("Position")) else {
+        return Err(MysqlError::Other(format!(
+            "the binlog status has no File/Position columns: {:?}",
+            columns.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>()
+        )));
+    };
+    let offset = offset.parse().map_err(|_| {
+        MysqlError::Other(format!(
+            "the binlog status position `{offset}` is not a number"
+        ))
+    })?;
+    let position = SourcePosition::new(BinlogPos::new(file, offset));
+    let gtid = match (flavour, get("Executed_Gtid_Set")) {
+        (Flavour::MySql, Some(text)) if !text.trim().is_empty() => {
+            Gtids::MySql(GtidSet::parse(text).ok_or_else(|| {
+                MysqlError::Other(format!("cannot parse Executed_Gtid_Set `{text}`"))
+            })?)
+        }
+        _ => Gtids::None,
+    };
+    Ok(position.with_gtid(gtid))
+}
+
+/// The binlog position of the server now, with its GTID state (MySQL: the executed set;
+/// MariaDB: `BINLOG_GTID_POS()` of the same file and offset).
+pub async fn current_position(conn: &mut Conn, server: &ServerInfo) -> Result<SourcePosition> {
     let mut last_error = None;
-    for statement in statements {
-        match conn.query_first::<Row, _>(*statement).await {
-            Ok(Some(mut row)) => {
-                let file: Option<String> = row.take(0);
-                let offset: Option<u64> = row.take(1);
-                if let (Some(file), Some(offset)) = (file, offset) {
-                    return Ok(SourcePosition::new(BinlogPos::new(file, offset)));
-                }
+    for statement in status_statements(server) {
+        match conn.query_first::<Row, _>(statement).await {
+            Ok(Some(row)) => {
+                let names: Vec<String> = row
+                    .columns_ref()
+                    .iter()
+                    .map(|c| c.name_str().into_owned())
+                    .collect();
+                let columns: Vec<(String, Option<String>)> = names
+                    .into_iter()
+                    .zip(row.unwrap_raw())
+                    .map(|(name, value)| {
+                        let text = value.and_then(|v| mysql_async::from_value_opt(v).ok());
+                        (name, text)
+                    })
+                    .collect();
+                let position = position_from_status(&columns, server.flavour)?;
+                return with_mariadb_gtid(conn, server.flavour, position).await;
             }
             Ok(None) => {
-                return Err(MysqlError::Prerequisite(
-                    "  - SHOW MASTER STATUS returned nothing: the binary log is off; add `log_bin = mysql-bin` under [mysqld] in my.cnf and restart".into(),
-                ))
+                return Err(MysqlError::Prerequisite(format!(
+                    "  - {statement} returned nothing: the binary log is off; add `log_bin = mysql-bin` under [mysqld] in my.cnf and restart"
+                )))
             }
-            Err(e) => last_error = Some(e),
+            Err(e) => last_error = Some((statement, e)),
         }
     }
     Err(match last_error {
-        Some(e) => MysqlError::driver("reading the binlog position (SHOW MASTER STATUS)", e),
+        Some((statement, e)) => {
+            MysqlError::driver(format!("reading the binlog position ({statement})"), e)
+        }
         None => MysqlError::Other("cannot read the binlog position".into()),
     })
+}
+
+/// Adds MariaDB's GTID position at `position` (`BINLOG_GTID_POS(file, offset)`), so streaming
+/// can resume by GTID. Without it (NULL, or an older server) the position stays file/offset.
+pub async fn with_mariadb_gtid(
+    conn: &mut Conn,
+    flavour: Flavour,
+    position: SourcePosition,
+) -> Result<SourcePosition> {
+    if flavour != Flavour::MariaDb {
+        return Ok(position);
+    }
+    let gtid: Option<Option<String>> = conn
+        .exec_first(
+            "SELECT BINLOG_GTID_POS(?, ?)",
+            (&position.binlog.file, position.binlog.offset),
+        )
+        .await
+        .map_err(|e| {
+            MysqlError::driver(
+                format!(
+                    "reading the GTID position at {} (BINLOG_GTID_POS)",
+                    position.binlog
+                ),
+                e,
+            )
+        })?;
+    match gtid.flatten().as_deref().map(GtidPos::parse) {
+        Some(Some(gtid)) => Ok(position.with_gtid(Gtids::MariaDb(gtid))),
+        Some(None) => Err(MysqlError::Other(format!(
+            "BINLOG_GTID_POS at {} returned an unreadable GTID position",
+            position.binlog
+        ))),
+        None => {
+            tracing::warn!(position = %position, "the server has no GTID position for the snapshot; resuming will use file and offset");
+            Ok(position)
+        }
+    }
 }
 
 /// Opens the snapshot on `workers` connections and returns the matching binlog position.
 async fn open_snapshot(
     config: &ValidMysql,
-    flavour: Flavour,
+    server: &ServerInfo,
     workers: &mut [Conn],
 ) -> Result<SourcePosition> {
+    let flavour = server.flavour;
     const BEGIN: &str = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY";
     for conn in workers.iter_mut() {
         conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -191,7 +293,8 @@ async fn open_snapshot(
                 let offset = offset.parse().map_err(|_| {
                     MysqlError::Other(format!("binlog_snapshot_position `{offset}` is not a number"))
                 })?;
-                Ok(SourcePosition::new(BinlogPos::new(file, offset)))
+                let position = SourcePosition::new(BinlogPos::new(file, offset));
+                with_mariadb_gtid(conn, flavour, position).await
             }
             _ => Err(MysqlError::Prerequisite(
                 "  - binlog_snapshot_file is empty: the binary log is off; add `log_bin = mysql-bin` under [mysqld] in my.cnf and restart".into(),
@@ -214,7 +317,7 @@ async fn open_snapshot(
                 .await
                 .map_err(|e| MysqlError::driver("starting the consistent snapshot", e))?;
         }
-        current_position(&mut lock, flavour).await
+        current_position(&mut lock, server).await
     }
     .await;
     let unlocked = lock.query_drop("UNLOCK TABLES").await;
@@ -228,16 +331,16 @@ async fn open_snapshot(
 /// the pipeline's sink has gone away.
 pub async fn run(
     config: &ValidMysql,
-    flavour: Flavour,
+    server: &ServerInfo,
     output: &mpsc::Sender<Message>,
 ) -> Result<Option<SourcePosition>> {
     let mut workers = Vec::with_capacity(config.snapshot_workers);
     for _ in 0..config.snapshot_workers {
         workers.push(connect(&config.opts).await?);
     }
-    let position = open_snapshot(config, flavour, &mut workers).await?;
+    let position = open_snapshot(config, server, &mut workers).await?;
     let tables = match workers.first_mut() {
-        Some(conn) => list_tables(conn, &config.tables).await?,
+        Some(conn) => list_tables(conn, &config.tables, server.flavour).await?,
         None => Vec::new(),
     };
     tracing::info!(tables = tables.len(), position = %position, workers = workers.len(), "snapshot started");
@@ -345,6 +448,67 @@ async fn copy_table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server(flavour: Flavour, version: &str) -> ServerInfo {
+        ServerInfo {
+            flavour,
+            version: version.into(),
+            server_id: 1,
+        }
+    }
+
+    #[test]
+    fn status_statement_by_flavour_and_version() {
+        assert_eq!(
+            status_statements(&server(Flavour::MySql, "8.4.3"))[0],
+            "SHOW BINARY LOG STATUS"
+        );
+        assert_eq!(
+            status_statements(&server(Flavour::MySql, "8.2.0"))[0],
+            "SHOW BINARY LOG STATUS"
+        );
+        assert_eq!(
+            status_statements(&server(Flavour::MySql, "8.0.36"))[0],
+            "SHOW MASTER STATUS"
+        );
+        assert_eq!(
+            status_statements(&server(Flavour::MariaDb, "10.11.6-MariaDB-log"))[0],
+            "SHOW MASTER STATUS"
+        );
+    }
+
+    fn status(gtids: Option<&str>) -> Vec<(String, Option<String>)> {
+        let mut columns = vec![
+            ("File".to_string(), Some("binlog.000007".to_string())),
+            ("Position".to_string(), Some("157".to_string())),
+            ("Binlog_Do_DB".to_string(), Some(String::new())),
+            ("Binlog_Ignore_DB".to_string(), Some(String::new())),
+        ];
+        if let Some(g) = gtids {
+            columns.push(("Executed_Gtid_Set".to_string(), Some(g.to_string())));
+        }
+        columns
+    }
+
+    #[test]
+    fn status_rows_become_positions() {
+        let uuid = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let pos = position_from_status(
+            &status(Some(&format!("{uuid}:1-5,\n{uuid}:7"))),
+            Flavour::MySql,
+        )
+        .expect("mysql");
+        assert_eq!(
+            pos.to_string(),
+            format!("binlog.000007:157 gtid={uuid}:1-5:7")
+        );
+        let off = position_from_status(&status(Some("")), Flavour::MySql).expect("gtid off");
+        assert_eq!(off.to_string(), "binlog.000007:157");
+        let maria = position_from_status(&status(None), Flavour::MariaDb).expect("mariadb");
+        assert_eq!(maria.gtid, Gtids::None);
+        assert!(position_from_status(&status(Some("garbage")), Flavour::MySql).is_err());
+        assert!(position_from_status(&[], Flavour::MySql).is_err());
+    }
 
     #[test]
     fn identifiers_are_quoted() {

@@ -12,6 +12,8 @@ use etcdsync_core::source::{Source, SourceIo};
 use etcdsync_core::{async_trait, Checkpoint, Error, Message, Position};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 /// Opens a connection with the session settings snapshot and stream rely on (utf8mb4 text,
 /// UTC TIMESTAMPs).
@@ -52,11 +54,13 @@ impl MysqlSource {
             Some(checkpoint) => {
                 let Some(position) = SourcePosition::parse(checkpoint.position.as_str()) else {
                     return Err(Error::config(format!(
-                        "the checkpoint position `{}` is not a MySQL binlog position (file:offset); delete the checkpoint key to start over",
+                        "the checkpoint position `{}` is not a MySQL binlog position (file:offset [gtid=…]); delete the checkpoint key to start over",
                         checkpoint.position
                     )));
                 };
-                if binlog_exists(&mut conn, &position).await? {
+                // With a GTID state the server finds the start itself, even when the file
+                // name is not its own (another server of the same replication topology).
+                if !position.gtid.is_empty() || binlog_exists(&mut conn, &position).await? {
                     Start::Resume(position)
                 } else if config.snapshot == SnapshotMode::WhenNeeded {
                     tracing::warn!(position = %position, "the checkpoint's binlog has been purged; re-snapshotting (snapshot: when_needed)");
@@ -73,7 +77,7 @@ impl MysqlSource {
                 }
             }
             None if config.snapshot == SnapshotMode::Never => {
-                Start::Current(snapshot::current_position(&mut conn, server.flavour).await?)
+                Start::Current(snapshot::current_position(&mut conn, &server).await?)
             }
             None => Start::Snapshot,
         };
@@ -109,6 +113,7 @@ impl Source for MysqlSource {
             acked,
             shutdown,
         } = io;
+        let resumed = matches!(self.start, Start::Resume(_));
         let start = match self.start.clone() {
             Start::Resume(position) => position,
             Start::Current(position) => {
@@ -121,34 +126,62 @@ impl Source for MysqlSource {
                 }
                 position
             }
-            Start::Snapshot => {
-                let done = tokio::select! {
-                    _ = shutdown.cancelled() => None,
-                    done = snapshot::run(&self.config, self.server.flavour, &output) => done?,
-                };
-                match done {
-                    Some(position) => position,
-                    None => {
-                        drop(output);
-                        SourceIo::final_ack(acked).await;
-                        return Ok(());
-                    }
-                }
-            }
+            Start::Snapshot => match self.snapshot(&output, &shutdown).await? {
+                Some(position) => position,
+                None => return finish(output, acked).await,
+            },
         };
         let conn = connect(&self.config.opts).await?;
-        binlog::stream(
-            conn,
-            &self.config,
-            self.server.flavour,
-            start,
-            &output,
-            &shutdown,
-        )
-        .await?;
-        drop(output);
-        let last = SourceIo::final_ack(acked).await;
-        tracing::info!(position = ?last.as_ref().map(|p| p.to_string()), "mysql source stopped");
-        Ok(())
+        let streamed =
+            binlog::stream(conn, &self.config, &self.server, start, &output, &shutdown).await;
+        match streamed {
+            // The checkpoint's GTIDs are gone from the server's binlogs (found only when
+            // streaming starts, as the GTID state names no file).
+            Err(MysqlError::Purged(message))
+                if resumed && self.config.snapshot == SnapshotMode::WhenNeeded =>
+            {
+                tracing::warn!(error = %message, "re-snapshotting (snapshot: when_needed)");
+                let Some(position) = self.snapshot(&output, &shutdown).await? else {
+                    return finish(output, acked).await;
+                };
+                let conn = connect(&self.config.opts).await?;
+                binlog::stream(
+                    conn,
+                    &self.config,
+                    &self.server,
+                    position,
+                    &output,
+                    &shutdown,
+                )
+                .await?;
+            }
+            other => other?,
+        }
+        finish(output, acked).await
     }
+}
+
+impl MysqlSource {
+    /// Runs the snapshot unless shutdown comes first; `None` when it did not complete.
+    async fn snapshot(
+        &self,
+        output: &mpsc::Sender<Message>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<SourcePosition>> {
+        tokio::select! {
+            _ = shutdown.cancelled() => Ok(None),
+            done = snapshot::run(&self.config, &self.server, output) => done,
+        }
+    }
+}
+
+/// Closes the output and waits for the sink's last acknowledgement (Source contract).
+async fn finish(
+    output: mpsc::Sender<Message>,
+    acked: watch::Receiver<Option<Position>>,
+) -> Result<(), Error> {
+    drop(output);
+    let last = SourceIo::final_ack(acked).await;
+    tracing::info!(position = ?last.as_ref().map(|p| p.to_string()), "mysql source stopped");
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! TABLE_MAP events → [`TableInfo`] (column names, key, kinds from `binlog_row_metadata=FULL`,
 //! no schema cache: every TABLE_MAP carries the table's current shape, so ALTER TABLE needs no
-//! special handling), and row images → core rows through `decode`.
+//! special handling; only MariaDB's JSON/INET/UUID columns take a hint from `columns`), and row
+//! images → core rows through `decode`.
 
-use crate::decode::{binlog_value, Charset, Kind};
+use crate::columns::ColumnHints;
+use crate::decode::{binlog_value, with_hint, Charset, Kind};
 use etcdsync_core::change::Column;
 use etcdsync_core::tables::TableSelection;
 use etcdsync_core::{TableId, TableSchema, Value};
@@ -47,6 +49,16 @@ pub enum TableMapError {
     NoColumnNames { table: TableId },
     #[error("the TABLE_MAP event of {table} is malformed: {message}")]
     Malformed { table: TableId, message: String },
+    #[error("{}", key_column_excluded(table, column))]
+    KeyExcluded { table: TableId, column: String },
+}
+
+/// The error for `exclude_columns` naming a primary-key column (snapshot and binlog alike).
+pub fn key_column_excluded(table: &TableId, column: &str) -> String {
+    format!(
+        "at `source.tables.exclude_columns`: it removes primary-key column `{column}` of {table}, \
+         but key columns make the etcd key; remove `{column}` from the list (or exclude the table)"
+    )
 }
 
 /// True for the column types the server gives a signedness bit. MariaDB 10.11 counts YEAR too
@@ -55,11 +67,36 @@ fn has_signedness(ty: ColumnType) -> bool {
     ty.is_numeric_type()
 }
 
+/// The column names a TABLE_MAP event carries (`binlog_row_metadata=FULL`), for the caller's
+/// per-table caches.
+pub fn column_names(tme: &TableMapEvent<'_>) -> Result<Vec<String>, TableMapError> {
+    let id = TableId::new(tme.database_name(), tme.table_name());
+    let mut names = Vec::new();
+    for field in tme.iter_optional_meta() {
+        let field = field.map_err(|e| TableMapError::Malformed {
+            table: id.clone(),
+            message: format!("optional metadata: {e}"),
+        })?;
+        if let OptionalMetadataField::ColumnName(n) = field {
+            for name in n.iter_names() {
+                let name = name.map_err(|e| TableMapError::Malformed {
+                    table: id.clone(),
+                    message: e.to_string(),
+                })?;
+                names.push(name.name().into_owned());
+            }
+        }
+    }
+    Ok(names)
+}
+
 /// Builds the table's description from a TABLE_MAP event, or `Ignored` when the selection
-/// leaves it out or it has no primary key (logged once per event by the caller).
+/// leaves it out or it has no primary key (logged once per event by the caller). `hints`
+/// refine columns the event cannot describe (MariaDB JSON, INET4/6, UUID; see `columns`).
 pub fn map_table(
     tme: &TableMapEvent<'_>,
     selection: &TableSelection,
+    hints: &ColumnHints,
 ) -> Result<Mapped, TableMapError> {
     let id = TableId::new(tme.database_name(), tme.table_name());
     if !selection.matches(&id) {
@@ -198,6 +235,7 @@ pub fn map_table(
         } else {
             scalar_kind(column_type, unsigned)
         };
+        let kind = with_hint(kind, names.get(i).and_then(|n| hints.get(n)));
         columns.push(BinlogColumn {
             column_type,
             meta,
@@ -216,7 +254,12 @@ pub fn map_table(
     for k in &key {
         match keep.iter().position(|c| c == k) {
             Some(pos) => schema_key.push(pos),
-            None => return Ok(Mapped::Ignored),
+            None => {
+                return Err(TableMapError::KeyExcluded {
+                    table: id,
+                    column: names.get(*k).cloned().unwrap_or_default(),
+                })
+            }
         }
     }
     let schema = TableSchema::new(
@@ -336,7 +379,7 @@ pub fn read_image<'a>(
             false,
         );
         let value: BinlogValue<'_> = buf.parse(ctx)?;
-        values.push(fix_int24(column, binlog_value(&column.kind, value)));
+        values.push(fix_int24(column, binlog_value(&column.kind, value)?));
     }
     Ok(values)
 }
