@@ -89,3 +89,43 @@ impl Error {
         self
     }
 }
+
+/// The error's message followed by each cause in its source chain that adds something: a
+/// cause whose text the message already contains is skipped (libraries often repeat their
+/// source's text in their own message).
+pub fn display_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let part = current.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = current.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error performing tls handshake")]
+    struct Handshake(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connecting to db: {0}")]
+    struct Connect(#[source] Handshake);
+
+    #[test]
+    fn chain_skips_repeats_and_keeps_root_causes() {
+        let root = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let error = Error::wrap(ErrorKind::Config, Connect(Handshake(root)));
+        assert_eq!(
+            display_chain(&error),
+            "connecting to db: error performing tls handshake: invalid peer certificate: UnknownIssuer"
+        );
+    }
+}

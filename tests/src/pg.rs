@@ -456,3 +456,181 @@ where
     }
     false
 }
+
+/// A login role for one test (cluster-wide, so uniquely named), dropped when the guard drops.
+/// Declare it before the [`TestDb`] whose objects it is granted, so the database goes first.
+pub struct TestRole {
+    pub name: String,
+    pub password: String,
+}
+
+impl TestRole {
+    /// `CREATE ROLE … LOGIN` plus `attributes` (e.g. `NOREPLICATION NOSUPERUSER`).
+    pub async fn create(prefix: &str, attributes: &str) -> TestRole {
+        let name = unique(prefix).to_lowercase();
+        let password = "pw".to_string();
+        let admin = connect(&env("ETCDSYNC_TEST_PG")).await;
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {name} LOGIN PASSWORD '{password}' {attributes}"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE ROLE {name}: {e}"));
+        TestRole { name, password }
+    }
+
+    /// `url` with this role's credentials instead of its own.
+    pub fn url(&self, url: &str) -> String {
+        let scheme_end = url.find("://").map_or(0, |i| i + 3);
+        let host = url[scheme_end..]
+            .find('@')
+            .map_or(scheme_end, |at| scheme_end + at + 1);
+        format!(
+            "{}{}:{}@{}",
+            &url[..scheme_end],
+            self.name,
+            self.password,
+            &url[host..]
+        )
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(base) = std::env::var("ETCDSYNC_TEST_PG") else {
+                    return;
+                };
+                let Ok((client, connection)) = tokio_postgres::connect(&base, NoTls).await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                let _ = client
+                    .batch_execute(&format!("DROP ROLE IF EXISTS {name}"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A private PostgreSQL server for one test, for settings the shared server must keep (such as
+/// `wal_level`): `initdb` and `pg_ctl` from `ETCDSYNC_TEST_PG_BIN` run as the `postgres` OS user,
+/// as tools/testenv.sh does. Stopped and removed when dropped.
+pub struct PrivatePg {
+    /// `postgres://postgres@127.0.0.1:PORT/postgres` (trust authentication).
+    pub url: String,
+    dir: std::path::PathBuf,
+    bin: String,
+}
+
+impl PrivatePg {
+    /// Starts a server whose `postgresql.conf` ends with `settings` (one per line).
+    pub fn start(settings: &str) -> PrivatePg {
+        let bin = env("ETCDSYNC_TEST_PG_BIN");
+        let dir = std::env::temp_dir().join(unique("etcdsync_private_pg"));
+        std::fs::create_dir_all(&dir).expect("create the server directory");
+        run_command("chown", &["postgres:", &dir.display().to_string()]);
+        let data = dir.join("data").display().to_string();
+        run_command(
+            "runuser",
+            &[
+                "-u",
+                "postgres",
+                "--",
+                &format!("{bin}/initdb"),
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let conf = format!(
+            "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n{settings}\n",
+            dir.display()
+        );
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(format!("{data}/postgresql.conf"))
+            .and_then(|mut f| f.write_all(conf.as_bytes()))
+            .expect("write postgresql.conf");
+        let server = PrivatePg {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir: dir.clone(),
+            bin: bin.clone(),
+        };
+        run_command(
+            "runuser",
+            &[
+                "-u",
+                "postgres",
+                "--",
+                &format!("{bin}/pg_ctl"),
+                "-D",
+                &data,
+                "-l",
+                &format!("{}/postgres.log", dir.display()),
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        );
+        server
+    }
+}
+
+fn run_command(program: &str, args: &[&str]) {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .current_dir("/")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let data = self.dir.join("data").display().to_string();
+        let _ = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{}/pg_ctl", self.bin),
+                "-D",
+                &data,
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
+            .current_dir("/")
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -243,6 +243,23 @@ impl PgxConfig {
             })?,
             (None, None) => SslMode::Prefer,
         };
+        if sslmode == SslMode::VerifyFull {
+            let ip_host = pg.get_hosts().iter().find_map(|host| match host {
+                tokio_postgres::config::Host::Tcp(name)
+                    if name.parse::<std::net::IpAddr>().is_ok() =>
+                {
+                    Some(name.clone())
+                }
+                _ => None,
+            });
+            if let Some(ip) = ip_host {
+                return Err(Error::config(format!(
+                    "at `source.url`: sslmode verify-full needs a host name, but the host is the IP address {ip}; \
+                     the replication session verifies certificates by DNS name only. Use the name in the server's certificate \
+                     (e.g. postgres://…@db.example.com/…), or `sslmode: verify-ca`"
+                )));
+            }
+        }
         let options = match pg.get_options() {
             Some(user) if !user.is_empty() => format!("{user} {SESSION_OPTIONS}"),
             _ => SESSION_OPTIONS.to_string(),
@@ -375,6 +392,17 @@ mod tests {
             .expect_err("bad")
             .to_string()
             .contains("sslmode `bogus`"));
+        let cfg = parse(
+            "url: postgres://u@127.0.0.1/db\ntables: { include: [a.b] }\nsslmode: verify-full\n",
+        );
+        let err = cfg
+            .validated("x")
+            .expect_err("verify-full with an IP")
+            .to_string();
+        assert!(
+            err.contains("IP address 127.0.0.1") && err.contains("verify-ca"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ pub mod config;
 pub mod connect;
 pub mod decode;
 pub mod error;
+pub mod inspect;
 pub mod position;
+pub mod prereq;
 pub mod relations;
 pub mod replication;
 pub mod snapshot;
@@ -15,6 +17,7 @@ pub mod types;
 
 pub use config::PgxConfig;
 
+use etcdsync_core::inspect::SourceInspector;
 use etcdsync_core::registry::{PluginInfo, PluginKind};
 use etcdsync_core::source::{Source, SourceConfig, SourceContext};
 use etcdsync_core::{async_trait, inventory, typetag, Result};
@@ -61,6 +64,11 @@ impl SourceConfig for PgxConfig {
     async fn build(&self, cx: SourceContext) -> Result<Box<dyn Source>> {
         source::build(self, cx).await
     }
+
+    async fn inspect(&self, pipeline_name: &str) -> Result<Box<dyn SourceInspector>> {
+        let valid = self.validated(pipeline_name)?;
+        Ok(Box::new(inspect::PgxInspector::new(valid)))
+    }
 }
 
 /// `type: postgres`: the same source under its database's name.
@@ -77,6 +85,10 @@ impl SourceConfig for PostgresAlias {
 
     async fn build(&self, cx: SourceContext) -> Result<Box<dyn Source>> {
         source::build(&self.0, cx).await
+    }
+
+    async fn inspect(&self, pipeline_name: &str) -> Result<Box<dyn SourceInspector>> {
+        self.0.inspect(pipeline_name).await
     }
 }
 

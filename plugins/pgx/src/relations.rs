@@ -5,6 +5,7 @@
 
 use crate::decode::{RelationMessage, TupleValue};
 use crate::error::pg;
+use crate::prereq::Problem;
 use crate::types::{builtin_kind, parse_value, TypeKind};
 use etcdsync_core::change::Column;
 use etcdsync_core::tables::TableSelection;
@@ -182,17 +183,21 @@ async fn index_columns(client: &Client, oid: u32, condition: &str) -> Result<Vec
         .collect())
 }
 
-fn no_key(id: &TableId, why: &str) -> Error {
-    Error::config(format!(
-        "table {id} has no usable key ({why}): add a primary key (ALTER TABLE {t} ADD PRIMARY KEY (…)), \
-         or set `source.key_columns: {{ \"{id}\": [col, …] }}` together with ALTER TABLE {t} REPLICA IDENTITY FULL, \
-         or leave the table out with `source.tables.exclude: [\"{id}\"]`",
-        t = quote_table(id)
-    ))
+fn no_key(id: &TableId, why: &str) -> Problem {
+    Problem::new(
+        format!("table {id} has no usable key ({why})"),
+        format!(
+            "add a primary key (ALTER TABLE {t} ADD PRIMARY KEY (…)), \
+             or set `source.key_columns: {{ \"{id}\": [col, …] }}` together with ALTER TABLE {t} REPLICA IDENTITY FULL, \
+             or leave the table out with `source.tables.exclude: [\"{id}\"]`",
+            t = quote_table(id)
+        ),
+    )
 }
 
 /// The key of a table, as the stream will be able to identify rows: its primary key, its
-/// replica identity index, or configured `key_columns` (DESIGN §2; issue 3 §4).
+/// replica identity index, or configured `key_columns` (DESIGN §2; issue 3 §4). A table without
+/// a usable key is a configuration error naming the fix.
 pub async fn table_key(
     client: &Client,
     oid: u32,
@@ -201,6 +206,21 @@ pub async fn table_key(
     key_columns: &BTreeMap<TableId, Vec<String>>,
     selection: &TableSelection,
 ) -> Result<Vec<String>> {
+    resolve_key(client, oid, id, replident, key_columns, selection)
+        .await?
+        .map_err(Problem::into_error)
+}
+
+/// [`table_key`] for `check`: the outer error is a failed query, the inner one a table whose
+/// key cannot be used, with its fix.
+pub async fn resolve_key(
+    client: &Client,
+    oid: u32,
+    id: &TableId,
+    replident: &str,
+    key_columns: &BTreeMap<TableId, Vec<String>>,
+    selection: &TableSelection,
+) -> Result<std::result::Result<Vec<String>, Problem>> {
     let primary = index_columns(client, oid, "i.indisprimary")
         .await?
         .into_iter()
@@ -218,40 +238,50 @@ pub async fn table_key(
             _ => false,
         };
         if !covered {
-            return Err(Error::config(format!(
-                "at `source.key_columns.{id}`: deletes and key changes of {id} would not carry these columns; \
-                 run ALTER TABLE {} REPLICA IDENTITY FULL",
-                quote_table(id)
+            return Ok(Err(Problem::new(
+                format!(
+                    "at `source.key_columns.{id}`: deletes and key changes of {id} would not carry these columns"
+                ),
+                format!("run ALTER TABLE {} REPLICA IDENTITY FULL", quote_table(id)),
             )));
         }
         configured.clone()
     } else {
-        match replident {
-            "d" => primary.ok_or_else(|| no_key(id, "no primary key"))?,
-            "i" => identity.ok_or_else(|| no_key(id, "its replica identity index is missing"))?,
+        let found = match replident {
+            "d" => primary.ok_or_else(|| no_key(id, "no primary key")),
+            "i" => identity.ok_or_else(|| no_key(id, "its replica identity index is missing")),
             "f" => match primary {
-                Some(pk) => pk,
+                Some(pk) => Ok(pk),
                 None => index_columns(client, oid, "i.indisunique")
                     .await?
                     .into_iter()
                     .next()
-                    .ok_or_else(|| no_key(id, "REPLICA IDENTITY FULL without a primary key or unique index on NOT NULL columns"))?,
+                    .ok_or_else(|| no_key(id, "REPLICA IDENTITY FULL without a primary key or unique index on NOT NULL columns")),
             },
-            _ => {
-                return Err(Error::config(format!(
-                    "table {id} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be followed: \
-                     run ALTER TABLE {} REPLICA IDENTITY DEFAULT, or exclude it with `source.tables.exclude`",
+            _ => Err(Problem::new(
+                format!(
+                    "table {id} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be followed"
+                ),
+                format!(
+                    "run ALTER TABLE {} REPLICA IDENTITY DEFAULT, or exclude it with `source.tables.exclude`",
                     quote_table(id)
-                )))
-            }
+                ),
+            )),
+        };
+        match found {
+            Ok(key) => key,
+            Err(problem) => return Ok(Err(problem)),
         }
     };
     if let Some(col) = key.iter().find(|c| selection.column_excluded(id, c)) {
-        return Err(Error::config(format!(
-            "at `source.tables.exclude_columns`: `{col}` is a key column of {id} and cannot be excluded"
+        return Ok(Err(Problem::new(
+            format!(
+                "at `source.tables.exclude_columns`: `{col}` is a key column of {id} and cannot be excluded"
+            ),
+            format!("remove `{col}` from `source.tables.exclude_columns` for {id}"),
         )));
     }
-    Ok(key)
+    Ok(Ok(key))
 }
 
 /// A table's shape as the stream describes it: the schema handed to the pipeline and, per
@@ -287,10 +317,7 @@ pub fn build_schema(
             .unwrap_or_default();
     }
     if indices.is_empty() {
-        return Err(no_key(
-            &id,
-            "its key columns are not among the synced columns",
-        ));
+        return Err(no_key(&id, "its key columns are not among the synced columns").into_error());
     }
     Ok(TableSchema::new(id, columns, indices))
 }

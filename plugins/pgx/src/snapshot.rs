@@ -1,6 +1,7 @@
 //! The initial snapshot (DESIGN §6): workers import the slot's exported snapshot
 //! (`SET TRANSACTION SNAPSHOT`) and `COPY … TO STDOUT` tables in parallel, streaming inserts in
 //! `CHANGES_PER_MESSAGE` chunks; values go through `types::parse_value` exactly as the stream's.
+//! Reports per-table progress to `telemetry` (estimate from `pg_class.reltuples`, rows per chunk).
 
 use crate::config::Valid;
 use crate::connect::connect;
@@ -9,12 +10,13 @@ use crate::relations::{build_schema, quote_ident, quote_table, TableInfo, Types}
 use crate::types::{parse_value, TypeKind};
 use etcdsync_core::change::Column;
 use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
-use etcdsync_core::{Change, Message, Result, Value};
+use etcdsync_core::{telemetry, Change, Message, Result, Row, TableSchema, Value};
 use futures::StreamExt;
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, CopyOutStream};
 use tokio_util::sync::CancellationToken;
 
 /// Copies every table with `valid.snapshot_workers` connections that all see `snapshot`.
@@ -100,6 +102,141 @@ async fn columns(
         .collect())
 }
 
+/// A table as the snapshot reads it: the schema handed to the pipeline, and per column how
+/// its text is read and its type OID.
+#[derive(Debug, Clone)]
+pub struct TableShape {
+    pub schema: Arc<TableSchema>,
+    pub kinds: Vec<TypeKind>,
+    pub type_oids: Vec<u32>,
+}
+
+impl TableShape {
+    /// `SELECT` list of the synced columns, quoted, in table order.
+    pub fn select_list(&self) -> String {
+        self.schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Reads a table's synced columns and builds its schema (snapshot, `check`, `verify` alike).
+pub async fn table_shape(
+    client: &Client,
+    table: &TableInfo,
+    valid: &Valid,
+    types: &mut Types,
+    server_version: i32,
+) -> Result<TableShape> {
+    let cols = columns(client, table, valid, server_version).await?;
+    let mut schema_columns = Vec::with_capacity(cols.len());
+    let mut kinds = Vec::with_capacity(cols.len());
+    let mut type_oids = Vec::with_capacity(cols.len());
+    for (name, oid) in cols {
+        let resolved = types.resolve(client, oid).await?;
+        schema_columns.push(Column::new(name, resolved.name));
+        kinds.push(resolved.kind);
+        type_oids.push(oid);
+    }
+    let schema = Arc::new(build_schema(
+        table.id.clone(),
+        schema_columns,
+        &table.key,
+        None,
+    )?);
+    Ok(TableShape {
+        schema,
+        kinds,
+        type_oids,
+    })
+}
+
+/// The planner's row estimate of a table (`pg_class.reltuples`); `None` before the first
+/// VACUUM or ANALYZE (-1 since PostgreSQL 14).
+async fn estimated_rows(client: &Client, table: &TableInfo) -> Result<Option<u64>> {
+    let row = client
+        .query_opt(
+            "SELECT reltuples::float8 FROM pg_class WHERE oid = $1",
+            &[&table.oid],
+        )
+        .await
+        .map_err(pg(format!("reading the row estimate of {}", table.id)))?;
+    Ok(row
+        .map(|r| r.get::<_, f64>(0))
+        .filter(|n| *n >= 0.0)
+        .map(|n| n.round() as u64))
+}
+
+/// The rows of a `COPY (…) TO STDOUT` in text format, each converted with [`convert`]: the one
+/// path by which table data is read outside the stream.
+pub struct CopyRows<'a> {
+    stream: Pin<Box<CopyOutStream>>,
+    kinds: &'a [TypeKind],
+    pending: Vec<u8>,
+    start: usize,
+    ended: bool,
+    context: String,
+}
+
+impl<'a> CopyRows<'a> {
+    pub async fn open(
+        client: &Client,
+        sql: &str,
+        kinds: &'a [TypeKind],
+        context: String,
+    ) -> Result<CopyRows<'a>> {
+        let stream = client.copy_out(sql).await.map_err(pg(context.clone()))?;
+        Ok(CopyRows {
+            stream: Box::pin(stream),
+            kinds,
+            pending: Vec::new(),
+            start: 0,
+            ended: false,
+            context,
+        })
+    }
+
+    /// The next row, `None` at the end.
+    pub async fn next_row(&mut self) -> Result<Option<Row>> {
+        Ok(self
+            .next_fields()
+            .await?
+            .map(|fields| convert(fields, self.kinds)))
+    }
+
+    /// The next line's fields as COPY text (unescaped), `None` at the end.
+    pub async fn next_fields(&mut self) -> Result<Option<Vec<Option<String>>>> {
+        loop {
+            if let Some(end) = self.pending[self.start..].iter().position(|&b| b == b'\n') {
+                let line = &self.pending[self.start..self.start + end];
+                let fields = parse_copy_line(line);
+                self.start += end + 1;
+                return Ok(Some(fields));
+            }
+            if self.ended {
+                if self.start < self.pending.len() {
+                    let fields = parse_copy_line(&self.pending[self.start..]);
+                    self.start = self.pending.len();
+                    return Ok(Some(fields));
+                }
+                return Ok(None);
+            }
+            match self.stream.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(pg(self.context.clone()))?;
+                    self.pending.drain(..self.start);
+                    self.start = 0;
+                    self.pending.extend_from_slice(&chunk);
+                }
+                None => self.ended = true,
+            }
+        }
+    }
+}
+
 async fn copy_table(
     client: &Client,
     table: &TableInfo,
@@ -108,66 +245,45 @@ async fn copy_table(
     server_version: i32,
     output: &mpsc::Sender<Message>,
 ) -> Result<bool> {
-    let cols = columns(client, table, valid, server_version).await?;
-    let mut schema_columns = Vec::with_capacity(cols.len());
-    let mut kinds = Vec::with_capacity(cols.len());
-    for (name, oid) in &cols {
-        let resolved = types.resolve(client, *oid).await?;
-        schema_columns.push(Column::new(name.clone(), resolved.name));
-        kinds.push(resolved.kind);
-    }
-    let schema = Arc::new(build_schema(
-        table.id.clone(),
-        schema_columns,
-        &table.key,
-        None,
-    )?);
-    let select = cols
-        .iter()
-        .map(|(name, _)| quote_ident(name))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let telemetry = telemetry::get();
+    let shape = table_shape(client, table, valid, types, server_version).await?;
+    telemetry.snapshot_table_started(&table.id, estimated_rows(client, table).await?);
     let sql = format!(
-        "COPY (SELECT {select} FROM ONLY {}) TO STDOUT",
+        "COPY (SELECT {} FROM ONLY {}) TO STDOUT",
+        shape.select_list(),
         quote_table(&table.id)
     );
-    let context = format!("copying {}", table.id);
-    let stream = client.copy_out(&sql).await.map_err(pg(context.clone()))?;
-    futures::pin_mut!(stream);
-    let mut pending: Vec<u8> = Vec::new();
+    let mut copy =
+        CopyRows::open(client, &sql, &shape.kinds, format!("copying {}", table.id)).await?;
     let mut batch = Vec::with_capacity(CHANGES_PER_MESSAGE);
     let mut rows = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(pg(context.clone()))?;
-        pending.extend_from_slice(&chunk);
-        let mut start = 0;
-        while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-            let line = &pending[start..start + end];
-            batch.push(Change::insert(schema.clone(), row(line, &kinds)));
-            start += end + 1;
-            if batch.len() >= CHANGES_PER_MESSAGE {
-                rows += batch.len() as u64;
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(CHANGES_PER_MESSAGE));
-                if output.send(Message::Changes(full)).await.is_err() {
-                    return Ok(false);
-                }
-            }
+    loop {
+        let next = copy.next_row().await?;
+        let end = next.is_none();
+        if let Some(row) = next {
+            batch.push(Change::insert(shape.schema.clone(), row));
         }
-        pending.drain(..start);
+        if batch.len() >= CHANGES_PER_MESSAGE || (end && !batch.is_empty()) {
+            let count = batch.len() as u64;
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(CHANGES_PER_MESSAGE));
+            if output.send(Message::Changes(full)).await.is_err() {
+                return Ok(false);
+            }
+            rows += count;
+            telemetry.snapshot_rows_read(&table.id, count);
+        }
+        if end {
+            break;
+        }
     }
-    if !pending.is_empty() {
-        batch.push(Change::insert(schema.clone(), row(&pending, &kinds)));
-    }
-    rows += batch.len() as u64;
-    if !batch.is_empty() && output.send(Message::Changes(batch)).await.is_err() {
-        return Ok(false);
-    }
+    telemetry.snapshot_table_done(&table.id);
     tracing::info!(table = %table.id, rows, "table copied");
     Ok(true)
 }
 
-fn row(line: &[u8], kinds: &[TypeKind]) -> Vec<Value> {
-    parse_copy_line(line)
+/// COPY fields to values by column kind ([`parse_value`], the stream's rule too).
+pub fn convert(fields: Vec<Option<String>>, kinds: &[TypeKind]) -> Row {
+    fields
         .into_iter()
         .zip(kinds)
         .map(|(field, kind)| match field {
@@ -263,7 +379,10 @@ mod tests {
             TypeKind::TimestampTz,
             TypeKind::Text,
         ];
-        let values = row(b"7\t\\\\x6869\t2024-01-02 03:04:05.10+00\t\\N", &kinds);
+        let values = convert(
+            parse_copy_line(b"7\t\\\\x6869\t2024-01-02 03:04:05.10+00\t\\N"),
+            &kinds,
+        );
         assert_eq!(
             values,
             vec![

@@ -6,10 +6,12 @@ use crate::config::{PgxConfig, SnapshotMode, Valid};
 use crate::connect::{connect, replication_config};
 use crate::error::{pg, wire};
 use crate::position;
+use crate::prereq::{server_facts, slot_state};
 use crate::relations::{quote_ident, quote_table, selected_tables, table_key, TableInfo, Types};
 use crate::replication::Streamer;
 use crate::snapshot::copy_tables;
 use etcdsync_core::source::{Source, SourceContext, SourceIo};
+use etcdsync_core::telemetry;
 use etcdsync_core::{async_trait, Error, Message, Result, TableId};
 use pgwire_replication::{Lsn, ReplicationClient};
 use std::collections::{BTreeSet, HashMap};
@@ -35,38 +37,18 @@ pub struct PgxSource {
     plan: Plan,
 }
 
-/// The slot as `pg_replication_slots` shows it.
-struct SlotState {
-    plugin: Option<String>,
-    database: Option<String>,
-    active: bool,
-    confirmed_flush: Option<Lsn>,
-}
-
 pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Source>> {
     let valid = config.validated(&cx.name)?;
     let catalog = connect(&valid, "catalog").await?;
     let server_version = check_server(&catalog, &valid).await?;
 
-    let mut tables = Vec::new();
-    for (oid, id, replident) in selected_tables(&catalog, &valid.tables).await? {
-        let key = table_key(
-            &catalog,
-            oid,
-            &id,
-            &replident,
-            &valid.key_columns,
-            &valid.tables,
-        )
-        .await?;
-        tables.push(TableInfo { oid, id, key });
-    }
+    let tables = resolve_tables(&catalog, &valid).await?;
     if tables.is_empty() {
         tracing::warn!(include = ?valid.tables.include, "no table matches source.tables; streaming tables created later only");
     }
     let slot = slot_state(&catalog, &valid.slot).await?;
-    if let Some(slot) = &slot {
-        check_slot(&valid, slot)?;
+    if let Some(problem) = slot.as_ref().and_then(|s| s.foreign_problem(&valid)) {
+        return Err(problem.into_error());
     }
     let plan = match (&cx.resume, valid.snapshot) {
         (Some(checkpoint), _) => {
@@ -121,71 +103,37 @@ pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Sour
     }))
 }
 
-/// Server prerequisites, each failure naming the fix. Returns `server_version_num`.
+/// The selected tables with their keys, in table-id order; a table without a usable key is a
+/// configuration error naming the fix.
+pub(crate) async fn resolve_tables(client: &Client, valid: &Valid) -> Result<Vec<TableInfo>> {
+    let mut tables = Vec::new();
+    for (oid, id, replident) in selected_tables(client, &valid.tables).await? {
+        let key = table_key(
+            client,
+            oid,
+            &id,
+            &replident,
+            &valid.key_columns,
+            &valid.tables,
+        )
+        .await?;
+        tables.push(TableInfo { oid, id, key });
+    }
+    tables.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(tables)
+}
+
+/// Server prerequisites (`prereq`): the first that fails stops the start with its fix.
+/// Returns `server_version_num`.
 async fn check_server(client: &Client, valid: &Valid) -> Result<i32> {
-    let row = client
-        .query_one(
-            "SELECT current_setting('server_version_num')::int4, current_setting('wal_level'), \
-                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), current_user::text",
-            &[],
-        )
-        .await
-        .map_err(pg("checking server settings"))?;
-    let version: i32 = row.get(0);
-    let wal_level: String = row.get(1);
-    let can_replicate: Option<bool> = row.get(2);
-    let user: String = row.get(3);
-    if version < 100000 {
+    let facts = server_facts(client).await?;
+    if let Some(problem) = facts.start_problem() {
         return Err(Error::config(format!(
-            "{} runs PostgreSQL {version}; pgoutput logical replication needs PostgreSQL 10 or later",
-            valid.display_url
+            "{}: {}: {}",
+            valid.display_url, problem.detail, problem.fix
         )));
     }
-    if wal_level != "logical" {
-        return Err(Error::config(format!(
-            "{} has wal_level = {wal_level}; logical replication needs wal_level = logical: run \
-             ALTER SYSTEM SET wal_level = logical; and restart the server",
-            valid.display_url
-        )));
-    }
-    if can_replicate != Some(true) {
-        return Err(Error::config(format!(
-            "role {user} may not open replication connections: run ALTER ROLE {} REPLICATION; (as a superuser)",
-            quote_ident(&user)
-        )));
-    }
-    Ok(version)
-}
-
-async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>> {
-    let row = client
-        .query_opt(
-            "SELECT plugin::text, database::text, active, confirmed_flush_lsn::text \
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(pg("looking up the replication slot"))?;
-    Ok(row.map(|r| SlotState {
-        plugin: r.get(0),
-        database: r.get(1),
-        active: r.get(2),
-        confirmed_flush: r
-            .get::<_, Option<String>>(3)
-            .and_then(|t| Lsn::parse(&t).ok()),
-    }))
-}
-
-fn check_slot(valid: &Valid, slot: &SlotState) -> Result<()> {
-    let database = valid.pg.get_dbname().unwrap_or_default();
-    if slot.plugin.as_deref() != Some("pgoutput") || slot.database.as_deref() != Some(database) {
-        return Err(Error::config(format!(
-            "replication slot `{}` exists but is not a pgoutput slot of database {database} (plugin {:?}, database {:?}); \
-             set `source.slot` to another name",
-            valid.slot, slot.plugin, slot.database
-        )));
-    }
-    Ok(())
+    Ok(facts.version_num)
 }
 
 async fn create_slot_sql(client: &Client, slot: &str) -> Result<Lsn> {
@@ -211,6 +159,7 @@ async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
                         "replication slot `{slot}` is in use by another session (another etcdsync with the same name?)"
                     )));
                 }
+                telemetry::get().retry("source");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Some(_) => {
@@ -227,7 +176,10 @@ async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
     Ok(())
 }
 
-async fn publication_tables(client: &Client, name: &str) -> Result<Option<BTreeSet<TableId>>> {
+pub(crate) async fn publication_tables(
+    client: &Client,
+    name: &str,
+) -> Result<Option<BTreeSet<TableId>>> {
     let exists = client
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
         .await

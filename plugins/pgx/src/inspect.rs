@@ -1,0 +1,999 @@
+//! `etcdsync check`, `status` and `verify` against PostgreSQL (issue 6): every prerequisite with
+//! its fix (the judgements `build` uses, from `prereq` and `relations`), the selected tables as
+//! the snapshot builds them, rows in key order read through the snapshot's COPY path (so values
+//! encode byte-identically, DESIGN §3), key look-ups, and WAL lag. Reads only; one connection
+//! with the session settings of DESIGN §3.
+
+use crate::config::Valid;
+use crate::connect::connect;
+use crate::error::pg;
+use crate::position;
+use crate::prereq::{connect_fix, server_facts, slot_state, sqlstate, Problem, SlotState};
+use crate::relations::{quote_ident, quote_table, resolve_key, selected_tables, Types};
+use crate::snapshot::{table_shape, CopyRows, TableShape};
+use crate::source::{publication_tables, resolve_tables};
+use crate::types::{parse_value, TypeKind};
+use etcdsync_core::inspect::{CheckResult, SourceInspector, SourceLag};
+use etcdsync_core::{async_trait, Error, Position, Result, Row, TableId, TableSchema, Value};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use tokio_postgres::Client;
+
+/// Keys looked up per query by [`SourceInspector::existing_keys`].
+const KEYS_PER_QUERY: usize = 500;
+
+/// A selected table as the inspector reads it.
+#[derive(Debug)]
+struct Known {
+    shape: TableShape,
+    /// SQL type names (`regtype`) of the key columns, in key order, for casts.
+    key_types: Vec<String>,
+}
+
+/// The PostgreSQL side of `check`, `status` and `verify`.
+pub struct PgxInspector {
+    valid: Valid,
+    client: Option<Client>,
+    server_version: i32,
+    types: Types,
+    known: HashMap<TableId, Arc<Known>>,
+}
+
+impl PgxInspector {
+    /// Does no I/O: `check` reports a failed connection as a failed check.
+    pub fn new(valid: Valid) -> Self {
+        Self {
+            valid,
+            client: None,
+            server_version: 0,
+            types: Types::default(),
+            known: HashMap::new(),
+        }
+    }
+
+    /// The connection, opened on first use and again after it was lost.
+    async fn connected(&mut self) -> Result<&Client> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let client = connect(&self.valid, "inspect").await?;
+            let row = client
+                .query_one("SELECT current_setting('server_version_num')::int4", &[])
+                .await
+                .map_err(pg("reading the server version"))?;
+            self.server_version = row.get(0);
+            self.client = Some(client);
+        }
+        self.client
+            .as_ref()
+            .ok_or_else(|| Error::fatal("no PostgreSQL connection"))
+    }
+
+    /// Reads the selected tables afresh (keys, columns, types).
+    async fn load_tables(&mut self) -> Result<Vec<Arc<TableSchema>>> {
+        self.connected().await?;
+        let Some(client) = self.client.as_ref() else {
+            return Err(Error::fatal("no PostgreSQL connection"));
+        };
+        let mut known = HashMap::new();
+        let mut schemas = Vec::new();
+        for info in resolve_tables(client, &self.valid).await? {
+            let shape = table_shape(
+                client,
+                &info,
+                &self.valid,
+                &mut self.types,
+                self.server_version,
+            )
+            .await?;
+            let key_oids: Vec<u32> = shape
+                .schema
+                .key
+                .iter()
+                .map(|&i| shape.type_oids[i])
+                .collect();
+            let key_types = client
+                .query(
+                    "SELECT t::regtype::text FROM unnest($1::oid[]) WITH ORDINALITY AS u(t, i) ORDER BY i",
+                    &[&key_oids],
+                )
+                .await
+                .map_err(pg(format!("reading the key types of {}", info.id)))?
+                .into_iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect();
+            schemas.push(shape.schema.clone());
+            known.insert(info.id.clone(), Arc::new(Known { shape, key_types }));
+        }
+        self.known = known;
+        Ok(schemas)
+    }
+
+    /// The table as last read, re-read once when unknown or when its columns changed.
+    async fn known(&mut self, table: &TableSchema) -> Result<Arc<Known>> {
+        let fits = |k: &Arc<Known>| *k.shape.schema == *table;
+        if let Some(found) = self.known.get(&table.id).filter(|k| fits(k)) {
+            return Ok(found.clone());
+        }
+        self.load_tables().await?;
+        match self.known.get(&table.id) {
+            Some(found) if fits(found) => Ok(found.clone()),
+            Some(_) => Err(Error::fatal(format!(
+                "the columns or key of {} changed while reading it; run the command again",
+                table.id
+            ))),
+            None => Err(Error::config(format!(
+                "table {} is not selected by `source.tables` or does not exist",
+                table.id
+            ))),
+        }
+    }
+
+    async fn check_connected(&mut self, out: &mut Vec<CheckResult>) -> Option<()> {
+        let url = self.valid.display_url.clone();
+        let user = self.valid.pg.get_user().unwrap_or_default().to_string();
+        match self.connected().await {
+            Ok(_) => {
+                out.push(CheckResult::pass(
+                    "postgres connection",
+                    format!("{url} as {user}"),
+                ));
+                Some(())
+            }
+            Err(error) => {
+                let code = sqlstate(&error);
+                out.push(CheckResult::fail(
+                    "postgres connection",
+                    format!("cannot connect to {url}: {error}"),
+                    connect_fix(&self.valid, code.as_deref()),
+                ));
+                None
+            }
+        }
+    }
+}
+
+fn result(name: &str, problem: Option<Problem>, ok: impl FnOnce() -> String) -> CheckResult {
+    match problem {
+        Some(p) => CheckResult::fail(name, p.detail, p.fix),
+        None => CheckResult::pass(name, ok()),
+    }
+}
+
+/// A query failed while checking: report it where the check would have been.
+fn failed_query(name: &str, error: &Error) -> CheckResult {
+    CheckResult::fail(
+        name,
+        format!("cannot check: {error}"),
+        "grant the role read access to the PostgreSQL catalog (pg_catalog views), or run `etcdsync check` as a role that has it",
+    )
+}
+
+/// Everything `check` reports about one server, in order.
+async fn check_all(client: &Client, valid: &Valid, out: &mut Vec<CheckResult>) -> Result<()> {
+    let facts = match server_facts(client).await {
+        Ok(facts) => facts,
+        Err(error) => {
+            out.push(failed_query("postgres settings", &error));
+            return Ok(());
+        }
+    };
+    out.push(result("postgres version", facts.version_problem(), || {
+        format!("PostgreSQL {}", facts.version)
+    }));
+    if facts.version_problem().is_some() {
+        return Ok(());
+    }
+    out.push(result("wal_level", facts.wal_level_problem(), || {
+        facts.wal_level.clone()
+    }));
+    out.push(result("replication role", facts.role_problem(), || {
+        let what = if facts.superuser {
+            "SUPERUSER"
+        } else {
+            "REPLICATION"
+        };
+        format!("role {} has {what}", facts.user)
+    }));
+
+    let slot = slot_state(client, &valid.slot).await?;
+    let streaming_here = slot
+        .as_ref()
+        .is_some_and(|s| s.active && s.busy_problem(valid).is_none());
+    // A temporary `_copy` slot and its walsender copy tables that appear while running.
+    let copies = i64::from(valid.manage_publication);
+    let slots_needed = i64::from(slot.is_none()) + copies;
+    let senders_needed = i64::from(!streaming_here) + copies;
+    out.push(result(
+        "max_replication_slots",
+        facts.slots_problem(slots_needed),
+        || {
+            format!(
+                "{}, {} in use, etcdsync needs {slots_needed} more{}",
+                facts.max_replication_slots,
+                facts.replication_slots,
+                needs(slot.is_none(), valid.manage_publication, "its slot")
+            )
+        },
+    ));
+    out.push(result(
+        "max_wal_senders",
+        facts.senders_problem(senders_needed),
+        || {
+            format!(
+                "{}, {} in use, etcdsync needs {senders_needed} more{}",
+                facts.max_wal_senders,
+                facts.wal_senders,
+                needs(!streaming_here, valid.manage_publication, "its stream")
+            )
+        },
+    ));
+
+    let tables = selected_tables(client, &valid.tables).await?;
+    check_selection(valid, &tables, out);
+    check_select_privilege(client, &facts.user, &tables, out).await?;
+    check_keys(client, valid, &tables, out).await?;
+    check_publication(client, valid, &facts.user, &tables, out).await?;
+    out.push(slot_check(valid, slot.as_ref()));
+    Ok(())
+}
+
+/// Why `check` asks for that many slots or walsenders.
+fn needs(own: bool, copies: bool, what: &str) -> String {
+    match (own, copies) {
+        (true, true) => format!(" ({what}, and one while copying tables added later)"),
+        (true, false) => format!(" ({what})"),
+        (false, true) => " (one while copying tables added later)".to_string(),
+        (false, false) => String::new(),
+    }
+}
+
+fn check_selection(valid: &Valid, tables: &[(u32, TableId, String)], out: &mut Vec<CheckResult>) {
+    if tables.is_empty() {
+        out.push(CheckResult::fail(
+            "table selection",
+            format!(
+                "no table of database {} matches include {:?} exclude {:?}",
+                valid.pg.get_dbname().unwrap_or_default(),
+                valid.tables.include,
+                valid.tables.exclude
+            ),
+            "create the tables, or change `source.tables.include` to `schema.table` globs that match them (e.g. \"public.*\")",
+        ));
+    } else {
+        out.push(CheckResult::pass(
+            "table selection",
+            format!(
+                "{}: {}",
+                count(tables.len(), "table"),
+                list(tables.iter().map(|t| &t.1))
+            ),
+        ));
+    }
+}
+
+/// `1 table`, `2 tables`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// At most ten names, then a count.
+fn list<'a>(ids: impl Iterator<Item = &'a TableId>) -> String {
+    let ids: Vec<String> = ids.map(ToString::to_string).collect();
+    if ids.len() > 10 {
+        format!("{}, … ({} more)", ids[..10].join(", "), ids.len() - 10)
+    } else {
+        ids.join(", ")
+    }
+}
+
+async fn check_select_privilege(
+    client: &Client,
+    user: &str,
+    tables: &[(u32, TableId, String)],
+    out: &mut Vec<CheckResult>,
+) -> Result<()> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let oids: Vec<u32> = tables.iter().map(|t| t.0).collect();
+    let denied: BTreeSet<u32> = client
+        .query(
+            "SELECT o FROM unnest($1::oid[]) AS u(o) WHERE NOT has_table_privilege(o, 'SELECT')",
+            &[&oids],
+        )
+        .await
+        .map_err(pg("checking SELECT privileges"))?
+        .into_iter()
+        .map(|r| r.get::<_, u32>(0))
+        .collect();
+    for (_, id, _) in tables.iter().filter(|t| denied.contains(&t.0)) {
+        out.push(CheckResult::fail(
+            format!("SELECT on {id}"),
+            format!("role {user} may not read {id}, so the snapshot cannot copy it"),
+            format!(
+                "run GRANT SELECT ON {} TO {};",
+                quote_table(id),
+                quote_ident(user)
+            ),
+        ));
+    }
+    if denied.len() < tables.len() {
+        out.push(CheckResult::pass(
+            "SELECT privilege",
+            format!(
+                "on {} of {} selected tables",
+                tables.len() - denied.len(),
+                tables.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn check_keys(
+    client: &Client,
+    valid: &Valid,
+    tables: &[(u32, TableId, String)],
+    out: &mut Vec<CheckResult>,
+) -> Result<()> {
+    let mut usable = 0;
+    for (oid, id, replident) in tables {
+        let name = format!("key of {id}");
+        match resolve_key(
+            client,
+            *oid,
+            id,
+            replident,
+            &valid.key_columns,
+            &valid.tables,
+        )
+        .await
+        {
+            Ok(Ok(_)) => usable += 1,
+            Ok(Err(problem)) => out.push(CheckResult::fail(name, problem.detail, problem.fix)),
+            Err(error) => out.push(failed_query(&name, &error)),
+        }
+    }
+    if usable > 0 {
+        out.push(CheckResult::pass(
+            "table keys",
+            format!(
+                "{usable} of {} selected tables have a usable key",
+                tables.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What the publication needs and whether the role can provide it.
+async fn check_publication(
+    client: &Client,
+    valid: &Valid,
+    user: &str,
+    tables: &[(u32, TableId, String)],
+    out: &mut Vec<CheckResult>,
+) -> Result<()> {
+    let name = format!("publication {}", valid.publication);
+    let quoted = quote_ident(&valid.publication);
+    let wanted: BTreeSet<TableId> = tables.iter().map(|t| t.1.clone()).collect();
+    let published = publication_tables(client, &valid.publication).await?;
+    let row = client
+        .query_opt(
+            "SELECT puballtables, pg_has_role(pubowner, 'USAGE') FROM pg_publication WHERE pubname = $1",
+            &[&valid.publication],
+        )
+        .await
+        .map_err(pg("looking up the publication"))?;
+    let (all_tables, owned) = row.map_or((false, true), |r| (r.get(0), r.get(1)));
+    let may_create: bool = client
+        .query_one(
+            "SELECT has_database_privilege(current_database(), 'CREATE')",
+            &[],
+        )
+        .await
+        .map_err(pg("checking the CREATE privilege"))?
+        .get(0);
+    let will_write = match &published {
+        None => true,
+        Some(current) => valid.manage_publication && *current != wanted,
+    };
+    // with a managed publication, tables found while running wait in a second one
+    let pending = valid.pending_publication();
+    let pending_missing =
+        valid.manage_publication && publication_tables(client, &pending).await?.is_none();
+    let mut problems = Vec::new();
+    if (published.is_none() || pending_missing) && !may_create {
+        let missing = match (published.is_none(), pending_missing) {
+            (true, true) => format!("it and {pending} do not exist"),
+            (true, false) => "does not exist".to_string(),
+            _ => format!("{pending} (for tables created later) does not exist"),
+        };
+        problems.push(Problem::new(
+            format!("{missing}, and role {user} may not create publications"),
+            format!(
+                "run GRANT CREATE ON DATABASE {} TO {}; or create it as the tables' owner: CREATE PUBLICATION {quoted} FOR TABLE …; \
+                 and set `source.manage_publication: false`",
+                quote_ident(valid.pg.get_dbname().unwrap_or_default()),
+                quote_ident(user)
+            ),
+        ));
+    }
+    if published.is_some() && valid.manage_publication && all_tables {
+        problems.push(Problem::new(
+            "is FOR ALL TABLES, so etcdsync cannot set its tables",
+            format!("run DROP PUBLICATION {quoted}; (etcdsync creates it with the selected tables), or set `source.manage_publication: false`"),
+        ));
+    } else if published.is_some() && will_write && !owned {
+        problems.push(Problem::new(
+            format!("belongs to another role, so {user} cannot change its tables"),
+            format!(
+                "run ALTER PUBLICATION {quoted} OWNER TO {};",
+                quote_ident(user)
+            ),
+        ));
+    }
+    if will_write && !tables.is_empty() {
+        let oids: Vec<u32> = tables.iter().map(|t| t.0).collect();
+        let foreign: BTreeSet<u32> = client
+            .query(
+                "SELECT c.oid FROM pg_class c WHERE c.oid = ANY($1::oid[]) AND NOT pg_has_role(c.relowner, 'USAGE')",
+                &[&oids],
+            )
+            .await
+            .map_err(pg("checking table ownership"))?
+            .into_iter()
+            .map(|r| r.get::<_, u32>(0))
+            .collect();
+        if !foreign.is_empty() {
+            let names: Vec<&TableId> = tables
+                .iter()
+                .filter(|t| foreign.contains(&t.0))
+                .map(|t| &t.1)
+                .collect();
+            let alter = names
+                .iter()
+                .map(|id| {
+                    format!(
+                        "ALTER TABLE {} OWNER TO {};",
+                        quote_table(id),
+                        quote_ident(user)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            problems.push(Problem::new(
+                format!(
+                    "role {user} does not own {}, and only a table's owner may add it to a publication",
+                    list(names.iter().copied())
+                ),
+                format!(
+                    "run {alter} or, as their owner, CREATE PUBLICATION {quoted} FOR TABLE {}; and set `source.manage_publication: false`",
+                    wanted.iter().map(quote_table).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    if let Some(current) = published.as_ref().filter(|_| !valid.manage_publication) {
+        let missing: Vec<&TableId> = wanted.difference(current).collect();
+        if !missing.is_empty() {
+            problems.push(Problem::new(
+                format!(
+                    "does not publish {}, so their changes would never arrive (`source.manage_publication: false`)",
+                    list(missing.iter().copied())
+                ),
+                format!(
+                    "run ALTER PUBLICATION {quoted} ADD TABLE {};",
+                    missing.iter().map(|id| quote_table(id)).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        for problem in problems {
+            out.push(CheckResult::fail(&name, problem.detail, problem.fix));
+        }
+        return Ok(());
+    }
+    let detail = match &published {
+        None => format!(
+            "does not exist; created at start with the {} selected tables",
+            wanted.len()
+        ),
+        Some(current) if *current == wanted => {
+            format!("covers exactly the {} selected tables", wanted.len())
+        }
+        Some(current) => {
+            let missing: Vec<&TableId> = wanted.difference(current).collect();
+            let extra: Vec<&TableId> = current.difference(&wanted).collect();
+            let mut text = String::new();
+            if !missing.is_empty() {
+                text.push_str(&format!("lacks {}", list(missing.into_iter())));
+            }
+            if !extra.is_empty() {
+                if !text.is_empty() {
+                    text.push_str("; ");
+                }
+                text.push_str(&format!("also publishes {}", list(extra.into_iter())));
+            }
+            if valid.manage_publication {
+                format!("{text}; set to the selected tables at start")
+            } else {
+                format!("{text} (changes of unselected tables are ignored)")
+            }
+        }
+    };
+    out.push(CheckResult::pass(name, detail));
+    Ok(())
+}
+
+fn slot_check(valid: &Valid, slot: Option<&SlotState>) -> CheckResult {
+    let name = format!("replication slot {}", valid.slot);
+    let Some(slot) = slot else {
+        return CheckResult::pass(name, "does not exist yet; created at start");
+    };
+    let problem = slot
+        .foreign_problem(valid)
+        .or_else(|| slot.busy_problem(valid))
+        .or_else(|| slot.lost_problem(valid));
+    result(&name, problem, || slot.describe())
+}
+
+#[async_trait]
+impl SourceInspector for PgxInspector {
+    async fn check(&mut self) -> Vec<CheckResult> {
+        let mut out = Vec::new();
+        if self.check_connected(&mut out).await.is_none() {
+            return out;
+        }
+        let Some(client) = self.client.as_ref() else {
+            return out;
+        };
+        if let Err(error) = check_all(client, &self.valid, &mut out).await {
+            out.push(failed_query("postgres catalog", &error));
+        }
+        out
+    }
+
+    async fn tables(&mut self) -> Result<Vec<Arc<TableSchema>>> {
+        self.load_tables().await
+    }
+
+    async fn scan(
+        &mut self,
+        table: &TableSchema,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<Vec<Row>> {
+        let known = self.known(table).await?;
+        let client = self.connected().await?;
+        let sql = scan_sql(&known, after, limit)?;
+        let context = format!("reading {}", table.id);
+        let mut copy = CopyRows::open(client, &sql, &known.shape.kinds, context).await?;
+        let mut rows = Vec::new();
+        while let Some(row) = copy.next_row().await? {
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    async fn existing_keys(
+        &mut self,
+        table: &TableSchema,
+        keys: &[Vec<String>],
+    ) -> Result<Vec<Vec<String>>> {
+        let known = self.known(table).await?;
+        let client = self.connected().await?;
+        let width = known.shape.schema.key.len();
+        // Keys whose text cannot be a value of the column type are left out here already.
+        let candidates: Vec<(usize, Vec<String>)> = keys
+            .iter()
+            .enumerate()
+            .filter(|(_, key)| key.len() == width)
+            .filter_map(|(i, key)| Some((i, key_inputs(&known, key)?)))
+            .collect();
+        let mut found = vec![false; keys.len()];
+        for chunk in candidates.chunks(KEYS_PER_QUERY) {
+            match lookup(client, &known, chunk).await {
+                Ok(hits) => record(&known, keys, hits, &mut found),
+                Err(error) if is_bad_input(&error) => {
+                    // One key's text is not a value of its type: look the keys up one by one.
+                    for one in chunk {
+                        match lookup(client, &known, std::slice::from_ref(one)).await {
+                            Ok(hits) => record(&known, keys, hits, &mut found),
+                            Err(error) if is_bad_input(&error) => {}
+                            Err(error) => return Err(error),
+                        }
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(keys
+            .iter()
+            .zip(found)
+            .filter(|(_, hit)| *hit)
+            .map(|(key, _)| key.clone())
+            .collect())
+    }
+
+    async fn lag(&mut self, position: &Position) -> Result<SourceLag> {
+        let lsn = position::parse(position)?;
+        let client = self.connected().await?;
+        let row = client
+            .query_one(
+                "SELECT c::text, greatest(pg_wal_lsn_diff(c, $1::text::pg_lsn), 0)::int8 \
+                 FROM pg_current_wal_lsn() AS c",
+                &[&lsn.to_pg_string()],
+            )
+            .await
+            .map_err(pg("reading the current WAL position"))?;
+        Ok(SourceLag {
+            current_position: Some(row.get(0)),
+            bytes: Some(u64::try_from(row.get::<_, i64>(1)).unwrap_or(0)),
+        })
+    }
+}
+
+/// A data exception (class 22: text that is not a value of the type) or a domain's CHECK
+/// (23514): the key cannot exist.
+fn is_bad_input(error: &Error) -> bool {
+    sqlstate(error).is_some_and(|code| code.starts_with("22") || code == "23514")
+}
+
+/// `COPY` of up to `limit` rows strictly after `after`, in key order (keyset pagination; the
+/// row comparison uses the key's index).
+fn scan_sql(known: &Known, after: Option<&[Value]>, limit: usize) -> Result<String> {
+    let schema = &known.shape.schema;
+    let key_columns: Vec<String> = schema
+        .key
+        .iter()
+        .map(|&i| quote_ident(&schema.columns[i].name))
+        .collect();
+    let key_list = key_columns.join(", ");
+    let mut sql = format!(
+        "COPY (SELECT {} FROM ONLY {}",
+        known.shape.select_list(),
+        quote_table(&schema.id)
+    );
+    if let Some(after) = after {
+        if after.len() != key_columns.len() {
+            return Err(Error::fatal(format!(
+                "scan of {} after a key of {} values, but its key has {} columns",
+                schema.id,
+                after.len(),
+                key_columns.len()
+            )));
+        }
+        let literals = after
+            .iter()
+            .zip(&known.key_types)
+            .map(|(value, ty)| {
+                input_text(value)
+                    .map(|text| format!("{}::{ty}", quote_literal(&text)))
+                    .ok_or_else(|| {
+                        Error::fatal(format!(
+                            "scan of {} after a key containing {value:?}, which no key column holds",
+                            schema.id
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sql.push_str(&format!(" WHERE ({key_list}) > ({})", literals.join(", ")));
+    }
+    sql.push_str(&format!(" ORDER BY {key_list} LIMIT {limit}) TO STDOUT"));
+    Ok(sql)
+}
+
+/// `COPY` of the listed keys' ordinals and the key values the table holds for them.
+async fn lookup(
+    client: &Client,
+    known: &Known,
+    keys: &[(usize, Vec<String>)],
+) -> Result<Vec<(usize, Vec<Option<String>>)>> {
+    let schema = &known.shape.schema;
+    let width = schema.key.len();
+    let values = keys
+        .iter()
+        .map(|(i, texts)| {
+            let casts = texts
+                .iter()
+                .zip(&known.key_types)
+                .map(|(text, ty)| format!("{}::{ty}", quote_literal(text)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({i}, {casts})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let aliases = (0..width).map(|k| format!("k{k}")).collect::<Vec<_>>();
+    let selected = schema
+        .key
+        .iter()
+        .map(|&i| format!("t.{}", quote_ident(&schema.columns[i].name)))
+        .collect::<Vec<_>>();
+    let join = selected
+        .iter()
+        .zip(&aliases)
+        .map(|(column, alias)| format!("{column} = u.{alias}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = format!(
+        "COPY (SELECT u.n, {} FROM (VALUES {values}) AS u(n, {}) JOIN ONLY {} t ON {join}) TO STDOUT",
+        selected.join(", "),
+        aliases.join(", "),
+        quote_table(&schema.id)
+    );
+    let no_kinds: [TypeKind; 0] = [];
+    let mut copy = CopyRows::open(
+        client,
+        &sql,
+        &no_kinds,
+        format!("looking up keys of {}", schema.id),
+    )
+    .await?;
+    let mut hits = Vec::new();
+    while let Some(mut fields) = copy.next_fields().await? {
+        let ordinal = fields
+            .first()
+            .and_then(|f| f.as_deref())
+            .and_then(|f| f.parse::<usize>().ok());
+        if let Some(ordinal) = ordinal {
+            hits.push((ordinal, fields.split_off(1)));
+        }
+    }
+    Ok(hits)
+}
+
+/// Marks the keys found, when the table's value renders exactly as the given text: `007` finds
+/// row 7, but the key of row 7 is `7`, so `007` does not exist.
+fn record(
+    known: &Known,
+    keys: &[Vec<String>],
+    hits: Vec<(usize, Vec<Option<String>>)>,
+    found: &mut [bool],
+) {
+    let kinds: Vec<&TypeKind> = known
+        .shape
+        .schema
+        .key
+        .iter()
+        .map(|&i| &known.shape.kinds[i])
+        .collect();
+    for (ordinal, fields) in hits {
+        let Some(wanted) = keys.get(ordinal) else {
+            continue;
+        };
+        let same = fields.len() == wanted.len()
+            && fields
+                .iter()
+                .zip(&kinds)
+                .zip(wanted)
+                .all(|((field, kind), text)| {
+                    field
+                        .as_deref()
+                        .is_some_and(|f| parse_value(kind, f).to_text() == *text)
+                });
+        if same {
+            found[ordinal] = true;
+        }
+    }
+}
+
+/// The input text for each key column, or `None` when a text cannot be a value of its column.
+fn key_inputs(known: &Known, key: &[String]) -> Option<Vec<String>> {
+    known
+        .shape
+        .schema
+        .key
+        .iter()
+        .zip(key)
+        .map(|(&i, text)| key_input(&known.shape.kinds[i], text))
+        .collect()
+}
+
+/// PostgreSQL input text for a key component given as its canonical text (`Value::to_text`).
+pub fn key_input(kind: &TypeKind, text: &str) -> Option<String> {
+    if text.contains('\0') {
+        return None;
+    }
+    match kind {
+        // lowercase hex without `\x`
+        TypeKind::Bytes => {
+            let hex = text.len().is_multiple_of(2)
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            hex.then(|| format!("\\x{text}"))
+        }
+        // a JSON array
+        TypeKind::Array { .. } => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(json @ serde_json::Value::Array(_)) => Some(json_array_literal(&json)),
+            _ => None,
+        },
+        _ => Some(text.to_string()),
+    }
+}
+
+/// A JSON array as a PostgreSQL array literal (`[1,"a b",null]` → `{"1","a b",NULL}`).
+fn json_array_literal(json: &serde_json::Value) -> String {
+    match json {
+        serde_json::Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(json_array_literal).collect();
+            format!("{{{}}}", items.join(","))
+        }
+        serde_json::Value::Null => "NULL".into(),
+        serde_json::Value::String(s) => quote_element(s),
+        other => quote_element(&other.to_string()),
+    }
+}
+
+/// PostgreSQL input text of a value read from the table (for keyset pagination), `None` for
+/// `Unchanged`/`Missing` and SQL NULL.
+pub fn input_text(value: &Value) -> Option<String> {
+    Some(match value {
+        Value::Null | Value::Unchanged | Value::Missing => return None,
+        Value::Bytes(bytes) => format!("\\x{}", etcdsync_core::value::hex(bytes)),
+        Value::Json(text) => text.clone(),
+        Value::Array(items) => array_literal(items),
+        other => other.to_text(),
+    })
+}
+
+fn array_literal(items: &[Value]) -> String {
+    let items: Vec<String> = items
+        .iter()
+        .map(|item| match item {
+            Value::Array(inner) => array_literal(inner),
+            other => input_text(other).map_or_else(|| "NULL".to_string(), |t| quote_element(&t)),
+        })
+        .collect();
+    format!("{{{}}}", items.join(","))
+}
+
+/// A double-quoted array element.
+fn quote_element(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// An SQL string literal that reads the same whatever `standard_conforming_strings` is.
+pub fn quote_literal(text: &str) -> String {
+    let quoted = text.replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_quote_quotes_and_backslashes() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b'"), "E'a\\\\b'''");
+        assert_eq!(quote_literal("é/%"), "'é/%'");
+    }
+
+    #[test]
+    fn key_text_to_input_text() {
+        assert_eq!(key_input(&TypeKind::Int, "42").as_deref(), Some("42"));
+        assert_eq!(
+            key_input(&TypeKind::Bytes, "00ff").as_deref(),
+            Some("\\x00ff")
+        );
+        assert_eq!(key_input(&TypeKind::Bytes, "0g"), None);
+        assert_eq!(key_input(&TypeKind::Bytes, "abc"), None);
+        assert_eq!(key_input(&TypeKind::Bytes, "AB"), None);
+        assert_eq!(key_input(&TypeKind::Text, "a\0b"), None);
+        let array = TypeKind::Array {
+            elem: Box::new(TypeKind::Text),
+            delim: b',',
+        };
+        assert_eq!(
+            key_input(&array, r#"["a b",null,"q\"x",[1,2]]"#).as_deref(),
+            Some(r#"{"a b",NULL,"q\"x",{"1","2"}}"#)
+        );
+        assert_eq!(key_input(&array, "{1,2}"), None);
+    }
+
+    #[test]
+    fn values_to_input_text() {
+        assert_eq!(
+            input_text(&Value::Bytes(vec![0, 255])).as_deref(),
+            Some("\\x00ff")
+        );
+        assert_eq!(input_text(&Value::Bool(true)).as_deref(), Some("true"));
+        assert_eq!(
+            input_text(&Value::TimestampTz("2024-01-02T01:04:05.1Z".into())).as_deref(),
+            Some("2024-01-02T01:04:05.1Z")
+        );
+        assert_eq!(
+            input_text(&Value::Float64(f64::NAN)).as_deref(),
+            Some("NaN")
+        );
+        assert_eq!(
+            input_text(&Value::Array(vec![
+                Value::Text("a\"b".into()),
+                Value::Null,
+                Value::Array(vec![Value::Int(1)])
+            ]))
+            .as_deref(),
+            Some(r#"{"a\"b",NULL,{"1"}}"#)
+        );
+        assert_eq!(input_text(&Value::Null), None);
+        assert_eq!(input_text(&Value::Missing), None);
+    }
+
+    fn known() -> Known {
+        let schema = TableSchema::new(
+            TableId::new("public", "we\"ird"),
+            vec![
+                etcdsync_core::change::Column::new("k", "text"),
+                etcdsync_core::change::Column::new("v", "int4"),
+                etcdsync_core::change::Column::new("b", "bytea"),
+            ],
+            vec![0, 2],
+        );
+        Known {
+            shape: TableShape {
+                schema: Arc::new(schema),
+                kinds: vec![TypeKind::Text, TypeKind::Int, TypeKind::Bytes],
+                type_oids: vec![25, 23, 17],
+            },
+            key_types: vec!["text".into(), "bytea".into()],
+        }
+    }
+
+    #[test]
+    fn scan_is_keyset_pagination_in_key_order() {
+        let k = known();
+        assert_eq!(
+            scan_sql(&k, None, 10).expect("sql"),
+            "COPY (SELECT \"k\", \"v\", \"b\" FROM ONLY \"public\".\"we\"\"ird\" \
+             ORDER BY \"k\", \"b\" LIMIT 10) TO STDOUT"
+        );
+        let after = [Value::Text("it's/%".into()), Value::Bytes(vec![0xab])];
+        assert_eq!(
+            scan_sql(&k, Some(&after), 5).expect("sql"),
+            "COPY (SELECT \"k\", \"v\", \"b\" FROM ONLY \"public\".\"we\"\"ird\" \
+             WHERE (\"k\", \"b\") > ('it''s/%'::text, E'\\\\xab'::bytea) ORDER BY \"k\", \"b\" LIMIT 5) TO STDOUT"
+        );
+        assert!(scan_sql(&k, Some(&after[..1]), 5).is_err());
+        assert!(scan_sql(&k, Some(&[Value::Null, Value::Bytes(vec![])]), 5).is_err());
+    }
+
+    #[test]
+    fn only_the_canonical_text_of_a_found_key_exists() {
+        let k = known();
+        let keys = vec![
+            vec!["a".to_string(), "00ff".to_string()],
+            vec!["a".to_string(), "00FF".to_string()],
+        ];
+        let mut found = vec![false; 2];
+        let hit = |n: usize| (n, vec![Some("a".to_string()), Some("\\x00ff".to_string())]);
+        record(&k, &keys, vec![hit(0), hit(1), hit(7)], &mut found);
+        assert_eq!(found, vec![true, false]);
+        assert_eq!(
+            key_inputs(&k, &keys[0]),
+            Some(vec!["a".to_string(), "\\x00ff".to_string()])
+        );
+        assert_eq!(key_inputs(&k, &keys[1]), None);
+    }
+
+    #[test]
+    fn capacity_reasons() {
+        assert_eq!(
+            needs(true, true, "its slot"),
+            " (its slot, and one while copying tables added later)"
+        );
+        assert_eq!(needs(false, false, "its slot"), "");
+        assert_eq!(count(1, "table"), "1 table");
+        assert_eq!(count(3, "table"), "3 tables");
+    }
+}
