@@ -291,7 +291,7 @@ async fn sink_snapshot(url: &str, prefix: &str, meta: &str, rows: u64) -> BenchR
 /// `rows` source transactions of one insert each, sent as fast as the sink takes them.
 async fn sink_stream(url: &str, prefix: &str, meta: &str, rows: u64) -> BenchResult<Duration> {
     let mut running = start_sink(url, prefix, meta).await?;
-    let before = etcdsync_etcd::events::counters();
+    let before = sink_txn_totals();
     let table = table();
     let started = Instant::now();
     for i in 0..rows {
@@ -310,15 +310,24 @@ async fn sink_stream(url: &str, prefix: &str, meta: &str, rows: u64) -> BenchRes
     }
     wait_for(&mut running, &Position::new(format!("{:012}", rows - 1))).await?;
     let elapsed = started.elapsed();
-    let after = etcdsync_etcd::events::counters();
-    let txns = after
-        .txns_applied
-        .saturating_sub(before.txns_applied)
-        .max(1);
+    let after = sink_txn_totals();
+    let txns = after.0.saturating_sub(before.0).max(1);
     println!(
-        "  sink streaming: {txns} etcd transactions, {:.1} rows per transaction",
-        after.ops_applied.saturating_sub(before.ops_applied) as f64 / txns as f64
+        "  sink streaming: {txns} etcd transactions, {:.1} operations per transaction (checkpoint included)",
+        (after.1 - before.1) / txns as f64
     );
     finish(running).await?;
     Ok(elapsed)
+}
+
+/// Data transactions the sinks of this process applied, and their operations (checkpoint puts
+/// included), from the process-wide telemetry.
+fn sink_txn_totals() -> (u64, f64) {
+    let t = etcdsync_core::telemetry::get();
+    let txns = t.sink_txns.with_label_values(&["data"]).get();
+    let ops = t
+        .sink_batch_ops
+        .with_label_values(&[] as &[&str])
+        .get_sample_sum();
+    (txns, ops)
 }

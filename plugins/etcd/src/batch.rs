@@ -3,8 +3,9 @@
 //! same etcd transaction (a truncate closes its table's range for the rest of the batch).
 
 use etcdsync_core::encode::key::prefix_range_end;
-use etcdsync_core::Position;
+use etcdsync_core::{Position, TableId};
 use std::collections::HashMap;
+use std::time::SystemTime;
 
 /// Bytes counted per operation on top of its key and value: protobuf tags and lengths of the
 /// `RequestOp` and its `PutRequest`/`DeleteRangeRequest` (about 16 in practice), with margin.
@@ -106,6 +107,59 @@ pub struct CommitMark {
     pub committed_at: Option<String>,
 }
 
+/// Source changes a batch carries, by table and op: what `etcdsync_changes_applied_total` counts
+/// once the batch is applied (changes, not coalesced etcd operations).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChangeTally {
+    counts: HashMap<TableId, [u64; 4]>,
+}
+
+/// The op labels of [`ChangeTally`], as `Change::op_name` gives them.
+const OPS: [&str; 4] = ["insert", "update", "delete", "truncate"];
+
+impl ChangeTally {
+    /// One change of `table`; `op` is `insert`, `update`, `delete` or `truncate`.
+    pub fn add(&mut self, table: &TableId, op: &str) {
+        let Some(slot) = OPS.iter().position(|o| *o == op) else {
+            return;
+        };
+        match self.counts.get_mut(table) {
+            Some(counts) => counts[slot] += 1,
+            None => {
+                let mut counts = [0; 4];
+                counts[slot] = 1;
+                self.counts.insert(table.clone(), counts);
+            }
+        }
+    }
+
+    pub fn merge(&mut self, other: ChangeTally) {
+        for (table, counts) in other.counts {
+            let mine = self.counts.entry(table).or_default();
+            for (a, b) in mine.iter_mut().zip(counts) {
+                *a += b;
+            }
+        }
+    }
+
+    /// Calls `f(table, op, count)` for every non-zero count (`table` as `schema.table`).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &str, u64)) {
+        for (table, counts) in &self.counts {
+            let name = table.to_string();
+            for (op, count) in OPS.iter().zip(counts) {
+                if *count > 0 {
+                    f(&name, op, *count);
+                }
+            }
+        }
+    }
+
+    /// All changes counted.
+    pub fn total(&self) -> u64 {
+        self.counts.values().flatten().sum()
+    }
+}
+
 /// What a batch says about a key.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup<'a> {
@@ -128,6 +182,12 @@ pub struct Batch {
     ranges: Vec<String>,
     bytes: usize,
     commit: Option<CommitMark>,
+    /// The source changes the batch carries (for metrics).
+    tally: ChangeTally,
+    /// Source transactions the batch completes (0 for a heartbeat's checkpoint alone).
+    commits: u64,
+    /// Commit time of the last of them, when the source knows it.
+    commit_time: Option<SystemTime>,
 }
 
 impl Batch {
@@ -161,6 +221,34 @@ impl Batch {
     /// Records that the batch completes the source transaction ending at `mark`.
     pub fn set_commit(&mut self, mark: CommitMark) {
         self.commit = Some(mark);
+    }
+
+    /// [`Self::set_commit`] for a source transaction's `Commit` (not a heartbeat): also counts it.
+    pub fn record_commit(&mut self, mark: CommitMark, commit_time: Option<SystemTime>) {
+        self.commit = Some(mark);
+        self.commits += 1;
+        if commit_time.is_some() {
+            self.commit_time = commit_time;
+        }
+    }
+
+    /// Counts one source change added with [`Self::try_add`] (for metrics).
+    pub fn count_change(&mut self, table: &TableId, op: &str) {
+        self.tally.add(table, op);
+    }
+
+    pub fn tally(&self) -> &ChangeTally {
+        &self.tally
+    }
+
+    /// Source transactions the batch completes.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    /// Commit time of the last source transaction the batch completes.
+    pub fn commit_time(&self) -> Option<SystemTime> {
+        self.commit_time
     }
 
     /// Every data operation: single-key ops, then delete ranges (order within one etcd
@@ -320,6 +408,9 @@ impl Batch {
             ops,
             ranges,
             commit,
+            tally,
+            commits,
+            commit_time,
             ..
         } = other;
         for prefix in ranges {
@@ -330,6 +421,11 @@ impl Batch {
         }
         if commit.is_some() {
             self.commit = commit;
+        }
+        self.tally.merge(tally);
+        self.commits += commits;
+        if commit_time.is_some() {
+            self.commit_time = commit_time;
         }
         debug_assert_eq!((self.len(), self.bytes), (count, bytes));
         Ok(())
@@ -666,5 +762,35 @@ mod tests {
         assert!(!b.is_empty());
         assert!(!b.has_data());
         assert_eq!(b.txn_ops().len(), 0);
+    }
+
+    #[test]
+    fn tallies_changes_and_commits_through_merges() {
+        let t = TableId::new("s", "t");
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let mut a = Batch::new();
+        a.try_add(vec![put("/p/s/t/1", "a")], WIDE).expect("fits");
+        a.count_change(&t, "insert");
+        a.record_commit(mark("1"), Some(at));
+        let mut b = Batch::new();
+        b.try_add(vec![put("/p/s/t/1", "b")], WIDE).expect("fits");
+        b.count_change(&t, "update");
+        b.try_add(vec![del("/p/s/t/1")], WIDE).expect("fits");
+        b.count_change(&t, "delete");
+        b.record_commit(mark("2"), None);
+        a.try_merge(b, WIDE).expect("merges");
+        // One coalesced op, but three changes of two transactions.
+        assert_eq!(a.len(), 1);
+        assert_eq!((a.commits(), a.commit_time()), (2, Some(at)));
+        assert_eq!(a.tally().total(), 3);
+        let mut seen = Vec::new();
+        a.tally()
+            .for_each(|table, op, n| seen.push(format!("{table} {op} {n}")));
+        seen.sort();
+        assert_eq!(seen, vec!["s.t delete 1", "s.t insert 1", "s.t update 1"]);
+        // A heartbeat's checkpoint is not a source transaction.
+        let mut idle = Batch::new();
+        idle.set_commit(mark("3"));
+        assert_eq!(idle.commits(), 0);
     }
 }

@@ -38,20 +38,8 @@ impl std::fmt::Debug for EtcdClient {
 impl EtcdClient {
     /// Connects (and authenticates, when a user is configured).
     pub async fn connect(settings: &Settings) -> Result<Self, EtcdError> {
-        let mut options = ConnectOptions::new()
-            .with_timeout(settings.request_timeout)
-            .with_connect_timeout(settings.connect_timeout)
-            .with_keep_alive(Duration::from_secs(10), settings.request_timeout)
-            .with_require_leader(true);
+        let options = connect_options(settings, true)?;
         let user = settings.credentials.as_ref().map(|(user, _)| user.clone());
-        if let Some((user, password)) = &settings.credentials {
-            options = options
-                .with_user(user.clone(), password.expose())
-                .with_auto_token_refresh(true);
-        }
-        if settings.endpoints.iter().all(|e| e.starts_with("https://")) {
-            options = options.with_tls(tls_options(settings)?);
-        }
         let client = Client::connect(&settings.endpoints, Some(options))
             .await
             .map_err(|e| {
@@ -106,8 +94,7 @@ impl EtcdClient {
             if shutdown.is_some_and(CancellationToken::is_cancelled) {
                 return Err(EtcdError::Shutdown);
             }
-            events::retry();
-            tracing::warn!(error = %error, op, attempt, retry_in = ?backoff, "etcd request failed; retrying");
+            events::retry(op, attempt, &error, error.kind(), backoff);
             if error.to_string().contains("auth token") && self.user.is_some() {
                 let _ = self.client.refresh_token().await;
             }
@@ -181,6 +168,28 @@ impl EtcdClient {
     pub fn inner(&self) -> &Client {
         &self.client
     }
+}
+
+/// The connection options of `settings`: timeouts, keep-alive, TLS for https endpoints, and the
+/// user when `with_user` (the check connects without it first, to tell reachability from auth).
+pub(crate) fn connect_options(
+    settings: &Settings,
+    with_user: bool,
+) -> Result<ConnectOptions, EtcdError> {
+    let mut options = ConnectOptions::new()
+        .with_timeout(settings.request_timeout)
+        .with_connect_timeout(settings.connect_timeout)
+        .with_keep_alive(Duration::from_secs(10), settings.request_timeout)
+        .with_require_leader(true);
+    if let (true, Some((user, password))) = (with_user, &settings.credentials) {
+        options = options
+            .with_user(user.clone(), password.expose())
+            .with_auto_token_refresh(true);
+    }
+    if settings.endpoints.iter().all(|e| e.starts_with("https://")) {
+        options = options.with_tls(tls_options(settings)?);
+    }
+    Ok(options)
 }
 
 /// TLS options: the CA (or system roots), the optional client identity, the server name.

@@ -2,8 +2,10 @@
 //! `validate` does no I/O and resolves the options into [`Settings`]; only `build` connects.
 
 use crate::batch::Limits;
+use crate::inspect::EtcdInspector;
 use crate::sink::EtcdSink;
 use etcdsync_core::encode::key::{normalise_prefix, prefixes_overlap};
+use etcdsync_core::inspect::SinkInspector;
 use etcdsync_core::secret::Secret;
 use etcdsync_core::sink::{Sink, SinkConfig, SinkContext};
 use etcdsync_core::{Error, Result};
@@ -21,7 +23,7 @@ pub struct EtcdConfig {
     /// deletes nothing outside this prefix and `meta_prefix`.
     #[serde(default = "default_prefix")]
     pub prefix: String,
-    /// Metadata prefix (`checkpoint`, `snapshot`, later `leader`, `status`); default
+    /// Metadata prefix (`checkpoint`, `snapshot`, `status`, the key index, later `leader`); default
     /// `/etcdsync-meta/{name}` with the pipeline name. Must not overlap `prefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta_prefix: Option<String>,
@@ -200,6 +202,16 @@ impl Settings {
     /// `{meta}/snapshot`.
     pub fn snapshot_key(&self) -> String {
         format!("{}snapshot", self.meta_prefix)
+    }
+
+    /// `{meta}/status`: written only by the running sink ([`crate::status`]).
+    pub fn status_key(&self) -> String {
+        format!("{}status", self.meta_prefix)
+    }
+
+    /// `{meta}/leader`: the HA election key (DESIGN §7).
+    pub fn leader_key(&self) -> String {
+        format!("{}leader", self.meta_prefix)
     }
 
     /// Packing limits of streaming transactions (one op and some bytes kept for the checkpoint).
@@ -397,6 +409,13 @@ impl SinkConfig for EtcdConfig {
         let settings = self.settings(&cx.name)?;
         let sink = EtcdSink::connect(settings, cx.source_type).await?;
         Ok(Box::new(sink))
+    }
+
+    /// Does not connect: `check` reports connection problems as failed checks, the other
+    /// operations connect on first use.
+    async fn inspect(&self, cx: SinkContext) -> Result<Box<dyn SinkInspector>> {
+        let settings = self.settings(&cx.name)?;
+        Ok(Box::new(EtcdInspector::new(settings, cx.source_type)))
     }
 }
 

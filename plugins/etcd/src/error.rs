@@ -110,6 +110,24 @@ pub enum EtcdError {
 }
 
 impl EtcdError {
+    /// The fix an etcd request error suggests (without the leading `; `), if it has one.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            EtcdError::Request { hint, .. } if !hint.is_empty() => {
+                Some(hint.trim_start_matches("; "))
+            }
+            _ => None,
+        }
+    }
+
+    /// What failed, without the suggested fix.
+    pub fn detail(&self) -> String {
+        match self {
+            EtcdError::Request { op, detail, .. } => format!("etcd {op} failed: {detail}"),
+            other => other.to_string(),
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             EtcdError::TlsFile { .. } | EtcdError::MalformedCheckpoint { .. } => ErrorKind::Config,

@@ -1,72 +1,132 @@
-//! Notable sink events: each logs and counts in one place. The counters are process-wide so a
-//! metrics exporter (and tests) can read them with [`counters`].
+//! Notable sink events, each logging and counting in one place (STYLE §5). The counts go to the
+//! process-wide [`telemetry`] (Prometheus, names in `etcdsync_core::telemetry`); this module keeps
+//! no counters of its own except the source transactions applied (see [`transactions_applied`]).
+//!
+//! Errors: an etcd request that fails and is retried counts here as an error (by kind, stage
+//! `sink`) and a retry; an error the sink returns is counted by whoever receives it (the pipeline,
+//! with stage `sink`), so nothing is counted twice.
 
+use crate::batch::ChangeTally;
+use etcdsync_core::telemetry;
+use etcdsync_core::ErrorKind;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
-static TXNS_APPLIED: AtomicU64 = AtomicU64::new(0);
-static OPS_APPLIED: AtomicU64 = AtomicU64::new(0);
-static CHECKPOINTS_WRITTEN: AtomicU64 = AtomicU64::new(0);
-static RETRIES: AtomicU64 = AtomicU64::new(0);
-static OVERSIZE_SKIPPED: AtomicU64 = AtomicU64::new(0);
-static STALE_KEYS_DELETED: AtomicU64 = AtomicU64::new(0);
+/// Source transactions applied by etcd sinks of this process. Core's telemetry has no counter of
+/// source transactions yet (only of sink transactions), and the status key reports this one.
+static SOURCE_TXNS_APPLIED: AtomicU64 = AtomicU64::new(0);
 
-/// A snapshot of the sink's counters (all etcd sinks of this process together).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// etcd transactions applied (`etcdsync_txns_applied_total`).
-    pub txns_applied: u64,
-    /// Data operations applied.
-    pub ops_applied: u64,
-    /// Checkpoint puts applied.
-    pub checkpoints_written: u64,
-    /// Retried etcd requests.
-    pub retries: u64,
-    /// Changes skipped by `on_oversize: skip`.
-    pub oversize_skipped: u64,
-    /// Keys a snapshot removed because it did not rewrite them.
-    pub stale_keys_deleted: u64,
+/// Label values of the histograms, which have no labels.
+const NO_LABELS: &[&str] = &[];
+
+/// What an etcd transaction of the sink was for: the `kind` label of
+/// `etcdsync_sink_txns_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnKind {
+    /// Streaming data (with the checkpoint, or a part of a large source transaction), and the
+    /// deletes of a truncated table with transformed keys.
+    Data,
+    /// Snapshot inserts, the snapshot's start marker and its removal of stale keys.
+    Snapshot,
+    /// Checkpoint-only writes: idle heartbeats and the end of a snapshot.
+    Checkpoint,
 }
 
-pub fn counters() -> Counters {
-    Counters {
-        txns_applied: TXNS_APPLIED.load(Ordering::Relaxed),
-        ops_applied: OPS_APPLIED.load(Ordering::Relaxed),
-        checkpoints_written: CHECKPOINTS_WRITTEN.load(Ordering::Relaxed),
-        retries: RETRIES.load(Ordering::Relaxed),
-        oversize_skipped: OVERSIZE_SKIPPED.load(Ordering::Relaxed),
-        stale_keys_deleted: STALE_KEYS_DELETED.load(Ordering::Relaxed),
+impl TxnKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            TxnKind::Data => "data",
+            TxnKind::Snapshot => "snapshot",
+            TxnKind::Checkpoint => "checkpoint",
+        }
     }
 }
 
-/// An etcd transaction succeeded.
-pub fn txn_applied(ops: usize, checkpoint: bool) {
-    TXNS_APPLIED.fetch_add(1, Ordering::Relaxed);
-    OPS_APPLIED.fetch_add(ops as u64, Ordering::Relaxed);
-    if checkpoint {
-        CHECKPOINTS_WRITTEN.fetch_add(1, Ordering::Relaxed);
-    }
+/// An etcd transaction of `ops` operations (checkpoint put included) succeeded `elapsed` after it
+/// was first sent (retries included).
+pub fn txn_applied(kind: TxnKind, ops: usize, elapsed: Duration) {
+    let t = telemetry::get();
+    t.sink_txns.with_label_values(&[kind.label()]).inc();
+    t.sink_txn_seconds
+        .with_label_values(NO_LABELS)
+        .observe(elapsed.as_secs_f64());
+    t.sink_batch_ops
+        .with_label_values(NO_LABELS)
+        .observe(ops as f64);
 }
 
-/// An etcd request failed transiently and will be retried (logged by the caller with context).
-pub fn retry() {
-    RETRIES.fetch_add(1, Ordering::Relaxed);
+/// [`txn_applied`] measured from `started`.
+pub fn txn_applied_since(kind: TxnKind, ops: usize, started: Instant) {
+    txn_applied(kind, ops, started.elapsed());
+}
+
+/// The changes an applied etcd transaction carried (counted per source change, not per
+/// coalesced etcd operation: a change later overwritten in the same transaction still counts).
+pub fn changes_applied(tally: &ChangeTally) {
+    let t = telemetry::get();
+    tally.for_each(|table, op, count| {
+        t.changes_applied
+            .with_label_values(&[table, op])
+            .inc_by(count);
+    });
+}
+
+/// The checkpoint put of an applied transaction.
+pub fn checkpoint_written() {
+    telemetry::get().checkpoint_written();
+}
+
+/// `count` source transactions, the last committed at `commit_time`, are durable in etcd.
+pub fn transactions_applied(count: u64, commit_time: Option<SystemTime>) {
+    if count == 0 {
+        return;
+    }
+    SOURCE_TXNS_APPLIED.fetch_add(count, Ordering::Relaxed);
+    telemetry::get().transaction_applied(commit_time);
+}
+
+/// Source transactions applied by the etcd sinks of this process.
+pub fn source_txns_applied() -> u64 {
+    SOURCE_TXNS_APPLIED.load(Ordering::Relaxed)
+}
+
+/// A failed etcd request is retried after `backoff`: an error of its kind and a retry.
+pub fn retry(
+    op: &str,
+    attempt: u32,
+    error: &dyn std::fmt::Display,
+    kind: ErrorKind,
+    backoff: Duration,
+) {
+    let t = telemetry::get();
+    t.error(kind, "sink");
+    t.retry("sink");
+    tracing::warn!(error = %error, op, attempt, retry_in = ?backoff, "etcd request failed; retrying");
+}
+
+/// A write of `{meta}/status` failed; the status writer tries again at its next interval and
+/// never returns the error, so it is counted here.
+pub fn status_write_failed(kind: ErrorKind) {
+    telemetry::get().error(kind, "sink");
 }
 
 /// `on_oversize: skip` dropped a change.
 pub fn oversize_skipped(table: &str, key: &str, size: usize, limit: usize) {
-    let total = OVERSIZE_SKIPPED.fetch_add(1, Ordering::Relaxed) + 1;
+    let counter = telemetry::get()
+        .oversize_skipped
+        .with_label_values(&[table]);
+    counter.inc();
     tracing::warn!(
         table,
         key,
         size,
         limit,
-        skipped_total = total,
+        skipped_total = counter.get(),
         "change too large for one etcd request; skipped (sink.on_oversize: skip)"
     );
 }
 
 /// A snapshot removed keys it did not rewrite.
 pub fn stale_keys_deleted(table: &str, count: usize) {
-    STALE_KEYS_DELETED.fetch_add(count as u64, Ordering::Relaxed);
     tracing::info!(table, count, "snapshot removed keys it did not rewrite");
 }

@@ -1,10 +1,11 @@
 //! The key index of tables whose keys come from a transform (`Route::tracked`, DESIGN §2):
 //! `{meta}/index/{schema}/{table}/{pk…}` holds the row's data key (relative to the data prefix),
-//! `{meta}/owner/{data key}` the row that owns it. Written in the same etcd transactions as the data.
+//! `{meta}/owner/{data key}` the row that owns it (its row id, which names the table and the key
+//! components: [`parse_row_id`]). Written in the same etcd transactions as the data.
 
 use crate::config::Settings;
 use crate::error::EtcdError;
-use etcdsync_core::encode::key::{row_key, table_prefix};
+use etcdsync_core::encode::key::{row_key, table_prefix, unescape_component};
 use etcdsync_core::{TableId, TableSchema, Value};
 
 /// Names the index keys of one sink.
@@ -69,6 +70,11 @@ impl KeyIndex {
         format!("{}{}", self.owners, self.relative(data_key))
     }
 
+    /// `{meta}/owner/`: every owner entry starts with this, followed by the relative data key.
+    pub fn owner_prefix(&self) -> &str {
+        &self.owners
+    }
+
     /// A data key without the data prefix.
     pub fn relative<'a>(&self, data_key: &'a str) -> &'a str {
         data_key
@@ -80,6 +86,23 @@ impl KeyIndex {
     pub fn absolute(&self, relative: &str) -> String {
         format!("{}{relative}", self.data_prefix)
     }
+}
+
+/// The table and unescaped key components a row id (`{schema}/{table}/{pk1}[/{pk2}…]`, as
+/// [`KeyIndex::row_id`] writes it) names; also parses a default-layout data key relative to the
+/// data prefix, which has the same shape. `None` unless there are a schema, a table and at least
+/// one key component, each a valid escaped component.
+pub fn parse_row_id(row_id: &str) -> Option<(TableId, Vec<String>)> {
+    let mut parts = row_id.split('/');
+    let schema = unescape_component(parts.next()?)?;
+    let table = unescape_component(parts.next()?)?;
+    let key = parts
+        .map(unescape_component)
+        .collect::<Option<Vec<String>>>()?;
+    if schema.is_empty() || table.is_empty() || key.is_empty() {
+        return None;
+    }
+    Some((TableId::new(schema, table), key))
 }
 
 #[cfg(test)]
@@ -130,5 +153,34 @@ mod tests {
         );
         let missing = vec![Value::Text("a".into()), Value::Missing, Value::Null];
         assert!(index.row_id(&table, &missing).is_err());
+        assert_eq!(index.owner_prefix(), "/etcdsync-meta/demo/owner/");
+    }
+
+    #[test]
+    fn row_ids_parse_back() {
+        assert_eq!(
+            parse_row_id("public/settings/bill%2Fing/x"),
+            Some((
+                TableId::new("public", "settings"),
+                vec!["bill/ing".to_string(), "x".to_string()]
+            ))
+        );
+        assert_eq!(
+            parse_row_id("my%2Fdb/t/%C3%A9/"),
+            Some((
+                TableId::new("my/db", "t"),
+                vec!["é".to_string(), String::new()]
+            ))
+        );
+        for bad in [
+            "",
+            "public",
+            "public/t",
+            "/t/1",
+            "public//1",
+            "public/t/%zz",
+        ] {
+            assert_eq!(parse_row_id(bad), None, "{bad}");
+        }
     }
 }

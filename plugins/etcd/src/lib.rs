@@ -1,6 +1,7 @@
 //! etcdsync sink plugin `etcd`: applies the change stream to etcd v3 in transactions that carry
 //! the checkpoint (DESIGN §2–6). Build it from YAML (`type: etcd`, [`EtcdConfig`]) or directly
-//! with [`EtcdConfig::settings`] and [`EtcdSink::connect`].
+//! with [`EtcdConfig::settings`] and [`EtcdSink::connect`]; [`EtcdInspector`] serves `check`,
+//! `status` and `verify`.
 
 pub mod batch;
 pub mod checkpoint;
@@ -9,10 +10,13 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod index;
+pub mod inspect;
 pub mod sink;
+pub mod status;
 
 pub use config::{EtcdConfig, OnOversize, Settings, TlsConfig};
 pub use error::EtcdError;
+pub use inspect::EtcdInspector;
 pub use sink::EtcdSink;
 
 use etcdsync_core::registry::{PluginInfo, PluginKind};

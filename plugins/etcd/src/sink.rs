@@ -1,19 +1,23 @@
 //! The etcd sink's run loop (DESIGN §4–6): streaming keeps one ordered data transaction in flight
 //! while the next fills (group commit); a snapshot keeps several unordered ones. Every streaming
 //! transaction carries the checkpoint; a position is acknowledged only after etcd applied it.
+//! It reports phase, transactions and changes to core's telemetry ([`crate::events`]) and keeps
+//! `{meta}/status` current while it runs ([`crate::status`]).
 
 use crate::batch::{Batch, CommitMark, EtcdOp, Limits, Lookup};
 use crate::checkpoint::{decode_checkpoint, encode_checkpoint, SnapshotMarker, SnapshotState};
 use crate::client::EtcdClient;
 use crate::config::{OnOversize, Settings};
 use crate::error::EtcdError;
-use crate::events;
+use crate::events::{self, TxnKind};
 use crate::index::KeyIndex;
+use crate::status::StatusWriter;
 use etcd_client::{Compare, GetOptions, TxnOp};
 use etcdsync_core::change::rfc3339;
 use etcdsync_core::encode::json::encode_row;
 use etcdsync_core::encode::key::{prefix_range_end, row_key, table_prefix};
 use etcdsync_core::sink::{Sink, SinkIo};
+use etcdsync_core::telemetry::{self, Phase};
 use etcdsync_core::{
     Change, Checkpoint, Commit, Message, Op, Position, Result, Row, TableId, TableSchema, Value,
 };
@@ -107,9 +111,12 @@ impl Sink for EtcdSink {
         let mut writer = Writer::new(*self, acked, shutdown);
         let result = writer.run(input).await;
         writer.abort();
+        let clean = matches!(result, Ok(()) | Err(EtcdError::Shutdown));
+        writer.status.stop(clean).await;
         match result {
             Ok(()) | Err(EtcdError::Shutdown) => Ok(()),
             Err(error) => {
+                // counted (etcdsync_errors_total, stage sink) by the pipeline that receives it
                 tracing::error!(error = %error, "etcd sink stopped");
                 Err(error.into())
             }
@@ -188,6 +195,10 @@ struct Writer {
     last_committed_at: Option<String>,
     snapshot: Option<SnapshotRun>,
     index: KeyIndex,
+    /// The phase this sink reported last (`etcdsync_phase`, the status key).
+    phase: Phase,
+    /// Publishes `{meta}/status` while the sink runs.
+    status: StatusWriter,
 }
 
 impl Writer {
@@ -203,6 +214,14 @@ impl Writer {
             guards,
         } = sink;
         let index = KeyIndex::new(&settings);
+        // Before the status writer starts, so its first write says so.
+        telemetry::get().set_phase(Phase::Starting);
+        let status = StatusWriter::start(
+            client.clone(),
+            &settings,
+            Arc::clone(&guards),
+            shutdown.clone(),
+        );
         Self {
             stream_limits: settings.stream_limits(),
             snapshot_limits: settings.snapshot_limits(),
@@ -219,7 +238,19 @@ impl Writer {
             last_committed_at: None,
             snapshot: None,
             index,
+            phase: Phase::Starting,
+            status,
         }
+    }
+
+    /// Reports a phase change (metric and status key).
+    fn set_phase(&mut self, phase: Phase) {
+        if self.phase != phase {
+            tracing::info!(?phase, "etcd sink phase");
+        }
+        self.phase = phase;
+        telemetry::get().set_phase(phase);
+        self.status.phase_changed();
     }
 
     async fn run(&mut self, mut input: mpsc::Receiver<Message>) -> Result<(), EtcdError> {
@@ -257,10 +288,31 @@ impl Writer {
                 }
                 Ok(())
             }
-            Message::Commit(commit) => self.commit(commit).await,
-            Message::Heartbeat { position } => self.heartbeat(position).await,
-            Message::SnapshotStarted { tables } => self.start_snapshot(tables).await,
-            Message::SnapshotFinished { position } => self.finish_snapshot(position).await,
+            Message::Commit(commit) => {
+                self.streaming();
+                self.commit(commit).await
+            }
+            Message::Heartbeat { position } => {
+                self.streaming();
+                self.heartbeat(position).await
+            }
+            Message::SnapshotStarted { tables } => {
+                self.start_snapshot(tables).await?;
+                self.set_phase(Phase::Snapshot);
+                Ok(())
+            }
+            Message::SnapshotFinished { position } => {
+                self.finish_snapshot(position).await?;
+                self.set_phase(Phase::Streaming);
+                Ok(())
+            }
+        }
+    }
+
+    /// A commit or heartbeat outside a snapshot: the pipeline streams.
+    fn streaming(&mut self) {
+        if self.phase != Phase::Streaming && self.snapshot.is_none() {
+            self.set_phase(Phase::Streaming);
         }
     }
 
@@ -271,10 +323,14 @@ impl Writer {
             return self.truncate_tracked(&change.table.id).await;
         }
         let table = Arc::clone(&change.table);
+        let op = change.op_name();
         let unit = self.change_ops(change).await?;
         let limits = self.stream_limits;
         let unit = match self.open.try_add(unit, limits) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                self.open.count_change(&table.id, op);
+                return Ok(());
+            }
             Err(unit) => unit,
         };
         let unit = if self.open.has_data() {
@@ -282,7 +338,10 @@ impl Writer {
             // it truncated: apply it in parts, in order; only its last part carries the checkpoint.
             self.submit_open_part().await?;
             match self.open.try_add(unit, limits) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.open.count_change(&table.id, op);
+                    return Ok(());
+                }
                 Err(unit) => unit,
             }
         } else {
@@ -329,10 +388,13 @@ impl Writer {
             self.last_committed_at.clone_from(&committed_at);
         }
         let mut open = std::mem::take(&mut self.open);
-        open.set_commit(CommitMark {
-            position: commit.position,
-            committed_at,
-        });
+        open.record_commit(
+            CommitMark {
+                position: commit.position,
+                committed_at,
+            },
+            commit.commit_time,
+        );
         if self.ready.is_empty() {
             self.ready = open;
         } else if let Err(open) = self.ready.try_merge(open, self.stream_limits) {
@@ -391,6 +453,7 @@ impl Writer {
             return Ok(());
         }
         let data_ops = batch.len();
+        let has_data = batch.has_data();
         let position = batch.commit().map(|mark| mark.position.clone());
         let checkpoint = batch.commit().map(|mark| {
             self.last_checkpoint_write = Some(Instant::now());
@@ -413,10 +476,22 @@ impl Writer {
                 }
                 ops
             };
+            let started = Instant::now();
             client
                 .txn_with("apply a data transaction", &guards, build, &shutdown)
                 .await?;
-            events::txn_applied(data_ops, position.is_some());
+            let kind = if has_data {
+                TxnKind::Data
+            } else {
+                TxnKind::Checkpoint
+            };
+            let ops = data_ops + usize::from(checkpoint.is_some());
+            events::txn_applied_since(kind, ops, started);
+            events::changes_applied(applying.tally());
+            if checkpoint.is_some() {
+                events::checkpoint_written();
+            }
+            events::transactions_applied(applying.commits(), applying.commit_time());
             Ok(position)
         });
         self.in_flight = Some(InFlight { batch, handle });
@@ -850,6 +925,9 @@ impl Writer {
         }
         self.drain_in_flight().await?;
         let deleted = self.delete_indexed(table, None).await?;
+        let mut tally = crate::batch::ChangeTally::default();
+        tally.add(table, "truncate");
+        events::changes_applied(&tally);
         tracing::debug!(%table, deleted, "truncated a table with transformed keys");
         Ok(())
     }
@@ -909,9 +987,7 @@ impl Writer {
                 deleted += 1;
                 if ops.len() + 3 > chunk {
                     let batch = std::mem::take(&mut ops);
-                    self.client
-                        .txn("delete indexed keys", &self.guards, batch, &self.shutdown)
-                        .await?;
+                    self.delete_indexed_txn(stale_at, batch).await?;
                 }
             }
             let more = response.more() && !kvs.is_empty();
@@ -924,11 +1000,29 @@ impl Writer {
             }
         }
         if !ops.is_empty() {
-            self.client
-                .txn("delete indexed keys", &self.guards, ops, &self.shutdown)
-                .await?;
+            self.delete_indexed_txn(stale_at, ops).await?;
         }
         Ok(deleted)
+    }
+
+    /// One transaction of [`Self::delete_indexed`].
+    async fn delete_indexed_txn(
+        &self,
+        stale_at: Option<i64>,
+        ops: Vec<TxnOp>,
+    ) -> Result<(), EtcdError> {
+        let kind = if stale_at.is_some() {
+            TxnKind::Snapshot
+        } else {
+            TxnKind::Data
+        };
+        let count = ops.len();
+        let started = Instant::now();
+        self.client
+            .txn("delete indexed keys", &self.guards, ops, &self.shutdown)
+            .await?;
+        events::txn_applied_since(kind, count, started);
+        Ok(())
     }
 
     /// A unit that does not fit an empty transaction: an error, or with `on_oversize: skip` a
@@ -1001,6 +1095,7 @@ impl Writer {
             .map(|h| h.revision())
             .ok_or_else(|| EtcdError::Task("etcd answered without a response header".into()))?;
         let marker = SnapshotMarker::new(SnapshotState::Running, start_revision, &tables);
+        let started = Instant::now();
         self.client
             .txn(
                 "record the snapshot start",
@@ -1009,6 +1104,7 @@ impl Writer {
                 &self.shutdown,
             )
             .await?;
+        events::txn_applied_since(TxnKind::Snapshot, 1, started);
         tracing::info!(tables = tables.len(), start_revision, "snapshot started");
         self.snapshot = Some(SnapshotRun::new(tables, start_revision));
         Ok(())
@@ -1023,13 +1119,17 @@ impl Writer {
             )));
         }
         let table = Arc::clone(&change.table);
+        let op = change.op_name();
         let unit = self.change_ops(change).await?;
         let limits = self.snapshot_limits;
         let Some(snapshot) = self.snapshot.as_mut() else {
             return Ok(());
         };
         let unit = match snapshot.batch.try_add(unit, limits) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                snapshot.batch.count_change(&table.id, op);
+                return Ok(());
+            }
             Err(unit) => unit,
         };
         let unit = if snapshot.batch.has_data() {
@@ -1039,7 +1139,10 @@ impl Writer {
                 return Ok(());
             };
             match snapshot.batch.try_add(unit, limits) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    snapshot.batch.count_change(&table.id, op);
+                    return Ok(());
+                }
                 Err(unit) => unit,
             }
         } else {
@@ -1072,6 +1175,7 @@ impl Writer {
         let guards = Arc::clone(&self.guards);
         let shutdown = self.shutdown.clone();
         let task = snapshot.tasks.spawn(async move {
+            let started = Instant::now();
             client
                 .txn_with(
                     "apply a snapshot transaction",
@@ -1080,7 +1184,8 @@ impl Writer {
                     &shutdown,
                 )
                 .await?;
-            events::txn_applied(count, false);
+            events::txn_applied_since(TxnKind::Snapshot, count, started);
+            events::changes_applied(applying.tally());
             Ok(())
         });
         snapshot.applying.push((task.id(), batch));
@@ -1129,6 +1234,7 @@ impl Writer {
             ),
             TxnOp::put(self.settings.snapshot_key(), marker.to_json(), None),
         ];
+        let started = Instant::now();
         self.client
             .txn(
                 "record the snapshot's end and checkpoint",
@@ -1137,7 +1243,8 @@ impl Writer {
                 &self.shutdown,
             )
             .await?;
-        events::txn_applied(0, true);
+        events::txn_applied_since(TxnKind::Checkpoint, 2, started);
+        events::checkpoint_written();
         self.last_checkpoint_write = Some(Instant::now());
         self.last_committed_at = None;
         tracing::info!(
@@ -1192,6 +1299,8 @@ impl Writer {
                     .map(|key| TxnOp::delete(key, None))
                     .collect();
                 deleted += ops.len();
+                let count = ops.len();
+                let started = Instant::now();
                 self.client
                     .txn(
                         "delete keys a snapshot did not rewrite",
@@ -1200,6 +1309,7 @@ impl Writer {
                         &self.shutdown,
                     )
                     .await?;
+                events::txn_applied_since(TxnKind::Snapshot, count, started);
             }
             if !more {
                 break;

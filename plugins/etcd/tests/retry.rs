@@ -40,7 +40,8 @@ async fn the_sink_resumes_after_etcd_restarts_and_never_acks_while_it_is_down() 
         })
     };
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let retries_before = etcdsync_etcd::events::counters().retries;
+    let retries_before = sink_retries();
+    let errors_before = transient_sink_errors();
     server.kill();
 
     // Whatever was acknowledged was durable before the kill; after it, nothing more is.
@@ -56,9 +57,10 @@ async fn the_sink_resumes_after_etcd_restarts_and_never_acks_while_it_is_down() 
         !sink.handle.is_finished(),
         "the sink gave up instead of retrying"
     );
+    assert!(sink_retries() > retries_before, "no retries counted");
     assert!(
-        etcdsync_etcd::events::counters().retries > retries_before,
-        "no retries counted"
+        transient_sink_errors() > errors_before,
+        "retried failures not counted as errors"
     );
 
     server.restart().await;
@@ -117,4 +119,20 @@ async fn shutdown_while_etcd_is_down_returns_without_acknowledging() {
         .expect("task");
     result.expect("a shutdown is not an error");
     assert_eq!(acked.borrow().clone(), Some(pos(1)));
+}
+
+/// `etcdsync_errors_total{kind="transient",stage="sink"}` of this process.
+fn transient_sink_errors() -> u64 {
+    etcdsync_core::telemetry::get()
+        .errors
+        .with_label_values(&["transient", "sink"])
+        .get()
+}
+
+/// `etcdsync_retries_total{stage="sink"}` of this process.
+fn sink_retries() -> u64 {
+    etcdsync_core::telemetry::get()
+        .retries
+        .with_label_values(&["sink"])
+        .get()
 }

@@ -326,7 +326,7 @@ async fn on_oversize_skip_skips_the_value_and_counts_it() {
     let mut sink = start(&p.yaml("max_request_bytes: 65536\non_oversize: skip\n")).await;
     let mut etcd = client(&url).await;
     let t = table("s", "big");
-    let before = etcdsync_etcd::events::counters().oversize_skipped;
+    let before = oversize_skipped("s.big");
     sink.txn(
         vec![
             insert(&t, 1, "small"),
@@ -342,7 +342,7 @@ async fn on_oversize_skip_skips_the_value_and_counts_it() {
         dump(&mut etcd, &format!("{}/", p.data)).await,
         map(&[(&k(1), json(1, "small")), (&k(3), json(3, "small"))])
     );
-    assert!(etcdsync_etcd::events::counters().oversize_skipped > before);
+    assert!(oversize_skipped("s.big") > before);
     sink.close().await.expect("clean stop");
 }
 
@@ -645,4 +645,12 @@ async fn bad_configs_name_the_key() {
         .expect("an unknown key is an error")
         .to_string();
     assert!(message.contains("max_txn_opz"), "{message}");
+}
+
+/// `etcdsync_oversize_values_skipped_total{table}` of this process.
+fn oversize_skipped(table: &str) -> u64 {
+    etcdsync_core::telemetry::get()
+        .oversize_skipped
+        .with_label_values(&[table])
+        .get()
 }

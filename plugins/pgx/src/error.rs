@@ -78,8 +78,34 @@ fn postgres_kind(error: &tokio_postgres::Error) -> ErrorKind {
         }
         return ErrorKind::Fatal;
     }
+    if tls_rejected(error) {
+        // The server's certificate (or ours) was refused: retrying cannot fix it.
+        return ErrorKind::Config;
+    }
     // No server error: the connection closed, could not be opened, or I/O failed.
     ErrorKind::Transient
+}
+
+/// True when a TLS handshake failed on a certificate (rustls's error is wrapped in an
+/// `io::Error` somewhere in the chain, which `source()` does not reveal).
+fn tls_rejected(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        let rustls_error = current.downcast_ref::<rustls::Error>().or_else(|| {
+            current
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if matches!(
+            rustls_error,
+            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+        ) {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 fn replication_kind(error: &PgWireError) -> ErrorKind {

@@ -324,17 +324,25 @@ pub struct PrivateEtcd {
     pub dir: PathBuf,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Extra etcd flags (`--max-txn-ops=32`, …).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl PrivateEtcd {
     pub async fn start(tag: &str) -> Self {
+        Self::start_with(tag, &[]).await
+    }
+
+    /// [`Self::start`] with extra etcd flags.
+    pub async fn start_with(tag: &str, args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("etcdsync-{}", unique(tag)));
         std::fs::create_dir_all(&dir).expect("create etcd dir");
         let mut etcd = Self {
             dir,
             client_port: free_port(),
             peer_port: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         etcd.spawn();
@@ -362,6 +370,7 @@ impl PrivateEtcd {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=private={peer}"))
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
