@@ -1,9 +1,12 @@
 //! The etcdsync command line as a library: [`main`] parses arguments and runs a command with
 //! whatever plugins are linked into the binary. A third-party binary links its own plugin crates
-//! and calls [`main`] to get the same CLI.
+//! and calls [`main`] to get the same CLI (`check`, `status` and `verify` included: they work
+//! through the plugins' inspectors, generic over whichever plugins the config selects).
 
 mod commands;
 mod logging;
+mod metrics;
+mod progress;
 mod signals;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +23,9 @@ const EXAMPLES: &str = "\
 Examples:
   etcdsync run --config-file examples/quickstart.yaml
   etcdsync run -c sync.yaml            # ${VAR} in the file is read from the environment
+  etcdsync check -c sync.yaml          # every prerequisite, with the fix for each failure
+  etcdsync status -c sync.yaml --json  # phase, checkpoint, lag, keys per table
+  etcdsync verify -c sync.yaml         # compare the database with etcd; --repair fixes drift
   etcdsync plugins                     # sources, transforms and sinks linked into this binary
 ";
 
@@ -39,6 +45,44 @@ pub enum Command {
         #[arg(short = 'c', long = "config-file", value_name = "FILE")]
         config_file: PathBuf,
     },
+    /// Check the configuration and every prerequisite of the source and the sink; exit 1 on any failure
+    #[command(after_help = "Example:\n  etcdsync check -c sync.yaml\n\n\
+        Each line is `[ok] scope: name: detail` or `[FAIL] scope: name: detail — fix: …`.")]
+    Check {
+        /// The pipeline's YAML configuration
+        #[arg(short = 'c', long = "config-file", value_name = "FILE")]
+        config_file: PathBuf,
+        /// Print the results as one JSON document
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the pipeline's phase, checkpoint, lag and keys per table (works while `run` runs elsewhere)
+    #[command(after_help = "Example:\n  etcdsync status -c sync.yaml --json | jq .lag_seconds")]
+    Status {
+        /// The pipeline's YAML configuration
+        #[arg(short = 'c', long = "config-file", value_name = "FILE")]
+        config_file: PathBuf,
+        /// Print one JSON document (field names are stable; see docs/operations.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare every selected table with etcd: missing, different and extra keys; exit 1 on drift
+    #[command(after_help = "Examples:\n  etcdsync verify -c sync.yaml\n  \
+        etcdsync verify -c sync.yaml --repair   # stop `etcdsync run` first: repair writes while a pipeline may write too")]
+    Verify {
+        /// The pipeline's YAML configuration
+        #[arg(short = 'c', long = "config-file", value_name = "FILE")]
+        config_file: PathBuf,
+        /// Write missing and different values and delete extra keys
+        #[arg(long)]
+        repair: bool,
+        /// How many keys of each kind (missing, different, extra) to list
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        max_report: usize,
+        /// Print one JSON document
+        #[arg(long)]
+        json: bool,
+    },
     /// List the sources, transforms and sinks linked into this binary
     Plugins {
         /// Also print each plugin's example configuration
@@ -53,8 +97,25 @@ pub fn main() -> ExitCode {
     match commands::execute(cli.command) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_text(&error));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, `: `-joined, leaving out a cause whose text the message already
+/// holds (plugin errors carry their cause's text in their own message).
+pub(crate) fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }

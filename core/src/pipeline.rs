@@ -1,13 +1,21 @@
 //! Runs one pipeline: source → transform chain → sink on bounded channels, acknowledgements
 //! flowing back on a `watch` (DESIGN §1). The first task to fail cancels the others; transient
-//! failures restart the whole pipeline from the sink's checkpoint with backoff.
+//! failures restart the whole pipeline from the sink's checkpoint with backoff. After the stop
+//! signal the pipeline has `shutdown_timeout` to drain, else it fails naming what still ran.
+//! Every error the pipeline sees is counted by kind and stage (`telemetry::ERRORS`). Each attempt
+//! starts in phase `starting`; the sink moves the phase on as it applies the snapshot markers
+//! and the first commit (`telemetry::PHASE`), so it reflects what is durable.
 
 use crate::change::Message;
 use crate::config::PipelineConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::{SinkContext, SinkIo};
 use crate::source::{SourceContext, SourceIo};
+use crate::telemetry::{self, Phase};
 use crate::transform::Chain;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -20,18 +28,59 @@ pub const CHANNEL_CAPACITY: usize = 16;
 /// Rows per `Changes` message that sources should aim for.
 pub const CHANGES_PER_MESSAGE: usize = 256;
 
+/// Stage labels of `etcdsync_errors_total` and of the shutdown-timeout message.
+pub mod stage {
+    pub const SOURCE: &str = "source";
+    pub const TRANSFORM: &str = "transform";
+    pub const SINK: &str = "sink";
+    pub const PIPELINE: &str = "pipeline";
+}
+
 /// Runs the pipeline until `shutdown` is cancelled or a non-transient error occurs. Transient
-/// errors restart it from the checkpoint, with exponential backoff (1 s … 30 s).
+/// errors restart it from the checkpoint, with exponential backoff (1 s … 30 s). Once
+/// `shutdown` is cancelled, the stages get `config.shutdown_timeout` to finish the in-flight
+/// transaction; after that this returns an error naming what was still running (and the
+/// stages are aborted: the checkpoint in the sink is still the last one written).
 pub async fn run(config: &PipelineConfig, shutdown: CancellationToken) -> Result<()> {
+    let activity = Activity::default();
+    let work = run_restarting(config, shutdown.clone(), &activity);
+    tokio::pin!(work);
+    let timeout = config.shutdown_timeout;
+    tokio::select! {
+        biased;
+        result = &mut work => result,
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(timeout).await;
+        } => {
+            let running = activity.describe();
+            telemetry::get().error(ErrorKind::Fatal, stage::PIPELINE);
+            Err(Error::fatal(format!(
+                "did not stop within shutdown_timeout ({}) after the stop signal; still running: {running}. \
+                 Nothing was acknowledged beyond the last checkpoint, so the next start resumes after it; \
+                 raise `shutdown_timeout` if the sink is slow",
+                humantime::format_duration(timeout)
+            )))
+        }
+    }
+}
+
+async fn run_restarting(
+    config: &PipelineConfig,
+    shutdown: CancellationToken,
+    activity: &Activity,
+) -> Result<()> {
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();
-        match run_once(config, shutdown.clone()).await {
+        match run_attempt(config, shutdown.clone(), activity).await {
             Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_secs(1);
                 }
+                telemetry::get().retry(stage::PIPELINE);
                 tracing::warn!(error = %error, retry_in = ?backoff, "pipeline failed; restarting from the checkpoint");
+                let _waiting = activity.enter("waiting to restart after a transient error");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => return Ok(()),
@@ -46,74 +95,127 @@ pub async fn run(config: &PipelineConfig, shutdown: CancellationToken) -> Result
 /// One attempt: build the sink, read its checkpoint, build the source to resume after it, and
 /// run all stages until they finish.
 pub async fn run_once(config: &PipelineConfig, shutdown: CancellationToken) -> Result<()> {
+    run_attempt(config, shutdown, &Activity::default()).await
+}
+
+async fn run_attempt(
+    config: &PipelineConfig,
+    shutdown: CancellationToken,
+    activity: &Activity,
+) -> Result<()> {
+    let telemetry = telemetry::get();
+    telemetry.set_phase(Phase::Starting);
+    let counted = |stage: &'static str| {
+        move |error: Error| {
+            telemetry.error(error.kind(), stage);
+            error
+        }
+    };
     let source_type = config.source.typetag_name().to_string();
+    let sink_type = config.sink.typetag_name().to_string();
+
+    let building = activity.enter(format!("connecting the sink ({sink_type})"));
     let mut sink = config
         .sink
         .build(SinkContext {
             name: config.name.clone(),
             source_type: source_type.clone(),
         })
-        .await?;
-    let resume = sink.checkpoint().await?;
+        .await
+        .map_err(counted(stage::SINK))?;
+    let resume = sink.checkpoint().await.map_err(counted(stage::SINK))?;
+    drop(building);
     if let Some(checkpoint) = &resume {
         if checkpoint.source != source_type {
-            return Err(Error::config(format!(
+            return Err(counted(stage::PIPELINE)(Error::config(format!(
                 "the checkpoint in the sink was written by source `{}` but this config's source is `{source_type}`; \
                  give this pipeline another `name` (or sink `meta_prefix`), or delete the old checkpoint to start over",
                 checkpoint.source
-            )));
+            ))));
         }
         tracing::info!(position = %checkpoint.position, "resuming after checkpoint");
     }
+    let building = activity.enter(format!("connecting the source ({source_type})"));
     let source = config
         .source
         .build(SourceContext {
             name: config.name.clone(),
             resume,
         })
-        .await?;
+        .await
+        .map_err(counted(stage::SOURCE))?;
+    drop(building);
     let mut chain = Chain::new(
         config
             .transforms
             .iter()
-            .map(|t| t.build())
-            .collect::<Result<Vec<_>>>()?,
+            .enumerate()
+            .map(|(i, t)| t.build().map_err(|e| e.context(format!("transforms[{i}]"))))
+            .collect::<Result<Vec<_>>>()
+            .map_err(counted(stage::TRANSFORM))?,
     );
 
     let stop = shutdown.child_token();
     let (source_tx, source_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (ack_tx, ack_rx) = watch::channel(None);
     let mut tasks = JoinSet::new();
+    let mut stages: HashMap<tokio::task::Id, (&'static str, Running<'_>)> = HashMap::new();
 
     let sink_input = if chain.is_empty() {
         source_rx
     } else {
         let (sink_tx, sink_rx) = mpsc::channel(CHANNEL_CAPACITY);
-        tasks.spawn(async move { run_transforms(&mut chain, source_rx, sink_tx).await });
+        let handle =
+            tasks.spawn(async move { run_transforms(&mut chain, source_rx, sink_tx).await });
+        stages.insert(
+            handle.id(),
+            (stage::TRANSFORM, activity.enter("the transform stage")),
+        );
         sink_rx
     };
-    tasks.spawn(source.run(SourceIo {
+    let handle = tasks.spawn(source.run(SourceIo {
         output: source_tx,
         acked: ack_rx,
         shutdown: stop.clone(),
     }));
-    tasks.spawn(sink.run(SinkIo {
+    stages.insert(
+        handle.id(),
+        (
+            stage::SOURCE,
+            activity.enter(format!("the source ({source_type})")),
+        ),
+    );
+    let handle = tasks.spawn(sink.run(SinkIo {
         input: sink_input,
         acked: ack_tx,
         shutdown: stop.clone(),
     }));
+    stages.insert(
+        handle.id(),
+        (
+            stage::SINK,
+            activity.enter(format!(
+                "the sink ({sink_type}: the in-flight transaction and its checkpoint)"
+            )),
+        ),
+    );
 
     let mut first_error: Option<Error> = None;
-    while let Some(joined) = tasks.join_next().await {
-        let result = joined.unwrap_or_else(|e| {
-            Err(Error::new(
-                ErrorKind::Fatal,
-                format!("a pipeline task panicked or was aborted: {e}"),
-            ))
-        });
+    while let Some(joined) = tasks.join_next_with_id().await {
+        let (stage, result) = match joined {
+            Ok((id, result)) => (stages.remove(&id).map(|(s, _)| s), result),
+            Err(e) => (
+                stages.remove(&e.id()).map(|(s, _)| s),
+                Err(Error::new(
+                    ErrorKind::Fatal,
+                    format!("a pipeline task panicked or was aborted: {e}"),
+                )),
+            ),
+        };
         if let Err(error) = result {
             stop.cancel();
             if first_error.is_none() {
+                telemetry.error(error.kind(), stage.unwrap_or(stage::PIPELINE));
                 first_error = Some(error);
             } else {
                 tracing::debug!(error = %error, "further error while stopping");
@@ -144,4 +246,179 @@ async fn run_transforms(
         }
     }
     Ok(())
+}
+
+/// What the pipeline is doing now, for the shutdown-timeout message.
+#[derive(Default)]
+struct Activity {
+    running: Mutex<Vec<(u64, String)>>,
+    next: AtomicU64,
+}
+
+/// Removes its entry from [`Activity`] when dropped.
+struct Running<'a> {
+    activity: &'a Activity,
+    id: u64,
+}
+
+impl Activity {
+    fn enter(&self, what: impl Into<String>) -> Running<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().push((id, what.into()));
+        Running { activity: self, id }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, String)>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn describe(&self) -> String {
+        let running = self.lock();
+        if running.is_empty() {
+            "nothing (the pipeline was finishing)".into()
+        } else {
+            running
+                .iter()
+                .map(|(_, what)| what.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.activity.lock().retain(|(id, _)| *id != self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Error counting and the shutdown timeout, with in-process fake plugins.
+    use super::*;
+    use crate::change::Checkpoint;
+    use crate::sink::{Sink, SinkConfig};
+    use crate::source::{Source, SourceConfig};
+    use async_trait::async_trait;
+    use serde::{Deserialize, Serialize};
+
+    /// `fail`: the source fails at once with that kind; otherwise it never stops (`hang`).
+    #[derive(Debug, Serialize, Deserialize)]
+    struct TestSource {
+        #[serde(default)]
+        fail: Option<String>,
+    }
+
+    struct Running(Option<String>);
+
+    #[async_trait]
+    #[typetag::serde(name = "pipeline_test_source")]
+    impl SourceConfig for TestSource {
+        fn validate(&self, _name: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn build(&self, _cx: SourceContext) -> Result<Box<dyn Source>> {
+            Ok(Box::new(Running(self.fail.clone())))
+        }
+    }
+
+    #[async_trait]
+    impl Source for Running {
+        async fn run(self: Box<Self>, io: SourceIo) -> Result<()> {
+            match self.0.as_deref() {
+                Some("fatal") => Err(Error::fatal("the test source failed")),
+                Some(_) => Err(Error::config("the test source is misconfigured")),
+                // Ignores the shutdown signal, as a source stuck in I/O would.
+                None => {
+                    let _keep = io;
+                    std::future::pending().await
+                }
+            }
+        }
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct TestSink {}
+
+    struct Draining;
+
+    #[async_trait]
+    #[typetag::serde(name = "pipeline_test_sink")]
+    impl SinkConfig for TestSink {
+        fn validate(&self, _name: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn build(&self, _cx: SinkContext) -> Result<Box<dyn Sink>> {
+            Ok(Box::new(Draining))
+        }
+    }
+
+    #[async_trait]
+    impl Sink for Draining {
+        async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
+            Ok(None)
+        }
+        async fn run(self: Box<Self>, mut io: SinkIo) -> Result<()> {
+            while io.input.recv().await.is_some() {}
+            Ok(())
+        }
+    }
+
+    fn config(source: &str) -> PipelineConfig {
+        PipelineConfig::parse(&format!(
+            "name: t\nsource: {{ type: pipeline_test_source{source} }}\nsink: {{ type: pipeline_test_sink }}\nshutdown_timeout: 200ms\n"
+        ))
+        .expect("config")
+    }
+
+    fn errors(kind: &str, stage: &str) -> u64 {
+        telemetry::get()
+            .errors
+            .with_label_values(&[kind, stage])
+            .get()
+    }
+
+    #[tokio::test]
+    async fn errors_are_counted_by_kind_and_stage() {
+        let before = errors("fatal", stage::SOURCE);
+        let error = run(&config(", fail: fatal"), CancellationToken::new())
+            .await
+            .expect_err("the source fails");
+        assert!(error.to_string().contains("test source failed"), "{error}");
+        assert_eq!(errors("fatal", stage::SOURCE), before + 1);
+
+        let before = errors("config", stage::SOURCE);
+        run(&config(", fail: config"), CancellationToken::new())
+            .await
+            .expect_err("the source fails");
+        assert_eq!(errors("config", stage::SOURCE), before + 1);
+    }
+
+    #[tokio::test]
+    async fn a_stage_that_does_not_stop_fails_after_the_shutdown_timeout_naming_it() {
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stop.cancel();
+        });
+        let before = errors("fatal", stage::PIPELINE);
+        let started = Instant::now();
+        let error = run(&config(""), shutdown)
+            .await
+            .expect_err("the source ignores the stop signal");
+        let message = error.to_string();
+        assert!(
+            message.contains("did not stop within shutdown_timeout (200ms)"),
+            "{message}"
+        );
+        assert!(
+            message.contains("still running: the source (pipeline_test_source)"),
+            "{message}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(errors("fatal", stage::PIPELINE), before + 1);
+    }
 }

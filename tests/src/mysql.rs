@@ -747,3 +747,26 @@ impl Drop for PrivateMariaDb {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The `mysql` source's inspector (what `etcdsync check`, `status` and `verify` use) for this
+/// `source:` YAML and pipeline name.
+pub async fn inspector(yaml: &str, name: &str) -> Box<dyn etcdsync_core::inspect::SourceInspector> {
+    let config: Box<dyn SourceConfig> = serde_yaml::from_str(yaml).expect("source yaml");
+    config.validate(name).expect("source config validates");
+    config
+        .inspect(name)
+        .await
+        .unwrap_or_else(|e| panic!("inspect: {e}"))
+}
+
+/// The server's binlog position now (`SHOW MASTER STATUS`) as `file:offset`.
+pub async fn binlog_position(conn: &mut Conn) -> String {
+    let status: mysql_async::Row = conn
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .expect("SHOW MASTER STATUS")
+        .expect("the binary log is on");
+    let file: String = status.get(0).expect("File");
+    let offset: u64 = status.get(1).expect("Position");
+    format!("{file}:{offset}")
+}

@@ -1,17 +1,80 @@
-//! Dispatch of the CLI's subcommands.
+//! Dispatch of the CLI's subcommands, and what the operator commands share: loading the config,
+//! logging to stderr (reports go to stdout) and connecting the plugins' inspectors.
 
+mod check;
 mod plugins;
 mod run;
+mod status;
+mod verify;
 
-use crate::Command;
+use crate::{logging, Command};
+use anyhow::Context as _;
+use etcdsync_core::config::PipelineConfig;
+use etcdsync_core::inspect::{SinkInspector, SourceInspector};
+use etcdsync_core::sink::SinkContext;
+use std::path::Path;
 use std::process::ExitCode;
 
 pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config_file } => run::run(&config_file),
+        Command::Check { config_file, json } => check::check(&config_file, json),
+        Command::Status { config_file, json } => status::status(&config_file, json),
+        Command::Verify {
+            config_file,
+            repair,
+            max_report,
+            json,
+        } => verify::verify(
+            &config_file,
+            verify::Options {
+                repair,
+                max_report,
+                json,
+            },
+        ),
         Command::Plugins { examples } => {
             print!("{}", plugins::render(examples));
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Loads the config and sets up logging for a one-shot operator command (default level `warn`,
+/// so stdout carries the report and stderr only what went wrong).
+fn load_for_command(config_file: &Path) -> anyhow::Result<PipelineConfig> {
+    let config = PipelineConfig::load(config_file)?;
+    logging::init(&config.log, "warn")?;
+    Ok(config)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn sink_context(config: &PipelineConfig) -> SinkContext {
+    SinkContext {
+        name: config.name.clone(),
+        source_type: config.source.typetag_name().to_string(),
+    }
+}
+
+async fn source_inspector(config: &PipelineConfig) -> anyhow::Result<Box<dyn SourceInspector>> {
+    config
+        .source
+        .inspect(&config.name)
+        .await
+        .with_context(|| format!("source `{}`", config.source.typetag_name()))
+}
+
+async fn sink_inspector(config: &PipelineConfig) -> anyhow::Result<Box<dyn SinkInspector>> {
+    config
+        .sink
+        .inspect(sink_context(config))
+        .await
+        .with_context(|| format!("sink `{}`", config.sink.typetag_name()))
 }

@@ -17,6 +17,7 @@ use crate::tablemap::{
 };
 use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
 use etcdsync_core::tables::TableSelection;
+use etcdsync_core::telemetry;
 use etcdsync_core::{Change, Commit, Message, Position, TableId, TableSchema, Value};
 use futures::StreamExt;
 use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
@@ -91,7 +92,8 @@ pub async fn stream(
         }
     }
     let file = start.binlog.file.clone();
-    let mut request = BinlogStreamRequest::new(config.server_id);
+    let host = crate::config::replica_host(&config.pipeline);
+    let mut request = BinlogStreamRequest::new(config.server_id).with_hostname(host.as_bytes());
     let mode = match (&start.gtid, server.flavour) {
         (Gtids::MariaDb(pos), Flavour::MariaDb) if !pos.is_empty() => {
             // With @slave_connect_state set, the server finds the start by GTID and ignores
@@ -228,6 +230,8 @@ impl HintCache {
                     if attempt > 1 || !matches!(e, MysqlError::Connection { .. }) {
                         return Err(e);
                     }
+                    tracing::debug!(error = %e, table = %table, "reconnecting the side connection to read column hints");
+                    telemetry::get().retry("source");
                 }
             }
         };

@@ -60,6 +60,9 @@ fn default_snapshot_workers() -> usize {
 /// The configuration after validation: connection options parsed, server id resolved.
 #[derive(Debug, Clone)]
 pub struct ValidMysql {
+    /// The pipeline name; the binlog connection registers as replica host `etcdsync:{name}`,
+    /// so `SHOW SLAVE HOSTS` (and `etcdsync check`) can tell this pipeline from another replica.
+    pub pipeline: String,
     pub opts: Opts,
     /// The URL with the password replaced, for messages.
     pub redacted_url: String,
@@ -88,6 +91,7 @@ impl MysqlConfig {
             )));
         }
         Ok(ValidMysql {
+            pipeline: pipeline_name.to_string(),
             opts,
             redacted_url: redact_url(self.url.expose()),
             tables: self.tables.clone(),
@@ -100,6 +104,16 @@ impl MysqlConfig {
             on_drop: self.on_drop,
         })
     }
+}
+
+/// The host name the binlog connection reports when it registers as a replica (shown by
+/// `SHOW SLAVE HOSTS` / `SHOW REPLICAS`); at most 255 bytes.
+pub fn replica_host(pipeline_name: &str) -> String {
+    let mut host = format!("etcdsync:{pipeline_name}");
+    while host.len() > 255 {
+        host.pop();
+    }
+    host
 }
 
 /// A server id derived from the pipeline name (FNV-1a), in 0x4000_0000..0x8000_0000 so it is

@@ -154,15 +154,52 @@ pub fn kind_from_information_schema(data_type: &str, column_type: &str) -> Kind 
         "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "geometry"
         | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
         | "multipolygon" | "geometrycollection" | "geomcollection" => Kind::Binary { pad_to: 0 },
-        // Result sets carry enum labels and set members as text already.
-        "enum" => Kind::Enum(Arc::from(Vec::new())),
-        "set" => Kind::Set(Arc::from(Vec::new())),
+        // Result sets carry enum labels and set members as text already; the labels serve
+        // key comparisons (`etcdsync verify` pages ENUM keys by their index).
+        "enum" => Kind::Enum(Arc::from(quoted_labels(column_type))),
+        "set" => Kind::Set(Arc::from(quoted_labels(column_type))),
         "json" => Kind::Json,
         "inet4" => Kind::Inet4,
         "inet6" => Kind::Inet6,
         "uuid" => Kind::Uuid,
         _ => Kind::Other,
     }
+}
+
+/// The labels of `enum('a','b''c')` / `set(…)` as `COLUMN_TYPE` writes them (SQL string
+/// literals: `''` and `\\` escapes), in definition order.
+pub fn quoted_labels(column_type: &str) -> Vec<String> {
+    let Some(open) = column_type.find('(') else {
+        return Vec::new();
+    };
+    let mut labels = Vec::new();
+    let mut chars = column_type[open + 1..].chars().peekable();
+    loop {
+        match chars.next() {
+            Some('\'') => {
+                let mut label = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\'' if chars.peek() == Some(&'\'') => {
+                            chars.next();
+                            label.push('\'');
+                        }
+                        '\'' => break,
+                        '\\' => {
+                            if let Some(next) = chars.next() {
+                                label.push(next);
+                            }
+                        }
+                        other => label.push(other),
+                    }
+                }
+                labels.push(label);
+            }
+            Some(')') | None => break,
+            Some(_) => {}
+        }
+    }
+    labels
 }
 
 /// Refines a column's kind with what information_schema knows (MariaDB's JSON, INET4, INET6,
@@ -744,5 +781,11 @@ mod tests {
             kind_from_information_schema("set", "set('a')"),
             Kind::Set(_)
         ));
+        assert_eq!(
+            kind_from_information_schema("enum", "enum('a''b','c\\\\d','e,f','')"),
+            Kind::Enum(labels(&["a'b", "c\\d", "e,f", ""]))
+        );
+        assert_eq!(quoted_labels("set('x','y')"), vec!["x", "y"]);
+        assert!(quoted_labels("int").is_empty());
     }
 }

@@ -1,12 +1,14 @@
 //! etcdsync `mysql` source: MySQL 8 / MariaDB ≥ 10.5 — a consistent snapshot without mysqldump,
 //! then binlog streaming with column names, keys and enum/set labels from TABLE_MAP metadata
-//! (issue 4; DESIGN §1–6). Registered with `inventory` and selected in YAML by `type: mysql`.
+//! (issue 4; DESIGN §1–6), and the read side of `etcdsync check/status/verify` (issue 6,
+//! `inspect`). Registered with `inventory` and selected in YAML by `type: mysql`.
 
 pub mod binlog;
 pub mod columns;
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod inspect;
 pub mod json;
 pub mod position;
 pub mod prereq;
@@ -16,6 +18,7 @@ pub mod tablemap;
 
 pub use config::MysqlConfig;
 
+use etcdsync_core::inspect::SourceInspector;
 use etcdsync_core::registry::{PluginInfo, PluginKind};
 use etcdsync_core::source::{Source, SourceConfig, SourceContext};
 use etcdsync_core::{async_trait, Result};
@@ -32,6 +35,12 @@ impl SourceConfig for MysqlConfig {
         Ok(Box::new(
             source::MysqlSource::build(config, cx.resume).await?,
         ))
+    }
+
+    /// No I/O here: `check` reports a server it cannot reach as a failed check.
+    async fn inspect(&self, pipeline_name: &str) -> Result<Box<dyn SourceInspector>> {
+        let config = self.validate_config(pipeline_name)?;
+        Ok(Box::new(inspect::MysqlInspector::new(config)))
     }
 }
 

@@ -1,9 +1,12 @@
-//! The start-up check (issue 4 item 2): binlog settings, server flavour and version, privileges
-//! and a free replica server id. Every problem found is reported at once, each with the exact
-//! setting or GRANT that fixes it.
+//! The prerequisites (issue 4 item 2, issue 6 `check`): server flavour and version, binlog
+//! settings, server ids, privileges and binlog retention, each judged once as a
+//! [`CheckResult`] with the exact setting or GRANT that fixes a failure. Start-up refuses to run
+//! on any failed required one (all reported at once); `etcdsync check` prints every verdict.
 
 use crate::config::ValidMysql;
 use crate::error::{MysqlError, Result};
+use etcdsync_core::inspect::CheckResult;
+use etcdsync_core::telemetry;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row};
 use std::collections::HashMap;
@@ -61,40 +64,89 @@ pub struct Observed {
     pub user: String,
 }
 
+/// One prerequisite's verdict, as `etcdsync check` prints it. Start-up refuses to run on a
+/// failed `required` one and only warns about the others (binlog retention).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub result: CheckResult,
+    pub required: bool,
+}
+
+impl Verdict {
+    fn required(result: CheckResult) -> Self {
+        Self {
+            result,
+            required: true,
+        }
+    }
+
+    fn advisory(result: CheckResult) -> Self {
+        Self {
+            result,
+            required: false,
+        }
+    }
+}
+
+/// A failed check as one line of the start-up error: `  - name: detail — fix: …`.
+pub fn problem_line(result: &CheckResult) -> String {
+    match &result.fix {
+        Some(fix) => format!("  - {}: {} — fix: {fix}", result.name, result.detail),
+        None => format!("  - {}: {}", result.name, result.detail),
+    }
+}
+
+/// The start-up check: every required prerequisite (the same verdicts `etcdsync check` prints),
+/// all failures reported at once; advisory failures are logged as warnings.
 pub async fn check(conn: &mut Conn, config: &ValidMysql) -> Result<ServerInfo> {
     let observed = observe(conn).await?;
-    let flavour = flavour_of(&observed.version);
-    let mut problems = problems(&observed, flavour, config);
-    let server_id = observed
-        .variables
-        .get("server_id")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if server_id == config.server_id {
-        problems.push(server_id_clash(
-            config,
-            &format!("the server's own server_id is {server_id}"),
-        ));
+    let info = observed.server_info();
+    let verdicts = assess(&observed, info.flavour, config);
+    let mut problems = Vec::new();
+    for verdict in &verdicts {
+        if verdict.result.ok {
+            continue;
+        }
+        if verdict.required {
+            problems.push(problem_line(&verdict.result));
+        } else {
+            tracing::warn!(
+                check = %verdict.result.name,
+                fix = verdict.result.fix.as_deref().unwrap_or_default(),
+                "{}",
+                verdict.result.detail
+            );
+        }
     }
     if !problems.is_empty() {
-        return Err(MysqlError::Prerequisite(
-            problems
-                .iter()
-                .map(|p| format!("  - {p}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ));
+        return Err(MysqlError::Prerequisite(problems.join("\n")));
     }
-    let info = ServerInfo {
-        flavour,
-        version: observed.version,
-        server_id,
-    };
-    check_replica_ids(conn, config, &info).await?;
+    // Our own previous connection may still be registered for a moment after a restart, so a
+    // clash is re-checked for a few seconds.
+    for attempt in 0..6 {
+        match replicas(conn, config, &info).await {
+            Replicas::Unknown(why) => {
+                tracing::debug!(why = %why, "cannot list replicas; skipping the server_id clash check");
+                break;
+            }
+            Replicas::Free => break,
+            Replicas::Taken { host } if attempt == 5 => {
+                return Err(MysqlError::Prerequisite(problem_line(&server_id_clash(
+                    config,
+                    &format!("a replica connected from `{host}` registered with it"),
+                ))));
+            }
+            Replicas::Taken { .. } => {
+                telemetry::get().retry("source");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
     Ok(info)
 }
 
-async fn observe(conn: &mut Conn) -> Result<Observed> {
+/// Reads what [`assess`] judges: version, binlog settings, user and grants.
+pub async fn observe(conn: &mut Conn) -> Result<Observed> {
     let version: Option<String> = conn
         .query_first("SELECT VERSION()")
         .await
@@ -103,7 +155,8 @@ async fn observe(conn: &mut Conn) -> Result<Observed> {
         .query(
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', \
              'binlog_row_image', 'binlog_row_metadata', 'server_id', 'binlog_row_value_options', \
-             'gtid_mode')",
+             'binlog_transaction_compression', 'gtid_mode', 'expire_logs_days', \
+             'binlog_expire_logs_seconds', 'binlog_expire_logs_auto_purge')",
         )
         .await
         .map_err(|e| MysqlError::driver("reading the server's binlog settings", e))?;
@@ -130,100 +183,312 @@ async fn observe(conn: &mut Conn) -> Result<Observed> {
     })
 }
 
-/// Every missing setting and privilege, each with its fix. Pure, unit-tested.
-pub fn problems(observed: &Observed, flavour: Flavour, config: &ValidMysql) -> Vec<String> {
-    let mut problems = Vec::new();
-    let var = |name: &str| observed.variables.get(name).map(|v| v.to_ascii_uppercase());
-    if var("log_bin").as_deref() != Some("ON") {
-        problems.push(
-            "log_bin is OFF: the binary log must be on; it cannot be enabled at runtime — add \
-             `log_bin = mysql-bin` under [mysqld] in my.cnf and restart the server"
-                .to_string(),
-        );
-    }
-    let mut setting = |name: &str, want: &str, since: &str| {
-        match var(name) {
-        Some(v) if v == want => {}
-        Some(v) => problems.push(format!(
-            "{name} is {v}: set {name}={want} (`SET GLOBAL {name}={want}` now, and `{name} = {want}` under [mysqld] in my.cnf)"
-        )),
-        None => problems.push(format!(
-            "{name} is not supported by this server ({}): etcdsync needs {since}",
-            observed.version
-        )),
-    }
-    };
-    setting("binlog_format", "ROW", "MySQL ≥ 5.7 or MariaDB ≥ 10.5");
-    setting("binlog_row_image", "FULL", "MySQL ≥ 5.7 or MariaDB ≥ 10.5");
-    setting(
-        "binlog_row_metadata",
-        "FULL",
-        "MySQL ≥ 8.0.1 or MariaDB ≥ 10.5 (binlog_row_metadata=FULL)",
-    );
-    if flavour == Flavour::MySql {
-        if let Some(v) = var("binlog_row_value_options") {
-            if !v.is_empty() {
-                problems.push(format!(
-                    "binlog_row_value_options is {v}: partial JSON updates cannot be applied to a full row; set binlog_row_value_options='' (SET GLOBAL and my.cnf)"
-                ));
-            }
-        }
-        if var("binlog_transaction_compression").as_deref() == Some("ON") {
-            problems.push(
-                "binlog_transaction_compression is ON: etcdsync does not read compressed transaction payloads; \
-                 set binlog_transaction_compression=OFF (SET GLOBAL and my.cnf)"
-                    .to_string(),
-            );
-        }
+impl Observed {
+    /// The server's own `server_id` (0 when unset or unreadable).
+    pub fn server_id(&self) -> u32 {
+        self.variables
+            .get("server_id")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
+    pub fn server_info(&self) -> ServerInfo {
+        ServerInfo {
+            flavour: flavour_of(&self.version),
+            version: self.version.clone(),
+            server_id: self.server_id(),
+        }
+    }
+}
+
+/// The oldest versions etcdsync supports: `binlog_row_metadata=FULL` exists from MariaDB 10.5
+/// and MySQL 8.0.1.
+const MIN_MARIADB: (u32, u32, u32) = (10, 5, 0);
+const MIN_MYSQL: (u32, u32, u32) = (8, 0, 1);
+
+/// Binlogs kept for less than this fail the retention check (unless `snapshot: when_needed`).
+pub const MIN_RETENTION_SECONDS: f64 = 86_400.0;
+
+/// Every prerequisite that the observed settings and grants decide, in the order `check`
+/// prints them: server version, binlog settings, server ids, privileges, binlog retention.
+/// Pure, unit-tested; start-up and `etcdsync check` both use it.
+pub fn assess(observed: &Observed, flavour: Flavour, config: &ValidMysql) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let var = |name: &str| observed.variables.get(name).map(|v| v.to_ascii_uppercase());
+
+    let (name, min) = match flavour {
+        Flavour::MariaDb => ("MariaDB", MIN_MARIADB),
+        Flavour::MySql => ("MySQL", MIN_MYSQL),
+    };
+    let version = version_numbers(&observed.version);
+    out.push(Verdict::required(if version >= min {
+        CheckResult::pass("server version", format!("{name} {}", observed.version))
+    } else {
+        CheckResult::fail(
+            "server version",
+            format!(
+                "{name} {} is too old: etcdsync needs MariaDB ≥ 10.5 or MySQL ≥ 8.0.1 (binlog_row_metadata=FULL)",
+                observed.version
+            ),
+            format!("upgrade the server to {name} {}.{}.{} or later", min.0, min.1, min.2),
+        )
+    }));
+
+    out.push(Verdict::required(match var("log_bin").as_deref() {
+        Some("ON") => CheckResult::pass("log_bin", "ON"),
+        other => CheckResult::fail(
+            "log_bin",
+            format!(
+                "{}: the binary log is off, so there is nothing to stream",
+                other.unwrap_or("not set")
+            ),
+            "add `log_bin = mysql-bin` under [mysqld] in my.cnf and restart the server (it cannot be turned on at runtime)",
+        ),
+    }));
+    let setting = |name: &str, want: &str, why: &str| -> CheckResult {
+        match var(name) {
+            Some(v) if v == want => CheckResult::pass(name, v),
+            Some(v) => CheckResult::fail(
+                name,
+                format!("{v}, etcdsync needs {want} ({why})"),
+                format!(
+                    "SET GLOBAL {name}={want} now (sessions opened before keep the old value), and `{name} = {want}` under [mysqld] in my.cnf"
+                ),
+            ),
+            None => CheckResult::fail(
+                name,
+                format!("{name} is not supported by this server ({})", observed.version),
+                format!(
+                    "upgrade to MariaDB ≥ 10.5 or MySQL ≥ 8.0.1 and set {name}={want}"
+                ),
+            ),
+        }
+    };
+    out.push(Verdict::required(setting(
+        "binlog_format",
+        "ROW",
+        "row events, not statements",
+    )));
+    out.push(Verdict::required(setting(
+        "binlog_row_image",
+        "FULL",
+        "every column in before and after images",
+    )));
+    out.push(Verdict::required(setting(
+        "binlog_row_metadata",
+        "FULL",
+        "column names, primary key and enum/set labels in each table map",
+    )));
+    if flavour == Flavour::MySql {
+        out.push(Verdict::required(match var("binlog_row_value_options") {
+            Some(v) if !v.is_empty() => CheckResult::fail(
+                "binlog_row_value_options",
+                format!("{v}: partial JSON updates cannot be applied to a full row"),
+                "SET GLOBAL binlog_row_value_options='' now, and `binlog_row_value_options = ''` under [mysqld] in my.cnf",
+            ),
+            _ => CheckResult::pass("binlog_row_value_options", "'' (full JSON values)"),
+        }));
+        out.push(Verdict::required(
+            match var("binlog_transaction_compression").as_deref() {
+                Some("ON") => CheckResult::fail(
+                    "binlog_transaction_compression",
+                    "ON: etcdsync does not read compressed transaction payloads",
+                    "SET GLOBAL binlog_transaction_compression=OFF now, and `binlog_transaction_compression = OFF` under [mysqld] in my.cnf",
+                ),
+                other => CheckResult::pass(
+                    "binlog_transaction_compression",
+                    other.unwrap_or("OFF").to_string(),
+                ),
+            },
+        ));
+    }
+
+    out.push(Verdict::required(server_id_verdict(observed, config)));
+    out.extend(privileges(observed, flavour, config));
+    out.push(Verdict::advisory(retention(observed, config)));
+    out
+}
+
+fn server_id_verdict(observed: &Observed, config: &ValidMysql) -> CheckResult {
+    let own = observed.server_id();
+    if own == 0 {
+        return CheckResult::fail(
+            "server_id",
+            "the server's server_id is 0, and a server without an id refuses replicas",
+            "SET GLOBAL server_id=1 now (any id unique in the topology), and `server_id = 1` under [mysqld] in my.cnf",
+        );
+    }
+    if own == config.server_id {
+        return server_id_clash(config, &format!("the server's own server_id is {own}"));
+    }
+    CheckResult::pass(
+        "server_id",
+        format!(
+            "server {own}; etcdsync registers as replica {} ({})",
+            config.server_id,
+            server_id_origin(config)
+        ),
+    )
+}
+
+fn server_id_origin(config: &ValidMysql) -> &'static str {
+    if config.server_id_explicit {
+        "source.server_id"
+    } else {
+        "derived from the pipeline name"
+    }
+}
+
+/// The privilege checks, from `SHOW GRANTS` (global privileges; SELECT may be per database,
+/// which `etcdsync check` verifies per table).
+fn privileges(observed: &Observed, flavour: Flavour, config: &ValidMysql) -> Vec<Verdict> {
+    let mut out = Vec::new();
     let privileges = global_privileges(&observed.grants);
     let has = |p: &str| privileges.iter().any(|g| g == "ALL PRIVILEGES" || g == p);
-    let grant = |what: &str| {
-        format!(
-            "the user {} lacks {what}: GRANT {what} ON *.* TO {};",
-            observed.user,
-            quote_user(&observed.user)
-        )
+    let user = &observed.user;
+    let quoted = quote_user(user);
+    let privilege = |what: &str, ok: bool, why: &str| -> Verdict {
+        let name = format!("privilege {what}");
+        Verdict::required(if ok {
+            CheckResult::pass(name, format!("granted to {user}: needed {why}"))
+        } else {
+            CheckResult::fail(
+                name,
+                format!("{user} lacks {what}, needed {why}"),
+                format!("GRANT {what} ON *.* TO {quoted};"),
+            )
+        })
     };
-    if !has("REPLICATION SLAVE") && !has("REPLICATION REPLICA") {
-        problems.push(grant("REPLICATION SLAVE"));
-    }
-    let monitor = match flavour {
-        Flavour::MariaDb => has("BINLOG MONITOR") || has("REPLICATION CLIENT"),
-        Flavour::MySql => has("REPLICATION CLIENT"),
+    out.push(privilege(
+        "REPLICATION SLAVE",
+        has("REPLICATION SLAVE") || has("REPLICATION REPLICA"),
+        "to read the binlog",
+    ));
+    let (monitor, have_monitor) = match flavour {
+        Flavour::MariaDb => (
+            "BINLOG MONITOR",
+            has("BINLOG MONITOR") || has("REPLICATION CLIENT"),
+        ),
+        Flavour::MySql => ("REPLICATION CLIENT", has("REPLICATION CLIENT")),
     };
-    if !monitor {
-        problems.push(grant(match flavour {
-            Flavour::MariaDb => "BINLOG MONITOR",
-            Flavour::MySql => "REPLICATION CLIENT",
-        }));
-    }
+    out.push(privilege(
+        monitor,
+        have_monitor,
+        "to read binlog positions (SHOW MASTER STATUS, SHOW BINARY LOGS)",
+    ));
     let needs_lock = flavour == Flavour::MySql || config.snapshot_workers > 1;
-    if needs_lock && config.snapshot != crate::config::SnapshotMode::Never && !has("RELOAD") {
-        problems.push(format!(
-            "{} (the snapshot takes a brief FLUSH TABLES WITH READ LOCK{})",
-            grant("RELOAD"),
-            if flavour == Flavour::MariaDb {
-                "; or set source.snapshot_workers: 1 to snapshot without a lock"
-            } else {
-                ""
+    if needs_lock && config.snapshot != crate::config::SnapshotMode::Never {
+        let mut verdict = privilege(
+            "RELOAD",
+            has("RELOAD"),
+            "for the snapshot's brief FLUSH TABLES WITH READ LOCK",
+        );
+        if flavour == Flavour::MariaDb {
+            if let Some(fix) = verdict.result.fix.as_mut() {
+                fix.push_str(" Or set source.snapshot_workers: 1 to snapshot without a lock.");
             }
-        ));
+        }
+        out.push(verdict);
+    } else {
+        out.push(Verdict::required(CheckResult::pass(
+            "privilege RELOAD",
+            if config.snapshot == crate::config::SnapshotMode::Never {
+                "not needed (snapshot: never)"
+            } else {
+                "not needed (MariaDB with snapshot_workers: 1 snapshots without a lock)"
+            },
+        )));
     }
     let any_select = has("SELECT")
         || observed
             .grants
             .iter()
             .any(|g| g.to_ascii_uppercase().contains("SELECT") || g.contains("ALL PRIVILEGES"));
-    if !any_select {
-        problems.push(format!(
-            "the user {} has no SELECT privilege: GRANT SELECT ON <database>.* TO {}; for each synced database",
-            observed.user,
-            quote_user(&observed.user)
-        ));
+    out.push(Verdict::required(if any_select {
+        CheckResult::pass(
+            "privilege SELECT",
+            format!("{user} has SELECT (per table: see the table checks)"),
+        )
+    } else {
+        CheckResult::fail(
+            "privilege SELECT",
+            format!("{user} has no SELECT privilege, so the snapshot cannot read any table"),
+            format!("GRANT SELECT ON <database>.* TO {quoted}; for each synced database"),
+        )
+    }));
+    out
+}
+
+/// How long the server keeps binlogs, in seconds; `None` when it never purges them itself.
+pub fn retention_seconds(variables: &HashMap<String, String>) -> Option<f64> {
+    let number = |name: &str| {
+        variables
+            .get(name)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| *v > 0.0)
+    };
+    if variables
+        .get("binlog_expire_logs_auto_purge")
+        .is_some_and(|v| v.eq_ignore_ascii_case("OFF"))
+    {
+        return None;
     }
-    problems
+    number("binlog_expire_logs_seconds")
+        .or_else(|| number("expire_logs_days").map(|d| d * 86_400.0))
+}
+
+/// `3 days`, `6 hours`, `90 s`.
+fn human_seconds(seconds: f64) -> String {
+    let plural = |n: f64, unit: &str| {
+        let n = (n * 10.0).round() / 10.0;
+        if (n - 1.0).abs() < f64::EPSILON {
+            format!("1 {unit}")
+        } else {
+            format!("{n} {unit}s")
+        }
+    };
+    if seconds >= 86_400.0 {
+        plural(seconds / 86_400.0, "day")
+    } else if seconds >= 3_600.0 {
+        plural(seconds / 3_600.0, "hour")
+    } else {
+        format!("{seconds} s")
+    }
+}
+
+/// Binlog retention: never purging is fine for etcdsync (disk is the operator's concern);
+/// under a day fails unless `snapshot: when_needed` recovers by re-snapshotting, because an
+/// outage longer than the retention loses the checkpoint's binlog and stops the pipeline.
+fn retention(observed: &Observed, config: &ValidMysql) -> CheckResult {
+    const NAME: &str = "binlog retention";
+    let when_needed = config.snapshot == crate::config::SnapshotMode::WhenNeeded;
+    let Some(seconds) = retention_seconds(&observed.variables) else {
+        return CheckResult::pass(
+            NAME,
+            "binlogs are never purged automatically (expire_logs_days / binlog_expire_logs_seconds = 0); \
+             purge by hand only files before the position `etcdsync status` reports",
+        );
+    };
+    let kept = human_seconds(seconds);
+    if seconds >= MIN_RETENTION_SECONDS || when_needed {
+        let after = if when_needed {
+            "re-snapshots (snapshot: when_needed)"
+        } else {
+            "stops until re-snapshotted (set source.snapshot: when_needed to do that automatically)"
+        };
+        return CheckResult::pass(
+            NAME,
+            format!("binlogs kept {kept}; after a longer outage etcdsync {after}"),
+        );
+    }
+    CheckResult::fail(
+        NAME,
+        format!(
+            "binlogs are kept only {kept}: an outage of etcdsync or etcd longer than that purges the checkpoint's binlog and stops the pipeline"
+        ),
+        "keep them at least a day: SET GLOBAL binlog_expire_logs_seconds=604800 and `binlog_expire_logs_seconds = 604800` under [mysqld] in my.cnf \
+         (MariaDB < 10.6: expire_logs_days = 7), or set source.snapshot: when_needed to re-snapshot automatically",
+    )
 }
 
 /// Privileges granted `ON *.*`, upper-case.
@@ -246,22 +511,23 @@ fn global_privileges(grants: &[String]) -> Vec<String> {
 }
 
 /// `user@host` → `'user'@'host'`.
-fn quote_user(user: &str) -> String {
+pub fn quote_user(user: &str) -> String {
     match user.rsplit_once('@') {
         Some((u, h)) => format!("'{u}'@'{h}'"),
         None => format!("'{user}'"),
     }
 }
 
-fn server_id_clash(config: &ValidMysql, what: &str) -> String {
+fn server_id_clash(config: &ValidMysql, what: &str) -> CheckResult {
     let origin = if config.server_id_explicit {
         "source.server_id"
     } else {
         "the server id derived from the pipeline name"
     };
-    format!(
-        "{origin} ({}) is already in use: {what}; set source.server_id to a number no other server or replica uses",
-        config.server_id
+    CheckResult::fail(
+        "server_id",
+        format!("{origin} ({}) is already in use: {what}", config.server_id),
+        "set source.server_id to a number no other server or replica uses",
     )
 }
 
@@ -274,42 +540,75 @@ pub fn replicas_statement(server: &ServerInfo) -> &'static str {
     }
 }
 
-/// Fails when another connected replica uses our server id. Our own previous connection may
-/// still be registered for a moment after a restart, so a clash is re-checked for a few seconds.
-async fn check_replica_ids(
-    conn: &mut Conn,
-    config: &ValidMysql,
-    server: &ServerInfo,
-) -> Result<()> {
+/// Whether a connected replica uses our server id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replicas {
+    /// The replicas cannot be listed (the statement needs REPLICATION MASTER ADMIN on MariaDB,
+    /// REPLICATION SLAVE on MySQL), with the reason.
+    Unknown(String),
+    Free,
+    /// A replica registered with our id, from `host` (`etcdsync:{pipeline}` for etcdsync).
+    Taken {
+        host: String,
+    },
+}
+
+/// One look at the connected replicas.
+pub async fn replicas(conn: &mut Conn, config: &ValidMysql, server: &ServerInfo) -> Replicas {
     let statement = replicas_statement(server);
-    for attempt in 0..6 {
-        let rows: Vec<Row> = match conn.query(statement).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::debug!(error = %e, statement, "cannot list replicas; skipping the server_id clash check");
-                return Ok(());
-            }
-        };
-        let clash = rows.into_iter().find_map(|mut row| {
+    let rows: Vec<Row> = match conn.query(statement).await {
+        Ok(rows) => rows,
+        // ER_SPECIFIC_ACCESS_DENIED_ERROR
+        Err(e) if crate::error::server_code(&e) == Some(1227) => {
+            return Replicas::Unknown(format!("{statement} is not permitted to this user"))
+        }
+        Err(e) => return Replicas::Unknown(format!("{statement}: {e}")),
+    };
+    rows.into_iter()
+        .find_map(|mut row| {
             let id: Option<u32> = row.take(0);
             let host: Option<String> = row.take(1);
             (id == Some(config.server_id)).then(|| host.unwrap_or_default())
-        });
-        match clash {
-            None => return Ok(()),
-            Some(host) if attempt == 5 => {
-                return Err(MysqlError::Prerequisite(format!(
-                    "  - {}",
-                    server_id_clash(
-                        config,
-                        &format!("a replica connected from `{host}` registered with it")
-                    )
-                )))
-            }
-            Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
+        })
+        .map_or(Replicas::Free, |host| Replicas::Taken { host })
+}
+
+/// The server-id verdict once the replicas are known: a replica registered as this pipeline
+/// is this pipeline running (fine for `check`); any other is a clash.
+pub fn replicas_verdict(
+    config: &ValidMysql,
+    base: CheckResult,
+    replicas: &Replicas,
+) -> CheckResult {
+    if !base.ok {
+        return base;
     }
-    Ok(())
+    match replicas {
+        Replicas::Free => CheckResult::pass(
+            base.name,
+            format!("{}; no other replica uses it", base.detail),
+        ),
+        Replicas::Unknown(why) => CheckResult::pass(
+            base.name,
+            format!(
+                "{}; other replicas not checked: {why} (optional: on MariaDB GRANT REPLICATION MASTER ADMIN lets etcdsync see them)",
+                base.detail
+            ),
+        ),
+        Replicas::Taken { host } if *host == crate::config::replica_host(&config.pipeline) => {
+            CheckResult::pass(
+                base.name,
+                format!(
+                    "{}; in use by this pipeline's running binlog connection (registered as `{host}`)",
+                    base.detail
+                ),
+            )
+        }
+        Replicas::Taken { host } => server_id_clash(
+            config,
+            &format!("a replica connected from `{host}` registered with it"),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -317,14 +616,25 @@ mod tests {
     use super::*;
     use crate::config::MysqlConfig;
 
-    fn config(workers: usize) -> ValidMysql {
-        let yaml = format!(
-            "url: mysql://u:p@h:3306/\ntables: {{ include: [\"a.*\"] }}\nsnapshot_workers: {workers}\n"
-        );
+    fn config_yaml(extra: &str) -> ValidMysql {
+        let yaml = format!("url: mysql://u:p@h:3306/\ntables: {{ include: [\"a.*\"] }}\n{extra}");
         serde_yaml::from_str::<MysqlConfig>(&yaml)
             .expect("yaml")
             .validate_config("t")
             .expect("valid")
+    }
+
+    fn config(workers: usize) -> ValidMysql {
+        config_yaml(&format!("snapshot_workers: {workers}\n"))
+    }
+
+    /// Every failed verdict as start-up prints it.
+    fn problems(observed: &Observed, flavour: Flavour, config: &ValidMysql) -> Vec<String> {
+        assess(observed, flavour, config)
+            .iter()
+            .filter(|v| !v.result.ok)
+            .map(|v| problem_line(&v.result))
+            .collect()
     }
 
     fn good() -> Observed {
@@ -336,6 +646,8 @@ mod tests {
                 ("binlog_row_image", "FULL"),
                 ("binlog_row_metadata", "FULL"),
                 ("server_id", "1"),
+                ("expire_logs_days", "0.000000"),
+                ("binlog_expire_logs_seconds", "0"),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -356,6 +668,26 @@ mod tests {
         let mut all = good();
         all.grants = vec!["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost`".into()];
         assert!(problems(&all, Flavour::MariaDb, &config(4)).is_empty());
+        let names: Vec<String> = assess(&good(), Flavour::MariaDb, &config(1))
+            .into_iter()
+            .map(|v| v.result.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "server version",
+                "log_bin",
+                "binlog_format",
+                "binlog_row_image",
+                "binlog_row_metadata",
+                "server_id",
+                "privilege REPLICATION SLAVE",
+                "privilege BINLOG MONITOR",
+                "privilege RELOAD",
+                "privilege SELECT",
+                "binlog retention"
+            ]
+        );
     }
 
     #[test]
@@ -376,10 +708,131 @@ mod tests {
             "GRANT REPLICATION SLAVE ON *.* TO 'sync'@'%'",
             "GRANT BINLOG MONITOR ON *.*",
             "GRANT RELOAD ON *.*",
+            "snapshot_workers: 1",
         ] {
             assert!(found.contains(needle), "{needle} missing in:\n{found}");
         }
         assert!(!found.contains("no SELECT"), "{found}");
+        let mut minimal = good();
+        minimal
+            .variables
+            .insert("binlog_row_metadata".into(), "MINIMAL".into());
+        let found = problems(&minimal, Flavour::MariaDb, &config(1)).join("\n");
+        assert!(
+            found.contains("binlog_row_metadata: MINIMAL, etcdsync needs FULL")
+                && found.contains("fix: SET GLOBAL binlog_row_metadata=FULL"),
+            "{found}"
+        );
+        let mut none = good();
+        none.grants = vec!["GRANT USAGE ON *.* TO `sync`@`%`".into()];
+        let found = problems(&none, Flavour::MariaDb, &config(1)).join("\n");
+        assert!(found.contains("GRANT SELECT ON <database>.*"), "{found}");
+    }
+
+    #[test]
+    fn versions_and_server_ids() {
+        let mut old = good();
+        old.version = "10.4.32-MariaDB".into();
+        let found = problems(&old, Flavour::MariaDb, &config(1)).join("\n");
+        assert!(
+            found.contains("server version") && found.contains("MariaDB 10.5.0 or later"),
+            "{found}"
+        );
+        let mut zero = good();
+        zero.variables.insert("server_id".into(), "0".into());
+        let found = problems(&zero, Flavour::MariaDb, &config(1)).join("\n");
+        assert!(found.contains("SET GLOBAL server_id=1"), "{found}");
+        let mut same = good();
+        same.variables.insert("server_id".into(), "77".into());
+        let found = problems(&same, Flavour::MariaDb, &config_yaml("server_id: 77\n")).join("\n");
+        assert!(
+            found.contains(
+                "source.server_id (77) is already in use: the server's own server_id is 77"
+            ) && found.contains("set source.server_id to a number no other server"),
+            "{found}"
+        );
+    }
+
+    #[test]
+    fn connected_replicas_decide_the_server_id_verdict() {
+        let config = config_yaml("server_id: 77\n");
+        let base = || CheckResult::pass("server_id", "server 1; etcdsync registers as replica 77");
+        assert!(replicas_verdict(&config, base(), &Replicas::Free).ok);
+        let unknown = replicas_verdict(&config, base(), &Replicas::Unknown("denied".into()));
+        assert!(
+            unknown.ok && unknown.detail.contains("not checked"),
+            "{unknown:?}"
+        );
+        let ours = replicas_verdict(
+            &config,
+            base(),
+            &Replicas::Taken {
+                host: crate::config::replica_host("t"),
+            },
+        );
+        assert!(ours.ok && ours.detail.contains("this pipeline"), "{ours:?}");
+        let other = replicas_verdict(
+            &config,
+            base(),
+            &Replicas::Taken {
+                host: "10.0.0.9".into(),
+            },
+        );
+        assert!(!other.ok, "{other:?}");
+        assert!(other
+            .detail
+            .contains("source.server_id (77) is already in use"));
+        let failed = CheckResult::fail("server_id", "0", "set it");
+        assert_eq!(
+            replicas_verdict(&config, failed.clone(), &Replicas::Free),
+            failed
+        );
+    }
+
+    #[test]
+    fn binlog_retention() {
+        let verdict = |vars: &[(&str, &str)], extra: &str| {
+            let mut observed = good();
+            for (k, v) in vars {
+                observed.variables.insert(k.to_string(), v.to_string());
+            }
+            let all = assess(&observed, Flavour::MariaDb, &config_yaml(extra));
+            let retention = all.last().expect("retention").clone();
+            assert!(!retention.required, "advisory only");
+            retention.result
+        };
+        let never = verdict(&[], "");
+        assert!(
+            never.ok && never.detail.contains("never purged"),
+            "{never:?}"
+        );
+        let week = verdict(&[("expire_logs_days", "7.000000")], "");
+        assert!(week.ok && week.detail.contains("7 days"), "{week:?}");
+        let seconds = verdict(&[("binlog_expire_logs_seconds", "172800")], "");
+        assert!(
+            seconds.ok && seconds.detail.contains("2 days"),
+            "{seconds:?}"
+        );
+        let short = verdict(&[("binlog_expire_logs_seconds", "3600")], "");
+        assert!(!short.ok && short.detail.contains("1 hour"), "{short:?}");
+        assert!(short
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("binlog_expire_logs_seconds=604800")
+                && f.contains("snapshot: when_needed")));
+        let recovers = verdict(
+            &[("binlog_expire_logs_seconds", "3600")],
+            "snapshot: when_needed\n",
+        );
+        assert!(recovers.ok, "{recovers:?}");
+        let off = verdict(
+            &[
+                ("binlog_expire_logs_seconds", "3600"),
+                ("binlog_expire_logs_auto_purge", "OFF"),
+            ],
+            "",
+        );
+        assert!(off.ok && off.detail.contains("never"), "{off:?}");
     }
 
     #[test]
@@ -407,6 +860,7 @@ mod tests {
             vec!["GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `s`@`%`".into()];
         let found = problems(&mysql, Flavour::MySql, &config(1)).join("\n");
         assert!(found.contains("GRANT RELOAD ON *.*"), "{found}");
+        assert!(!found.contains("snapshot_workers"), "{found}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! `START TRANSACTION WITH CONSISTENT SNAPSHOT` + `binlog_snapshot_file/position` (no lock);
 //! otherwise a brief FLUSH TABLES WITH READ LOCK while every worker opens its snapshot. Rows are
 //! streamed (binary protocol) in chunks of `CHANGES_PER_MESSAGE`, never a whole table in memory.
+//! Per-table progress goes to `telemetry` (estimate from `information_schema.TABLES.TABLE_ROWS`,
+//! rows per chunk sent).
 
 use crate::columns::{read_hints, ColumnHints};
 use crate::config::ValidMysql;
@@ -14,7 +16,7 @@ use crate::tablemap::key_column_excluded;
 use etcdsync_core::change::Column;
 use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
 use etcdsync_core::tables::TableSelection;
-use etcdsync_core::{Change, Message, TableId, TableSchema};
+use etcdsync_core::{telemetry, Change, Message, TableId, TableSchema};
 use futures::StreamExt;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row};
@@ -27,12 +29,54 @@ use tokio::sync::{mpsc, Mutex};
 pub struct SnapshotTable {
     pub schema: Arc<TableSchema>,
     pub kinds: Vec<Kind>,
+    /// `SELECT <kept columns> FROM <table>`: the snapshot's statement, which `etcdsync verify`
+    /// extends with a key range, order and limit.
     pub select: String,
+    /// `information_schema.TABLES.TABLE_ROWS` (an estimate for InnoDB), for progress.
+    pub estimated_rows: Option<u64>,
 }
 
 /// Quotes an identifier with backticks.
 pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
+}
+
+/// `` `db`.`table` ``.
+pub fn quote_table(id: &TableId) -> String {
+    format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.table))
+}
+
+/// Whether a table's primary key can make etcd keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    Usable,
+    /// The table has no primary key (`schema.key` is empty).
+    Missing,
+    /// `exclude_columns` removes this primary-key column (`schema.key` is empty).
+    Excluded(String),
+}
+
+/// A selected base table and its row estimate, sorted by id.
+pub async fn selected_tables(
+    conn: &mut Conn,
+    selection: &TableSelection,
+) -> Result<Vec<(TableId, Option<u64>)>> {
+    let all: Vec<(String, String, Option<u64>)> = conn
+        .query(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' \
+             AND TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME",
+        )
+        .await
+        .map_err(|e| MysqlError::driver("listing tables", e))?;
+    let mut tables: Vec<(TableId, Option<u64>)> = all
+        .into_iter()
+        .map(|(schema, table, rows)| (TableId::new(schema, table), rows))
+        .filter(|(id, _)| selection.matches(id))
+        .collect();
+    tables.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(tables)
 }
 
 /// Lists the selected base tables with their columns (excluded ones removed) and primary keys.
@@ -42,34 +86,31 @@ pub async fn list_tables(
     selection: &TableSelection,
     flavour: Flavour,
 ) -> Result<Vec<SnapshotTable>> {
-    let all: Vec<(String, String)> = conn
-        .query(
-            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
-             WHERE TABLE_TYPE = 'BASE TABLE' \
-             AND TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
-             ORDER BY TABLE_SCHEMA, TABLE_NAME",
-        )
-        .await
-        .map_err(|e| MysqlError::driver("listing tables", e))?;
     let mut tables = Vec::new();
-    for (schema, table) in all {
-        let id = TableId::new(schema, table);
-        if !selection.matches(&id) {
-            continue;
-        }
-        if let Some(t) = describe(conn, &id, selection, flavour).await? {
-            tables.push(t);
+    for (id, estimated_rows) in selected_tables(conn, selection).await? {
+        let (table, key) = describe(conn, &id, selection, flavour, estimated_rows).await?;
+        match key {
+            KeyState::Usable => tables.push(table),
+            KeyState::Missing => {
+                tracing::warn!(table = %id, "table has no primary key; it is not synced (add a PRIMARY KEY or exclude it)");
+            }
+            KeyState::Excluded(column) => {
+                return Err(MysqlError::Config(key_column_excluded(&id, &column)))
+            }
         }
     }
     Ok(tables)
 }
 
-async fn describe(
+/// One table as the snapshot reads it: kept columns, their kinds, the primary key in index
+/// order (empty unless [`KeyState::Usable`]).
+pub async fn describe(
     conn: &mut Conn,
     id: &TableId,
     selection: &TableSelection,
     flavour: Flavour,
-) -> Result<Option<SnapshotTable>> {
+    estimated_rows: Option<u64>,
+) -> Result<(SnapshotTable, KeyState)> {
     let columns: Vec<(String, String, String)> = conn
         .exec(
             "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE FROM information_schema.COLUMNS \
@@ -87,19 +128,24 @@ async fn describe(
         )
         .await
         .map_err(|e| MysqlError::driver(format!("reading the primary key of {id}"), e))?;
-    if key.is_empty() {
-        tracing::warn!(table = %id, "table has no primary key; it is not synced (add a PRIMARY KEY or exclude it)");
-        return Ok(None);
-    }
     let kept: Vec<&(String, String, String)> = columns
         .iter()
         .filter(|(name, _, _)| !selection.column_excluded(id, name))
         .collect();
+    let mut state = if key.is_empty() {
+        KeyState::Missing
+    } else {
+        KeyState::Usable
+    };
     let mut key_index = Vec::with_capacity(key.len());
     for k in &key {
         match kept.iter().position(|(name, _, _)| name == k) {
             Some(i) => key_index.push(i),
-            None => return Err(MysqlError::Config(key_column_excluded(id, k))),
+            None => {
+                state = KeyState::Excluded(k.clone());
+                key_index.clear();
+                break;
+            }
         }
     }
     let hints = match flavour {
@@ -124,19 +170,31 @@ async fn describe(
         key_index,
     );
     let select = format!(
-        "SELECT {} FROM {}.{}",
+        "SELECT {} FROM {}",
         kept.iter()
             .map(|(name, _, _)| quote_ident(name))
             .collect::<Vec<_>>()
             .join(", "),
-        quote_ident(&id.schema),
-        quote_ident(&id.table)
+        quote_table(id)
     );
-    Ok(Some(SnapshotTable {
-        schema: Arc::new(schema),
-        kinds,
-        select,
-    }))
+    Ok((
+        SnapshotTable {
+            schema: Arc::new(schema),
+            kinds,
+            select,
+            estimated_rows,
+        },
+        state,
+    ))
+}
+
+/// A result row of a table's select list, through the snapshot's conversion (DESIGN §3).
+pub fn convert_row(row: Row, kinds: &[Kind]) -> etcdsync_core::Row {
+    row.unwrap_raw()
+        .into_iter()
+        .zip(kinds)
+        .map(|(v, kind)| snapshot_value(kind, v.unwrap_or(mysql_async::Value::NULL)))
+        .collect()
 }
 
 /// The statement that shows the current binlog position: MySQL ≥ 8.2 renamed `SHOW MASTER
@@ -401,6 +459,8 @@ async fn copy_table(
     output: &mpsc::Sender<Message>,
 ) -> Result<bool> {
     let id = &table.schema.id;
+    let telemetry = telemetry::get();
+    telemetry.snapshot_table_started(id, table.estimated_rows);
     let context = |e| {
         let error = MysqlError::driver(format!("reading {id}"), e);
         match error {
@@ -423,24 +483,29 @@ async fn copy_table(
     let mut count: u64 = 0;
     while let Some(row) = rows.next().await {
         let row = row.map_err(context)?;
-        let values = row
-            .unwrap_raw()
-            .into_iter()
-            .zip(&table.kinds)
-            .map(|(v, kind)| snapshot_value(kind, v.unwrap_or(mysql_async::Value::NULL)))
-            .collect();
-        chunk.push(Change::insert(table.schema.clone(), values));
-        count += 1;
+        chunk.push(Change::insert(
+            table.schema.clone(),
+            convert_row(row, &table.kinds),
+        ));
         if chunk.len() >= CHANGES_PER_MESSAGE {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHANGES_PER_MESSAGE));
+            let n = full.len() as u64;
             if output.send(Message::Changes(full)).await.is_err() {
                 return Ok(false);
             }
+            count += n;
+            telemetry.snapshot_rows_read(id, n);
         }
     }
-    if !chunk.is_empty() && output.send(Message::Changes(chunk)).await.is_err() {
-        return Ok(false);
+    if !chunk.is_empty() {
+        let n = chunk.len() as u64;
+        if output.send(Message::Changes(chunk)).await.is_err() {
+            return Ok(false);
+        }
+        count += n;
+        telemetry.snapshot_rows_read(id, n);
     }
+    telemetry.snapshot_table_done(id);
     tracing::info!(table = %id, rows = count, "table copied");
     Ok(true)
 }

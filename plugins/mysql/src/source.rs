@@ -9,7 +9,7 @@ use crate::position::SourcePosition;
 use crate::prereq::{self, ServerInfo};
 use crate::snapshot;
 use etcdsync_core::source::{Source, SourceIo};
-use etcdsync_core::{async_trait, Checkpoint, Error, Message, Position};
+use etcdsync_core::{async_trait, telemetry, Checkpoint, Error, ErrorKind, Message, Position};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts};
 use tokio::sync::{mpsc, watch};
@@ -63,6 +63,7 @@ impl MysqlSource {
                 if !position.gtid.is_empty() || binlog_exists(&mut conn, &position).await? {
                     Start::Resume(position)
                 } else if config.snapshot == SnapshotMode::WhenNeeded {
+                    telemetry::get().error(ErrorKind::Config, "source");
                     tracing::warn!(position = %position, "the checkpoint's binlog has been purged; re-snapshotting (snapshot: when_needed)");
                     Start::Snapshot
                 } else {
@@ -96,13 +97,26 @@ impl MysqlSource {
 
 /// True when the position's binlog file is still listed by `SHOW BINARY LOGS`.
 async fn binlog_exists(conn: &mut Conn, position: &SourcePosition) -> Result<bool> {
+    Ok(binary_logs(conn)
+        .await?
+        .iter()
+        .any(|(file, _)| *file == position.binlog.file))
+}
+
+/// The binlog files on the server with their sizes in bytes (`SHOW BINARY LOGS`), oldest first.
+pub async fn binary_logs(conn: &mut Conn) -> Result<Vec<(String, u64)>> {
     let rows: Vec<mysql_async::Row> = conn
         .query("SHOW BINARY LOGS")
         .await
         .map_err(|e| MysqlError::driver("listing binlog files (SHOW BINARY LOGS)", e))?;
     Ok(rows
         .into_iter()
-        .any(|mut row| row.take::<String, _>(0).as_deref() == Some(position.binlog.file.as_str())))
+        .filter_map(|mut row| {
+            let file = row.take_opt::<String, _>(0)?.ok()?;
+            let size = row.take_opt::<u64, _>(1).and_then(Result::ok).unwrap_or(0);
+            Some((file, size))
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -140,6 +154,7 @@ impl Source for MysqlSource {
             Err(MysqlError::Purged(message))
                 if resumed && self.config.snapshot == SnapshotMode::WhenNeeded =>
             {
+                telemetry::get().error(ErrorKind::Config, "source");
                 tracing::warn!(error = %message, "re-snapshotting (snapshot: when_needed)");
                 let Some(position) = self.snapshot(&output, &shutdown).await? else {
                     return finish(output, acked).await;
