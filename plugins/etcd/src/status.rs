@@ -27,6 +27,7 @@
 //!   etcd (`etcdsync_replication_lag_seconds`); `null` before the first. It is the lag of the last
 //!   applied transaction, so it does not grow while the source is idle.
 //! - `txns_applied`: source transactions applied to etcd by this process.
+//! - `stopped`: present and `true` only on the last write of a sink that stopped cleanly.
 
 use crate::client::EtcdClient;
 use crate::config::Settings;
@@ -60,6 +61,9 @@ pub struct Status {
     pub last_commit_at: Option<String>,
     pub lag_seconds: Option<f64>,
     pub txns_applied: u64,
+    /// Set on the last write of a sink that stopped cleanly: nothing is running any more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 /// Snapshot progress of one table in [`Status`].
@@ -97,6 +101,7 @@ impl Status {
             last_commit_at: last_commit.map(rfc3339),
             lag_seconds: last_commit.map(|_| t.replication_lag.get()),
             txns_applied: events::source_txns_applied(),
+            stopped: false,
         }
     }
 
@@ -129,7 +134,11 @@ struct Publisher {
 
 impl Publisher {
     async fn publish(&self) -> Result<(), EtcdError> {
-        let value = Status::current().to_json();
+        self.publish_status(Status::current()).await
+    }
+
+    async fn publish_status(&self, status: Status) -> Result<(), EtcdError> {
+        let value = status.to_json();
         let response = self
             .client
             .retry("write the status key", None, Some(1), |mut kv| {
@@ -190,7 +199,13 @@ impl StatusWriter {
             task.abort();
             let _ = task.await;
             if last_write {
-                match tokio::time::timeout(FINAL_WRITE_TIMEOUT, self.publisher.publish()).await {
+                let last = Status {
+                    stopped: true,
+                    ..Status::current()
+                };
+                match tokio::time::timeout(FINAL_WRITE_TIMEOUT, self.publisher.publish_status(last))
+                    .await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => {
                         tracing::debug!(error = %error, "last status write failed")
