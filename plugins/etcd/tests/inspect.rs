@@ -699,14 +699,20 @@ async fn the_status_key_follows_the_snapshot_and_then_streaming() {
         assert!(json.get(field).is_some(), "no {field} in {json}");
     }
     assert_eq!(json["phase"], "streaming");
-    assert!(json.get("stopped").is_none(), "a running sink is not stopped: {json}");
+    assert!(
+        json.get("stopped").is_none(),
+        "a running sink is not stopped: {json}"
+    );
     sink.close().await.expect("clean stop");
     let meta = inspector(&p.yaml(""))
         .await
         .metadata()
         .await
         .expect("metadata");
-    assert_eq!(meta["status"]["stopped"], true, "the last write marks a clean stop");
+    assert_eq!(
+        meta["status"]["stopped"], true,
+        "the last write marks a clean stop"
+    );
     // Only the status key was added under the meta prefix besides checkpoint and snapshot.
     let keys: Vec<String> = dump(&mut etcd, &format!("{}/", p.meta))
         .await
