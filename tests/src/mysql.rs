@@ -2,6 +2,7 @@
 //! harness with an acknowledging in-memory sink, the state a sink would hold after a message
 //! stream, the database's state as a fresh snapshot sees it, and etcd read-back (DESIGN §2–3).
 
+pub use crate::common::{env, etcd, etcd_count, etcd_dump, eventually, unique, EtcdPrefixGuard};
 use etcdsync_core::encode::json::encode_row;
 use etcdsync_core::encode::key::{row_key, table_prefix};
 use etcdsync_core::source::{SourceConfig, SourceContext, SourceIo};
@@ -15,13 +16,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-/// An environment variable of `tools/testenv.sh`; missing → panic (never skip).
-pub fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run tools/testenv.sh start and source target/testenv/env")
-    })
-}
-
 /// The test server's URL (`ETCDSYNC_TEST_MYSQL`), with a trailing `/`.
 pub fn url() -> String {
     let url = env("ETCDSYNC_TEST_MYSQL");
@@ -30,17 +24,6 @@ pub fn url() -> String {
     } else {
         format!("{url}/")
     }
-}
-
-/// A name unique to this process and call, usable as database name and etcd prefix.
-pub fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() % 1_000_000)
-        .unwrap_or(0);
-    format!("{prefix}_{}_{t}_{n}", std::process::id())
 }
 
 pub async fn connect() -> Conn {
@@ -379,117 +362,6 @@ pub async fn db_state_yaml(yaml: &str, prefix: &str) -> BTreeMap<String, String>
 pub fn unique_server_id() -> u32 {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     1_000_000 + (std::process::id() % 100_000) * 100 + COUNTER.fetch_add(1, Ordering::Relaxed) % 100
-}
-
-/// Every key and value under `prefix` in etcd, read in pages (gRPC limits one response).
-pub async fn etcd_dump(client: &mut etcd_client::Client, prefix: &str) -> BTreeMap<String, String> {
-    let end = prefix_end(prefix.as_bytes());
-    let mut out = BTreeMap::new();
-    let mut from = prefix.as_bytes().to_vec();
-    loop {
-        let options = etcd_client::GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(1000);
-        let response = client
-            .get(from.clone(), Some(options))
-            .await
-            .expect("etcd get");
-        for kv in response.kvs() {
-            out.insert(
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                String::from_utf8_lossy(kv.value()).into_owned(),
-            );
-        }
-        match response.kvs().last() {
-            Some(last) if response.more() => {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            _ => return out,
-        }
-    }
-}
-
-/// The first key after every key that starts with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
-pub async fn etcd() -> etcd_client::Client {
-    let endpoint = env("ETCDSYNC_TEST_ETCD");
-    etcd_client::Client::connect([endpoint.as_str()], None)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to etcd at {endpoint}: {e}"))
-}
-
-/// Deletes etcd prefixes when dropped.
-pub struct EtcdPrefixGuard(pub Vec<String>);
-
-impl Drop for EtcdPrefixGuard {
-    fn drop(&mut self) {
-        let prefixes = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(endpoint) = std::env::var("ETCDSYNC_TEST_ETCD") else {
-                    return;
-                };
-                let Ok(mut client) = etcd_client::Client::connect([endpoint.as_str()], None).await
-                else {
-                    return;
-                };
-                for prefix in prefixes {
-                    let _ = client
-                        .delete(
-                            prefix,
-                            Some(etcd_client::DeleteOptions::new().with_prefix()),
-                        )
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// Polls until `f` returns true or `timeout` passes; returns whether it became true.
-pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
-/// Keys under `prefix` in etcd (count only).
-pub async fn etcd_count(client: &mut etcd_client::Client, prefix: &str) -> i64 {
-    let options = etcd_client::GetOptions::new()
-        .with_prefix()
-        .with_count_only();
-    client
-        .get(prefix, Some(options))
-        .await
-        .map(|r| r.count())
-        .unwrap_or(-1)
 }
 
 /// The environment variable that makes [`child_pipeline_main`] run a pipeline.

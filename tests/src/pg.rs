@@ -2,36 +2,17 @@
 //! guard), a source harness with an acknowledging in-memory sink, etcd read-back, and the
 //! expected etcd content computed from the database (DESIGN §2–3).
 
+pub use crate::common::{env, etcd, etcd_count, etcd_dump, eventually, unique, EtcdPrefixGuard};
 use etcdsync_core::encode::json::encode_row;
 use etcdsync_core::encode::key::{escape_component, row_key};
 use etcdsync_core::source::{SourceConfig, SourceContext, SourceIo};
 use etcdsync_core::{Checkpoint, Message, Op, Position, TableId};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
-
-/// An environment variable the test environment (`tools/testenv.sh`) exports. Missing → panic:
-/// with `integration-tests` on, a missing server fails the test, never skips it.
-pub fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run tools/testenv.sh start and source target/testenv/env")
-    })
-}
-
-/// A name unique to this process and call, usable as database, slot, publication, prefix.
-pub fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() % 1_000_000)
-        .unwrap_or(0);
-    format!("{prefix}_{}_{t}_{n}", std::process::id())
-}
 
 /// Replaces the database of a libpq URL.
 pub fn with_database(url: &str, database: &str) -> String {
@@ -368,93 +349,6 @@ pub async fn expected(
             (key, r.get::<_, String>(1))
         })
         .collect()
-}
-
-/// Every key and value under `prefix` in etcd (read in pages, so large tables fit).
-pub async fn etcd_dump(client: &mut etcd_client::Client, prefix: &str) -> BTreeMap<String, String> {
-    let end = etcdsync_core::encode::key::prefix_range_end(prefix);
-    let mut out = BTreeMap::new();
-    let mut from = prefix.as_bytes().to_vec();
-    loop {
-        let options = etcd_client::GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(2000);
-        let response = client
-            .get(from.clone(), Some(options))
-            .await
-            .expect("etcd get");
-        for kv in response.kvs() {
-            out.insert(
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                String::from_utf8_lossy(kv.value()).into_owned(),
-            );
-        }
-        match response.kvs().last() {
-            Some(last) if response.more() => {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            _ => return out,
-        }
-    }
-}
-
-pub async fn etcd() -> etcd_client::Client {
-    let endpoint = env("ETCDSYNC_TEST_ETCD");
-    etcd_client::Client::connect([endpoint.as_str()], None)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to etcd at {endpoint}: {e}"))
-}
-
-/// Deletes an etcd prefix when dropped.
-pub struct EtcdPrefixGuard(pub Vec<String>);
-
-impl Drop for EtcdPrefixGuard {
-    fn drop(&mut self) {
-        let prefixes = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(endpoint) = std::env::var("ETCDSYNC_TEST_ETCD") else {
-                    return;
-                };
-                let Ok(mut client) = etcd_client::Client::connect([endpoint.as_str()], None).await
-                else {
-                    return;
-                };
-                for prefix in prefixes {
-                    let _ = client
-                        .delete(
-                            prefix,
-                            Some(etcd_client::DeleteOptions::new().with_prefix()),
-                        )
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// Polls until `f` returns true or `timeout` passes; returns whether it became true.
-pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 /// A login role for one test (cluster-wide, so uniquely named), dropped when the guard drops.
