@@ -48,6 +48,25 @@ impl CheckResult {
     }
 }
 
+/// `1 table`, `2 tables`: a count with its noun, for check details.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Table names for a check detail: at most ten, then how many more.
+pub fn table_list<'a>(ids: impl Iterator<Item = &'a TableId>) -> String {
+    let ids: Vec<String> = ids.map(ToString::to_string).collect();
+    if ids.len() > 10 {
+        format!("{}, … ({} more)", ids[..10].join(", "), ids.len() - 10)
+    } else {
+        ids.join(", ")
+    }
+}
+
 /// How far the source is ahead of a position, as far as it can tell.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceLag {

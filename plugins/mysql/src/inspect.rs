@@ -16,7 +16,7 @@ use crate::snapshot::{
 };
 use crate::source::{binary_logs, connect};
 use crate::tablemap::key_column_excluded;
-use etcdsync_core::inspect::{CheckResult, SourceInspector, SourceLag};
+use etcdsync_core::inspect::{plural, table_list, CheckResult, SourceInspector, SourceLag};
 use etcdsync_core::value::hex;
 use etcdsync_core::{async_trait, Error, Position, Result, Row, TableId, TableSchema, Value};
 use mysql_async::prelude::*;
@@ -340,8 +340,8 @@ async fn check_tables(
         "table selection",
         format!(
             "{}: {}",
-            count(tables.len(), "table"),
-            list(tables.iter().map(|t| &t.0))
+            plural(tables.len(), "table"),
+            table_list(tables.iter().map(|t| &t.0))
         ),
     ));
     let mut usable = 0;
@@ -396,25 +396,6 @@ async fn check_tables(
         ));
     }
     Ok(())
-}
-
-/// `1 table`, `2 tables`.
-fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
-/// At most ten names, then a count.
-fn list<'a>(ids: impl Iterator<Item = &'a TableId>) -> String {
-    let ids: Vec<String> = ids.map(ToString::to_string).collect();
-    if ids.len() > 10 {
-        format!("{}, … ({} more)", ids[..10].join(", "), ids.len() - 10)
-    } else {
-        ids.join(", ")
-    }
 }
 
 /// The snapshot's statement limited to `limit` rows strictly after `after`, in key order.

@@ -13,7 +13,7 @@ use crate::relations::{quote_ident, quote_table, resolve_key, selected_tables, T
 use crate::snapshot::{table_shape, CopyRows, TableShape};
 use crate::source::{publication_tables, resolve_tables};
 use crate::types::{parse_value, TypeKind};
-use etcdsync_core::inspect::{CheckResult, SourceInspector, SourceLag};
+use etcdsync_core::inspect::{plural, table_list, CheckResult, SourceInspector, SourceLag};
 use etcdsync_core::{async_trait, Error, Position, Result, Row, TableId, TableSchema, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -263,29 +263,10 @@ fn check_selection(valid: &Valid, tables: &[(u32, TableId, String)], out: &mut V
             "table selection",
             format!(
                 "{}: {}",
-                count(tables.len(), "table"),
-                list(tables.iter().map(|t| &t.1))
+                plural(tables.len(), "table"),
+                table_list(tables.iter().map(|t| &t.1))
             ),
         ));
-    }
-}
-
-/// `1 table`, `2 tables`.
-fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
-/// At most ten names, then a count.
-fn list<'a>(ids: impl Iterator<Item = &'a TableId>) -> String {
-    let ids: Vec<String> = ids.map(ToString::to_string).collect();
-    if ids.len() > 10 {
-        format!("{}, … ({} more)", ids[..10].join(", "), ids.len() - 10)
-    } else {
-        ids.join(", ")
     }
 }
 
@@ -468,7 +449,7 @@ async fn check_publication(
             problems.push(Problem::new(
                 format!(
                     "role {user} does not own {}, and only a table's owner may add it to a publication",
-                    list(names.iter().copied())
+                    table_list(names.iter().copied())
                 ),
                 format!(
                     "run {alter} or, as their owner, CREATE PUBLICATION {quoted} FOR TABLE {}; and set `source.manage_publication: false`",
@@ -483,7 +464,7 @@ async fn check_publication(
             problems.push(Problem::new(
                 format!(
                     "does not publish {}, so their changes would never arrive (`source.manage_publication: false`)",
-                    list(missing.iter().copied())
+                    table_list(missing.iter().copied())
                 ),
                 format!(
                     "run ALTER PUBLICATION {quoted} ADD TABLE {};",
@@ -511,13 +492,13 @@ async fn check_publication(
             let extra: Vec<&TableId> = current.difference(&wanted).collect();
             let mut text = String::new();
             if !missing.is_empty() {
-                text.push_str(&format!("lacks {}", list(missing.into_iter())));
+                text.push_str(&format!("lacks {}", table_list(missing.into_iter())));
             }
             if !extra.is_empty() {
                 if !text.is_empty() {
                     text.push_str("; ");
                 }
-                text.push_str(&format!("also publishes {}", list(extra.into_iter())));
+                text.push_str(&format!("also publishes {}", table_list(extra.into_iter())));
             }
             if valid.manage_publication {
                 format!("{text}; set to the selected tables at start")
@@ -993,7 +974,7 @@ mod tests {
             " (its slot, and one while copying tables added later)"
         );
         assert_eq!(needs(false, false, "its slot"), "");
-        assert_eq!(count(1, "table"), "1 table");
-        assert_eq!(count(3, "table"), "3 tables");
+        assert_eq!(plural(1, "table"), "1 table");
+        assert_eq!(plural(3, "table"), "3 tables");
     }
 }
