@@ -279,6 +279,7 @@ mod tests {
             last_commit_at: None,
             lag_seconds: None,
             txns_applied: 0,
+            stopped: false,
         };
         let text = String::from_utf8(status.to_json()).expect("utf8");
         assert_eq!(
@@ -287,6 +288,15 @@ mod tests {
         );
         let back: Status = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, status);
+        let last = Status {
+            stopped: true,
+            ..status
+        };
+        let text = String::from_utf8(last.to_json()).expect("utf8");
+        assert!(
+            text.ends_with(r#""txns_applied":0,"stopped":true}"#),
+            "{text}"
+        );
         let now = Status::current();
         assert_eq!(now.pid, std::process::id());
         assert!(!now.host.is_empty());
