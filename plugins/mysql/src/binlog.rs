@@ -123,7 +123,7 @@ pub async fn stream(
     let mut events = conn
         .get_binlog_stream(request)
         .await
-        .map_err(|e| stream_error(e, config, &start))?;
+        .map_err(|e| stream_error(e, config, &start, true))?;
     tracing::info!(position = %start, mode = ?mode, server_id = config.server_id, "binlog streaming started");
     let mut decoder = Decoder::new(config, server.flavour, mode, start.clone(), output.clone());
     let mut first = true;
@@ -150,8 +150,8 @@ pub async fn stream(
                 })
             }
             // The server refuses a start position with the first packet of the stream.
-            Ok(Some(Err(e))) if first => return Err(stream_error(e, config, &start)),
-            Ok(Some(Err(e))) => return Err(stream_error(e, config, &decoder.position)),
+            Ok(Some(Err(e))) if first => return Err(stream_error(e, config, &start, true)),
+            Ok(Some(Err(e))) => return Err(stream_error(e, config, &decoder.position, false)),
             Ok(Some(Ok(event))) => event,
         };
         first = false;
@@ -165,7 +165,15 @@ pub async fn stream(
 }
 
 /// Maps a binlog stream error: purged binlog and server-id clashes get their own messages.
-fn stream_error(error: mysql_async::Error, config: &ValidMysql, at: &SourcePosition) -> MysqlError {
+/// Error 1236 means "purged" only as the answer to the start position (`first`): later in the
+/// stream part of a transaction may have been sent already, so it is a connection error and
+/// the restart from the checkpoint meets the purge, if it is one, before anything is sent.
+fn stream_error(
+    error: mysql_async::Error,
+    config: &ValidMysql,
+    at: &SourcePosition,
+    first: bool,
+) -> MysqlError {
     if let mysql_async::Error::Server(server) = &error {
         let message = server.message.to_ascii_lowercase();
         if message.contains("same server_uuid/server_id") || message.contains("same server_id") {
@@ -174,8 +182,17 @@ fn stream_error(error: mysql_async::Error, config: &ValidMysql, at: &SourcePosit
                 config.server_id, server.message
             ));
         }
-        if server.code == 1236 {
+        if server.code == 1236 && first {
             return MysqlError::Purged(purged_message(at, &server.message));
+        }
+        if server.code == 1236 {
+            return MysqlError::Connection {
+                context: format!(
+                    "the server stopped the binlog stream at {at} ({}); reconnecting",
+                    server.message
+                ),
+                source: error,
+            };
         }
     }
     MysqlError::driver(format!("reading the binlog at {at}"), error)

@@ -348,10 +348,12 @@ impl PgxSource {
 #[async_trait]
 impl Source for PgxSource {
     async fn run(mut self: Box<Self>, io: SourceIo) -> Result<()> {
-        let from = match self.plan {
-            Plan::Stream { from } => from,
+        // What the slot may confirm at once: a resumed checkpoint is in the sink already; a
+        // fresh snapshot's consistent point is not until the sink acknowledges it (DESIGN §1).
+        let (from, durable) = match self.plan {
+            Plan::Stream { from } => (from, from),
             Plan::Snapshot => match self.snapshot(&io).await? {
-                Some(point) => point,
+                Some(point) => (point, Lsn::ZERO),
                 None => {
                     drop(io.output);
                     let _ = SourceIo::final_ack(io.acked).await;
@@ -359,7 +361,7 @@ impl Source for PgxSource {
                 }
             },
         };
-        let config = replication_config(&self.valid, from, from)?;
+        let config = replication_config(&self.valid, from, durable)?;
         let client = ReplicationClient::connect(config)
             .await
             .map_err(wire("starting replication"))?;
