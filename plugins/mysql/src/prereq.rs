@@ -121,8 +121,8 @@ pub async fn check(conn: &mut Conn, config: &ValidMysql) -> Result<ServerInfo> {
     if !problems.is_empty() {
         return Err(MysqlError::Prerequisite(problems.join("\n")));
     }
-    // Our own previous connection may still be registered for a moment after a restart, so a
-    // clash is re-checked for a few seconds.
+    // Another replica's registration may be a connection that is going away, so a clash is
+    // re-checked for a few seconds.
     for attempt in 0..6 {
         match replicas(conn, config, &info).await {
             Replicas::Unknown(why) => {
@@ -130,6 +130,12 @@ pub async fn check(conn: &mut Conn, config: &ValidMysql) -> Result<ServerInfo> {
                 break;
             }
             Replicas::Free => break,
+            // This pipeline's own earlier binlog connection, still registered after a restart:
+            // the server replaces it when this one starts dumping.
+            Replicas::Taken { host } if host == crate::config::replica_host(&config.pipeline) => {
+                tracing::debug!(host = %host, "server_id registered by this pipeline's previous connection");
+                break;
+            }
             Replicas::Taken { host } if attempt == 5 => {
                 return Err(MysqlError::Prerequisite(problem_line(&server_id_clash(
                     config,
