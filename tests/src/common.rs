@@ -1,9 +1,14 @@
 //! Helpers every real-server test shares: environment variables of `tools/testenv.sh`, unique
 //! names, and etcd read-back and clean-up.
 
+use etcdsync_core::source::{Source, SourceIo};
+use etcdsync_core::{Message, Position};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 /// An environment variable of `tools/testenv.sh`; missing → panic (never skip).
 pub fn env(name: &str) -> String {
@@ -120,4 +125,55 @@ pub async fn etcd_count(client: &mut etcd_client::Client, prefix: &str) -> i64 {
         .await
         .map(|r| r.count())
         .unwrap_or(-1)
+}
+
+/// A running source wired to an in-memory sink that records every message and (with `ack`)
+/// acknowledges every position at once — the harness both sources' tests use.
+pub struct RecordedSource {
+    pub messages: Arc<Mutex<Vec<Message>>>,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<etcdsync_core::Result<()>>,
+    /// Ends with the last acknowledged position when the source drops its output.
+    pub sink: tokio::task::JoinHandle<Option<Position>>,
+}
+
+/// Runs `source` against a recording sink; see [`RecordedSource`].
+pub fn run_recorded(source: Box<dyn Source>, ack: bool) -> RecordedSource {
+    let (tx, mut rx) = mpsc::channel(16);
+    let (ack_tx, ack_rx) = watch::channel(None);
+    let shutdown = CancellationToken::new();
+    let messages = Arc::new(Mutex::new(Vec::new()));
+    let recorded = messages.clone();
+    let sink = tokio::spawn(async move {
+        let mut last = None;
+        while let Some(message) = rx.recv().await {
+            let position = match &message {
+                Message::Commit(commit) => Some(commit.position.clone()),
+                Message::SnapshotFinished { position } | Message::Heartbeat { position } => {
+                    Some(position.clone())
+                }
+                _ => None,
+            };
+            if let Ok(mut all) = recorded.lock() {
+                all.push(message);
+            }
+            if let Some(position) = position.filter(|_| ack) {
+                last = Some(position.clone());
+                let _ = ack_tx.send(Some(position));
+            }
+        }
+        last
+    });
+    let io = SourceIo {
+        output: tx,
+        acked: ack_rx,
+        shutdown: shutdown.clone(),
+    };
+    let task = tokio::spawn(source.run(io));
+    RecordedSource {
+        messages,
+        shutdown,
+        task,
+        sink,
+    }
 }

@@ -5,7 +5,7 @@
 pub use crate::common::{env, etcd, etcd_count, etcd_dump, eventually, unique, EtcdPrefixGuard};
 use etcdsync_core::encode::json::encode_row;
 use etcdsync_core::encode::key::{row_key, table_prefix};
-use etcdsync_core::source::{SourceConfig, SourceContext, SourceIo};
+use etcdsync_core::source::{SourceConfig, SourceContext};
 use etcdsync_core::{Checkpoint, Message, Op, Position};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts};
@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// The test server's URL (`ETCDSYNC_TEST_MYSQL`), with a trailing `/`.
@@ -145,42 +144,12 @@ impl SourceRun {
         let source = build(yaml, name, resume)
             .await
             .unwrap_or_else(|e| panic!("build source: {e}"));
-        let (tx, mut rx) = mpsc::channel(16);
-        let (ack_tx, ack_rx) = watch::channel(None);
-        let shutdown = CancellationToken::new();
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let recorded = messages.clone();
-        let sink = tokio::spawn(async move {
-            let mut last = None;
-            while let Some(message) = rx.recv().await {
-                let position = match &message {
-                    Message::Commit(commit) => Some(commit.position.clone()),
-                    Message::SnapshotFinished { position } | Message::Heartbeat { position } => {
-                        Some(position.clone())
-                    }
-                    _ => None,
-                };
-                if let Ok(mut all) = recorded.lock() {
-                    all.push(message);
-                }
-                if let Some(position) = position {
-                    last = Some(position.clone());
-                    let _ = ack_tx.send(Some(position));
-                }
-            }
-            last
-        });
-        let io = SourceIo {
-            output: tx,
-            acked: ack_rx,
-            shutdown: shutdown.clone(),
-        };
-        let task = tokio::spawn(source.run(io));
+        let run = crate::common::run_recorded(source, true);
         SourceRun {
-            messages,
-            shutdown,
-            task,
-            sink,
+            messages: run.messages,
+            shutdown: run.shutdown,
+            task: run.task,
+            sink: run.sink,
         }
     }
 

@@ -5,12 +5,11 @@
 pub use crate::common::{env, etcd, etcd_count, etcd_dump, eventually, unique, EtcdPrefixGuard};
 use etcdsync_core::encode::json::encode_row;
 use etcdsync_core::encode::key::{escape_component, row_key};
-use etcdsync_core::source::{SourceConfig, SourceContext, SourceIo};
+use etcdsync_core::source::{SourceConfig, SourceContext};
 use etcdsync_core::{Checkpoint, Message, Op, Position, TableId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -188,42 +187,12 @@ impl SourceRun {
             })
             .await
             .unwrap_or_else(|e| panic!("build source: {e}"));
-        let (tx, mut rx) = mpsc::channel(16);
-        let (ack_tx, ack_rx) = watch::channel(None);
-        let shutdown = CancellationToken::new();
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let recorded = messages.clone();
-        let sink = tokio::spawn(async move {
-            let mut last = None;
-            while let Some(message) = rx.recv().await {
-                let position = match &message {
-                    Message::Commit(commit) => Some(commit.position.clone()),
-                    Message::SnapshotFinished { position } | Message::Heartbeat { position } => {
-                        Some(position.clone())
-                    }
-                    _ => None,
-                };
-                if let Ok(mut all) = recorded.lock() {
-                    all.push(message);
-                }
-                if let Some(position) = position.filter(|_| ack) {
-                    last = Some(position.clone());
-                    let _ = ack_tx.send(Some(position));
-                }
-            }
-            last
-        });
-        let io = SourceIo {
-            output: tx,
-            acked: ack_rx,
-            shutdown: shutdown.clone(),
-        };
-        let task = tokio::spawn(source.run(io));
+        let run = crate::common::run_recorded(source, ack);
         SourceRun {
-            messages,
-            shutdown,
-            task,
-            sink,
+            messages: run.messages,
+            shutdown: run.shutdown,
+            task: run.task,
+            sink: run.sink,
         }
     }
 
