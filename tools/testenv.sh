@@ -42,12 +42,25 @@ resolve_paths() {
     mkdir -p -- "$STATE_DIR"
     STATE_DIR=$(cd -- "$STATE_DIR" && pwd -P)
     ENV_FILE=$STATE_DIR/env
+    SERVER_DIR_FILE=$STATE_DIR/server-dir
 
-    PG_DIR=$STATE_DIR/pg
+    # The database servers run as their own users (postgres, mysql), which must be able to reach
+    # their data directories.  A clone under a private home (root's is mode 0700) is not
+    # traversable for them, so their state then lives in a directory of its own under /var/tmp,
+    # named after the state dir (one per clone); `start` records the choice for `stop`.
+    if [[ -s $SERVER_DIR_FILE ]]; then
+        SERVER_BASE=$(<"$SERVER_DIR_FILE")
+    elif servers_can_reach "$STATE_DIR"; then
+        SERVER_BASE=$STATE_DIR
+    else
+        SERVER_BASE=/var/tmp/etcdsync-testenv-$(printf '%s' "$STATE_DIR" | cksum | cut -d' ' -f1)
+    fi
+
+    PG_DIR=$SERVER_BASE/pg
     PG_DATA=$PG_DIR/data
     PG_LOG=$PG_DIR/postgres.log
 
-    MY_DIR=$STATE_DIR/mysql
+    MY_DIR=$SERVER_BASE/mysql
     MY_DATA=$MY_DIR/data
     MY_LOG=$MY_DIR/mariadb.log
     MY_PID=$MY_DIR/mariadb.pid
@@ -57,16 +70,25 @@ resolve_paths() {
     ETCD_TLS_DIR=$STATE_DIR/etcd-tls
     TLS_DIR=$STATE_DIR/tls
 
-    # Unix socket paths are limited to ~107 bytes.  Keep them under the state
-    # dir when it is short enough, otherwise use a per-state-dir dir in /tmp.
-    local sock_base=$STATE_DIR
-    if ((${#STATE_DIR} > 70)); then
+    # Unix socket paths are limited to ~107 bytes.  Keep them under the server dir when it is
+    # short enough, otherwise use a per-state-dir dir in /tmp.
+    local sock_base=$SERVER_BASE
+    if ((${#SERVER_BASE} > 70)); then
         sock_base=/tmp/etcdsync-testenv-$(printf '%s' "$STATE_DIR" | cksum | cut -d' ' -f1)
     fi
     SOCK_BASE=$sock_base
     PG_SOCK_DIR=$SOCK_BASE/pgsock
     MY_SOCK_DIR=$SOCK_BASE/mysock
     MY_SOCK=$MY_SOCK_DIR/mysql.sock
+}
+
+# True when both server users exist and can traverse into dir (every parent searchable).
+servers_can_reach() {
+    local dir=$1 user
+    for user in "$PG_OS_USER" "$MY_OS_USER"; do
+        id -u "$user" >/dev/null 2>&1 || return 1
+        as_user "$user" test -x "$dir" 2>/dev/null || return 1
+    done
 }
 
 # ---------------------------------------------------------------------------
@@ -77,6 +99,8 @@ ensure_packages() {
     command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
     command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
     command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+    # etcd-client's protos import the well-known types, which Debian ships apart from protoc.
+    [[ -f /usr/include/google/protobuf/descriptor.proto ]] || missing+=(libprotobuf-dev)
     [[ -x $PG_BIN/initdb && -x $PG_BIN/pg_ctl ]] || missing+=(postgresql-15)
     [[ -f /usr/lib/postgresql/15/lib/hstore.so ]] || missing+=(postgresql-contrib)
     command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
@@ -168,7 +192,9 @@ our_pid_alive() {
     local pid=$1
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STATE_DIR"
+    local cmdline
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ $cmdline == *"$STATE_DIR"* || $cmdline == *"$SERVER_BASE"* ]]
 }
 
 # stop_pidfile <name> <pidfile>: SIGTERM, wait up to 30s, then SIGKILL.
@@ -221,7 +247,7 @@ pg_start() {
     chmod 0700 "$PG_DIR"
     chmod 0755 "$PG_SOCK_DIR"
     as_user "$PG_OS_USER" test -w "$PG_DIR" ||
-        die "user $PG_OS_USER cannot access $PG_DIR (a parent directory is not traversable?); set ETCDSYNC_TESTENV_DIR to e.g. /tmp/etcdsync-testenv"
+        die "user $PG_OS_USER cannot write $PG_DIR; check the permissions of its parent directories"
 
     as_user "$PG_OS_USER" "$PG_BIN/initdb" -D "$PG_DATA" -U postgres \
         --auth-local=trust --auth-host=trust --encoding=UTF8 --locale=C.UTF-8 \
@@ -310,7 +336,7 @@ my_start() {
     chmod 0750 "$MY_DIR"
     chmod 0755 "$MY_SOCK_DIR"
     as_user "$MY_OS_USER" test -w "$MY_DIR" ||
-        die "user $MY_OS_USER cannot access $MY_DIR (a parent directory is not traversable?); set ETCDSYNC_TESTENV_DIR to e.g. /tmp/etcdsync-testenv"
+        die "user $MY_OS_USER cannot write $MY_DIR; check the permissions of its parent directories"
 
     if ! (cd / && mariadb-install-db --no-defaults --user="$MY_OS_USER" \
         --datadir="$MY_DATA" --auth-root-authentication-method=normal \
@@ -524,7 +550,9 @@ wipe_state() {
     # may be a user-chosen directory holding other things).
     rm -rf -- "$PG_DIR" "$MY_DIR" "$ETCD_DIR" "$ETCD_TLS_DIR" "$TLS_DIR" "$ENV_FILE" "$STATE_DIR/ports"
     rm -rf -- "$PG_SOCK_DIR" "$MY_SOCK_DIR"
-    if [[ $SOCK_BASE != "$STATE_DIR" ]]; then rmdir -- "$SOCK_BASE" 2>/dev/null || true; fi
+    if [[ $SOCK_BASE != "$STATE_DIR" && $SOCK_BASE != "$SERVER_BASE" ]]; then rmdir -- "$SOCK_BASE" 2>/dev/null || true; fi
+    if [[ $SERVER_BASE != "$STATE_DIR" ]]; then rmdir -- "$SERVER_BASE" 2>/dev/null || true; fi
+    rm -f -- "$SERVER_DIR_FILE"
 }
 
 cmd_start() {
@@ -538,8 +566,14 @@ cmd_start() {
     my_stop
     etcd_stop_all
     wipe_state
-    mkdir -p -- "$STATE_DIR" "$SOCK_BASE"
-    chmod 0755 "$STATE_DIR" "$SOCK_BASE"
+    # Choose afresh where the servers' state goes (the recorded choice was wiped).
+    resolve_paths
+    mkdir -p -- "$STATE_DIR" "$SERVER_BASE" "$SOCK_BASE"
+    chmod 0755 "$STATE_DIR" "$SERVER_BASE" "$SOCK_BASE"
+    printf '%s\n' "$SERVER_BASE" >"$SERVER_DIR_FILE"
+    if [[ $SERVER_BASE != "$STATE_DIR" ]]; then
+        log "the database users cannot reach $STATE_DIR; their data goes to $SERVER_BASE"
+    fi
 
     local -a ports
     read -r -a ports <<<"$(pick_ports 6)"

@@ -15,14 +15,21 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the example crate in its own target dir (it is its own workspace) and returns its binary.
+/// Builds the example crate (its own workspace) and returns its binary. Its lock file is not
+/// tracked: it is seeded from the workspace's, so the example builds with the versions the
+/// workspace tested and shares their compiled artifacts in the workspace's target dir.
 fn build_example() -> PathBuf {
     let root = repo_root();
-    let target = root.join("target/example-plugin");
+    let example = root.join("examples/plugin-jsonl");
+    std::fs::copy(root.join("Cargo.lock"), example.join("Cargo.lock"))
+        .expect("seed examples/plugin-jsonl/Cargo.lock from the workspace's");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--quiet", "--manifest-path"])
-        .arg(root.join("examples/plugin-jsonl/Cargo.toml"))
+        .arg(example.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target)
         .status()
