@@ -2,7 +2,8 @@
 //! with their path, and validation across plugins (DESIGN §2 prefix rules live in the sink).
 
 use crate::error::{Error, Result};
-use crate::sink::SinkConfig;
+use crate::leadership::{Fence, HaConfig};
+use crate::sink::{SinkConfig, SinkContext};
 use crate::source::SourceConfig;
 use crate::transform::TransformConfig;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ pub struct PipelineConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// One writer per pipeline: leadership, hot standby (DESIGN §7).
+    #[serde(default)]
+    pub ha: HaConfig,
     /// After SIGINT/SIGTERM, how long to wait for the in-flight transaction before exiting
     /// with an error (default `30s`).
     #[serde(default = "default_shutdown_timeout", with = "crate::duration")]
@@ -109,6 +113,15 @@ impl PipelineConfig {
         Ok(config)
     }
 
+    /// What the sink is built with; `fence` is the leadership it writes under (DESIGN §7).
+    pub fn sink_context(&self, fence: Option<Fence>) -> SinkContext {
+        SinkContext {
+            name: self.name.clone(),
+            source_type: self.source.typetag_name().to_string(),
+            fence,
+        }
+    }
+
     /// Checks every section without I/O.
     pub fn validate(&self) -> Result<()> {
         validate_name(&self.name)?;
@@ -118,6 +131,14 @@ impl PipelineConfig {
                     "at `metrics.listen`: `{listen}` is not an address; write e.g. `127.0.0.1:9187`"
                 )));
             }
+        }
+        self.ha.validate()?;
+        if self.ha.enabled && !self.sink.supports_leadership() {
+            return Err(Error::config(format!(
+                "at `ha.enabled`: sink `{}` cannot elect a leader, so it cannot run a hot standby; \
+                 set `ha.enabled: false` or use the etcd sink",
+                self.sink.typetag_name()
+            )));
         }
         self.source.validate(&self.name)?;
         for (i, transform) in self.transforms.iter().enumerate() {

@@ -15,6 +15,9 @@ pub enum ErrorKind {
     Transient,
     /// Retrying will not help; the pipeline stops.
     Fatal,
+    /// This instance lost the pipeline's leadership (DESIGN §7): it stops writing at once and
+    /// stands by (`ha.enabled`) or exits.
+    Fenced,
 }
 
 impl fmt::Display for ErrorKind {
@@ -23,6 +26,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Config => "config",
             ErrorKind::Transient => "transient",
             ErrorKind::Fatal => "fatal",
+            ErrorKind::Fenced => "fenced",
         })
     }
 }
@@ -58,6 +62,10 @@ impl Error {
 
     pub fn fatal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Fatal, message)
+    }
+
+    pub fn fenced(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Fenced, message)
     }
 
     /// Wraps a plugin error; its `Display` becomes the message and it stays in the source chain.

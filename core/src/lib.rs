@@ -8,6 +8,7 @@ pub mod duration;
 pub mod encode;
 pub mod error;
 pub mod inspect;
+pub mod leadership;
 pub mod pipeline;
 pub mod registry;
 pub mod secret;

@@ -9,7 +9,8 @@
 use crate::change::Message;
 use crate::config::PipelineConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::sink::{SinkContext, SinkIo};
+use crate::leadership::{Campaign, Candidate, Fence, Leadership};
+use crate::sink::SinkIo;
 use crate::source::{SourceContext, SourceIo};
 use crate::telemetry::{self, Phase};
 use crate::transform::Chain;
@@ -43,7 +44,7 @@ pub mod stage {
 /// stages are aborted: the checkpoint in the sink is still the last one written).
 pub async fn run(config: &PipelineConfig, shutdown: CancellationToken) -> Result<()> {
     let activity = Activity::default();
-    let work = run_restarting(config, shutdown.clone(), &activity);
+    let work = run_leading(config, shutdown.clone(), &activity);
     tokio::pin!(work);
     let timeout = config.shutdown_timeout;
     tokio::select! {
@@ -65,15 +66,82 @@ pub async fn run(config: &PipelineConfig, shutdown: CancellationToken) -> Result
     }
 }
 
-async fn run_restarting(
+/// Takes the pipeline's leadership in the sink's store, runs while it leads, and — with
+/// `ha.enabled` — stands by again after losing it (DESIGN §7). A clean stop resigns, so a
+/// standby takes over at once.
+async fn run_leading(
     config: &PipelineConfig,
     shutdown: CancellationToken,
     activity: &Activity,
 ) -> Result<()> {
+    let telemetry = telemetry::get();
+    let campaign = Campaign {
+        candidate: Candidate::this_process(&config.ha),
+        ha: config.ha.clone(),
+    };
+    loop {
+        let electing = activity.enter("campaigning for the pipeline's leadership");
+        let leadership = config
+            .sink
+            .elect(&config.sink_context(None), &campaign, &shutdown)
+            .await
+            .map_err(|error| {
+                telemetry.error(error.kind(), stage::PIPELINE);
+                error
+            })?;
+        drop(electing);
+        if shutdown.is_cancelled() {
+            if let Some(leadership) = leadership {
+                leadership.resign().await;
+            }
+            return Ok(());
+        }
+        telemetry.leader.set(1);
+        let result =
+            run_restarting(config, shutdown.clone(), activity, leadership.as_deref()).await;
+        telemetry.leader.set(0);
+        let Some(leadership) = leadership else {
+            return result;
+        };
+        match result {
+            Err(error) if error.kind() == ErrorKind::Fenced => {
+                // The store already gave leadership to another instance: nothing to resign.
+                drop(leadership);
+                if config.ha.enabled && !shutdown.is_cancelled() {
+                    tracing::warn!(error = %error, "lost the pipeline's leadership; standing by");
+                    continue;
+                }
+                return Err(Error::fenced(format!(
+                    "{error}; another instance of pipeline `{}` leads now. This one exits \
+                     (set `ha.enabled: true` to keep it as a hot standby instead)",
+                    config.name
+                )));
+            }
+            result => {
+                leadership.resign().await;
+                return result;
+            }
+        }
+    }
+}
+
+async fn run_restarting(
+    config: &PipelineConfig,
+    shutdown: CancellationToken,
+    activity: &Activity,
+    leadership: Option<&dyn Leadership>,
+) -> Result<()> {
+    let fence = leadership.map(Leadership::fence);
     let mut backoff = Duration::from_secs(1);
     loop {
+        if let Some(leadership) = leadership {
+            // A restart after an error may follow a takeover (the error was the old source
+            // connection being ended by the new leader): make sure before connecting again.
+            confirm_still_leading(leadership).await?;
+        }
         let started = Instant::now();
-        match run_attempt(config, shutdown.clone(), activity).await {
+        match run_attempt(config, shutdown.clone(), activity, fence.clone()).await {
+            Err(error) if error.kind() == ErrorKind::Fenced => return Err(error),
             Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_secs(1);
@@ -84,24 +152,63 @@ async fn run_restarting(
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => return Ok(()),
+                    _ = lost(&fence) => return Err(leadership_lost(&fence)),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(error) => {
+                // The error may be the consequence of a takeover (the new leader ended this
+                // instance's source connection): report that, not the symptom.
+                if let Some(leadership) = leadership {
+                    confirm_still_leading(leadership).await?;
+                }
+                return Err(error);
             }
             other => return other,
         }
     }
 }
 
-/// One attempt: build the sink, read its checkpoint, build the source to resume after it, and
-/// run all stages until they finish.
+/// `Err` (kind `Fenced`) when the store says another instance leads; a store that cannot be
+/// asked right now is not a reason to stop (the guarded writes still protect the data).
+async fn confirm_still_leading(leadership: &dyn Leadership) -> Result<()> {
+    match leadership.confirm().await {
+        Err(error) if error.kind() == ErrorKind::Fenced => Err(error),
+        Err(error) => {
+            tracing::debug!(error = %error, "could not confirm leadership now; the guarded writes will tell");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Resolves when the fence is lost; never without a fence.
+async fn lost(fence: &Option<Fence>) {
+    match fence {
+        Some(fence) => fence.lost.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn leadership_lost(fence: &Option<Fence>) -> Error {
+    Error::fenced(format!(
+        "the pipeline's leadership (token {}) was lost: its lease expired or another instance took over; \
+         all writing stopped at once and nothing more was acknowledged",
+        fence.as_ref().map_or(0, |f| f.token)
+    ))
+}
+
+/// One attempt without an election (tests): build the sink, read its checkpoint, build the
+/// source to resume after it, and run all stages until they finish. The sink writes unfenced.
 pub async fn run_once(config: &PipelineConfig, shutdown: CancellationToken) -> Result<()> {
-    run_attempt(config, shutdown, &Activity::default()).await
+    run_attempt(config, shutdown, &Activity::default(), None).await
 }
 
 async fn run_attempt(
     config: &PipelineConfig,
     shutdown: CancellationToken,
     activity: &Activity,
+    fence: Option<Fence>,
 ) -> Result<()> {
     let telemetry = telemetry::get();
     telemetry.set_phase(Phase::Starting);
@@ -117,10 +224,7 @@ async fn run_attempt(
     let building = activity.enter(format!("connecting the sink ({sink_type})"));
     let mut sink = config
         .sink
-        .build(SinkContext {
-            name: config.name.clone(),
-            source_type: source_type.clone(),
-        })
+        .build(config.sink_context(fence.clone()))
         .await
         .map_err(counted(stage::SINK))?;
     let resume = sink.checkpoint().await.map_err(counted(stage::SINK))?;
@@ -201,7 +305,22 @@ async fn run_attempt(
     );
 
     let mut first_error: Option<Error> = None;
-    while let Some(joined) = tasks.join_next_with_id().await {
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next_with_id() => match joined {
+                Some(joined) => joined,
+                None => break,
+            },
+            _ = lost(&fence) => {
+                // Stop every stage where it is: in-flight results are ignored, nothing more is
+                // acknowledged upstream.
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                let error = leadership_lost(&fence);
+                telemetry.error(error.kind(), stage::PIPELINE);
+                return Err(error);
+            }
+        };
         let (stage, result) = match joined {
             Ok((id, result)) => (stages.remove(&id).map(|(s, _)| s), result),
             Err(e) => (
@@ -299,7 +418,7 @@ mod tests {
     //! Error counting and the shutdown timeout, with in-process fake plugins.
     use super::*;
     use crate::change::Checkpoint;
-    use crate::sink::{Sink, SinkConfig};
+    use crate::sink::{Sink, SinkConfig, SinkContext};
     use crate::source::{Source, SourceConfig};
     use async_trait::async_trait;
     use serde::{Deserialize, Serialize};

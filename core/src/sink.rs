@@ -4,6 +4,7 @@
 use crate::change::{Checkpoint, Message, Position};
 use crate::error::Result;
 use crate::inspect::SinkInspector;
+use crate::leadership::{Campaign, Fence, Leadership};
 use async_trait::async_trait;
 use std::fmt::Debug;
 use tokio::sync::{mpsc, watch};
@@ -16,6 +17,9 @@ pub struct SinkContext {
     pub name: String,
     /// The source's plugin name, recorded in checkpoints.
     pub source_type: String,
+    /// The leadership this sink writes under: every write must be conditional on it
+    /// (DESIGN §7). `None` for sinks built outside an election (`check`, tests).
+    pub fence: Option<Fence>,
 }
 
 /// The sink's ends of the pipeline.
@@ -48,6 +52,25 @@ pub trait SinkConfig: Debug + Send + Sync {
 
     /// Connects and returns the running sink.
     async fn build(&self, cx: SinkContext) -> Result<Box<dyn Sink>>;
+
+    /// Takes the pipeline's leadership in the sink's store (DESIGN §7) before anything writes.
+    /// With `campaign.ha.enabled` it waits (as a hot standby) until it wins or `shutdown`;
+    /// without, it fails naming the holder when another instance leads. `Ok(None)`: this sink
+    /// does not coordinate instances (the default; `ha.enabled` is then refused by `validate`).
+    async fn elect(
+        &self,
+        cx: &SinkContext,
+        campaign: &Campaign,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Box<dyn Leadership>>> {
+        let _ = (cx, campaign, shutdown);
+        Ok(None)
+    }
+
+    /// Whether [`Self::elect`] coordinates instances (so `ha.enabled` can work).
+    fn supports_leadership(&self) -> bool {
+        false
+    }
 
     /// Connects for `check`, `status` and `verify`. Plugins that do not support them keep this
     /// default, which says so.

@@ -31,6 +31,8 @@ pub const LAST_CHECKPOINT: &str = "etcdsync_last_checkpoint_timestamp_seconds";
 pub const ERRORS: &str = "etcdsync_errors_total";
 /// Retries, by `stage`.
 pub const RETRIES: &str = "etcdsync_retries_total";
+/// 1 while this instance holds the pipeline's leadership, else 0 (DESIGN §7).
+pub const LEADER: &str = "etcdsync_leader";
 /// Current phase: 0 starting, 1 snapshot, 2 streaming.
 pub const PHASE: &str = "etcdsync_phase";
 /// Values skipped by `on_oversize: skip`.
@@ -69,6 +71,7 @@ pub struct Telemetry {
     pub errors: IntCounterVec,
     pub retries: IntCounterVec,
     pub phase: IntGauge,
+    pub leader: IntGauge,
     pub oversize_skipped: IntCounterVec,
     state: Mutex<State>,
 }
@@ -159,6 +162,10 @@ impl Telemetry {
                 ),
                 errors: counter(ERRORS, "Errors by kind and stage", &["kind", "stage"])?,
                 retries: counter(RETRIES, "Retries by stage", &["stage"])?,
+                leader: registered(
+                    &registry,
+                    IntGauge::new(LEADER, "1 while this instance leads the pipeline, else 0")?,
+                ),
                 phase: registered(
                     &registry,
                     IntGauge::new(PHASE, "0 starting, 1 snapshot, 2 streaming")?,

@@ -11,9 +11,11 @@ use crate::{logging, Command};
 use anyhow::Context as _;
 use etcdsync_core::config::PipelineConfig;
 use etcdsync_core::inspect::{SinkInspector, SourceInspector};
+use etcdsync_core::leadership::{Campaign, Candidate, Fence, HaConfig, Leadership};
 use etcdsync_core::sink::SinkContext;
 use std::path::Path;
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
@@ -57,10 +59,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn sink_context(config: &PipelineConfig) -> SinkContext {
-    SinkContext {
-        name: config.name.clone(),
-        source_type: config.source.typetag_name().to_string(),
-    }
+    config.sink_context(None)
 }
 
 async fn source_inspector(config: &PipelineConfig) -> anyhow::Result<Box<dyn SourceInspector>> {
@@ -72,9 +71,40 @@ async fn source_inspector(config: &PipelineConfig) -> anyhow::Result<Box<dyn Sou
 }
 
 async fn sink_inspector(config: &PipelineConfig) -> anyhow::Result<Box<dyn SinkInspector>> {
+    sink_inspector_fenced(config, None).await
+}
+
+/// A sink inspector whose writes carry `fence` (`verify --repair`).
+async fn sink_inspector_fenced(
+    config: &PipelineConfig,
+    fence: Option<Fence>,
+) -> anyhow::Result<Box<dyn SinkInspector>> {
     config
         .sink
-        .inspect(sink_context(config))
+        .inspect(config.sink_context(fence))
         .await
         .with_context(|| format!("sink `{}`", config.sink.typetag_name()))
+}
+
+/// The pipeline's leadership for a command that writes (`verify --repair`): refused, naming the
+/// holder, while an instance of the pipeline runs. `None`: the sink does not coordinate.
+async fn take_leadership_for_repair(
+    config: &PipelineConfig,
+) -> anyhow::Result<Option<Box<dyn Leadership>>> {
+    // Named by host:pid, never by `ha.instance`: run beside the pipeline (kubectl exec), that
+    // name would take the running leader's record for its own dead predecessor.
+    let ha = HaConfig {
+        enabled: false,
+        instance: None,
+        ..config.ha.clone()
+    };
+    let campaign = Campaign {
+        candidate: Candidate::this_process(&ha),
+        ha,
+    };
+    config
+        .sink
+        .elect(&sink_context(config), &campaign, &CancellationToken::new())
+        .await
+        .context("verify --repair writes only while no instance of the pipeline runs")
 }

@@ -6,7 +6,9 @@
 //! those rows exist (extra). Memory is bounded by the page size, never by a table.
 //! `--repair` writes the missing and different values and deletes the extra keys.
 
-use super::{load_for_command, runtime, sink_inspector, source_inspector};
+use super::{
+    load_for_command, runtime, sink_inspector_fenced, source_inspector, take_leadership_for_repair,
+};
 use anyhow::Context as _;
 use etcdsync_core::change::{Change, Op, TableId, TableSchema};
 use etcdsync_core::encode::json::encode_row;
@@ -102,9 +104,25 @@ impl Found {
 pub fn verify(config_file: &Path, options: Options) -> anyhow::Result<ExitCode> {
     let config = load_for_command(config_file)?;
     let report = runtime()?.block_on(async {
-        let mut source = source_inspector(&config).await?;
-        let mut sink = sink_inspector(&config).await?;
-        run(&config.transforms, source.as_mut(), sink.as_mut(), options).await
+        // Repair writes as the pipeline would: only while holding its leadership, so never
+        // beside a running instance, and every write fenced (DESIGN §7).
+        let leadership = match options.repair {
+            true => Some(take_leadership_for_repair(&config).await?),
+            false => None,
+        };
+        let fence = leadership
+            .as_ref()
+            .and_then(|l| l.as_ref().map(|l| l.fence()));
+        let result = async {
+            let mut source = source_inspector(&config).await?;
+            let mut sink = sink_inspector_fenced(&config, fence).await?;
+            run(&config.transforms, source.as_mut(), sink.as_mut(), options).await
+        }
+        .await;
+        if let Some(Some(leadership)) = leadership {
+            leadership.resign().await;
+        }
+        result
     })?;
     if options.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

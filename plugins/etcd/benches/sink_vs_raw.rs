@@ -226,6 +226,7 @@ async fn start_sink(url: &str, prefix: &str, meta: &str) -> BenchResult<Running>
         .build(SinkContext {
             name: "bench".into(),
             source_type: "bench".into(),
+            fence: None,
         })
         .await?;
     let (tx, input) = mpsc::channel(etcdsync_core::pipeline::CHANNEL_CAPACITY);

@@ -96,9 +96,13 @@ pub enum EtcdError {
     #[error("unexpected message from the source: {0}")]
     Protocol(String),
 
-    /// A data transaction's compare failed (e.g. HA fencing: this instance is no longer leader).
-    #[error("an etcd transaction's guard compare failed ({0}); this instance stops writing")]
+    /// A write's leadership compare failed (DESIGN §7): another instance leads now.
+    #[error("etcd refused to {0}: this instance no longer holds the pipeline's leadership; it stops writing")]
     CompareFailed(String),
+
+    /// Another instance leads the pipeline and `ha.enabled` is off: the message names it.
+    #[error("{0}")]
+    AlreadyRunning(String),
 
     /// An internal failure of the sink (a task panicked, etcd answered without a header).
     #[error("etcd sink internal error: {0}")]
@@ -138,8 +142,10 @@ impl EtcdError {
             | EtcdError::UnresolvedUnchanged { .. }
             | EtcdError::Encode { .. }
             | EtcdError::Protocol(_)
-            | EtcdError::CompareFailed(_)
+            | EtcdError::AlreadyRunning(_)
             | EtcdError::Task(_) => ErrorKind::Fatal,
+            // The only compares are the leadership fence (DESIGN §7).
+            EtcdError::CompareFailed(_) => ErrorKind::Fenced,
             EtcdError::Shutdown => ErrorKind::Transient,
         }
     }

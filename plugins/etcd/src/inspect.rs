@@ -22,9 +22,10 @@ use crate::config::Settings;
 use crate::error::EtcdError;
 use crate::index::{parse_row_id, KeyIndex};
 use async_trait::async_trait;
-use etcd_client::{GetOptions, GetResponse, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, GetOptions, GetResponse, Txn, TxnOp, TxnOpResponse};
 use etcdsync_core::encode::key::{prefix_range_end, row_key, table_prefix};
 use etcdsync_core::inspect::{CheckResult, SinkInspector};
+use etcdsync_core::leadership::Fence;
 use etcdsync_core::{Checkpoint, Error, Result, TableId, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct EtcdInspector {
     client: Option<EtcdClient>,
     index: KeyIndex,
     owners: Option<OwnerCache>,
+    /// Compares `repair` writes carry: the leadership it holds while it writes (DESIGN §7).
+    guards: Vec<Compare>,
 }
 
 impl std::fmt::Debug for EtcdInspector {
@@ -97,7 +100,17 @@ impl EtcdInspector {
             client: None,
             index,
             owners: None,
+            guards: Vec::new(),
         }
+    }
+
+    /// Makes `repair`'s writes conditional on this leadership (taken by `verify --repair`).
+    pub fn with_fence(mut self, fence: Option<Fence>) -> Self {
+        self.guards = fence
+            .iter()
+            .map(|f| crate::leader::fence_guard(&self.settings, f))
+            .collect();
+        self
     }
 
     pub fn settings(&self) -> &Settings {
@@ -340,7 +353,7 @@ impl EtcdInspector {
                 let full = std::mem::take(&mut batch);
                 written += full.len();
                 client
-                    .txn("repair keys", &[], full.txn_ops(), &never)
+                    .txn("repair keys", &self.guards, full.txn_ops(), &never)
                     .await?;
                 if let Err(unit) = batch.try_add(unit, limits) {
                     return Err(repair_oversize(&unit, self.settings.max_request_bytes));
@@ -352,7 +365,7 @@ impl EtcdInspector {
         if batch.has_data() {
             written += batch.len();
             client
-                .txn("repair keys", &[], batch.txn_ops(), &never)
+                .txn("repair keys", &self.guards, batch.txn_ops(), &never)
                 .await?;
         }
         self.owners = None;

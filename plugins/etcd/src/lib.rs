@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod index;
 pub mod inspect;
+pub mod leader;
 pub mod sink;
 pub mod status;
 

@@ -16,6 +16,7 @@ use etcd_client::{Compare, GetOptions, TxnOp};
 use etcdsync_core::change::rfc3339;
 use etcdsync_core::encode::json::encode_row;
 use etcdsync_core::encode::key::{prefix_range_end, row_key, table_prefix};
+use etcdsync_core::leadership::Fence;
 use etcdsync_core::sink::{Sink, SinkIo};
 use etcdsync_core::telemetry::{self, Phase};
 use etcdsync_core::{
@@ -37,6 +38,8 @@ pub struct EtcdSink {
     client: EtcdClient,
     settings: Arc<Settings>,
     source_type: String,
+    /// The leadership this sink writes under; every transaction compares its token.
+    fence: Option<Fence>,
     guards: Arc<Vec<Compare>>,
 }
 
@@ -68,14 +71,22 @@ impl EtcdSink {
             client,
             settings: Arc::new(settings),
             source_type: source_type.into(),
+            fence: None,
             guards: Arc::new(Vec::new()),
         })
     }
 
-    /// Makes every data, checkpoint and snapshot transaction carry these compares (the HA seam of
-    /// DESIGN §7: `CreateRevision(leader key) == mine`). A failed compare stops the sink.
-    pub fn with_guards(mut self, compares: Vec<Compare>) -> Self {
-        self.guards = Arc::new(compares);
+    /// Makes every transaction — data, checkpoint, snapshot marker, status, index, clean-up —
+    /// carry `CreateRevision(leader key) == fence.token` (DESIGN §7). A refused write cancels the
+    /// fence and stops the sink with an error of kind `Fenced`.
+    pub fn with_fence(mut self, fence: Option<Fence>) -> Self {
+        self.guards = Arc::new(
+            fence
+                .iter()
+                .map(|f| crate::leader::fence_guard(&self.settings, f))
+                .collect(),
+        );
+        self.fence = fence;
         self
     }
 
@@ -108,9 +119,15 @@ impl Sink for EtcdSink {
             acked,
             shutdown,
         } = io;
+        let fence = self.fence.clone();
         let mut writer = Writer::new(*self, acked, shutdown);
         let result = writer.run(input).await;
         writer.abort();
+        if let (Err(EtcdError::CompareFailed(op)), Some(fence)) = (&result, &fence) {
+            // Not even the last status write: another instance leads.
+            writer.status.stop(false).await;
+            return Err(fence.deposed(&format!("etcd refused to {op}")));
+        }
         let clean = matches!(result, Ok(()) | Err(EtcdError::Shutdown));
         writer.status.stop(clean).await;
         match result {
@@ -212,6 +229,7 @@ impl Writer {
             settings,
             source_type,
             guards,
+            ..
         } = sink;
         let index = KeyIndex::new(&settings);
         // Before the status writer starts, so its first write says so.

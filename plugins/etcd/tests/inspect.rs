@@ -39,6 +39,7 @@ async fn inspector(yaml: &str) -> Box<dyn SinkInspector> {
         .inspect(SinkContext {
             name: PIPELINE.into(),
             source_type: SOURCE.into(),
+            fence: None,
         })
         .await
         .expect("inspector")

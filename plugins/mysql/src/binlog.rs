@@ -177,10 +177,17 @@ fn stream_error(
     if let mysql_async::Error::Server(server) = &error {
         let message = server.message.to_ascii_lowercase();
         if message.contains("same server_uuid/server_id") || message.contains("same server_id") {
-            return MysqlError::Prerequisite(format!(
-                "  - another replica connected with server_id {} ({}); set source.server_id to a unique value",
-                config.server_id, server.message
-            ));
+            // A new leader of this pipeline replaces a deposed one's connection this way; the
+            // restart confirms leadership first, and the start-up check names any other replica.
+            return MysqlError::Connection {
+                context: format!(
+                    "another binlog connection registered with server_id {} and the server ended this one at {at} \
+                     (a new instance of this pipeline taking over, or another replica using that id: then set \
+                     source.server_id to a unique value)",
+                    config.server_id
+                ),
+                source: error,
+            };
         }
         if server.code == 1236 && first {
             return MysqlError::Purged(purged_message(at, &server.message));

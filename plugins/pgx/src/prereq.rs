@@ -223,6 +223,11 @@ impl SlotState {
             })
     }
 
+    /// Held by a session of this pipeline (its `application_name`).
+    pub fn held_by_us(&self, valid: &Valid) -> bool {
+        self.active && self.holder.as_deref() == Some(valid.application_name.as_str())
+    }
+
     /// Held by a process that is not this pipeline (another etcdsync, or a stale session).
     pub fn busy_problem(&self, valid: &Valid) -> Option<Problem> {
         if !self.active || self.holder.as_deref() == Some(valid.application_name.as_str()) {

@@ -6,7 +6,7 @@ use crate::config::{PgxConfig, SnapshotMode, Valid};
 use crate::connect::{connect, replication_config};
 use crate::error::{pg, wire};
 use crate::position;
-use crate::prereq::{server_facts, slot_state};
+use crate::prereq::{server_facts, slot_state, SlotState};
 use crate::relations::{quote_ident, quote_table, selected_tables, table_key, TableInfo, Types};
 use crate::replication::Streamer;
 use crate::snapshot::copy_tables;
@@ -46,9 +46,12 @@ pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Sour
     if tables.is_empty() {
         tracing::warn!(include = ?valid.tables.include, "no table matches source.tables; streaming tables created later only");
     }
-    let slot = slot_state(&catalog, &valid.slot).await?;
+    let mut slot = slot_state(&catalog, &valid.slot).await?;
     if let Some(problem) = slot.as_ref().and_then(|s| s.foreign_problem(&valid)) {
         return Err(problem.into_error());
+    }
+    if slot.as_ref().is_some_and(|s| s.held_by_us(&valid)) {
+        slot = take_over_slot(&catalog, &valid).await?;
     }
     let plan = match (&cx.resume, valid.snapshot) {
         (Some(checkpoint), _) => {
@@ -146,6 +149,42 @@ async fn create_slot_sql(client: &Client, slot: &str) -> Result<Lsn> {
         .map_err(pg(format!("creating replication slot {slot}")))?;
     let text: String = row.get(0);
     Lsn::parse(&text).map_err(|e| Error::fatal(format!("slot {slot} reported LSN `{text}`: {e}")))
+}
+
+/// Ends the session of an earlier instance of this pipeline that still holds the slot (a
+/// deposed leader frozen mid-stream, or a connection not yet closed): this instance builds its
+/// source only while it leads (DESIGN §7), so that session can only be stale. Returns the slot
+/// as it is afterwards.
+async fn take_over_slot(client: &Client, valid: &Valid) -> Result<Option<SlotState>> {
+    for attempt in 0..50 {
+        let state = slot_state(client, &valid.slot).await?;
+        let Some(pid) = state.as_ref().filter(|s| s.held_by_us(valid)).and_then(|s| s.active_pid)
+        else {
+            return Ok(state);
+        };
+        if attempt == 0 {
+            tracing::warn!(
+                slot = %valid.slot,
+                pid,
+                "the replication slot is held by an earlier session of this pipeline (a deposed leader?); \
+                 ending it with pg_terminate_backend"
+            );
+        }
+        if attempt % 10 == 0 {
+            client
+                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .map_err(pg(format!(
+                    "ending process {pid}, which holds replication slot {} (grant this role pg_signal_backend)",
+                    valid.slot
+                )))?;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::transient(format!(
+        "replication slot `{}` is still held by an earlier session of this pipeline 5 s after ending it",
+        valid.slot
+    )))
 }
 
 /// Drops the slot, waiting a little for a previous session of ours that still holds it.

@@ -1,0 +1,163 @@
+//! One writer per pipeline (DESIGN §7): the `ha:` configuration, who this instance is, and the
+//! contract between the pipeline and a sink that can elect a leader in its own store. The
+//! pipeline campaigns before it builds anything that writes; the sink turns the won
+//! leadership's [`Fence`] into a guard on every write; a lost fence stops all writing at once.
+
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// Shortest and longest `ha.lease_ttl`.
+pub const LEASE_TTL_RANGE: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(60));
+
+/// `ha:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// `false`: a second instance of a running pipeline refuses to start; `true`: it waits as a
+    /// hot standby and takes over when the leader goes.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long a leader that stopped renewing keeps leadership (2s..60s, whole seconds).
+    #[serde(default = "default_lease_ttl", with = "crate::duration")]
+    pub lease_ttl: Duration,
+    /// This instance's name in the leader record; default `host:pid`. Must differ between
+    /// instances that run at the same time (a pod name, say).
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            lease_ttl: default_lease_ttl(),
+            instance: None,
+        }
+    }
+}
+
+impl HaConfig {
+    pub fn validate(&self) -> Result<()> {
+        let (min, max) = LEASE_TTL_RANGE;
+        if self.lease_ttl < min || self.lease_ttl > max || self.lease_ttl.subsec_nanos() != 0 {
+            return Err(Error::config(format!(
+                "at `ha.lease_ttl`: `{}` must be whole seconds from 2s to 60s (etcd leases count seconds); \
+                 write e.g. `10s`",
+                humantime::format_duration(self.lease_ttl)
+            )));
+        }
+        if let Some(instance) = &self.instance {
+            if instance.trim().is_empty() || instance.len() > 128 {
+                return Err(Error::config(
+                    "at `ha.instance`: must be 1–128 characters (e.g. the pod name: `${POD_NAME}`), \
+                     or left out for `host:pid`",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Who is campaigning: the leader record's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// `ha.instance`, else `host:pid`.
+    pub instance: String,
+    pub host: String,
+    pub pid: u32,
+    /// RFC 3339, UTC: when this instance won (set by the store when the record is written).
+    pub since: String,
+}
+
+impl Candidate {
+    /// This process, named by `ha.instance` when set.
+    pub fn this_process(ha: &HaConfig) -> Self {
+        let host = hostname();
+        let pid = std::process::id();
+        Self {
+            instance: ha
+                .instance
+                .clone()
+                .unwrap_or_else(|| format!("{host}:{pid}")),
+            host,
+            pid,
+            since: crate::change::rfc3339(SystemTime::now()),
+        }
+    }
+
+    /// Whether `holder` is certainly a dead predecessor of this instance, so its record may be
+    /// cleared before its lease runs out: the same configured instance name (a restarted pod),
+    /// or the same host with a process id that no longer runs (kill -9, then a restart).
+    pub fn succeeds(&self, holder: &Candidate) -> bool {
+        if holder.instance == self.instance {
+            return true;
+        }
+        holder.host == self.host && holder.pid != self.pid && !process_alive(holder.pid)
+    }
+}
+
+/// The host name (`/etc/hostname` semantics: the kernel's node name), `unknown` when unreadable.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Whether a process with this id runs in our PID namespace. Without `/proc`, assume it does.
+fn process_alive(pid: u32) -> bool {
+    let proc = std::path::Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
+
+/// Proof of leadership, handed to the sink (and to nothing else that writes).
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// A number that changes with every election won (etcd: the leader key's create revision).
+    /// The sink makes each write conditional on the store still holding exactly this token.
+    pub token: i64,
+    /// Cancelled the moment leadership is known lost (lease gone, record replaced, a guarded
+    /// write refused). Whoever holds the fence stops writing and acknowledges nothing more.
+    pub lost: CancellationToken,
+}
+
+impl Fence {
+    /// The error a stage returns when a guarded write was refused: leadership is gone.
+    pub fn deposed(&self, what: &str) -> Error {
+        self.lost.cancel();
+        Error::fenced(format!(
+            "{what}: this instance is no longer the pipeline's leader (leadership token {} was replaced); \
+             it stops writing",
+            self.token
+        ))
+    }
+}
+
+/// A won election, held until dropped or resigned.
+#[async_trait]
+pub trait Leadership: Send + Sync {
+    fn fence(&self) -> Fence;
+
+    /// Confirms with the store that this instance still leads; an error of kind `Fenced` when
+    /// not (and the fence is then cancelled).
+    async fn confirm(&self) -> Result<()>;
+
+    /// Gives leadership up after a clean stop, so a standby takes over at once.
+    async fn resign(self: Box<Self>);
+}
+
+/// What the pipeline asks of the sink's store.
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub candidate: Candidate,
+    pub ha: HaConfig,
+}
