@@ -11,6 +11,11 @@
 #   tools/testenv.sh env           print the env file (path as a comment first)
 #   tools/testenv.sh status        show which servers are running
 #   tools/testenv.sh install       only apt-get what is missing (servers, protoc)
+#   tools/testenv.sh cluster start|stop
+#                                  a 3-member etcd cluster on loopback (HA tests); prints
+#                                  ETCDSYNC_TEST_ETCD_CLUSTER=<endpoints> and adds it to the env file
+#   tools/testenv.sh cluster kill|start-member N
+#                                  SIGKILL member N (1-3) / start it again on its data
 #
 # State dir: ${ETCDSYNC_TESTENV_DIR:-<repo>/target/testenv}
 # The env file <state dir>/env can be sourced (`. target/testenv/env`).
@@ -526,6 +531,114 @@ etcd_setup_auth() {
 etcd_stop_all() {
     stop_pidfile etcd "$ETCD_DIR/etcd.pid"
     stop_pidfile "etcd (TLS)" "$ETCD_TLS_DIR/etcd.pid"
+    CLUSTER_DIR=$STATE_DIR/etcd-cluster
+    if [[ -d $CLUSTER_DIR ]]; then cluster_stop; fi
+}
+
+# ---------------------------------------------------------------------------
+# 3-member etcd cluster (on demand, for the HA tests)
+# ---------------------------------------------------------------------------
+CLUSTER_SIZE=3
+
+cluster_paths() {
+    resolve_paths
+    CLUSTER_DIR=$STATE_DIR/etcd-cluster
+}
+
+# cluster_member_start N: starts member N on the ports recorded by `cluster start`.
+cluster_member_start() {
+    local n=$1 state=${2:-existing}
+    local -a ports
+    read -r -a ports <"$CLUSTER_DIR/ports"
+    local initial="" i
+    for ((i = 1; i <= CLUSTER_SIZE; i++)); do
+        initial+="${initial:+,}m$i=http://127.0.0.1:${ports[$((2 * i - 1))]}"
+    done
+    local dir=$CLUSTER_DIR/m$n cport=${ports[$((2 * n - 2))]} pport=${ports[$((2 * n - 1))]}
+    mkdir -p -- "$dir"
+    (
+        cd /
+        for v in $(compgen -e); do
+            case $v in ETCD_* | ETCDCTL_*) unset "$v" ;; esac
+        done
+        exec setsid nohup etcd \
+            --name "m$n" \
+            --data-dir "$dir/data" \
+            --listen-client-urls "http://127.0.0.1:$cport" \
+            --advertise-client-urls "http://127.0.0.1:$cport" \
+            --listen-peer-urls "http://127.0.0.1:$pport" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+            --initial-cluster "$initial" \
+            --initial-cluster-state "$state" \
+            --initial-cluster-token "etcdsync-testenv-cluster" \
+            --heartbeat-interval 50 --election-timeout 500 \
+            --logger zap --log-outputs stderr
+    ) </dev/null >>"$dir/etcd.log" 2>&1 &
+    echo $! >"$dir/etcd.pid"
+}
+
+cluster_endpoints() {
+    local -a ports
+    read -r -a ports <"$CLUSTER_DIR/ports"
+    local out="" i
+    for ((i = 1; i <= CLUSTER_SIZE; i++)); do
+        out+="${out:+,}http://127.0.0.1:${ports[$((2 * i - 2))]}"
+    done
+    echo "$out"
+}
+
+cluster_stop() {
+    local i
+    for ((i = 1; i <= CLUSTER_SIZE; i++)); do
+        stop_pidfile "etcd cluster member $i" "$CLUSTER_DIR/m$i/etcd.pid"
+    done
+}
+
+cmd_cluster() {
+    local action=${1:-} n=${2:-}
+    cluster_paths
+    case $action in
+    start)
+        cluster_stop
+        rm -rf -- "$CLUSTER_DIR"
+        mkdir -p -- "$CLUSTER_DIR"
+        pick_ports $((2 * CLUSTER_SIZE)) >"$CLUSTER_DIR/ports"
+        local i
+        for ((i = 1; i <= CLUSTER_SIZE; i++)); do cluster_member_start "$i" new; done
+        local endpoints
+        endpoints=$(cluster_endpoints)
+        for ((i = 1; i <= CLUSTER_SIZE; i++)); do
+            etcd_wait "$CLUSTER_DIR/m$i" "etcd cluster member $i" --endpoints="$(cut -d, -f"$i" <<<"$endpoints")"
+        done
+        if [[ -f $ENV_FILE ]]; then
+            grep -v '^export ETCDSYNC_TEST_ETCD_CLUSTER=' "$ENV_FILE" >"$ENV_FILE.tmp" || true
+            echo "export ETCDSYNC_TEST_ETCD_CLUSTER='$endpoints'" >>"$ENV_FILE.tmp"
+            mv -f -- "$ENV_FILE.tmp" "$ENV_FILE"
+        fi
+        log "etcd cluster of $CLUSTER_SIZE members: $endpoints"
+        echo "ETCDSYNC_TEST_ETCD_CLUSTER=$endpoints"
+        ;;
+    stop)
+        cluster_stop
+        rm -rf -- "$CLUSTER_DIR"
+        ;;
+    kill)
+        [[ $n =~ ^[1-3]$ ]] || die "cluster kill: member number 1-3 expected"
+        local pid
+        pid=$(cat "$CLUSTER_DIR/m$n/etcd.pid")
+        our_pid_alive "$pid" || die "cluster member $n is not running"
+        kill -KILL "$pid"
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+        log "killed etcd cluster member $n (pid $pid)"
+        ;;
+    start-member)
+        [[ $n =~ ^[1-3]$ ]] || die "cluster start-member: member number 1-3 expected"
+        cluster_member_start "$n"
+        etcd_wait "$CLUSTER_DIR/m$n" "etcd cluster member $n" --endpoints="$(cut -d, -f"$n" <<<"$(cluster_endpoints)")"
+        log "started etcd cluster member $n"
+        ;;
+    *) die "usage: $0 cluster start|stop|kill N|start-member N" ;;
+    esac
 }
 
 # ---------------------------------------------------------------------------
@@ -548,7 +661,7 @@ cmd_stop() {
 wipe_state() {
     # Only remove what this script creates; never the state dir itself (it
     # may be a user-chosen directory holding other things).
-    rm -rf -- "$PG_DIR" "$MY_DIR" "$ETCD_DIR" "$ETCD_TLS_DIR" "$TLS_DIR" "$ENV_FILE" "$STATE_DIR/ports"
+    rm -rf -- "$PG_DIR" "$MY_DIR" "$ETCD_DIR" "$ETCD_TLS_DIR" "$TLS_DIR" "$ENV_FILE" "$STATE_DIR/ports" "$STATE_DIR/etcd-cluster"
     rm -rf -- "$PG_SOCK_DIR" "$MY_SOCK_DIR"
     if [[ $SOCK_BASE != "$STATE_DIR" && $SOCK_BASE != "$SERVER_BASE" ]]; then rmdir -- "$SOCK_BASE" 2>/dev/null || true; fi
     if [[ $SERVER_BASE != "$STATE_DIR" ]]; then rmdir -- "$SERVER_BASE" 2>/dev/null || true; fi
@@ -688,6 +801,7 @@ main() {
     case $cmd in
     start) cmd_start ;;
     install) ensure_packages ;;
+    cluster) cmd_cluster "$@" ;;
     stop) cmd_stop "${1:-}" ;;
     env) cmd_env ;;
     status) cmd_status ;;

@@ -45,7 +45,7 @@ pub struct Status {
     pub source_position: Option<String>,
     /// Source transactions applied by the running pipeline since it started.
     pub txns_applied: Option<u64>,
-    /// The leader record, when high availability is on.
+    /// The leader record (`{meta}/leader`): the instance that writes, while one runs.
     pub leader: Option<Json>,
     pub tables: Vec<TableStatus>,
     /// What could not be read (the rest of the report is still valid).
@@ -261,7 +261,7 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         status
             .leader
             .as_ref()
-            .map(Json::to_string)
+            .map(describe_leader)
             .unwrap_or_else(dash)
     );
     if !status.tables.is_empty() {
@@ -296,4 +296,19 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         let _ = writeln!(out, "warning: {error}");
     }
     out
+}
+
+/// `host H, pid P (instance I, since S)` from the leader record; its JSON if it has another shape.
+fn describe_leader(leader: &Json) -> String {
+    match (
+        leader["host"].as_str(),
+        leader["pid"].as_u64(),
+        leader["instance"].as_str(),
+        leader["since"].as_str(),
+    ) {
+        (Some(host), Some(pid), Some(instance), Some(since)) => {
+            format!("host {host}, pid {pid} (instance {instance}, since {since})")
+        }
+        _ => leader.to_string(),
+    }
 }

@@ -277,6 +277,14 @@ async fn keep(client: EtcdClient, key: String, lease: i64, fence: Fence, ttl: Du
                 fence.lost.cancel();
                 return;
             }
+            Ok(Err(error)) if error.to_string().contains("lease not found") => {
+                tracing::error!(
+                    token = fence.token,
+                    "lost the pipeline's leadership: the leader lease expired; writing stops now"
+                );
+                fence.lost.cancel();
+                return;
+            }
             Ok(Err(error)) => {
                 tracing::warn!(error = %error, "could not renew the leader lease; retrying");
             }
@@ -288,7 +296,7 @@ async fn keep(client: EtcdClient, key: String, lease: i64, fence: Fence, ttl: Du
             tracing::error!(
                 token = fence.token,
                 ttl = ?ttl,
-                "no lease renewal got through for a whole lease TTL; leadership may have passed on, writing stops now"
+                "lost the pipeline's leadership: no lease renewal got through for a whole lease TTL; writing stops now"
             );
             fence.lost.cancel();
             return;

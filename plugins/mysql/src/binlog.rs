@@ -127,10 +127,14 @@ pub async fn stream(
     tracing::info!(position = %start, mode = ?mode, server_id = config.server_id, "binlog streaming started");
     let mut decoder = Decoder::new(config, server.flavour, mode, start.clone(), output.clone());
     let mut first = true;
+    // Until the first event: end a deposed instance's dump thread that blocks this one.
+    let reaper = crate::takeover::end_stuck_dumps(&config.opts);
+    tokio::pin!(reaper);
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
             next = tokio::time::timeout(READ_TIMEOUT, events.next()) => next,
+            _ = &mut reaper, if first => continue,
         };
         let event = match next {
             Err(_) => {

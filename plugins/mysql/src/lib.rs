@@ -15,6 +15,7 @@ pub mod prereq;
 pub mod snapshot;
 pub mod source;
 pub mod tablemap;
+pub mod takeover;
 
 pub use config::MysqlConfig;
 

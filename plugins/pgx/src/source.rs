@@ -158,7 +158,10 @@ async fn create_slot_sql(client: &Client, slot: &str) -> Result<Lsn> {
 async fn take_over_slot(client: &Client, valid: &Valid) -> Result<Option<SlotState>> {
     for attempt in 0..50 {
         let state = slot_state(client, &valid.slot).await?;
-        let Some(pid) = state.as_ref().filter(|s| s.held_by_us(valid)).and_then(|s| s.active_pid)
+        let Some(pid) = state
+            .as_ref()
+            .filter(|s| s.held_by_us(valid))
+            .and_then(|s| s.active_pid)
         else {
             return Ok(state);
         };
