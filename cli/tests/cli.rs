@@ -4,6 +4,7 @@ use etcdsync_core::registry::{self, PluginKind};
 use etcdsync_core::sink::SinkConfig;
 use etcdsync_core::source::SourceConfig;
 use etcdsync_core::transform::TransformConfig;
+use serde::Deserialize as _;
 use std::process::Command;
 
 // Link the built-in plugins into this test binary too.
@@ -149,6 +150,7 @@ fn every_example_config_parses() {
         parsed.push(path.file_name().map(|n| n.to_string_lossy().into_owned()));
     }
     for wanted in [
+        "ha.yaml",
         "quickstart.yaml",
         "postgres.yaml",
         "mariadb.yaml",
@@ -160,6 +162,33 @@ fn every_example_config_parses() {
             "examples/{wanted} missing; parsed {parsed:?}"
         );
     }
+}
+
+#[test]
+fn the_kubernetes_example_embeds_a_valid_ha_config() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/kubernetes/etcdsync.yaml");
+    let text = std::fs::read_to_string(&path).expect("read the manifest");
+    let mut embedded = None;
+    let mut replicas = None;
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let document = serde_yaml::Value::deserialize(document).expect("manifest document");
+        match document["kind"].as_str() {
+            Some("ConfigMap") => {
+                embedded = document["data"]["etcdsync.yaml"].as_str().map(String::from)
+            }
+            Some("Deployment") => replicas = document["spec"]["replicas"].as_u64(),
+            _ => {}
+        }
+    }
+    assert_eq!(replicas, Some(2), "a hot standby needs two replicas");
+    let config = etcdsync_core::config::PipelineConfig::parse_with_env(
+        &embedded.expect("the ConfigMap holds etcdsync.yaml"),
+        &|_| Some("from-the-environment".into()),
+    )
+    .expect("the embedded config is valid");
+    assert!(config.ha.enabled);
+    assert_eq!(config.ha.instance.as_deref(), Some("from-the-environment"));
 }
 
 #[test]

@@ -161,3 +161,75 @@ pub struct Campaign {
     pub candidate: Candidate,
     pub ha: HaConfig,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ha(ttl: Duration) -> HaConfig {
+        HaConfig {
+            lease_ttl: ttl,
+            ..HaConfig::default()
+        }
+    }
+
+    #[test]
+    fn lease_ttl_is_whole_seconds_from_2_to_60() {
+        for ok in [2, 10, 60] {
+            ha(Duration::from_secs(ok)).validate().expect("valid");
+        }
+        for bad in [
+            Duration::from_secs(1),
+            Duration::from_secs(61),
+            Duration::from_millis(2500),
+        ] {
+            let error = ha(bad).validate().expect_err("invalid").to_string();
+            assert!(error.contains("at `ha.lease_ttl`"), "{error}");
+        }
+        let empty = HaConfig {
+            instance: Some(" ".into()),
+            ..HaConfig::default()
+        };
+        assert!(empty
+            .validate()
+            .expect_err("empty instance")
+            .to_string()
+            .contains("at `ha.instance`"));
+    }
+
+    #[test]
+    fn the_default_instance_name_is_host_and_pid() {
+        let me = Candidate::this_process(&HaConfig::default());
+        assert_eq!(me.instance, format!("{}:{}", me.host, std::process::id()));
+        let named = Candidate::this_process(&HaConfig {
+            instance: Some("pod-1".into()),
+            ..HaConfig::default()
+        });
+        assert_eq!(named.instance, "pod-1");
+    }
+
+    #[test]
+    fn only_a_certainly_dead_predecessor_is_succeeded() {
+        let me = Candidate::this_process(&HaConfig::default());
+        let holder = |instance: &str, host: &str, pid: u32| Candidate {
+            instance: instance.into(),
+            host: host.into(),
+            pid,
+            since: "2026-01-01T00:00:00Z".into(),
+        };
+        // The same configured name: a restarted pod.
+        assert!(me.succeeds(&holder(&me.instance, "elsewhere", 1)));
+        // The same host, a process that has exited.
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let gone = child.id();
+        child.wait().expect("wait");
+        assert!(me.succeeds(&holder("other", &me.host, gone)));
+        // The same host, a live process (this test's own parent shell or init stays alive).
+        let live = std::os::unix::process::parent_id();
+        assert!(!me.succeeds(&holder("other", &me.host, live)));
+        // Another host: never judged from here.
+        assert!(!me.succeeds(&holder("other", "another-host", gone)));
+    }
+}

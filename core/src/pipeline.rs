@@ -100,6 +100,8 @@ async fn run_leading(
         let result =
             run_restarting(config, shutdown.clone(), activity, leadership.as_deref()).await;
         telemetry.leader.set(0);
+        // A standby is not streaming, whatever the last attempt reached (`/readyz`).
+        telemetry.set_phase(Phase::Starting);
         let Some(leadership) = leadership else {
             return result;
         };
@@ -448,6 +450,10 @@ mod tests {
         async fn run(self: Box<Self>, io: SourceIo) -> Result<()> {
             match self.0.as_deref() {
                 Some("fatal") => Err(Error::fatal("the test source failed")),
+                Some("polite") => {
+                    io.shutdown.cancelled().await;
+                    Ok(())
+                }
                 Some(_) => Err(Error::config("the test source is misconfigured")),
                 // Ignores the shutdown signal, as a source stuck in I/O would.
                 None => {
@@ -539,5 +545,159 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(errors("fatal", stage::PIPELINE), before + 1);
+    }
+
+    /// A sink that elects through [`FakeLeadership`]s the test can depose.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct LeadingSink {
+        /// Distinguishes the tests' registries (they run in parallel).
+        id: String,
+    }
+
+    #[derive(Default)]
+    struct Elections {
+        won: Vec<Fence>,
+        resigned: usize,
+    }
+
+    fn elections() -> &'static Mutex<HashMap<String, Elections>> {
+        static ELECTIONS: std::sync::OnceLock<Mutex<HashMap<String, Elections>>> =
+            std::sync::OnceLock::new();
+        ELECTIONS.get_or_init(Default::default)
+    }
+
+    fn with_elections<T>(id: &str, f: impl FnOnce(&mut Elections) -> T) -> T {
+        let mut all = elections().lock().unwrap_or_else(|p| p.into_inner());
+        f(all.entry(id.to_string()).or_default())
+    }
+
+    struct FakeLeadership {
+        id: String,
+        fence: Fence,
+    }
+
+    #[async_trait]
+    impl Leadership for FakeLeadership {
+        fn fence(&self) -> Fence {
+            self.fence.clone()
+        }
+        async fn confirm(&self) -> Result<()> {
+            if self.fence.lost.is_cancelled() {
+                return Err(self.fence.deposed("confirm"));
+            }
+            Ok(())
+        }
+        async fn resign(self: Box<Self>) {
+            with_elections(&self.id, |e| e.resigned += 1);
+        }
+    }
+
+    #[async_trait]
+    #[typetag::serde(name = "pipeline_test_leading_sink")]
+    impl SinkConfig for LeadingSink {
+        fn validate(&self, _name: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn build(&self, cx: SinkContext) -> Result<Box<dyn Sink>> {
+            assert!(cx.fence.is_some(), "built without the won fence");
+            Ok(Box::new(Draining))
+        }
+        async fn elect(
+            &self,
+            _cx: &SinkContext,
+            _campaign: &Campaign,
+            _shutdown: &CancellationToken,
+        ) -> Result<Option<Box<dyn Leadership>>> {
+            let fence = with_elections(&self.id, |e| {
+                let fence = Fence {
+                    token: e.won.len() as i64 + 1,
+                    lost: CancellationToken::new(),
+                };
+                e.won.push(fence.clone());
+                fence
+            });
+            Ok(Some(Box::new(FakeLeadership {
+                id: self.id.clone(),
+                fence,
+            })))
+        }
+        fn supports_leadership(&self) -> bool {
+            true
+        }
+    }
+
+    fn leading_config(id: &str, source: &str, ha: bool) -> PipelineConfig {
+        PipelineConfig::parse(&format!(
+            "name: t\nsource: {{ type: pipeline_test_source{source} }}\nsink: {{ type: pipeline_test_leading_sink, id: {id} }}\n\
+             shutdown_timeout: 200ms\nha: {{ enabled: {ha}, lease_ttl: 2s }}\n"
+        ))
+        .expect("config")
+    }
+
+    async fn wait_for_elections(id: &str, count: usize) -> Fence {
+        for _ in 0..200 {
+            if let Some(fence) = with_elections(id, |e| e.won.get(count - 1).cloned()) {
+                return fence;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("election {count} never happened");
+    }
+
+    #[tokio::test]
+    async fn a_lost_fence_stops_every_stage_at_once_and_without_ha_exits() {
+        // The source ignores the stop signal: only aborting it ends the attempt.
+        let config = leading_config("lost-noha", "", false);
+        let task = tokio::spawn(async move { run(&config, CancellationToken::new()).await });
+        let fence = wait_for_elections("lost-noha", 1).await;
+        fence.lost.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stopped at once")
+            .expect("join");
+        let error = result.expect_err("a deposed instance without ha exits with an error");
+        assert_eq!(error.kind(), ErrorKind::Fenced);
+        assert!(
+            error.to_string().contains("set `ha.enabled: true`"),
+            "{error}"
+        );
+        assert_eq!(
+            with_elections("lost-noha", |e| e.resigned),
+            0,
+            "nothing to resign after losing"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_ha_a_deposed_instance_stands_by_and_leads_again() {
+        let config = leading_config("lost-ha", ", fail: polite", true);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move { run(&config, stop).await });
+        wait_for_elections("lost-ha", 1).await.lost.cancel();
+        // Campaigns again and runs under the new fence.
+        let second = wait_for_elections("lost-ha", 2).await;
+        assert_eq!(second.token, 2);
+        assert!(!second.lost.is_cancelled());
+        shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops")
+            .expect("join");
+        result.expect("a clean stop");
+        assert_eq!(
+            with_elections("lost-ha", |e| e.resigned),
+            1,
+            "a clean stop resigns"
+        );
+    }
+
+    #[test]
+    fn ha_needs_a_sink_that_elects() {
+        let error = PipelineConfig::parse(
+            "name: t\nsource: { type: pipeline_test_source }\nsink: { type: pipeline_test_sink }\nha: { enabled: true }\n",
+        )
+        .expect_err("refused");
+        assert!(error.to_string().contains("at `ha.enabled`"), "{error}");
     }
 }

@@ -217,6 +217,15 @@ impl SourceRun {
         }
     }
 
+    /// Waits for the source task to end on its own and returns its result.
+    pub async fn join(self, timeout: Duration) -> etcdsync_core::Result<()> {
+        match tokio::time::timeout(timeout, self.task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => panic!("source panicked: {e}"),
+            Err(_) => panic!("source did not end within {timeout:?}"),
+        }
+    }
+
     /// Stops the source; returns every message and the last acknowledged position.
     pub async fn stop(self) -> (Vec<Message>, Option<Position>) {
         self.shutdown.cancel();

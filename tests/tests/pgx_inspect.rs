@@ -711,8 +711,8 @@ async fn snapshot_progress_and_source_retries_reach_the_telemetry() {
         "{text}"
     );
 
-    // a snapshot that finds its slot still held by the previous session waits for it,
-    // counting each retry (failures the source returns are counted by the pipeline)
+    // a source that finds its slot held by an earlier session of the same pipeline (a deposed
+    // leader, DESIGN §7) ends that session and takes the slot over, counting each wait as a retry
     let retries = || {
         telemetry::get()
             .retries
@@ -724,27 +724,41 @@ async fn snapshot_progress_and_source_retries_reach_the_telemetry() {
     let slot = format!("etcdsync_{name}");
     let first = SourceRun::start(&yaml, &name, None).await;
     first.wait_for("snapshot", WAIT, snapshot_done).await;
-    let active = eventually(WAIT, || async {
+    let holder = || async {
         pg.query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
             &[&slot],
         )
         .await
         .ok()
         .flatten()
-        .is_some()
-    })
-    .await;
-    assert!(active, "the first run never streamed from its slot");
+        .map(|r| r.get::<_, i32>(0))
+    };
+    assert!(
+        eventually(WAIT, || async { holder().await.is_some() }).await,
+        "the first run never streamed from its slot"
+    );
+    let first_holder = holder().await;
     let before = retries();
     let second = SourceRun::start(&yaml, &name, None).await;
     assert!(
-        eventually(WAIT, || async { retries() > before }).await,
-        "no retry counted while the slot was busy"
+        retries() > before,
+        "no retry counted while the slot was taken over"
     );
-    first.stop().await;
+    let error = first
+        .join(WAIT)
+        .await
+        .expect_err("the earlier session's stream was ended");
+    assert_eq!(error.kind(), etcdsync_core::ErrorKind::Transient, "{error}");
     second
-        .wait_for("the snapshot once the slot is free", WAIT, snapshot_done)
+        .wait_for("the snapshot on the taken-over slot", WAIT, snapshot_done)
         .await;
+    assert!(
+        eventually(WAIT, || async {
+            holder().await.is_some_and(|pid| Some(pid) != first_holder)
+        })
+        .await,
+        "the slot is not held by the new session"
+    );
     second.stop().await;
 }

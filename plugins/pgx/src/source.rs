@@ -173,6 +173,7 @@ async fn take_over_slot(client: &Client, valid: &Valid) -> Result<Option<SlotSta
                  ending it with pg_terminate_backend"
             );
         }
+        telemetry::get().retry("source");
         if attempt % 10 == 0 {
             client
                 .query_one("SELECT pg_terminate_backend($1)", &[&pid])
