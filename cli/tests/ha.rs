@@ -350,7 +350,7 @@ async fn pg_frozen_leader_is_replaced_and_never_writes_again() {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains(&format!("is already running on host"))
+        stderr.contains("is already running on host")
             && stderr.contains(&format!("pid {}", second.pid())),
         "{}",
         text(&output)

@@ -6,7 +6,8 @@
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// Shortest and longest `ha.lease_ttl`.
@@ -74,6 +75,15 @@ pub struct Candidate {
     pub pid: u32,
     /// RFC 3339, UTC: when this instance won (set by the store when the record is written).
     pub since: String,
+    /// The kernel's boot id and this process's PID namespace: a pid names a process only
+    /// within both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_namespace: Option<String>,
+    /// Whether `instance` was configured (`ha.instance`) rather than derived.
+    #[serde(skip)]
+    pub named: bool,
 }
 
 impl Candidate {
@@ -89,17 +99,31 @@ impl Candidate {
             host,
             pid,
             since: crate::change::rfc3339(SystemTime::now()),
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_string()),
+            pid_namespace: std::fs::read_link("/proc/self/ns/pid")
+                .ok()
+                .map(|ns| ns.to_string_lossy().into_owned()),
+            named: ha.instance.is_some(),
         }
     }
 
     /// Whether `holder` is certainly a dead predecessor of this instance, so its record may be
-    /// cleared before its lease runs out: the same configured instance name (a restarted pod),
-    /// or the same host with a process id that no longer runs (kill -9, then a restart).
+    /// cleared before its lease runs out: the same configured instance name (a restarted pod;
+    /// names must be unique among running instances), or a process of the same kernel and PID
+    /// namespace that no longer runs (kill -9, then a restart). Anything else waits for the
+    /// lease. A wrong guess costs availability, never data: the old leader's writes carry its
+    /// token, which clearing its record invalidates.
     pub fn succeeds(&self, holder: &Candidate) -> bool {
-        if holder.instance == self.instance {
+        if self.named && holder.instance == self.instance {
             return true;
         }
-        holder.host == self.host && holder.pid != self.pid && !process_alive(holder.pid)
+        let same_namespace = self.boot_id.is_some()
+            && self.pid_namespace.is_some()
+            && holder.boot_id == self.boot_id
+            && holder.pid_namespace == self.pid_namespace;
+        same_namespace && (holder.pid == self.pid || !process_alive(holder.pid))
     }
 }
 
@@ -119,7 +143,7 @@ fn process_alive(pid: u32) -> bool {
     !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
-/// Proof of leadership, handed to the sink (and to nothing else that writes).
+/// Proof of leadership, handed to the sink (and to the source, for its takeover steps).
 #[derive(Debug, Clone)]
 pub struct Fence {
     /// A number that changes with every election won (etcd: the leader key's create revision).
@@ -128,15 +152,48 @@ pub struct Fence {
     /// Cancelled the moment leadership is known lost (lease gone, record replaced, a guarded
     /// write refused). Whoever holds the fence stops writing and acknowledges nothing more.
     pub lost: CancellationToken,
+    /// Until when the store cannot have given leadership to anyone else, as far as this process
+    /// knows (its last lease renewal plus the TTL); `None`: no such bound.
+    valid_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Fence {
+    pub fn new(token: i64) -> Self {
+        Self {
+            token,
+            lost: CancellationToken::new(),
+            valid_until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Records a renewal: nobody else can lead before `until`.
+    pub fn renewed_until(&self, until: Instant) {
+        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+    }
+
+    /// `Ok` while this instance certainly still leads: not lost, and within its last renewal's
+    /// lease. Sources call it right before a step that would disturb another instance (ending a
+    /// session that holds the replication slot, dropping or creating the slot).
+    pub fn check(&self, before: &str) -> Result<()> {
+        if self.lost.is_cancelled() {
+            return Err(self.deposed(before));
+        }
+        let until = *self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        match until {
+            Some(until) if Instant::now() >= until => {
+                self.lost.cancel();
+                Err(self.deposed(before))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The error a stage returns when a guarded write was refused: leadership is gone.
     pub fn deposed(&self, what: &str) -> Error {
         self.lost.cancel();
         Error::fenced(format!(
-            "{what}: this instance is no longer the pipeline's leader (leadership token {} was replaced); \
-             it stops writing",
+            "{what}: this instance is no longer the pipeline's leader (leadership token {} was replaced \
+             or its lease ran out); it stops writing",
             self.token
         ))
     }
@@ -216,9 +273,20 @@ mod tests {
             host: host.into(),
             pid,
             since: "2026-01-01T00:00:00Z".into(),
+            ..me.clone()
         };
+        // The same derived name (host:pid) in another PID namespace is another process.
+        let elsewhere = Candidate {
+            pid_namespace: Some("pid:[1]".into()),
+            ..holder(&me.instance, &me.host, me.pid)
+        };
+        assert!(!me.succeeds(&elsewhere));
         // The same configured name: a restarted pod.
-        assert!(me.succeeds(&holder(&me.instance, "elsewhere", 1)));
+        let pod = Candidate::this_process(&HaConfig {
+            instance: Some("pod-1".into()),
+            ..HaConfig::default()
+        });
+        assert!(pod.succeeds(&holder("pod-1", "elsewhere", 1)));
         // The same host, a process that has exited.
         let mut child = std::process::Command::new("true")
             .spawn()
@@ -229,7 +297,11 @@ mod tests {
         // The same host, a live process (this test's own parent shell or init stays alive).
         let live = std::os::unix::process::parent_id();
         assert!(!me.succeeds(&holder("other", &me.host, live)));
-        // Another host: never judged from here.
-        assert!(!me.succeeds(&holder("other", "another-host", gone)));
+        // Another kernel: never judged from here.
+        let other_kernel = Candidate {
+            boot_id: Some("another-boot".into()),
+            ..holder("other", "another-host", gone)
+        };
+        assert!(!me.succeeds(&other_kernel));
     }
 }

@@ -79,23 +79,35 @@ async fn run_leading(
         candidate: Candidate::this_process(&config.ha),
         ha: config.ha.clone(),
     };
+    // Without ha, a lost leadership is re-campaigned once without waiting: after an etcd outage
+    // longer than the lease nobody else leads and this instance goes on; when another instance
+    // leads, the campaign fails naming it.
+    let mut deposed: Option<Error> = None;
     loop {
-        let electing = activity.enter("campaigning for the pipeline's leadership");
-        let leadership = config
-            .sink
-            .elect(&config.sink_context(None), &campaign, &shutdown)
-            .await
-            .map_err(|error| {
+        let leadership = match elect_retrying(config, &campaign, &shutdown, activity).await {
+            Ok(leadership) => leadership,
+            Err(error) if shutdown.is_cancelled() => {
+                tracing::debug!(error = %error, "stopped while campaigning");
+                return Ok(());
+            }
+            Err(error) => {
                 telemetry.error(error.kind(), stage::PIPELINE);
-                error
-            })?;
-        drop(electing);
+                return Err(match deposed.take() {
+                    Some(lost) => Error::fenced(format!(
+                        "{lost}; {error}. This instance exits (set `ha.enabled: true` to keep it as a \
+                         hot standby instead)"
+                    )),
+                    None => error,
+                });
+            }
+        };
         if shutdown.is_cancelled() {
             if let Some(leadership) = leadership {
                 leadership.resign().await;
             }
             return Ok(());
         }
+        deposed = None;
         telemetry.leader.set(1);
         let result =
             run_restarting(config, shutdown.clone(), activity, leadership.as_deref()).await;
@@ -106,23 +118,51 @@ async fn run_leading(
             return result;
         };
         match result {
-            Err(error) if error.kind() == ErrorKind::Fenced => {
-                // The store already gave leadership to another instance: nothing to resign.
+            Err(error) if error.kind() == ErrorKind::Fenced && !shutdown.is_cancelled() => {
+                // The store no longer holds this leadership: nothing to resign.
                 drop(leadership);
-                if config.ha.enabled && !shutdown.is_cancelled() {
+                if config.ha.enabled {
                     tracing::warn!(error = %error, "lost the pipeline's leadership; standing by");
-                    continue;
+                } else {
+                    tracing::warn!(error = %error, "lost the pipeline's leadership; campaigning again unless another instance leads");
+                    deposed = Some(error);
                 }
-                return Err(Error::fenced(format!(
-                    "{error}; another instance of pipeline `{}` leads now. This one exits \
-                     (set `ha.enabled: true` to keep it as a hot standby instead)",
-                    config.name
-                )));
             }
+            Err(error) if error.kind() == ErrorKind::Fenced => return Err(error),
             result => {
                 leadership.resign().await;
                 return result;
             }
+        }
+    }
+}
+
+/// [`SinkConfig::elect`](crate::sink::SinkConfig::elect), retrying transient failures (etcd
+/// unreachable) with backoff until it succeeds, fails for good, or `shutdown`.
+async fn elect_retrying(
+    config: &PipelineConfig,
+    campaign: &Campaign,
+    shutdown: &CancellationToken,
+    activity: &Activity,
+) -> Result<Option<Box<dyn Leadership>>> {
+    let _electing = activity.enter("campaigning for the pipeline's leadership");
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match config
+            .sink
+            .elect(&config.sink_context(None), campaign, shutdown)
+            .await
+        {
+            Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
+                telemetry::get().retry(stage::PIPELINE);
+                tracing::warn!(error = %error, retry_in = ?backoff, "campaigning for the pipeline's leadership failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return Ok(None),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            other => return other,
         }
     }
 }
@@ -174,6 +214,8 @@ async fn run_restarting(
 /// `Err` (kind `Fenced`) when the store says another instance leads; a store that cannot be
 /// asked right now is not a reason to stop (the guarded writes still protect the data).
 async fn confirm_still_leading(leadership: &dyn Leadership) -> Result<()> {
+    let fence = leadership.fence();
+    fence.check("before (re)starting the pipeline")?;
     match leadership.confirm().await {
         Err(error) if error.kind() == ErrorKind::Fenced => Err(error),
         Err(error) => {
@@ -189,6 +231,18 @@ async fn lost(fence: &Option<Fence>) {
     match fence {
         Some(fence) => fence.lost.cancelled().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Runs `work` unless the fence is lost first (then it is dropped where it is).
+async fn until_lost<T>(
+    fence: &Option<Fence>,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        _ = lost(fence) => Err(leadership_lost(fence)),
+        done = work => done,
     }
 }
 
@@ -224,12 +278,16 @@ async fn run_attempt(
     let sink_type = config.sink.typetag_name().to_string();
 
     let building = activity.enter(format!("connecting the sink ({sink_type})"));
-    let mut sink = config
-        .sink
-        .build(config.sink_context(fence.clone()))
-        .await
-        .map_err(counted(stage::SINK))?;
-    let resume = sink.checkpoint().await.map_err(counted(stage::SINK))?;
+    let (sink, resume) = until_lost(&fence, async {
+        let mut sink = config
+            .sink
+            .build(config.sink_context(fence.clone()))
+            .await
+            .map_err(counted(stage::SINK))?;
+        let resume = sink.checkpoint().await.map_err(counted(stage::SINK))?;
+        Ok((sink, resume))
+    })
+    .await?;
     drop(building);
     if let Some(checkpoint) = &resume {
         if checkpoint.source != source_type {
@@ -242,14 +300,16 @@ async fn run_attempt(
         tracing::info!(position = %checkpoint.position, "resuming after checkpoint");
     }
     let building = activity.enter(format!("connecting the source ({source_type})"));
-    let source = config
-        .source
-        .build(SourceContext {
+    let source = until_lost(
+        &fence,
+        config.source.build(SourceContext {
             name: config.name.clone(),
             resume,
-        })
-        .await
-        .map_err(counted(stage::SOURCE))?;
+            fence: fence.clone(),
+        }),
+    )
+    .await
+    .map_err(counted(stage::SOURCE))?;
     drop(building);
     let mut chain = Chain::new(
         config
@@ -558,6 +618,8 @@ mod tests {
     struct Elections {
         won: Vec<Fence>,
         resigned: usize,
+        /// Campaigns after this many wins find another instance leading.
+        other_leads_after: Option<usize>,
     }
 
     fn elections() -> &'static Mutex<HashMap<String, Elections>> {
@@ -609,13 +671,15 @@ mod tests {
             _shutdown: &CancellationToken,
         ) -> Result<Option<Box<dyn Leadership>>> {
             let fence = with_elections(&self.id, |e| {
-                let fence = Fence {
-                    token: e.won.len() as i64 + 1,
-                    lost: CancellationToken::new(),
-                };
+                if e.other_leads_after.is_some_and(|n| e.won.len() >= n) {
+                    return Err(Error::fatal(
+                        "pipeline `t` is already running on host elsewhere, pid 7",
+                    ));
+                }
+                let fence = Fence::new(e.won.len() as i64 + 1);
                 e.won.push(fence.clone());
-                fence
-            });
+                Ok(fence)
+            })?;
             Ok(Some(Box::new(FakeLeadership {
                 id: self.id.clone(),
                 fence,
@@ -647,6 +711,7 @@ mod tests {
     #[tokio::test]
     async fn a_lost_fence_stops_every_stage_at_once_and_without_ha_exits() {
         // The source ignores the stop signal: only aborting it ends the attempt.
+        with_elections("lost-noha", |e| e.other_leads_after = Some(1));
         let config = leading_config("lost-noha", "", false);
         let task = tokio::spawn(async move { run(&config, CancellationToken::new()).await });
         let fence = wait_for_elections("lost-noha", 1).await;

@@ -4,6 +4,7 @@
 use crate::change::{Checkpoint, Message, Position};
 use crate::error::Result;
 use crate::inspect::SourceInspector;
+use crate::leadership::Fence;
 use async_trait::async_trait;
 use std::fmt::Debug;
 use tokio::sync::{mpsc, watch};
@@ -16,6 +17,10 @@ pub struct SourceContext {
     pub name: String,
     /// The checkpoint found in the sink, if any: resume strictly after it.
     pub resume: Option<Checkpoint>,
+    /// The pipeline's leadership when the sink elects one (DESIGN §7): a source may then take
+    /// over upstream resources an earlier instance of the pipeline still holds, after
+    /// [`Fence::check`]. `None`: no election; never disturb another session.
+    pub fence: Option<Fence>,
 }
 
 /// The source's ends of the pipeline.

@@ -135,6 +135,7 @@ pub async fn build(
         .build(SourceContext {
             name: name.into(),
             resume,
+            fence: None,
         })
         .await
 }

@@ -172,6 +172,26 @@ impl SourceRun {
         resume: Option<Position>,
         ack: bool,
     ) -> SourceRun {
+        Self::start_full(yaml, name, resume, ack, None).await
+    }
+
+    /// Like [`SourceRun::start`], as the pipeline's leader holding `fence` (DESIGN §7): the
+    /// source may take over a slot an earlier session of the pipeline holds.
+    pub async fn start_leading(
+        yaml: &str,
+        name: &str,
+        fence: etcdsync_core::leadership::Fence,
+    ) -> SourceRun {
+        Self::start_full(yaml, name, None, true, Some(fence)).await
+    }
+
+    async fn start_full(
+        yaml: &str,
+        name: &str,
+        resume: Option<Position>,
+        ack: bool,
+        fence: Option<etcdsync_core::leadership::Fence>,
+    ) -> SourceRun {
         let config: Box<dyn SourceConfig> = serde_yaml::from_str(yaml).expect("source yaml");
         config.validate(name).expect("valid source config");
         let resume = resume.map(|position| Checkpoint {
@@ -184,6 +204,7 @@ impl SourceRun {
             .build(SourceContext {
                 name: name.into(),
                 resume,
+                fence,
             })
             .await
             .unwrap_or_else(|e| panic!("build source: {e}"));

@@ -248,6 +248,7 @@ async fn check_names_the_fixes_for_a_restricted_role() {
         .build(SourceContext {
             name: name.clone(),
             resume: None,
+            fence: None,
         })
         .await
     {
@@ -301,6 +302,7 @@ async fn check_reports_wal_level_and_capacity_on_a_server_without_logical_decodi
         .build(SourceContext {
             name: name.clone(),
             resume: None,
+            fence: None,
         })
         .await
     {

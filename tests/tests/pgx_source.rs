@@ -395,6 +395,7 @@ async fn table_without_usable_key_is_rejected_with_the_fix() {
         .build(etcdsync_core::source::SourceContext {
             name: unique("p"),
             resume: None,
+            fence: None,
         })
         .await
     {
@@ -592,6 +593,7 @@ async fn a_lost_replication_connection_is_a_transient_error() {
         .build(etcdsync_core::source::SourceContext {
             name: name.clone(),
             resume: None,
+            fence: None,
         })
         .await
         .expect("build");

@@ -86,6 +86,9 @@ async fn sink_inspector_fenced(
         .with_context(|| format!("sink `{}`", config.sink.typetag_name()))
 }
 
+/// How long `verify --repair` tries to reach the sink's store for the leadership.
+const REPAIR_CAMPAIGN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The pipeline's leadership for a command that writes (`verify --repair`): refused, naming the
 /// holder, while an instance of the pipeline runs. `None`: the sink does not coordinate.
 async fn take_leadership_for_repair(
@@ -102,9 +105,23 @@ async fn take_leadership_for_repair(
         candidate: Candidate::this_process(&ha),
         ha,
     };
-    config
+    let give_up = CancellationToken::new();
+    let _timer = give_up.clone().drop_guard();
+    let timer = give_up.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(REPAIR_CAMPAIGN_TIMEOUT).await;
+        timer.cancel();
+    });
+    let leadership = config
         .sink
-        .elect(&sink_context(config), &campaign, &CancellationToken::new())
+        .elect(&sink_context(config), &campaign, &give_up)
         .await
-        .context("verify --repair writes only while no instance of the pipeline runs")
+        .context("verify --repair writes only while no instance of the pipeline runs")?;
+    if give_up.is_cancelled() {
+        anyhow::bail!(
+            "verify --repair could not take the pipeline's leadership within {}s (is the sink reachable?); nothing was written",
+            REPAIR_CAMPAIGN_TIMEOUT.as_secs()
+        );
+    }
+    Ok(leadership)
 }

@@ -66,9 +66,8 @@ pub async fn campaign(
             .await?;
         let Some(holder_kv) = current.kvs().first() else {
             if let Some(won) = try_create(client, &key, me, ttl, shutdown).await? {
-                let (lease, token) = won;
-                let leadership =
-                    EtcdLeadership::start(client.clone(), key.clone(), lease, token, ttl);
+                let token = won.token;
+                let leadership = EtcdLeadership::start(client.clone(), key.clone(), won, ttl);
                 if standing_by_for.is_some() {
                     tracing::warn!(pipeline, instance = %me.instance, token, "took over the pipeline's leadership");
                 } else {
@@ -87,6 +86,13 @@ pub async fn campaign(
             );
             clear(client, &key, holder_kv, shutdown).await?;
             continue;
+        }
+        if holder_kv.lease() == 0 {
+            return Err(EtcdError::AlreadyRunning(format!(
+                "`{key}` exists without a lease (written by hand?), so it would never expire and no \
+                 instance could lead pipeline `{pipeline}`: delete it (etcdctl del '{key}') once no \
+                 instance runs"
+            )));
         }
         if !campaign.ha.enabled {
             return Err(EtcdError::AlreadyRunning(format!(
@@ -108,14 +114,23 @@ pub async fn campaign(
     }
 }
 
-/// Grants a lease and creates the key under it if nobody holds it: `(lease, token)` when won.
+/// A won election: the lease, the fencing token, and when the lease was asked for (it cannot
+/// expire before that plus its TTL).
+struct Won {
+    lease: i64,
+    token: i64,
+    granted_at: Instant,
+}
+
+/// Grants a lease and creates the key under it if nobody holds it.
 async fn try_create(
     client: &EtcdClient,
     key: &str,
     me: &Candidate,
     ttl: Duration,
     shutdown: &CancellationToken,
-) -> Result<Option<(i64, i64)>, EtcdError> {
+) -> Result<Option<Won>, EtcdError> {
+    let granted_at = Instant::now();
     let lease = grant(client, ttl, shutdown).await?;
     let record = Candidate {
         since: rfc3339(SystemTime::now()),
@@ -141,6 +156,8 @@ async fn try_create(
         .await;
     let response = match attempt {
         Ok(response) => response,
+        // Retries outlasted the fresh lease (etcd was slow or away): campaign again.
+        Err(error) if error.to_string().contains("lease not found") => return Ok(None),
         Err(error) => {
             revoke(client, lease).await;
             return Err(error);
@@ -154,7 +171,11 @@ async fn try_create(
         .header()
         .map(|h| h.revision())
         .ok_or_else(|| EtcdError::Task("etcd answered the campaign without a header".into()))?;
-    Ok(Some((lease, token)))
+    Ok(Some(Won {
+        lease,
+        token,
+        granted_at,
+    }))
 }
 
 async fn grant(
@@ -237,12 +258,22 @@ impl Holder {
 }
 
 impl EtcdLeadership {
-    fn start(client: EtcdClient, key: String, lease: i64, token: i64, ttl: Duration) -> Self {
-        let fence = Fence {
+    fn start(client: EtcdClient, key: String, won: Won, ttl: Duration) -> Self {
+        let Won {
+            lease,
             token,
-            lost: CancellationToken::new(),
-        };
-        let keeper = tokio::spawn(keep(client.clone(), key.clone(), lease, fence.clone(), ttl));
+            granted_at,
+        } = won;
+        let fence = Fence::new(token);
+        fence.renewed_until(granted_at + ttl);
+        let keeper = tokio::spawn(keep(
+            client.clone(),
+            key.clone(),
+            lease,
+            fence.clone(),
+            ttl,
+            granted_at,
+        ));
         Self {
             client,
             key,
@@ -254,52 +285,53 @@ impl EtcdLeadership {
 }
 
 /// Renews the lease every third of its TTL and checks the record is still ours; cancels the
-/// fence when the lease is gone, the record was replaced, or no renewal got through for a TTL.
-async fn keep(client: EtcdClient, key: String, lease: i64, fence: Fence, ttl: Duration) {
+/// fence when the lease is gone, the record was replaced, or the lease runs out locally (the last
+/// renewal that got through plus the TTL: etcd cannot expire it earlier, so the fence is never
+/// valid past the point where another instance could win).
+async fn keep(
+    client: EtcdClient,
+    key: String,
+    lease: i64,
+    fence: Fence,
+    ttl: Duration,
+    granted_at: Instant,
+) {
     let interval = ttl / 3;
-    let mut renewed_at = Instant::now();
+    let mut deadline = granted_at + ttl;
+    let lose = |why: &str| {
+        tracing::error!(
+            token = fence.token,
+            "lost the pipeline's leadership: {why}; writing stops now"
+        );
+        fence.lost.cancel();
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = fence.lost.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                return lose("no lease renewal got through for a whole lease TTL");
+            }
         }
         let sent = Instant::now();
-        match tokio::time::timeout(interval, renew_and_check(&client, &key, lease, fence.token))
-            .await
-        {
-            Ok(Ok(Renewal::Held)) => renewed_at = sent,
-            Ok(Ok(Renewal::Lost(why))) => {
-                tracing::error!(
-                    token = fence.token,
-                    why,
-                    "lost the pipeline's leadership; writing stops now"
-                );
-                fence.lost.cancel();
-                return;
+        let renewal = tokio::select! {
+            renewal = renew_and_check(&client, &key, lease, fence.token) => renewal,
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                return lose("no lease renewal got through for a whole lease TTL");
             }
-            Ok(Err(error)) if error.to_string().contains("lease not found") => {
-                tracing::error!(
-                    token = fence.token,
-                    "lost the pipeline's leadership: the leader lease expired; writing stops now"
-                );
-                fence.lost.cancel();
-                return;
+        };
+        match renewal {
+            Ok(Renewal::Held) => {
+                deadline = sent + ttl;
+                fence.renewed_until(deadline);
             }
-            Ok(Err(error)) => {
+            Ok(Renewal::Lost(why)) => return lose(why),
+            Err(error) if error.to_string().contains("lease not found") => {
+                return lose("the leader lease expired");
+            }
+            Err(error) => {
                 tracing::warn!(error = %error, "could not renew the leader lease; retrying");
             }
-            Err(_) => {
-                tracing::warn!(timeout = ?interval, "renewing the leader lease timed out; retrying")
-            }
-        }
-        if renewed_at.elapsed() >= ttl {
-            tracing::error!(
-                token = fence.token,
-                ttl = ?ttl,
-                "lost the pipeline's leadership: no lease renewal got through for a whole lease TTL; writing stops now"
-            );
-            fence.lost.cancel();
-            return;
         }
     }
 }

@@ -193,6 +193,12 @@ impl SnapshotRun {
     }
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
 /// The running sink's state.
 struct Writer {
     client: EtcdClient,
@@ -573,6 +579,8 @@ impl Writer {
         self.drain_in_flight().await
     }
 
+    /// Stops the in-flight and snapshot transactions where they are (also when the pipeline
+    /// aborts the sink's task: see `Drop`).
     fn abort(&mut self) {
         if let Some(flight) = self.in_flight.take() {
             flight.handle.abort();

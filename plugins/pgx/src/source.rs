@@ -10,6 +10,7 @@ use crate::prereq::{server_facts, slot_state, SlotState};
 use crate::relations::{quote_ident, quote_table, selected_tables, table_key, TableInfo, Types};
 use crate::replication::Streamer;
 use crate::snapshot::copy_tables;
+use etcdsync_core::leadership::Fence;
 use etcdsync_core::source::{Source, SourceContext, SourceIo};
 use etcdsync_core::telemetry;
 use etcdsync_core::{async_trait, Error, Message, Result, TableId};
@@ -35,6 +36,8 @@ pub struct PgxSource {
     /// Newly selected tables awaiting their copy.
     pending: Vec<TableInfo>,
     plan: Plan,
+    /// The pipeline's leadership, checked before disturbing the slot (DESIGN §7).
+    fence: Option<Fence>,
 }
 
 pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Source>> {
@@ -50,8 +53,11 @@ pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Sour
     if let Some(problem) = slot.as_ref().and_then(|s| s.foreign_problem(&valid)) {
         return Err(problem.into_error());
     }
-    if slot.as_ref().is_some_and(|s| s.held_by_us(&valid)) {
-        slot = take_over_slot(&catalog, &valid).await?;
+    if let (true, Some(fence)) = (
+        slot.as_ref().is_some_and(|s| s.held_by_us(&valid)),
+        &cx.fence,
+    ) {
+        slot = take_over_slot(&catalog, &valid, fence).await?;
     }
     let plan = match (&cx.resume, valid.snapshot) {
         (Some(checkpoint), _) => {
@@ -103,6 +109,7 @@ pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Sour
         tables,
         pending,
         plan,
+        fence: cx.fence,
     }))
 }
 
@@ -152,10 +159,14 @@ async fn create_slot_sql(client: &Client, slot: &str) -> Result<Lsn> {
 }
 
 /// Ends the session of an earlier instance of this pipeline that still holds the slot (a
-/// deposed leader frozen mid-stream, or a connection not yet closed): this instance builds its
-/// source only while it leads (DESIGN §7), so that session can only be stale. Returns the slot
-/// as it is afterwards.
-async fn take_over_slot(client: &Client, valid: &Valid) -> Result<Option<SlotState>> {
+/// deposed leader frozen mid-stream, or a connection not yet closed): only the leader builds a
+/// fenced source (DESIGN §7), so that session can only be stale. Returns the slot as it is
+/// afterwards.
+async fn take_over_slot(
+    client: &Client,
+    valid: &Valid,
+    fence: &Fence,
+) -> Result<Option<SlotState>> {
     for attempt in 0..50 {
         let state = slot_state(client, &valid.slot).await?;
         let Some(pid) = state
@@ -175,6 +186,7 @@ async fn take_over_slot(client: &Client, valid: &Valid) -> Result<Option<SlotSta
         }
         telemetry::get().retry("source");
         if attempt % 10 == 0 {
+            fence.check("ending the session that holds the replication slot")?;
             client
                 .query_one("SELECT pg_terminate_backend($1)", &[&pid])
                 .await
@@ -337,6 +349,9 @@ impl PgxSource {
     /// Creates the slot with an exported snapshot on a replication session that stays open
     /// while the workers copy; returns the consistent point, or `None` when stopped.
     async fn snapshot(&mut self, io: &SourceIo) -> Result<Option<Lsn>> {
+        if let Some(fence) = &self.fence {
+            fence.check("dropping and re-creating the replication slot for a snapshot")?;
+        }
         drop_slot(&self.catalog, &self.valid.slot).await?;
         let config = replication_config(&self.valid, Lsn::ZERO, Lsn::ZERO)?;
         let mut session = ReplicationClient::connect_gated(config)
