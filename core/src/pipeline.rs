@@ -672,7 +672,8 @@ mod tests {
         ) -> Result<Option<Box<dyn Leadership>>> {
             let fence = with_elections(&self.id, |e| {
                 if e.other_leads_after.is_some_and(|n| e.won.len() >= n) {
-                    return Err(Error::fatal(
+                    // Not `fatal`: another test counts fatal pipeline errors at the same time.
+                    return Err(Error::config(
                         "pipeline `t` is already running on host elsewhere, pid 7",
                     ));
                 }
@@ -731,6 +732,36 @@ mod tests {
             0,
             "nothing to resign after losing"
         );
+    }
+
+    #[tokio::test]
+    async fn without_ha_a_lost_leadership_nobody_else_took_is_taken_again() {
+        // An etcd outage longer than the lease: nobody else leads, so the pipeline goes on.
+        let config = leading_config("lost-retake", ", fail: polite", false);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move { run(&config, stop).await });
+        wait_for_elections("lost-retake", 1).await.lost.cancel();
+        let again = wait_for_elections("lost-retake", 2).await;
+        assert!(!again.lost.is_cancelled());
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops")
+            .expect("join")
+            .expect("a clean stop");
+    }
+
+    #[test]
+    fn a_fence_past_its_lease_is_lost() {
+        let fence = Fence::new(3);
+        fence.check("now").expect("no bound yet");
+        fence.renewed_until(Instant::now() + Duration::from_secs(60));
+        fence.check("now").expect("within the lease");
+        fence.renewed_until(Instant::now());
+        let error = fence.check("ending a session").expect_err("past the lease");
+        assert_eq!(error.kind(), ErrorKind::Fenced);
+        assert!(fence.lost.is_cancelled());
     }
 
     #[tokio::test]

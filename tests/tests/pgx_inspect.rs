@@ -742,7 +742,8 @@ async fn snapshot_progress_and_source_retries_reach_the_telemetry() {
     );
     let first_holder = holder().await;
     let before = retries();
-    let second = SourceRun::start(&yaml, &name, None).await;
+    let second =
+        SourceRun::start_leading(&yaml, &name, etcdsync_core::leadership::Fence::new(1)).await;
     assert!(
         retries() > before,
         "no retry counted while the slot was taken over"
