@@ -635,6 +635,7 @@ async fn metrics_health_and_readiness_are_served() {
             .unwrap_or_else(|| panic!("no series {series} in:\n{body}"))
     };
     assert_eq!(get("etcdsync_phase{}"), 2.0);
+    assert_eq!(get("etcdsync_leader{}"), 1.0, "the only instance leads");
     assert_eq!(
         get("etcdsync_snapshot_rows_total{table=\"public.t\"}"),
         300.0

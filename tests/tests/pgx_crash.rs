@@ -230,3 +230,83 @@ async fn kill_9_during_streaming_then_restart_converges() {
     s.converge().await;
     kill9(&mut child);
 }
+
+/// Source transactions larger than one etcd transaction (here 16 operations) are applied in
+/// parts; a kill -9 between two parts, then a restart, must converge — also when the applied parts
+/// moved rows to new keys that later changes of the same transaction update with unchanged
+/// TOASTed columns, deleted rows, and truncated nothing the replay needs (issue 11, item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_parts_of_split_transactions_converges() {
+    let s = Setup::new("crash_split").await;
+    let _guard = EtcdPrefixGuard(vec![format!("{}/", s.data), format!("{}/", s.meta)]);
+    let pg = s.db.client().await;
+    // `big` is stored out of line and uncompressed: updates that leave it alone send it as
+    // "unchanged TOAST", which the sink fills from the row's value in etcd.
+    pg.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, label text, big text);
+         ALTER TABLE items ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO items SELECT g, 'item ' || g,
+                (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 80) i)
+         FROM generate_series(1, 600) g;",
+    )
+    .await
+    .expect("setup");
+    let mut child = s.spawn();
+    s.converge().await;
+
+    let writer_url = s.db.url.clone();
+    let writer = tokio::spawn(async move {
+        let pg = etcdsync_tests::pg::connect(&writer_url).await;
+        for round in 0..12i64 {
+            // Each transaction: 30 rows moved to new keys, then updated (big unchanged), 10
+            // deleted, 10 inserted — about 140 etcd operations, so 10 parts or more.
+            let from = 1 + round * 40;
+            let moved = 100_000 * (round + 1);
+            pg.batch_execute(&format!(
+                "BEGIN;
+                 UPDATE items SET id = id + {moved} WHERE id BETWEEN {from} AND {from} + 29;
+                 UPDATE items SET label = 'moved in round {round}' WHERE id BETWEEN {from} + {moved} AND {from} + 29 + {moved};
+                 DELETE FROM items WHERE id BETWEEN {from} + 30 AND {from} + 39;
+                 INSERT INTO items SELECT g, 'new', repeat('n', 3000) FROM generate_series({from} + 50000, {from} + 50009) g;
+                 COMMIT;"
+            ))
+            .await
+            .expect("writer transaction");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+
+    // Kill the child while a split transaction is half applied (its marker is in etcd), several
+    // times, restarting after each kill.
+    let partial_key = format!("{}/partial", s.meta);
+    let mut killed_at: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        // A marker other than the ones killed at: the restarted child made progress.
+        let started = Instant::now();
+        let mut seen = None;
+        while started.elapsed() < Duration::from_secs(20) && !writer.is_finished() {
+            let marker = etcd_dump(&mut etcd().await, &partial_key).await;
+            if let Some(value) = marker.into_values().next() {
+                if !killed_at.contains(&value) {
+                    seen = Some(value);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        kill9(&mut child);
+        killed_at.extend(seen);
+        child = s.spawn();
+    }
+    writer.await.expect("writer");
+    s.converge().await;
+    kill9(&mut child);
+    assert!(
+        killed_at.len() >= 2,
+        "fewer than two kills landed between parts of a split transaction: {killed_at:?}"
+    );
+    assert!(
+        etcd_dump(&mut etcd().await, &partial_key).await.is_empty(),
+        "the split-transaction marker outlived its transaction"
+    );
+}

@@ -82,10 +82,11 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Limits for transactions that also carry the checkpoint put.
+    /// Limits for transactions that also carry the checkpoint (and the split-transaction marker).
     pub fn with_checkpoint(max_txn_ops: usize, max_request_bytes: usize) -> Self {
         Self {
-            max_ops: max_txn_ops.saturating_sub(1).max(1),
+            // the checkpoint put and the `{meta}/partial` put or delete
+            max_ops: max_txn_ops.saturating_sub(2).max(1),
             max_bytes: max_request_bytes.saturating_sub(TXN_OVERHEAD + CHECKPOINT_RESERVE),
         }
     }
@@ -565,7 +566,7 @@ mod tests {
         assert_eq!(b.bytes(), (4 + OP_OVERHEAD) + (2 * 5 + OP_OVERHEAD));
         assert_eq!(b.len(), 2);
         let limits = Limits::with_checkpoint(128, 1_572_864);
-        assert_eq!(limits.max_ops, 127);
+        assert_eq!(limits.max_ops, 126);
         assert_eq!(
             limits.max_bytes,
             1_572_864 - TXN_OVERHEAD - CHECKPOINT_RESERVE

@@ -1,6 +1,7 @@
-//! The metadata keys under `{meta_prefix}/` (DESIGN §2, §5, §6): `checkpoint` (JSON
-//! [`Checkpoint`], written only inside data transactions and by idle heartbeats) and `snapshot`
-//! (state of the last snapshot and its start revision).
+//! The metadata keys under `{meta_prefix}/` (DESIGN §2, §4–6): `checkpoint` (JSON
+//! [`Checkpoint`], written only inside data transactions and by idle heartbeats), `partial` (how
+//! far a split source transaction got) and `snapshot` (state of the last snapshot and its start
+//! revision).
 
 use crate::batch::CommitMark;
 use crate::error::EtcdError;
@@ -27,6 +28,31 @@ pub fn decode_checkpoint(key: &str, value: &[u8]) -> Result<Checkpoint, EtcdErro
         key: key.to_string(),
         reason: e.to_string(),
     })
+}
+
+/// `{meta}/partial`: how far a source transaction larger than one etcd transaction got, written
+/// in each of its parts and deleted with the checkpoint of its last (DESIGN §4). After a crash
+/// between parts the transaction is replayed from the checkpoint; its first `changes` changes are
+/// already in etcd and are skipped, so the replay continues exactly where the parts stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialMarker {
+    /// The checkpoint position the parts followed (`None`: no checkpoint yet).
+    pub after: Option<String>,
+    /// Changes of the transaction that the applied parts hold, counted from its start.
+    pub changes: u64,
+}
+
+impl PartialMarker {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(key: &str, value: &[u8]) -> Result<Self, EtcdError> {
+        serde_json::from_slice(value).map_err(|e| EtcdError::MalformedCheckpoint {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })
+    }
 }
 
 /// `{meta}/snapshot`: which snapshot ran last, and from which etcd revision on its keys count as

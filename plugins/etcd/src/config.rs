@@ -208,6 +208,10 @@ impl Settings {
     }
 
     /// `{meta}/status`: written only by the running sink ([`crate::status`]).
+    pub fn partial_key(&self) -> String {
+        format!("{}partial", self.meta_prefix)
+    }
+
     pub fn status_key(&self) -> String {
         format!("{}status", self.meta_prefix)
     }

@@ -5,7 +5,9 @@
 //! `{meta}/status` current while it runs ([`crate::status`]).
 
 use crate::batch::{Batch, CommitMark, EtcdOp, Limits, Lookup};
-use crate::checkpoint::{decode_checkpoint, encode_checkpoint, SnapshotMarker, SnapshotState};
+use crate::checkpoint::{
+    decode_checkpoint, encode_checkpoint, PartialMarker, SnapshotMarker, SnapshotState,
+};
 use crate::client::EtcdClient;
 use crate::config::{OnOversize, Settings};
 use crate::error::EtcdError;
@@ -41,6 +43,15 @@ pub struct EtcdSink {
     /// The leadership this sink writes under; every transaction compares its token.
     fence: Option<Fence>,
     guards: Arc<Vec<Compare>>,
+    /// What [`Sink::checkpoint`] found: the position and a split transaction's progress.
+    resumed: Resumed,
+}
+
+/// Where the previous run stopped, as the sink's metadata says.
+#[derive(Debug, Default, Clone)]
+struct Resumed {
+    position: Option<String>,
+    partial: Option<PartialMarker>,
 }
 
 impl std::fmt::Debug for EtcdSink {
@@ -73,6 +84,7 @@ impl EtcdSink {
             source_type: source_type.into(),
             fence: None,
             guards: Arc::new(Vec::new()),
+            resumed: Resumed::default(),
         })
     }
 
@@ -107,10 +119,43 @@ impl Sink for EtcdSink {
             .client
             .get("read the checkpoint", key.as_str(), None, None, Some(3))
             .await?;
-        match response.kvs().first() {
-            None => Ok(None),
-            Some(kv) => Ok(Some(decode_checkpoint(&key, kv.value())?)),
+        let checkpoint = match response.kvs().first() {
+            None => None,
+            Some(kv) => Some(decode_checkpoint(&key, kv.value())?),
+        };
+        let partial_key = self.settings.partial_key();
+        let response = self
+            .client
+            .get(
+                "read the split-transaction marker",
+                partial_key.as_str(),
+                None,
+                None,
+                Some(3),
+            )
+            .await?;
+        let partial = match response.kvs().first() {
+            None => None,
+            Some(kv) => Some(PartialMarker::decode(&partial_key, kv.value())?),
+        };
+        let position = checkpoint.as_ref().map(|c| c.position.to_string());
+        self.resumed = Resumed {
+            partial: partial.filter(|p| {
+                let current = p.after == position;
+                if !current {
+                    tracing::warn!(marker = ?p, checkpoint = ?position, "ignoring a split-transaction marker of another checkpoint");
+                }
+                current
+            }),
+            position,
+        };
+        if let Some(partial) = &self.resumed.partial {
+            tracing::info!(
+                changes = partial.changes,
+                "the transaction after the checkpoint was partly applied; its replay skips what is in etcd"
+            );
         }
+        Ok(checkpoint)
     }
 
     async fn run(self: Box<Self>, io: SinkIo) -> Result<()> {
@@ -214,6 +259,16 @@ struct Writer {
     ready: Batch,
     /// The current, not yet committed source transaction (or its latest part).
     open: Batch,
+    /// Changes of the open source transaction that are in `open` or in parts already sent.
+    open_changes: u64,
+    /// Whether parts of the open source transaction were sent (its commit clears the marker).
+    open_split: bool,
+    /// `ready` holds the commit of a split transaction: its write deletes `{meta}/partial`.
+    ready_clears_partial: bool,
+    /// The position of the last commit sent to etcd (or resumed from).
+    last_position: Option<String>,
+    /// Changes of the first replayed transaction still to skip (already in etcd).
+    replay_skip: u64,
     last_checkpoint_write: Option<Instant>,
     last_committed_at: Option<String>,
     snapshot: Option<SnapshotRun>,
@@ -235,6 +290,7 @@ impl Writer {
             settings,
             source_type,
             guards,
+            resumed,
             ..
         } = sink;
         let index = KeyIndex::new(&settings);
@@ -258,6 +314,11 @@ impl Writer {
             in_flight: None,
             ready: Batch::new(),
             open: Batch::new(),
+            open_changes: 0,
+            open_split: false,
+            ready_clears_partial: false,
+            last_position: resumed.position,
+            replay_skip: resumed.partial.map_or(0, |p| p.changes),
             last_checkpoint_write: None,
             last_committed_at: None,
             snapshot: None,
@@ -343,6 +404,21 @@ impl Writer {
     // ---- streaming -------------------------------------------------------------------------
 
     async fn stream_change(&mut self, change: Change) -> Result<(), EtcdError> {
+        if self.replay_skip > 0 {
+            // Replaying a transaction whose first parts etcd already holds.
+            self.replay_skip -= 1;
+            self.open_changes += 1;
+            self.open_split = true;
+            return Ok(());
+        }
+        self.add_open_change(change).await?;
+        self.open_changes += 1;
+        Ok(())
+    }
+
+    /// Adds one change of the open source transaction, sending earlier parts when it does not
+    /// fit.
+    async fn add_open_change(&mut self, change: Change) -> Result<(), EtcdError> {
         if change.route.tracked && matches!(change.op, Op::Truncate) {
             return self.truncate_tracked(&change.table.id).await;
         }
@@ -387,17 +463,32 @@ impl Writer {
     /// Sends what the open source transaction has so far as a part of it (no checkpoint), after
     /// the committed transactions waiting before it.
     async fn submit_open_part(&mut self) -> Result<(), EtcdError> {
-        if !self.ready.is_empty() {
-            let ready = std::mem::take(&mut self.ready);
-            self.submit(ready).await?;
-        }
+        self.submit_ready().await?;
         let part = std::mem::take(&mut self.open);
         tracing::debug!(
             ops = part.len(),
             bytes = part.bytes(),
+            changes = self.open_changes,
             "source transaction split across etcd transactions"
         );
-        self.submit(part).await
+        let marker = PartialMarker {
+            after: self.last_position.clone(),
+            changes: self.open_changes,
+        };
+        self.open_split = true;
+        let put = TxnOp::put(self.settings.partial_key(), marker.encode(), None);
+        self.submit_with(part, Some(put)).await
+    }
+
+    /// Sends `ready` (with the marker's delete when it completes a split transaction).
+    async fn submit_ready(&mut self) -> Result<(), EtcdError> {
+        if self.ready.is_empty() {
+            return Ok(());
+        }
+        let ready = std::mem::take(&mut self.ready);
+        let clear = std::mem::take(&mut self.ready_clears_partial)
+            .then(|| TxnOp::delete(self.settings.partial_key(), None));
+        self.submit_with(ready, clear).await
     }
 
     async fn commit(&mut self, commit: Commit) -> Result<(), EtcdError> {
@@ -411,6 +502,16 @@ impl Writer {
         if committed_at.is_some() {
             self.last_committed_at.clone_from(&committed_at);
         }
+        if self.replay_skip > 0 {
+            tracing::warn!(
+                position = %commit.position,
+                missing = self.replay_skip,
+                "the replayed transaction had fewer changes than its applied parts (was the configuration changed?)"
+            );
+            self.replay_skip = 0;
+        }
+        let split = std::mem::take(&mut self.open_split);
+        self.open_changes = 0;
         let mut open = std::mem::take(&mut self.open);
         open.record_commit(
             CommitMark {
@@ -422,10 +523,10 @@ impl Writer {
         if self.ready.is_empty() {
             self.ready = open;
         } else if let Err(open) = self.ready.try_merge(open, self.stream_limits) {
-            let ready = std::mem::take(&mut self.ready);
-            self.submit(ready).await?;
+            self.submit_ready().await?;
             self.ready = open;
         }
+        self.ready_clears_partial |= split;
         self.submit_ready_if_due().await
     }
 
@@ -457,8 +558,7 @@ impl Writer {
                 return Ok(());
             }
         }
-        let ready = std::mem::take(&mut self.ready);
-        self.submit(ready).await
+        self.submit_ready().await
     }
 
     /// When a checkpoint-only `ready` becomes due.
@@ -470,11 +570,15 @@ impl Writer {
         Some(tokio::time::Instant::from_std(at))
     }
 
-    /// Waits for the in-flight transaction, then starts applying `batch` (with its checkpoint).
-    async fn submit(&mut self, batch: Batch) -> Result<(), EtcdError> {
+    /// Waits for the in-flight transaction, then starts applying `batch` with its checkpoint and
+    /// `marker` (the split-transaction marker's put or delete).
+    async fn submit_with(&mut self, batch: Batch, marker: Option<TxnOp>) -> Result<(), EtcdError> {
         self.drain_in_flight().await?;
-        if batch.is_empty() {
+        if batch.is_empty() && marker.is_none() {
             return Ok(());
+        }
+        if let Some(mark) = batch.commit() {
+            self.last_position = Some(mark.position.to_string());
         }
         let data_ops = batch.len();
         let has_data = batch.has_data();
@@ -498,6 +602,7 @@ impl Writer {
                 if let Some((key, value)) = &checkpoint {
                     ops.push(TxnOp::put(key.as_str(), value.as_slice(), None));
                 }
+                ops.extend(marker.iter().cloned());
                 ops
             };
             let started = Instant::now();
@@ -553,8 +658,7 @@ impl Writer {
     async fn stop(&mut self) -> Result<(), EtcdError> {
         tracing::info!("etcd sink stopping");
         if self.snapshot.is_none() && self.ready.commit().is_some() {
-            let ready = std::mem::take(&mut self.ready);
-            self.submit(ready).await?;
+            self.submit_ready().await?;
         }
         self.drain_in_flight().await
     }
@@ -573,8 +677,7 @@ impl Writer {
         }
         self.open = Batch::new();
         if self.ready.commit().is_some() {
-            let ready = std::mem::take(&mut self.ready);
-            self.submit(ready).await?;
+            self.submit_ready().await?;
         }
         self.drain_in_flight().await
     }
@@ -946,8 +1049,7 @@ impl Writer {
         if self.open.has_data() {
             self.submit_open_part().await?;
         } else if !self.ready.is_empty() {
-            let ready = std::mem::take(&mut self.ready);
-            self.submit(ready).await?;
+            self.submit_ready().await?;
         }
         self.drain_in_flight().await?;
         let deleted = self.delete_indexed(table, None).await?;
@@ -1101,8 +1203,7 @@ impl Writer {
             ));
         }
         if !self.ready.is_empty() {
-            let ready = std::mem::take(&mut self.ready);
-            self.submit(ready).await?;
+            self.submit_ready().await?;
         }
         self.drain_in_flight().await?;
         let key = self.settings.snapshot_key();
@@ -1272,6 +1373,7 @@ impl Writer {
         events::txn_applied_since(TxnKind::Checkpoint, 2, started);
         events::checkpoint_written();
         self.last_checkpoint_write = Some(Instant::now());
+        self.last_position = Some(position.to_string());
         self.last_committed_at = None;
         tracing::info!(
             %position,

@@ -219,7 +219,7 @@ async fn a_transaction_of_10000_changes_is_split_and_acknowledged_only_at_its_en
         serde_json::from_str(&checkpoint.expect("checkpoint")).expect("json");
     assert_eq!(checkpoint.position, pos(1));
 
-    // Split into several etcd transactions (127 data ops + checkpoint each at most), the
+    // Split into several etcd transactions (126 data ops + checkpoint and marker each at most), the
     // checkpoint only in the last one.
     let response = etcd
         .get(data.as_str(), Some(GetOptions::new().with_prefix()))
@@ -228,7 +228,7 @@ async fn a_transaction_of_10000_changes_is_split_and_acknowledged_only_at_its_en
     assert_eq!(response.kvs().len() as i64, N);
     let revisions: BTreeSet<i64> = response.kvs().iter().map(|kv| kv.mod_revision()).collect();
     assert!(
-        revisions.len() as i64 >= N / 127,
+        revisions.len() as i64 >= N / 126,
         "only {} etcd transactions",
         revisions.len()
     );
