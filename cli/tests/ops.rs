@@ -14,7 +14,6 @@ use etcdsync_tests::pg::{env, etcd, eventually, expected, unique};
 use http_body_util::{BodyExt as _, Empty};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 // ---- check ------------------------------------------------------------------------------------
@@ -328,15 +327,6 @@ async fn status_json_during_snapshot_and_streaming() {
 }
 
 // ---- verify -----------------------------------------------------------------------------------
-
-async fn verify_json(config: &Path, extra: &[&str]) -> (Option<i32>, Json) {
-    let mut args = vec!["verify", "-c", path(config), "--json"];
-    args.extend_from_slice(extra);
-    let output = etcdsync(&args, &[]).await;
-    let report = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("verify --json is not JSON ({e}): {}", text(&output)));
-    (output.status.code(), report)
-}
 
 fn keys_of(report: &Json, kind: &str) -> Vec<String> {
     report[kind]["keys"]

@@ -197,6 +197,25 @@ pub async fn status_json(config: &Path) -> Json {
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&output)))
 }
 
+/// `etcdsync verify -c config --json extra…`: the exit code and the report.
+pub async fn verify_json(config: &Path, extra: &[&str]) -> (Option<i32>, Json) {
+    let mut args = vec!["verify", "-c", path(config), "--json"];
+    args.extend_from_slice(extra);
+    let output = etcdsync(&args, &[]).await;
+    let report = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("verify --json is not JSON ({e}): {}", text(&output)));
+    (output.status.code(), report)
+}
+
+/// Asserts `etcdsync verify` finds no drift for `config`.
+pub async fn assert_verify_clean(config: &Path) {
+    let (code, report) = verify_json(config, &[]).await;
+    assert_eq!(code, Some(0), "verify found drift: {report:#}");
+    assert_eq!(report["missing"]["count"], 0, "{report:#}");
+    assert_eq!(report["different"]["count"], 0, "{report:#}");
+    assert_eq!(report["extra"]["count"], 0, "{report:#}");
+}
+
 pub fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }

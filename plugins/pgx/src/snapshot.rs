@@ -10,7 +10,7 @@ use crate::relations::{build_schema, quote_ident, quote_table, TableInfo, Types}
 use crate::types::{parse_value, TypeKind};
 use etcdsync_core::change::Column;
 use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
-use etcdsync_core::{telemetry, Change, Message, Result, Row, TableSchema, Value};
+use etcdsync_core::{telemetry, Change, Error, Message, Result, Row, TableSchema, Value};
 use futures::StreamExt;
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -33,7 +33,7 @@ pub async fn copy_tables(
     let workers = valid.snapshot_workers.min(tables.len()).max(1);
     let jobs = (0..workers).map(|n| {
         let queue = queue.clone();
-        async move { worker(n, valid, queue, snapshot, server_version, output).await }
+        async move { worker(n, valid, tables, queue, snapshot, server_version, output).await }
     });
     tokio::select! {
         results = futures::future::try_join_all(jobs) => Ok(results?.into_iter().all(|done| done)),
@@ -44,6 +44,7 @@ pub async fn copy_tables(
 async fn worker(
     n: usize,
     valid: &Valid,
+    tables: &[TableInfo],
     queue: Arc<Mutex<VecDeque<TableInfo>>>,
     snapshot: &str,
     server_version: i32,
@@ -57,6 +58,7 @@ async fn worker(
         ))
         .await
         .map_err(pg("importing the exported snapshot"))?;
+    lock_tables(&client, tables).await?;
     let mut types = Types::default();
     loop {
         let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
@@ -70,6 +72,47 @@ async fn worker(
         .await
         .map_err(pg("ending the snapshot transaction"))?;
     Ok(true)
+}
+
+/// Takes `ACCESS SHARE` on every table of the copy in this worker's snapshot transaction (as
+/// pg_dump does), so no table-rewriting `ALTER` or `TRUNCATE` can run until the copy is done;
+/// then checks that none was rewritten between the snapshot's export and the lock: the rewritten
+/// table would look empty to the snapshot. Either failure starts the snapshot over.
+async fn lock_tables(client: &Client, tables: &[TableInfo]) -> Result<()> {
+    let list = tables
+        .iter()
+        .map(|t| quote_table(&t.id))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if list.is_empty() {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!("LOCK TABLE {list} IN ACCESS SHARE MODE"))
+        .await
+        .map_err(|e| {
+            Error::transient(format!(
+                "locking the tables of the snapshot (ACCESS SHARE) failed: {e}; a table was dropped or renamed \
+                 during the start of the snapshot, which starts over"
+            ))
+        })?;
+    let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+    let rewritten = client
+        .query(
+            "SELECT c.oid::regclass::text FROM pg_class c \
+             WHERE c.oid = ANY($1) AND c.relfilenode <> 0 AND c.relfilenode <> pg_relation_filenode(c.oid)",
+            &[&oids],
+        )
+        .await
+        .map_err(pg("checking the snapshot's tables for rewrites"))?;
+    if let Some(row) = rewritten.first() {
+        let table: String = row.get(0);
+        return Err(Error::transient(format!(
+            "table {table} was rewritten (ALTER TABLE … TYPE, VACUUM FULL, CLUSTER or TRUNCATE) after the \
+             snapshot was exported, so the snapshot would see it empty; the snapshot starts over"
+        )));
+    }
+    Ok(())
 }
 
 /// The synced columns of a table as the snapshot sees them: not dropped, not generated

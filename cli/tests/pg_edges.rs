@@ -1,0 +1,71 @@
+//! PostgreSQL at the edges (issue 11) with the real `etcdsync` binary, PostgreSQL and etcd: each
+//! scenario ends with etcd equal to the tables and `etcdsync verify` clean.
+#![cfg(feature = "integration-tests")]
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// A table-rewriting `ALTER` on a table the snapshot has not copied yet waits for the snapshot
+/// (it holds `ACCESS SHARE` on every table, as pg_dump does) instead of making the table look
+/// empty to the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_during_the_snapshot_waits_and_loses_nothing() {
+    let pipe = Pipe::new("rewr").await;
+    pipe.sql(
+        "CREATE TABLE a (id int PRIMARY KEY, v text);
+         INSERT INTO a SELECT g, repeat('a', 50) FROM generate_series(1, 6000) g;
+         CREATE TABLE b (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO b SELECT g, g FROM generate_series(1, 500) g;",
+    )
+    .await;
+    // One worker copies `a` then `b`; small, sequential etcd transactions keep `a` busy.
+    let config = pipe.config(
+        "rewr.yaml",
+        Parts {
+            include: "\"public.a\", \"public.b\"",
+            source_extra: "  snapshot_workers: 1\n",
+            sink_extra: "  max_txn_ops: 8\n  snapshot_txns_in_flight: 1\n",
+            ..Parts::default()
+        },
+    );
+    let run = Run::start(&config, &[]);
+    let copying_a = etcdsync_tests::pg::eventually(WAIT, || async {
+        let a = pipe.etcd_table("a").await.len();
+        a > 100 && a < 6000
+    })
+    .await;
+    assert!(
+        copying_a,
+        "never saw the copy of `a` under way: {}",
+        run.stderr()
+    );
+    assert!(
+        pipe.etcd_table("b").await.is_empty(),
+        "`b` was copied first"
+    );
+    // int → bigint rewrites the table; its values stay the same JSON numbers.
+    let url = pipe.db.url.clone();
+    let alter = tokio::spawn(async move {
+        etcdsync_tests::pg::connect(&url)
+            .await
+            .batch_execute("ALTER TABLE b ALTER COLUMN v TYPE bigint")
+            .await
+            .expect("ALTER TABLE b");
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !alter.is_finished(),
+        "the rewrite did not wait for the snapshot's lock"
+    );
+    pipe.wait_synced("a", "snapshot of a").await;
+    pipe.wait_synced("b", "snapshot of b").await;
+    tokio::time::timeout(WAIT, alter)
+        .await
+        .expect("the ALTER ran after the snapshot")
+        .expect("join");
+    pipe.sql("UPDATE b SET v = v + 1 WHERE id <= 10").await;
+    pipe.wait_synced("b", "after the rewrite").await;
+    assert_verify_clean(&config).await;
+}
