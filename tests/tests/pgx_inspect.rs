@@ -412,7 +412,7 @@ async fn tables_scan_and_snapshot_agree_byte_for_byte_in_key_order() {
     let pg = db.client().await;
     pg.batch_execute(SCAN_DDL).await.expect("setup");
     pg.batch_execute(
-        "CREATE TABLE events (at timestamptz NOT NULL, line text);
+        "CREATE TABLE events (at timestamptz NOT NULL, line text NOT NULL UNIQUE);
          ALTER TABLE events REPLICA IDENTITY FULL;
          INSERT INTO events VALUES ('2024-01-01', 'a'), ('2024-01-02', 'b');",
     )

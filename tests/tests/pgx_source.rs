@@ -382,13 +382,58 @@ async fn idle_keepalives_advance_confirmed_flush() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn table_without_usable_key_is_rejected_with_the_fix() {
+async fn a_table_without_a_key_is_left_out_until_it_has_one() {
     let db = TestDb::create("pgx_nokey").await;
     let pg = db.client().await;
-    pg.batch_execute("CREATE TABLE logs (at timestamptz, line text)")
-        .await
-        .expect("setup");
+    pg.batch_execute(
+        "CREATE TABLE logs (id int NOT NULL, line text);
+         INSERT INTO logs VALUES (1, 'a');
+         CREATE TABLE items (id int PRIMARY KEY, label text);
+         INSERT INTO items VALUES (1, 'one');",
+    )
+    .await
+    .expect("setup");
+    // The keyless table does not stop the others; once it has a key it is copied, then streamed.
     let yaml = source_yaml(&db, &["public.*"], "");
+    let run = SourceRun::start(&yaml, &unique("p"), None).await;
+    run.wait_for("snapshot", WAIT, snapshot_done).await;
+    let snapshot = apply(&run.messages.lock().expect("messages").clone(), "/k");
+    assert!(
+        snapshot.keys().any(|k| k.contains("/items/")),
+        "{snapshot:?}"
+    );
+    assert!(
+        !snapshot.keys().any(|k| k.contains("/logs/")),
+        "{snapshot:?}"
+    );
+    pg.batch_execute("ALTER TABLE logs ADD PRIMARY KEY (id)")
+        .await
+        .expect("add a key");
+    run.wait_for("the copy of logs", WAIT, |m| {
+        apply(m, "/k").keys().any(|k| k.contains("/logs/1"))
+    })
+    .await;
+    pg.batch_execute("INSERT INTO logs VALUES (2, 'b')")
+        .await
+        .expect("insert");
+    run.wait_for("the streamed insert into logs", WAIT, |m| {
+        apply(m, "/k").keys().any(|k| k.contains("/logs/2"))
+    })
+    .await;
+    run.stop().await;
+
+    // key_columns must be covered by a unique index on NOT NULL columns.
+    pg.batch_execute(
+        "CREATE TABLE events (at timestamptz NOT NULL, line text);
+         ALTER TABLE events REPLICA IDENTITY FULL;",
+    )
+    .await
+    .expect("events");
+    let yaml = source_yaml(
+        &db,
+        &["public.events"],
+        "key_columns: { \"public.events\": [line] }\n",
+    );
     let config: Box<dyn etcdsync_core::source::SourceConfig> =
         serde_yaml::from_str(&yaml).expect("yaml");
     let err = match config
@@ -399,33 +444,28 @@ async fn table_without_usable_key_is_rejected_with_the_fix() {
         })
         .await
     {
-        Ok(_) => panic!("a table without key was accepted"),
+        Ok(_) => panic!("key_columns without a unique index were accepted"),
         Err(e) => e,
     };
     let text = err.to_string();
     assert!(
-        text.contains("public.logs")
-            && text.contains("PRIMARY KEY")
-            && text.contains("key_columns"),
+        text.contains("source.key_columns.public.events") && text.contains("CREATE UNIQUE INDEX"),
         "{text}"
     );
     assert_eq!(err.kind(), etcdsync_core::ErrorKind::Config);
 
-    // with key_columns and REPLICA IDENTITY FULL the table is accepted and deletes carry the key
+    // With a unique index on NOT NULL columns and REPLICA IDENTITY FULL the table is accepted
+    // and deletes carry the key.
     pg.batch_execute(
-        "ALTER TABLE logs REPLICA IDENTITY FULL; INSERT INTO logs VALUES ('2024-01-01', 'a')",
+        "ALTER TABLE events ALTER COLUMN line SET NOT NULL;
+         CREATE UNIQUE INDEX ON events (line);
+         INSERT INTO events VALUES ('2024-01-01', 'a')",
     )
     .await
-    .expect("identity");
-    let name = unique("p");
-    let yaml = source_yaml(
-        &db,
-        &["public.*"],
-        "key_columns: { \"public.logs\": [line] }\n",
-    );
-    let run = SourceRun::start(&yaml, &name, None).await;
+    .expect("unique index");
+    let run = SourceRun::start(&yaml, &unique("p"), None).await;
     run.wait_for("snapshot", WAIT, snapshot_done).await;
-    pg.batch_execute("DELETE FROM logs WHERE line = 'a'")
+    pg.batch_execute("DELETE FROM events WHERE line = 'a'")
         .await
         .expect("delete");
     run.wait_for("commit", WAIT, |m| commits(m) >= 1).await;

@@ -334,7 +334,10 @@ async fn check_keys(
         .await
         {
             Ok(Ok(_)) => usable += 1,
-            Ok(Err(problem)) => out.push(CheckResult::fail(name, problem.detail, problem.fix)),
+            Ok(Err(issue)) => {
+                let problem = issue.into_problem();
+                out.push(CheckResult::fail(name, problem.detail, problem.fix))
+            }
             Err(error) => out.push(failed_query(&name, &error)),
         }
     }

@@ -205,10 +205,51 @@ pub async fn table_key(
     replident: &str,
     key_columns: &BTreeMap<TableId, Vec<String>>,
     selection: &TableSelection,
-) -> Result<Vec<String>> {
-    resolve_key(client, oid, id, replident, key_columns, selection)
-        .await?
-        .map_err(Problem::into_error)
+) -> Result<Option<Vec<String>>> {
+    match resolve_key(client, oid, id, replident, key_columns, selection).await? {
+        Ok(key) => Ok(Some(key)),
+        Err(KeyIssue::Keyless(problem)) => {
+            warn_keyless_once(id, &problem);
+            Ok(None)
+        }
+        Err(KeyIssue::Invalid(problem)) => Err(problem.into_error()),
+    }
+}
+
+/// Why a selected table has no key the sink can use.
+#[derive(Debug, Clone)]
+pub enum KeyIssue {
+    /// No primary key or identity index: the table is left out, with a warning, until it has one.
+    Keyless(Problem),
+    /// The configuration names a key that cannot work (`key_columns`, `exclude_columns`).
+    Invalid(Problem),
+}
+
+impl KeyIssue {
+    pub fn into_problem(self) -> Problem {
+        match self {
+            KeyIssue::Keyless(problem) | KeyIssue::Invalid(problem) => problem,
+        }
+    }
+}
+
+/// Logs a keyless table once per process (the table refresh looks at it again and again).
+fn warn_keyless_once(id: &TableId, problem: &Problem) {
+    static WARNED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<TableId>>> =
+        std::sync::OnceLock::new();
+    let first = WARNED
+        .get_or_init(Default::default)
+        .lock()
+        .map(|mut warned| warned.insert(id.clone()))
+        .unwrap_or(true);
+    if first {
+        tracing::warn!(
+            table = %id,
+            fix = %problem.fix,
+            "{}; the table is not synced until it has one (looked for again every table_refresh_interval)",
+            problem.detail
+        );
+    }
 }
 
 /// [`table_key`] for `check`: the outer error is a failed query, the inner one a table whose
@@ -220,7 +261,7 @@ pub async fn resolve_key(
     replident: &str,
     key_columns: &BTreeMap<TableId, Vec<String>>,
     selection: &TableSelection,
-) -> Result<std::result::Result<Vec<String>, Problem>> {
+) -> Result<std::result::Result<Vec<String>, KeyIssue>> {
     let primary = index_columns(client, oid, "i.indisprimary")
         .await?
         .into_iter()
@@ -238,12 +279,31 @@ pub async fn resolve_key(
             _ => false,
         };
         if !covered {
-            return Ok(Err(Problem::new(
+            return Ok(Err(KeyIssue::Invalid(Problem::new(
                 format!(
                     "at `source.key_columns.{id}`: deletes and key changes of {id} would not carry these columns"
                 ),
                 format!("run ALTER TABLE {} REPLICA IDENTITY FULL", quote_table(id)),
-            )));
+            ))));
+        }
+        let unique = index_columns(client, oid, "i.indisunique").await?;
+        if !unique
+            .iter()
+            .any(|index| index.iter().all(|c| configured.contains(c)))
+        {
+            return Ok(Err(KeyIssue::Invalid(Problem::new(
+                format!(
+                    "at `source.key_columns.{id}`: {} is not covered by a unique index on NOT NULL columns, \
+                     so two rows could share one key and overwrite each other in etcd",
+                    configured.join(", ")
+                ),
+                format!(
+                    "create one (ALTER TABLE {t} ALTER COLUMN … SET NOT NULL; CREATE UNIQUE INDEX ON {t} ({cols})), \
+                     or name columns that have one",
+                    t = quote_table(id),
+                    cols = configured.join(", ")
+                ),
+            ))));
         }
         configured.clone()
     } else {
@@ -270,16 +330,16 @@ pub async fn resolve_key(
         };
         match found {
             Ok(key) => key,
-            Err(problem) => return Ok(Err(problem)),
+            Err(problem) => return Ok(Err(KeyIssue::Keyless(problem))),
         }
     };
     if let Some(col) = key.iter().find(|c| selection.column_excluded(id, c)) {
-        return Ok(Err(Problem::new(
+        return Ok(Err(KeyIssue::Invalid(Problem::new(
             format!(
                 "at `source.tables.exclude_columns`: `{col}` is a key column of {id} and cannot be excluded"
             ),
             format!("remove `{col}` from `source.tables.exclude_columns` for {id}"),
-        )));
+        ))));
     }
     Ok(Ok(key))
 }

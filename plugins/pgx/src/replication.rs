@@ -254,7 +254,7 @@ impl Streamer {
             if self.keys.contains_key(&id) {
                 continue;
             }
-            let key = table_key(
+            let Some(key) = table_key(
                 &self.catalog,
                 oid,
                 &id,
@@ -262,7 +262,10 @@ impl Streamer {
                 &self.valid.key_columns,
                 &self.valid.tables,
             )
-            .await?;
+            .await?
+            else {
+                continue;
+            };
             self.keys.insert(id.clone(), key.clone());
             found.push(TableInfo { oid, id, key });
         }
@@ -397,27 +400,31 @@ impl Streamer {
                     rel.namespace.as_str()
                 };
                 let id = TableId::new(namespace, rel.name.as_str());
-                let entry = if self.valid.tables.matches(&id) {
-                    let key = match self.keys.get(&id) {
-                        Some(key) => key.clone(),
-                        None => {
-                            let replident = match table_by_oid(&self.catalog, rel.relid).await? {
-                                Some((_, replident)) => replident,
-                                None => (rel.replica_identity as char).to_string(),
-                            };
-                            let key = table_key(
-                                &self.catalog,
-                                rel.relid,
-                                &id,
-                                &replident,
-                                &self.valid.key_columns,
-                                &self.valid.tables,
-                            )
-                            .await?;
+                let key = match self.keys.get(&id) {
+                    Some(key) => Some(key.clone()),
+                    None if self.valid.tables.matches(&id) => {
+                        let replident = match table_by_oid(&self.catalog, rel.relid).await? {
+                            Some((_, replident)) => replident,
+                            None => (rel.replica_identity as char).to_string(),
+                        };
+                        // A table without a key is left out (warned about) until it has one.
+                        let key = table_key(
+                            &self.catalog,
+                            rel.relid,
+                            &id,
+                            &replident,
+                            &self.valid.key_columns,
+                            &self.valid.tables,
+                        )
+                        .await?;
+                        if let Some(key) = &key {
                             self.keys.insert(id.clone(), key.clone());
-                            key
                         }
-                    };
+                        key
+                    }
+                    None => None,
+                };
+                let entry = if let Some(key) = key {
                     Some(
                         Relation::from_message(
                             &rel,

@@ -113,12 +113,13 @@ pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Sour
     }))
 }
 
-/// The selected tables with their keys, in table-id order; a table without a usable key is a
-/// configuration error naming the fix.
+/// The selected tables with their keys, in table-id order. A table without a primary key or
+/// identity index is left out with a warning (the table refresh picks it up once it has one);
+/// a configured key that cannot work is an error naming the fix.
 pub(crate) async fn resolve_tables(client: &Client, valid: &Valid) -> Result<Vec<TableInfo>> {
     let mut tables = Vec::new();
     for (oid, id, replident) in selected_tables(client, &valid.tables).await? {
-        let key = table_key(
+        let Some(key) = table_key(
             client,
             oid,
             &id,
@@ -126,7 +127,10 @@ pub(crate) async fn resolve_tables(client: &Client, valid: &Valid) -> Result<Vec
             &valid.key_columns,
             &valid.tables,
         )
-        .await?;
+        .await?
+        else {
+            continue;
+        };
         tables.push(TableInfo { oid, id, key });
     }
     tables.sort_by(|a, b| a.id.cmp(&b.id));
