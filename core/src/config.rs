@@ -117,7 +117,7 @@ impl PipelineConfig {
     pub fn sink_context(&self, fence: Option<Fence>) -> SinkContext {
         SinkContext {
             name: self.name.clone(),
-            source_type: self.source.typetag_name().to_string(),
+            source_type: self.source.plugin_name().to_string(),
             fence,
         }
     }

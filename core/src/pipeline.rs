@@ -274,7 +274,7 @@ async fn run_attempt(
             error
         }
     };
-    let source_type = config.source.typetag_name().to_string();
+    let source_type = config.source.plugin_name().to_string();
     let sink_type = config.sink.typetag_name().to_string();
 
     let building = activity.enter(format!("connecting the sink ({sink_type})"));

@@ -71,6 +71,12 @@ pub trait Source: Send {
 #[async_trait]
 #[typetag::serde(tag = "type")]
 pub trait SourceConfig: Debug + Send + Sync {
+    /// The plugin's name as checkpoints record it: the same for every alias of one plugin
+    /// (`type: postgres` is `pgx`), so switching between aliases keeps the checkpoint.
+    fn plugin_name(&self) -> &'static str {
+        self.typetag_name()
+    }
+
     /// Checks the configuration without I/O; errors name the key and the fix.
     fn validate(&self, pipeline_name: &str) -> Result<()>;
 

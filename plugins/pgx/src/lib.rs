@@ -79,6 +79,10 @@ pub struct PostgresAlias(pub PgxConfig);
 #[async_trait]
 #[typetag::serde(name = "postgres")]
 impl SourceConfig for PostgresAlias {
+    fn plugin_name(&self) -> &'static str {
+        "pgx"
+    }
+
     fn validate(&self, pipeline_name: &str) -> Result<()> {
         self.0.validate(pipeline_name)
     }
@@ -95,6 +99,20 @@ impl SourceConfig for PostgresAlias {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_alias_records_the_canonical_plugin_name() {
+        let config: Box<dyn SourceConfig> = serde_yaml::from_str(
+            "type: postgres\nurl: postgres://u@h/db\ntables: { include: [\"public.*\"] }\n",
+        )
+        .expect("alias parses");
+        assert_eq!(config.typetag_name(), "postgres");
+        assert_eq!(
+            config.plugin_name(),
+            "pgx",
+            "checkpoints name the plugin, not the alias"
+        );
+    }
 
     #[test]
     fn examples_parse_through_typetag() {

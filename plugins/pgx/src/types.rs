@@ -239,13 +239,20 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     )
 }
 
-/// Parses an array literal (`{1,2}`, `{{"a b",NULL},{c,"d\"e"}}`, `[0:1]={1,2}`) into nested
-/// `Value::Array`s, each element read with `elem`.
+/// Parses an array literal (`{1,2}`, `{{"a b",NULL},{c,"d\"e"}}`) into nested `Value::Array`s,
+/// each element read with `elem`. An array whose lower bounds are not 1 (PostgreSQL then
+/// prefixes them: `[0:1]={1,2}`) stays its text form, a string, so the bounds are not lost.
 pub fn parse_array(text: &str, elem: &TypeKind, delim: u8) -> Option<Value> {
-    let body = match text.find('=') {
-        Some(eq) if text.starts_with('[') => &text[eq + 1..],
-        _ => text,
-    };
+    if text.starts_with('[') {
+        let (bounds, body) = text.split_once('=')?;
+        let well_formed = bounds
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b"[]:-".contains(&b));
+        let mut pos = 0;
+        let parses = parse_array_level(body.as_bytes(), &mut pos, elem, delim).is_some();
+        return (well_formed && parses).then(|| Value::Text(text.to_string()));
+    }
+    let body = text;
     let bytes = body.as_bytes();
     let mut pos = 0;
     let value = parse_array_level(bytes, &mut pos, elem, delim)?;
@@ -447,7 +454,11 @@ mod tests {
             json(&array(TypeKind::Int), "{{1,2},{3,NULL}}"),
             "[[1,2],[3,null]]"
         );
-        assert_eq!(json(&array(TypeKind::Int), "[0:1]={7,8}"), "[7,8]");
+        assert_eq!(
+            json(&array(TypeKind::Int), "[0:1]={7,8}"),
+            "\"[0:1]={7,8}\"",
+            "explicit lower bounds are kept as the text form"
+        );
         assert_eq!(
             json(
                 &array(TypeKind::Text),
