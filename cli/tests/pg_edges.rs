@@ -69,3 +69,95 @@ async fn a_rewrite_during_the_snapshot_waits_and_loses_nothing() {
     pipe.wait_synced("b", "after the rewrite").await;
     assert_verify_clean(&config).await;
 }
+
+/// Someone changes the managed publication while the pipeline runs — leaves out deletes, adds a
+/// row filter, drops the table from it: each is repaired at the next table refresh and the table
+/// is copied again, so the changes it filtered out meanwhile reach etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publication_drift_is_repaired_and_the_table_copied_again() {
+    let pipe = Pipe::new("pubdr").await;
+    pipe.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO t SELECT g, g FROM generate_series(1, 200) g;",
+    )
+    .await;
+    let config = pipe.config(
+        "pubdr.yaml",
+        Parts {
+            include: "\"public.t\"",
+            source_extra: "  table_refresh_interval: 1s\n",
+            ..Parts::default()
+        },
+    );
+    let run = Run::start(&config, &[]);
+    pipe.wait_synced("t", "snapshot").await;
+    let publication = pipe.slot();
+    for (drift, change) in [
+        (
+            format!("ALTER PUBLICATION {publication} SET (publish = 'insert')"),
+            "DELETE FROM t WHERE id <= 10; UPDATE t SET v = 0 WHERE id = 20",
+        ),
+        (
+            format!("ALTER PUBLICATION {publication} SET TABLE t WHERE (id > 100)"),
+            "UPDATE t SET v = -1 WHERE id BETWEEN 30 AND 40",
+        ),
+        (
+            format!("ALTER PUBLICATION {publication} DROP TABLE t"),
+            "DELETE FROM t WHERE id BETWEEN 50 AND 60",
+        ),
+    ] {
+        pipe.sql(&drift).await;
+        pipe.sql(change).await;
+        pipe.wait_synced("t", &drift).await;
+    }
+    let flags = pipe
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .expect("publication flags");
+    assert!(flags.get::<_, bool>(0), "publish flags not repaired");
+    assert!(run.stderr().contains("repairing it"), "{}", run.stderr());
+    assert_verify_clean(&config).await;
+}
+
+/// With `manage_publication: false` a publication that would lose changes stops `run` and fails
+/// `check`, both naming the statement that fixes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmanaged_publication_that_would_lose_changes_is_refused() {
+    let pipe = Pipe::new("pubun").await;
+    let publication = format!("pub_{}", pipe.slot());
+    pipe.sql(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+         CREATE PUBLICATION {publication} FOR TABLE t WITH (publish = 'insert, update');"
+    ))
+    .await;
+    let config = pipe.config(
+        "pubun.yaml",
+        Parts {
+            include: "\"public.t\"",
+            source_extra: &format!("  manage_publication: false\n  publication: {publication}\n"),
+            ..Parts::default()
+        },
+    );
+    let output = etcdsync(&["run", "-c", path(&config)], &[]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not publish delete, truncate")
+            && stderr.contains("SET (publish = 'insert, update, delete, truncate')"),
+        "{}",
+        text(&output)
+    );
+    let output = etcdsync(&["check", "-c", path(&config)], &[]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("does not publish delete, truncate"),
+        "{}",
+        text(&output)
+    );
+}

@@ -462,6 +462,18 @@ async fn check_publication(
         }
     }
     if let Some(current) = published.as_ref().filter(|_| !valid.manage_publication) {
+        let server_version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int4", &[])
+            .await
+            .map_err(pg("reading the server version"))?
+            .get(0);
+        let listed: Vec<TableId> = current.iter().cloned().collect();
+        for drift in crate::publication::drift(client, &valid.publication, server_version).await? {
+            problems.push(Problem::new(
+                drift.detail(&valid.publication),
+                format!("run {};", drift.fix(&valid.publication, &listed)),
+            ));
+        }
         let missing: Vec<&TableId> = wanted.difference(current).collect();
         if !missing.is_empty() {
             problems.push(Problem::new(

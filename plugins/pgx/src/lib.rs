@@ -9,6 +9,7 @@ pub mod error;
 pub mod inspect;
 pub mod position;
 pub mod prereq;
+pub mod publication;
 pub mod relations;
 pub mod replication;
 pub mod snapshot;

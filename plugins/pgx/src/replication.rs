@@ -12,6 +12,7 @@ use crate::relations::{
     quote_ident, quote_table, selected_tables, table_by_oid, table_key, Relation, TableInfo, Types,
 };
 use crate::snapshot::copy_tables;
+use crate::source::publication_tables;
 use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
 use etcdsync_core::{Change, Commit, Error, Message, Position, Result, TableId};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
@@ -120,8 +121,14 @@ impl Streamer {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(next_refresh), if self.valid.manage_publication && st.txn.is_none() => {
-                    self.refresh().await?;
+                _ = tokio::time::sleep_until(next_refresh), if st.txn.is_none() => {
+                    let copying: Vec<TableId> = st.copy.iter().flat_map(|c| c.tables.iter().map(|t| t.id.clone()))
+                        .chain(st.promote.iter().flat_map(|(_, tables)| tables.iter().cloned()))
+                        .collect();
+                    self.check_publication(&copying).await?;
+                    if self.valid.manage_publication {
+                        self.refresh().await?;
+                    }
                     next_refresh = Instant::now() + refresh_every;
                 }
                 _ = tokio::time::sleep_until(heartbeat_due), if st.pending_heartbeat.is_some() && st.txn.is_none() => {
@@ -247,6 +254,80 @@ impl Streamer {
         Ok(())
     }
 
+    /// The main publication must publish every streamed table, whole, with every operation:
+    /// drift is repaired and the tables whose changes it may have filtered out are copied again
+    /// (`manage_publication`), or stops the stream naming the fix.
+    async fn check_publication(&mut self, copying: &[TableId]) -> Result<()> {
+        let publication = self.valid.publication.clone();
+        let current = publication_tables(&self.catalog, &publication)
+            .await?
+            .unwrap_or_default();
+        let streamed: Vec<TableId> = self
+            .keys
+            .keys()
+            .filter(|id| !self.pending.iter().any(|t| &t.id == *id) && !copying.contains(id))
+            .cloned()
+            .collect();
+        let removed: Vec<TableId> = streamed
+            .iter()
+            .filter(|id| !current.contains(*id))
+            .cloned()
+            .collect();
+        if !self.valid.manage_publication {
+            if let Some(first) = removed.first() {
+                return Err(Error::config(format!(
+                    "publication {publication} no longer publishes {first}, so its changes would not arrive: \
+                     run ALTER PUBLICATION {} ADD TABLE {}; and `etcdsync verify --repair` once it runs again",
+                    quote_ident(&publication),
+                    quote_table(first)
+                )));
+            }
+        }
+        let published: Vec<TableId> = current.into_iter().collect();
+        let mut recopy = crate::publication::enforce(
+            &self.catalog,
+            &publication,
+            &published,
+            self.server_version,
+            self.valid.manage_publication,
+        )
+        .await?;
+        for id in &removed {
+            tracing::warn!(table = %id, publication = %publication, "the table was removed from the publication; copying it again");
+        }
+        recopy.extend(removed);
+        recopy.retain(|id| streamed.contains(id));
+        recopy.sort();
+        recopy.dedup();
+        if recopy.is_empty() {
+            return Ok(());
+        }
+        let still_published: Vec<String> = recopy
+            .iter()
+            .filter(|id| published.contains(id))
+            .map(quote_table)
+            .collect();
+        if !still_published.is_empty() {
+            // Out of the main publication while the copy runs (it comes back with the copy),
+            // so adding it back never meets "already member of publication".
+            self.catalog
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {} DROP TABLE {}",
+                    quote_ident(&publication),
+                    still_published.join(", ")
+                ))
+                .await
+                .map_err(pg(format!(
+                    "taking tables out of publication {publication} for a new copy"
+                )))?;
+        }
+        for id in &recopy {
+            self.keys.remove(id);
+        }
+        // Found again (and copied) by the refresh.
+        Ok(())
+    }
+
     /// Looks for selected tables that are not known yet and queues them for a copy.
     async fn refresh(&mut self) -> Result<()> {
         let mut found = Vec::new();
@@ -278,15 +359,26 @@ impl Streamer {
             .collect::<Vec<_>>()
             .join(", ");
         let publication = self.valid.pending_publication();
-        self.catalog
-            .batch_execute(&format!(
-                "ALTER PUBLICATION {} ADD TABLE {list}",
-                quote_ident(&publication)
-            ))
-            .await
-            .map_err(pg(format!(
-                "adding new tables to publication {publication}"
-            )))?;
+        let members = publication_tables(&self.catalog, &publication)
+            .await?
+            .unwrap_or_default();
+        let to_add: Vec<String> = found
+            .iter()
+            .filter(|t| !members.contains(&t.id))
+            .map(|t| quote_table(&t.id))
+            .collect();
+        if !to_add.is_empty() {
+            self.catalog
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {} ADD TABLE {}",
+                    quote_ident(&publication),
+                    to_add.join(", ")
+                ))
+                .await
+                .map_err(pg(format!(
+                    "adding new tables to publication {publication}"
+                )))?;
+        }
         tracing::info!(tables = %list, "new tables selected; they are copied, then streamed");
         self.pending.extend(found);
         Ok(())
@@ -357,23 +449,42 @@ impl Streamer {
         Ok(Flow::Continue)
     }
 
-    /// Moves copied tables from the pending publication into the main one (one transaction).
+    /// Moves copied tables from the pending publication into the main one (one transaction);
+    /// membership is checked first, so a table already in either place never fails the move.
     async fn promote(&self, tables: &[TableId]) -> Result<()> {
-        let list = tables
-            .iter()
-            .map(quote_table)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "BEGIN; ALTER PUBLICATION {} ADD TABLE {list}; ALTER PUBLICATION {} DROP TABLE {list}; COMMIT",
-            quote_ident(&self.valid.publication),
-            quote_ident(&self.valid.pending_publication())
-        );
+        let main = publication_tables(&self.catalog, &self.valid.publication)
+            .await?
+            .unwrap_or_default();
+        let pending = publication_tables(&self.catalog, &self.valid.pending_publication())
+            .await?
+            .unwrap_or_default();
+        let list = |ids: Vec<&TableId>| {
+            ids.into_iter()
+                .map(quote_table)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let add = list(tables.iter().filter(|t| !main.contains(*t)).collect());
+        let drop = list(tables.iter().filter(|t| pending.contains(*t)).collect());
+        let mut sql = String::from("BEGIN;");
+        if !add.is_empty() {
+            sql.push_str(&format!(
+                " ALTER PUBLICATION {} ADD TABLE {add};",
+                quote_ident(&self.valid.publication)
+            ));
+        }
+        if !drop.is_empty() {
+            sql.push_str(&format!(
+                " ALTER PUBLICATION {} DROP TABLE {drop};",
+                quote_ident(&self.valid.pending_publication())
+            ));
+        }
+        sql.push_str(" COMMIT");
         self.catalog
             .batch_execute(&sql)
             .await
             .map_err(pg("moving copied tables into the publication"))?;
-        tracing::info!(tables = %list, "copied tables are streamed");
+        tracing::info!(tables = %list(tables.iter().collect()), "copied tables are streamed");
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use crate::connect::{connect, replication_config};
 use crate::error::{pg, wire};
 use crate::position;
 use crate::prereq::{server_facts, slot_state, SlotState};
+use crate::publication::enforce;
 use crate::relations::{quote_ident, quote_table, selected_tables, table_key, TableInfo, Types};
 use crate::replication::Streamer;
 use crate::snapshot::copy_tables;
@@ -93,7 +94,14 @@ pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Sour
         }
     };
     let resuming_with_copies = cx.resume.is_some() && valid.snapshot == SnapshotMode::Initial;
-    let pending = sync_publications(&catalog, &valid, &tables, resuming_with_copies).await?;
+    let pending = sync_publications(
+        &catalog,
+        &valid,
+        &tables,
+        resuming_with_copies,
+        server_version,
+    )
+    .await?;
     if !pending.is_empty() {
         let names: Vec<String> = pending.iter().map(|t| t.id.to_string()).collect();
         tracing::info!(tables = ?names, "newly selected tables will be copied, then streamed");
@@ -301,14 +309,23 @@ async fn sync_publications(
     valid: &Valid,
     tables: &[TableInfo],
     resuming_with_copies: bool,
+    server_version: i32,
 ) -> Result<Vec<TableInfo>> {
     let wanted: BTreeSet<TableId> = tables.iter().map(|t| t.id.clone()).collect();
     if !valid.manage_publication {
-        if publication_tables(client, &valid.publication)
-            .await?
-            .is_none()
-        {
-            set_publication(client, &valid.publication, &wanted).await?;
+        match publication_tables(client, &valid.publication).await? {
+            None => set_publication(client, &valid.publication, &wanted).await?,
+            Some(current) => {
+                let published: Vec<TableId> = current.into_iter().collect();
+                enforce(
+                    client,
+                    &valid.publication,
+                    &published,
+                    server_version,
+                    false,
+                )
+                .await?;
+            }
         }
         return Ok(Vec::new());
     }
@@ -320,9 +337,36 @@ async fn sync_publications(
     } else {
         wanted.clone()
     };
-    let pending: BTreeSet<TableId> = wanted.difference(&published).cloned().collect();
+    let mut pending: BTreeSet<TableId> = wanted.difference(&published).cloned().collect();
+    let mut published = published;
+    if resuming_with_copies {
+        // Changes a drifted publication filtered out are not in etcd: copy those tables again.
+        let current: Vec<TableId> = published.iter().cloned().collect();
+        for table in enforce(client, &valid.publication, &current, server_version, true).await? {
+            published.remove(&table);
+            pending.insert(table);
+        }
+    }
     set_publication(client, &valid.pending_publication(), &pending).await?;
     set_publication(client, &valid.publication, &published).await?;
+    let pending_now: Vec<TableId> = pending.iter().cloned().collect();
+    enforce(
+        client,
+        &valid.pending_publication(),
+        &pending_now,
+        server_version,
+        true,
+    )
+    .await?;
+    let published_now: Vec<TableId> = published.iter().cloned().collect();
+    enforce(
+        client,
+        &valid.publication,
+        &published_now,
+        server_version,
+        true,
+    )
+    .await?;
     Ok(tables
         .iter()
         .filter(|t| pending.contains(&t.id))
