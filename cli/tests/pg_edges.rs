@@ -161,3 +161,33 @@ async fn an_unmanaged_publication_that_would_lose_changes_is_refused() {
         text(&output)
     );
 }
+
+/// An update that leaves a TOASTed column alone sends it as "unchanged"; with REPLICA IDENTITY
+/// FULL the old tuple carries it, so it fills the value even when etcd holds no stored row (here
+/// `snapshot: never`: the row was never copied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_is_filled_from_the_full_old_tuple() {
+    let pipe = Pipe::new("toastf").await;
+    pipe.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, big text);
+         ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL;
+         ALTER TABLE t REPLICA IDENTITY FULL;
+         INSERT INTO t SELECT g, g, repeat(md5(g::text), 100) FROM generate_series(1, 20) g;",
+    )
+    .await;
+    let config = pipe.config(
+        "toastf.yaml",
+        Parts {
+            include: "\"public.t\"",
+            source_extra: "  snapshot: never\n",
+            ..Parts::default()
+        },
+    );
+    let run = Run::start(&config, &[]);
+    let streaming =
+        etcdsync_tests::pg::eventually(WAIT, || async { pipe.checkpoint().await.is_some() }).await;
+    assert!(streaming, "never streamed: {}", run.stderr());
+    pipe.sql("UPDATE t SET v = v + 1").await;
+    pipe.wait_synced("t", "updates with unchanged TOAST").await;
+    assert_verify_clean(&config).await;
+}

@@ -565,11 +565,11 @@ impl Streamer {
                         Some(old) => Some(rel.row(&old.values, true, !old.full)?),
                         None => None,
                     };
-                    vec![Change::update(
-                        rel.schema.clone(),
-                        old,
-                        rel.row(&new, false, false)?,
-                    )]
+                    let mut row = rel.row(&new, false, false)?;
+                    if let Some(old) = &old {
+                        fill_unchanged_from_old(&mut row, old);
+                    }
+                    vec![Change::update(rel.schema.clone(), old, row)]
                 }
                 None => Vec::new(),
             },
@@ -595,6 +595,17 @@ impl Streamer {
             | LogicalMessage::Type { .. }
             | LogicalMessage::Message { .. } => Vec::new(),
         })
+    }
+}
+
+/// Unchanged TOASTed columns of an update take the old tuple's value when pgoutput sent one
+/// (REPLICA IDENTITY FULL logs the old row whole), so the sink needs no stored value for them.
+fn fill_unchanged_from_old(row: &mut [etcdsync_core::Value], old: &[etcdsync_core::Value]) {
+    use etcdsync_core::Value;
+    for (new, old) in row.iter_mut().zip(old) {
+        if matches!(new, Value::Unchanged) && !matches!(old, Value::Missing | Value::Unchanged) {
+            *new = old.clone();
+        }
     }
 }
 
