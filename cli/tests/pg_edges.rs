@@ -191,3 +191,128 @@ async fn unchanged_toast_is_filled_from_the_full_old_tuple() {
     pipe.wait_synced("t", "updates with unchanged TOAST").await;
     assert_verify_clean(&config).await;
 }
+
+/// Creates `public.{name}` with `rows` rows `(id, v)`.
+fn table_sql(name: &str, rows: i64) -> String {
+    format!(
+        "CREATE TABLE {name} (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO {name} SELECT g, '{name} ' || g FROM generate_series(1, {rows}) g;"
+    )
+}
+
+/// Waits until etcd's data prefix holds exactly the rows of `tables`, nothing else.
+async fn wait_exactly(pipe: &Pipe, tables: &[&str], what: &str) {
+    let synced = etcdsync_tests::pg::eventually(WAIT, || async {
+        let mut want = std::collections::BTreeMap::new();
+        for table in tables {
+            want.extend(pipe.expected(table).await);
+        }
+        pipe.etcd_data().await == want
+    })
+    .await;
+    if synced {
+        return;
+    }
+    let mut want = std::collections::BTreeMap::new();
+    for table in tables {
+        want.extend(pipe.expected(table).await);
+    }
+    let have = pipe.etcd_data().await;
+    let missing: Vec<&String> = want
+        .keys()
+        .filter(|k| !have.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<&String> = have
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
+    let different: Vec<(&String, &String)> = want
+        .iter()
+        .filter(|(k, v)| have.get(*k).is_some_and(|h| h != *v))
+        .take(5)
+        .collect();
+    panic!(
+        "{what}: etcd does not hold exactly {tables:?}: missing {missing:?}, extra {extra:?}, different {different:?}"
+    );
+}
+
+/// Table identity is the OID (DESIGN §2): renamed within the selection, the keys move; renamed
+/// out of it or dropped, they go; renamed into it, it is copied; dropped and created again under
+/// the same name, the new table's rows replace the old ones — all while running, and again for
+/// a rename and a drop that happen while etcdsync is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renames_and_drops_follow_the_table_identity() {
+    let pipe = Pipe::new("ident").await;
+    let mut setup = String::new();
+    for (name, rows) in [
+        ("keep_a", 30),
+        ("keep_c", 20),
+        ("other_d", 25),
+        ("keep_e", 10),
+        ("keep_f", 15),
+        ("keep_g", 12),
+        ("keep_h", 8),
+    ] {
+        setup.push_str(&table_sql(name, rows));
+    }
+    pipe.sql(&setup).await;
+    let config = pipe.config(
+        "ident.yaml",
+        Parts {
+            include: "\"public.keep_*\"",
+            source_extra: "  table_refresh_interval: 1s\n",
+            ..Parts::default()
+        },
+    );
+    let mut run = Run::start(&config, &[]);
+    wait_exactly(
+        &pipe,
+        &["keep_a", "keep_c", "keep_e", "keep_f", "keep_g", "keep_h"],
+        "snapshot",
+    )
+    .await;
+
+    pipe.sql(
+        "ALTER TABLE keep_a RENAME TO keep_b;
+         UPDATE keep_b SET v = 'after the rename' WHERE id = 1;
+         ALTER TABLE keep_c RENAME TO other_c;
+         ALTER TABLE other_d RENAME TO keep_d;
+         DROP TABLE keep_e;
+         DROP TABLE keep_f;
+         CREATE TABLE keep_f (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO keep_f VALUES (100, 'recreated');",
+    )
+    .await;
+    wait_exactly(
+        &pipe,
+        &["keep_b", "keep_d", "keep_f", "keep_g", "keep_h"],
+        "after renames and drops while running",
+    )
+    .await;
+    pipe.sql("INSERT INTO keep_b VALUES (1000, 'streamed under the new name'); INSERT INTO keep_f VALUES (101, 'x');")
+        .await;
+    wait_exactly(
+        &pipe,
+        &["keep_b", "keep_d", "keep_f", "keep_g", "keep_h"],
+        "streaming after them",
+    )
+    .await;
+    assert_verify_clean(&config).await;
+
+    // While stopped.
+    run.signal("TERM");
+    let status = run.wait(WAIT).await.expect("stops");
+    assert!(status.success(), "{}", run.stderr());
+    pipe.sql("ALTER TABLE keep_g RENAME TO keep_g2; DROP TABLE keep_h;")
+        .await;
+    let _run = Run::start(&config, &[]);
+    wait_exactly(
+        &pipe,
+        &["keep_b", "keep_d", "keep_f", "keep_g2"],
+        "after a rename and a drop while stopped",
+    )
+    .await;
+    assert_verify_clean(&config).await;
+}

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Pause before retrying a lease renewal that failed.
+const RENEW_RETRY: Duration = Duration::from_millis(250);
+
 /// How often a standby looks at the leader key.
 pub const STANDBY_POLL: Duration = Duration::from_millis(200);
 
@@ -305,25 +308,37 @@ async fn keep(
         );
         fence.lost.cancel();
     };
+    // After a failed attempt (an etcd member gone, a leader election) retry soon, each attempt
+    // bounded, so one request stuck on a dead endpoint does not use up the lease.
+    let retry = RENEW_RETRY.min(interval);
+    let mut wait = interval;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = fence.lost.cancelled() => return,
             _ = tokio::time::sleep_until(deadline.into()) => {
                 return lose("no lease renewal got through for a whole lease TTL");
             }
         }
         let sent = Instant::now();
+        let attempt_until = deadline.min(sent + interval);
         let renewal = tokio::select! {
             renewal = renew_and_check(&client, &key, lease, fence.token) => renewal,
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                return lose("no lease renewal got through for a whole lease TTL");
+            _ = tokio::time::sleep_until(attempt_until.into()) => {
+                if attempt_until >= deadline {
+                    return lose("no lease renewal got through for a whole lease TTL");
+                }
+                tracing::warn!(timeout = ?interval, "renewing the leader lease timed out; retrying");
+                wait = retry;
+                continue;
             }
         };
+        wait = retry;
         match renewal {
             Ok(Renewal::Held) => {
                 deadline = sent + ttl;
                 fence.renewed_until(deadline);
+                wait = interval;
             }
             Ok(Renewal::Lost(why)) => return lose(why),
             Err(error) if error.to_string().contains("lease not found") => {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod connect;
 pub mod decode;
 pub mod error;
+pub mod identity;
 pub mod inspect;
 pub mod position;
 pub mod prereq;

@@ -7,16 +7,18 @@
 use crate::config::Valid;
 use crate::decode::{decode, LogicalMessage};
 use crate::error::{pg, wire, PgxError};
+use crate::identity::Registry;
 use crate::position;
 use crate::relations::{
     quote_ident, quote_table, selected_tables, table_by_oid, table_key, Relation, TableInfo, Types,
 };
 use crate::snapshot::copy_tables;
 use crate::source::publication_tables;
+use crate::source::IdentityStart;
 use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
 use etcdsync_core::{Change, Commit, Error, Message, Position, Result, TableId};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -37,6 +39,38 @@ pub struct Streamer {
     pub server_version: i32,
     /// Tables selected but not copied yet; their changes are skipped until their copy.
     pub pending: Vec<TableInfo>,
+    /// Table identities by OID: renames, drops, the registry kept with the publication.
+    pub identity: Identity,
+}
+
+/// The stream's side of [`crate::identity`].
+pub struct Identity {
+    /// `None` when the publication is not managed (nothing is kept).
+    registry: Option<Registry>,
+    /// The registry changed in memory; it is written once the sink has acknowledged this position
+    /// and no step it describes is outstanding.
+    dirty_at: Option<Lsn>,
+    /// Names whose keys are removed at the next point between transactions.
+    retire_now: Vec<TableId>,
+    /// Old names of renamed tables, removed by the next copy.
+    retire_with_copy: Vec<TableId>,
+    /// Dropped tables (or renamed out of the selection): their changes are ignored.
+    ignored: HashSet<u32>,
+    /// A Relation message named a table under an unknown name: refresh at once.
+    refresh_soon: bool,
+}
+
+impl Identity {
+    pub(crate) fn new(start: IdentityStart, from: Lsn) -> Self {
+        Self {
+            dirty_at: start.registry.as_ref().map(|_| from),
+            registry: start.registry,
+            retire_now: start.retire_now,
+            retire_with_copy: start.retire_with_copy,
+            ignored: start.ignored.into_iter().collect(),
+            refresh_soon: false,
+        }
+    }
 }
 
 /// A copy of newly selected tables: a temporary slot's session holds the exported snapshot
@@ -46,6 +80,8 @@ struct TableCopy {
     snapshot: String,
     session: ReplicationClient,
     tables: Vec<TableInfo>,
+    /// Old names of renamed tables: the copy's clean-up removes their keys.
+    retire: Vec<TableId>,
 }
 
 /// The open transaction.
@@ -99,6 +135,14 @@ impl Streamer {
         let refresh_every = self.valid.table_refresh_interval;
         let mut next_refresh = Instant::now() + refresh_every;
         'stream: loop {
+            if std::mem::take(&mut self.identity.refresh_soon) {
+                next_refresh = Instant::now();
+            }
+            if st.txn.is_none() && !self.identity.retire_now.is_empty() {
+                if let Flow::Stop = self.retire(&mut st, &out).await {
+                    break;
+                }
+            }
             if st.txn.is_none() && st.copy.is_none() && !self.pending.is_empty() {
                 st.copy = Some(self.start_copy().await?);
             }
@@ -119,6 +163,7 @@ impl Streamer {
                                 self.promote(&tables).await?;
                             }
                         }
+                        self.write_registry_if_settled(lsn, &st).await?;
                     }
                 }
                 _ = tokio::time::sleep_until(next_refresh), if st.txn.is_none() => {
@@ -127,7 +172,13 @@ impl Streamer {
                         .collect();
                     self.check_publication(&copying).await?;
                     if self.valid.manage_publication {
+                        self.reconcile_identity(&mut st).await?;
                         self.refresh().await?;
+                        if self.pending.is_empty() && st.copy.is_none() {
+                            // A renamed table that cannot be copied (no key yet): its old keys go now.
+                            let old = std::mem::take(&mut self.identity.retire_with_copy);
+                            self.identity.retire_now.extend(old);
+                        }
                     }
                     next_refresh = Instant::now() + refresh_every;
                 }
@@ -328,6 +379,77 @@ impl Streamer {
         Ok(())
     }
 
+    /// Removes the keys of dropped (or renamed-out) tables: a snapshot step over their names that
+    /// writes nothing, so its clean-up deletes everything under them (index entries included).
+    async fn retire(&mut self, st: &mut State, out: &Out<'_>) -> Flow {
+        let tables = std::mem::take(&mut self.identity.retire_now);
+        tracing::info!(tables = ?tables.iter().map(ToString::to_string).collect::<Vec<_>>(), "removing the keys of tables that are gone");
+        if let Flow::Stop = out.send(Message::SnapshotStarted { tables }).await {
+            return Flow::Stop;
+        }
+        let position = position::format(st.last);
+        if let Flow::Stop = out.send(Message::SnapshotFinished { position }).await {
+            return Flow::Stop;
+        }
+        if self.identity.registry.is_some() {
+            self.identity.dirty_at =
+                Some(self.identity.dirty_at.map_or(st.last, |at| at.max(st.last)));
+        }
+        st.last_progress = Instant::now();
+        Flow::Continue
+    }
+
+    /// Compares the synced tables' OIDs with the catalog (DESIGN §2: identity is the OID).
+    async fn reconcile_identity(&mut self, st: &mut State) -> Result<()> {
+        let Some(registry) = &self.identity.registry else {
+            return Ok(());
+        };
+        let found = registry
+            .reconcile(&self.catalog, &self.valid.tables)
+            .await?;
+        let Some(registry) = &mut self.identity.registry else {
+            return Ok(());
+        };
+        for oid in &found.gone {
+            registry.tables.remove(oid);
+            self.identity.ignored.insert(*oid);
+            st.relations.insert(*oid, None);
+        }
+        for name in &found.retire {
+            tracing::warn!(table = %name, "the table was dropped or renamed out of the selection; removing its keys");
+            self.keys.remove(name);
+            self.pending.retain(|t| &t.id != name);
+        }
+        self.identity.retire_now.extend(found.retire);
+        for (oid, old, new) in found.renamed {
+            tracing::warn!(from = %old, to = %new, "the table was renamed; its keys move to the new name");
+            registry.tables.remove(&oid);
+            // Found again under its new name by the refresh, which copies it; the copy's
+            // clean-up removes the old name's keys.
+            self.keys.remove(&old);
+            self.identity.retire_with_copy.push(old);
+        }
+        Ok(())
+    }
+
+    /// Writes the registry once the sink holds everything it describes.
+    async fn write_registry_if_settled(&mut self, acked: Lsn, st: &State) -> Result<()> {
+        let identity = &self.identity;
+        let settled = identity.dirty_at.is_some_and(|at| acked >= at)
+            && identity.retire_now.is_empty()
+            && identity.retire_with_copy.is_empty()
+            && self.pending.is_empty()
+            && st.copy.is_none()
+            && st.promote.is_none();
+        if let (true, Some(registry)) = (settled, &identity.registry) {
+            registry
+                .write(&self.catalog, &self.valid.publication)
+                .await?;
+            self.identity.dirty_at = None;
+        }
+        Ok(())
+    }
+
     /// Looks for selected tables that are not known yet and queues them for a copy.
     async fn refresh(&mut self) -> Result<()> {
         let mut found = Vec::new();
@@ -399,12 +521,14 @@ impl Streamer {
             .map_err(wire(format!("creating temporary slot {slot}")))?;
         let (point, snapshot) = crate::source::slot_answer(&rows)?;
         let tables = std::mem::take(&mut self.pending);
+        let retire = std::mem::take(&mut self.identity.retire_with_copy);
         tracing::info!(point = %point.to_pg_string(), tables = tables.len(), "copy of new tables scheduled");
         Ok(TableCopy {
             point,
             snapshot,
             session,
             tables,
+            retire,
         })
     }
 
@@ -414,12 +538,10 @@ impl Streamer {
             return Ok(Flow::Continue);
         };
         let ids: Vec<TableId> = copy.tables.iter().map(|t| t.id.clone()).collect();
-        if let Flow::Stop = out
-            .send(Message::SnapshotStarted {
-                tables: ids.clone(),
-            })
-            .await
-        {
+        // Old names of renamed tables are listed too: nothing is written under them, so the
+        // clean-up at the end removes all their keys, after the new names hold the rows.
+        let cleaned: Vec<TableId> = ids.iter().chain(&copy.retire).cloned().collect();
+        if let Flow::Stop = out.send(Message::SnapshotStarted { tables: cleaned }).await {
             return Ok(Flow::Stop);
         }
         let done = copy_tables(
@@ -445,6 +567,16 @@ impl Streamer {
         }
         st.last = st.last.max(copy.point);
         st.last_progress = Instant::now();
+        for table in &copy.tables {
+            // A table renamed out of the selection and back in is followed again.
+            self.identity.ignored.remove(&table.oid);
+        }
+        if let Some(registry) = &mut self.identity.registry {
+            for table in &copy.tables {
+                registry.tables.insert(table.oid, table.id.clone());
+            }
+            self.identity.dirty_at = Some(copy.point);
+        }
         st.promote = Some((copy.point, ids));
         Ok(Flow::Continue)
     }
@@ -504,6 +636,10 @@ impl Streamer {
                 }
             };
         Ok(match message {
+            LogicalMessage::Relation(rel) if self.identity.ignored.contains(&rel.relid) => {
+                relations.insert(rel.relid, None);
+                Vec::new()
+            }
             LogicalMessage::Relation(rel) => {
                 let namespace = if rel.namespace.is_empty() {
                     "pg_catalog"
@@ -513,6 +649,13 @@ impl Streamer {
                 let id = TableId::new(namespace, rel.name.as_str());
                 let key = match self.keys.get(&id) {
                     Some(key) => Some(key.clone()),
+                    // A managed publication holds only known tables: an unknown name is a table
+                    // renamed while streaming. Its changes wait for its copy under the new name.
+                    None if self.valid.manage_publication => {
+                        tracing::debug!(table = %id, relid = rel.relid, "a published table under a new name; looking at the catalog now");
+                        self.identity.refresh_soon = true;
+                        None
+                    }
                     None if self.valid.tables.matches(&id) => {
                         let replident = match table_by_oid(&self.catalog, rel.relid).await? {
                             Some((_, replident)) => replident,

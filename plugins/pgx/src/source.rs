@@ -5,6 +5,7 @@
 use crate::config::{PgxConfig, SnapshotMode, Valid};
 use crate::connect::{connect, replication_config};
 use crate::error::{pg, wire};
+use crate::identity::Registry;
 use crate::position;
 use crate::prereq::{server_facts, slot_state, SlotState};
 use crate::publication::enforce;
@@ -39,6 +40,21 @@ pub struct PgxSource {
     plan: Plan,
     /// The pipeline's leadership, checked before disturbing the slot (DESIGN §7).
     fence: Option<Fence>,
+    /// Table identities ([`crate::identity`]) and what they asked for at start.
+    identity: IdentityStart,
+}
+
+/// What the table registry found at start.
+#[derive(Debug, Default)]
+pub(crate) struct IdentityStart {
+    /// The registry to keep (`None`: the publication is not managed, nothing is kept).
+    pub registry: Option<Registry>,
+    /// Names whose keys are removed as soon as streaming starts.
+    pub retire_now: Vec<TableId>,
+    /// Old names of renamed tables, removed by the copy of their new names.
+    pub retire_with_copy: Vec<TableId>,
+    /// OIDs of dropped tables (or renamed out of the selection): their changes are ignored.
+    pub ignored: Vec<u32>,
 }
 
 pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Source>> {
@@ -94,12 +110,15 @@ pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Sour
         }
     };
     let resuming_with_copies = cx.resume.is_some() && valid.snapshot == SnapshotMode::Initial;
+    let snapshot_first = matches!(plan, Plan::Snapshot);
+    let (identity, recopy) = start_identity(&catalog, &valid, &tables, snapshot_first).await?;
     let pending = sync_publications(
         &catalog,
         &valid,
         &tables,
         resuming_with_copies,
         server_version,
+        &recopy,
     )
     .await?;
     if !pending.is_empty() {
@@ -118,7 +137,67 @@ pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Sour
         pending,
         plan,
         fence: cx.fence,
+        identity,
     }))
+}
+
+/// Reads the table registry of a managed publication and compares it with the catalog: renamed
+/// tables are copied again under their new names (returned, to be made pending), dropped ones
+/// and ones renamed out of the selection have their keys removed. Without a registry yet, one is
+/// started from the tables resolved now.
+async fn start_identity(
+    catalog: &Client,
+    valid: &Valid,
+    tables: &[TableInfo],
+    snapshot_first: bool,
+) -> Result<(IdentityStart, Vec<TableId>)> {
+    // Without copies (`snapshot: never`) a renamed table's old keys go at once.
+    let copies = valid.snapshot == SnapshotMode::Initial;
+    if !valid.manage_publication {
+        return Ok((IdentityStart::default(), Vec::new()));
+    }
+    let current: Registry = Registry {
+        tables: tables.iter().map(|t| (t.oid, t.id.clone())).collect(),
+    };
+    let Some(mut registry) = Registry::read(catalog, &valid.publication).await? else {
+        return Ok((
+            IdentityStart {
+                registry: Some(current),
+                ..IdentityStart::default()
+            },
+            Vec::new(),
+        ));
+    };
+    let found = registry.reconcile(catalog, &valid.tables).await?;
+    let mut start = IdentityStart::default();
+    let mut recopy = Vec::new();
+    for oid in &found.gone {
+        registry.tables.remove(oid);
+    }
+    for name in &found.retire {
+        tracing::warn!(table = %name, "the table was dropped or renamed out of the selection; removing its keys");
+    }
+    start.retire_now.extend(found.retire);
+    start.ignored.extend(found.gone);
+    for (oid, old, new) in found.renamed {
+        tracing::warn!(from = %old, to = %new, "the table was renamed; its keys move to the new name");
+        registry.tables.remove(&oid);
+        if snapshot_first || !copies {
+            start.retire_now.push(old);
+        } else {
+            start.retire_with_copy.push(old);
+            recopy.push(new);
+        }
+    }
+    if snapshot_first {
+        // The snapshot writes every selected table; the registry is what it copies.
+        start
+            .retire_now
+            .retain(|name| !current.tables.values().any(|t| t == name));
+        registry = current;
+    }
+    start.registry = Some(registry);
+    Ok((start, recopy))
 }
 
 /// The selected tables with their keys, in table-id order. A table without a primary key or
@@ -310,6 +389,7 @@ async fn sync_publications(
     tables: &[TableInfo],
     resuming_with_copies: bool,
     server_version: i32,
+    recopy: &[TableId],
 ) -> Result<Vec<TableInfo>> {
     let wanted: BTreeSet<TableId> = tables.iter().map(|t| t.id.clone()).collect();
     if !valid.manage_publication {
@@ -342,9 +422,11 @@ async fn sync_publications(
     if resuming_with_copies {
         // Changes a drifted publication filtered out are not in etcd: copy those tables again.
         let current: Vec<TableId> = published.iter().cloned().collect();
-        for table in enforce(client, &valid.publication, &current, server_version, true).await? {
-            published.remove(&table);
-            pending.insert(table);
+        let drifted = enforce(client, &valid.publication, &current, server_version, true).await?;
+        for table in drifted.into_iter().chain(recopy.iter().cloned()) {
+            if published.remove(&table) {
+                pending.insert(table);
+            }
         }
     }
     set_publication(client, &valid.pending_publication(), &pending).await?;
@@ -477,6 +559,10 @@ impl Source for PgxSource {
             .chain(&self.pending)
             .map(|t| (t.id.clone(), t.key.clone()))
             .collect();
+        let mut identity = self.identity;
+        if let (Some(registry), Plan::Snapshot) = (&mut identity.registry, &self.plan) {
+            registry.tables = self.tables.iter().map(|t| (t.oid, t.id.clone())).collect();
+        }
         let streamer = Streamer {
             client,
             catalog: self.catalog,
@@ -486,6 +572,7 @@ impl Source for PgxSource {
             valid: self.valid.clone(),
             server_version: self.server_version,
             pending: self.pending,
+            identity: crate::replication::Identity::new(identity, from),
         };
         tracing::info!(slot = %self.valid.slot, from = %from.to_pg_string(), "streaming");
         streamer.run(io.output, io.acked, io.shutdown).await

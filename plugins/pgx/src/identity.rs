@@ -1,0 +1,152 @@
+//! A table is one identity for its whole life: its OID (DESIGN §2). The registry maps each synced
+//! OID to the name its keys live under in the sink; comparing it with the catalog finds renames
+//! (the keys move: the table is copied under its new name and the old name's keys are removed
+//! in the same snapshot step), drops and renames out of the selection (the keys are removed),
+//! and drop-and-recreate (a new OID under an old name: removed, then copied).
+//!
+//! The registry is kept as the comment of the managed publication, written only once the sink
+//! has acknowledged the step it describes, so a rename or drop that happened while etcdsync was
+//! down (or during an unfinished step) is found again at the next start.
+
+use crate::error::pg;
+use crate::relations::quote_ident;
+use etcdsync_core::tables::TableSelection;
+use etcdsync_core::{Result, TableId};
+use std::collections::BTreeMap;
+use tokio_postgres::Client;
+
+/// OID → the name its keys are under.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registry {
+    pub tables: BTreeMap<u32, TableId>,
+}
+
+/// What the catalog says about the registered tables.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Keys to remove now: tables dropped or renamed out of the selection.
+    pub retire: Vec<TableId>,
+    /// Their OIDs: later changes of them are ignored.
+    pub gone: Vec<u32>,
+    /// Renamed within the selection: (OID, old name, new name). The new name is copied, and the
+    /// old name's keys are removed by the same snapshot step.
+    pub renamed: Vec<(u32, TableId, TableId)>,
+}
+
+impl Registry {
+    /// The registry kept with `publication`; `None` when there is none yet.
+    pub async fn read(client: &Client, publication: &str) -> Result<Option<Registry>> {
+        let row = client
+            .query_opt(
+                "SELECT obj_description(p.oid, 'pg_publication') FROM pg_publication p WHERE p.pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(pg(format!("reading the table registry of publication {publication}")))?;
+        let Some(text) = row.and_then(|r| r.get::<_, Option<String>>(0)) else {
+            return Ok(None);
+        };
+        Ok(Self::parse(&text))
+    }
+
+    /// Parses the comment; one that etcdsync did not write counts as no registry.
+    fn parse(text: &str) -> Option<Registry> {
+        let body = text.strip_prefix(COMMENT_PREFIX)?;
+        let entries: BTreeMap<String, String> = serde_json::from_str(body).ok()?;
+        let mut tables = BTreeMap::new();
+        for (oid, name) in entries {
+            let (schema, table) = split_name(&name)?;
+            tables.insert(oid.parse().ok()?, TableId::new(schema, table));
+        }
+        Some(Registry { tables })
+    }
+
+    fn render(&self) -> String {
+        let entries: BTreeMap<String, String> = self
+            .tables
+            .iter()
+            .map(|(oid, id)| (oid.to_string(), format!("{}\u{1f}{}", id.schema, id.table)))
+            .collect();
+        format!(
+            "{COMMENT_PREFIX}{}",
+            serde_json::to_string(&entries).unwrap_or_default()
+        )
+    }
+
+    pub async fn write(&self, client: &Client, publication: &str) -> Result<()> {
+        let text = self.render().replace('\'', "''");
+        client
+            .batch_execute(&format!(
+                "COMMENT ON PUBLICATION {} IS '{text}'",
+                quote_ident(publication)
+            ))
+            .await
+            .map_err(pg(format!(
+                "recording the table registry on publication {publication}"
+            )))
+    }
+
+    /// Compares the registry with the catalog and the selection.
+    pub async fn reconcile(
+        &self,
+        client: &Client,
+        selection: &TableSelection,
+    ) -> Result<Reconciled> {
+        let oids: Vec<u32> = self.tables.keys().copied().collect();
+        let rows = client
+            .query(
+                "SELECT c.oid, n.nspname::text, c.relname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1)",
+                &[&oids],
+            )
+            .await
+            .map_err(pg("looking up the synced tables by OID"))?;
+        let current: BTreeMap<u32, TableId> = rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+                )
+            })
+            .collect();
+        let mut out = Reconciled::default();
+        for (oid, synced) in &self.tables {
+            match current.get(oid) {
+                Some(now) if now == synced && selection.matches(now) => {}
+                Some(now) if selection.matches(now) => {
+                    out.renamed.push((*oid, synced.clone(), now.clone()));
+                }
+                _ => {
+                    out.retire.push(synced.clone());
+                    out.gone.push(*oid);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Marks the publication comment as etcdsync's registry.
+const COMMENT_PREFIX: &str = "etcdsync table registry v1: ";
+
+fn split_name(name: &str) -> Option<(&str, &str)> {
+    name.split_once('\u{1f}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_round_trips_through_its_comment_and_ignores_foreign_comments() {
+        let mut registry = Registry::default();
+        registry
+            .tables
+            .insert(16384, TableId::new("public", "we.ird\"name"));
+        registry.tables.insert(16390, TableId::new("s p", "t"));
+        assert_eq!(Registry::parse(&registry.render()), Some(registry));
+        assert_eq!(Registry::parse("written by a person"), None);
+        assert_eq!(Registry::parse(&format!("{COMMENT_PREFIX}not json")), None);
+    }
+}
