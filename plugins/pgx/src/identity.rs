@@ -24,7 +24,8 @@ pub struct Registry {
 /// What the catalog says about the registered tables.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reconciled {
-    /// Keys to remove now: tables dropped or renamed out of the selection.
+    /// Keys to remove now: tables dropped, renamed out of the selection, or attached as a
+    /// partition (their rows are synced through the partitioned table now).
     pub retire: Vec<TableId>,
     /// Their OIDs: later changes of them are ignored.
     pub gone: Vec<u32>,
@@ -96,7 +97,8 @@ impl Registry {
         let rows = client
             .query(
                 "SELECT c.oid, n.nspname::text, c.relname::text FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1)",
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = ANY($1) AND NOT c.relispartition",
                 &[&oids],
             )
             .await

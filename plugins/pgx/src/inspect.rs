@@ -9,7 +9,7 @@ use crate::connect::connect;
 use crate::error::pg;
 use crate::position;
 use crate::prereq::{connect_fix, server_facts, slot_state, sqlstate, Problem, SlotState};
-use crate::relations::{quote_ident, quote_table, resolve_key, selected_tables, Types};
+use crate::relations::{quote_ident, quote_table, resolve_key, rows_of, selected_tables, Types};
 use crate::snapshot::{table_shape, CopyRows, TableShape};
 use crate::source::{publication_tables, resolve_tables};
 use crate::types::{parse_value, TypeKind};
@@ -26,6 +26,8 @@ const KEYS_PER_QUERY: usize = 500;
 #[derive(Debug)]
 struct Known {
     shape: TableShape,
+    /// The table's rows in a query ([`rows_of`]).
+    rows: String,
     /// SQL type names (`regtype`) of the key columns, in key order, for casts.
     key_types: Vec<String>,
 }
@@ -101,7 +103,15 @@ impl PgxInspector {
                 .map(|r| r.get::<_, String>(0))
                 .collect();
             schemas.push(shape.schema.clone());
-            known.insert(info.id.clone(), Arc::new(Known { shape, key_types }));
+            let rows = rows_of(client, info.oid, &info.id).await?;
+            known.insert(
+                info.id.clone(),
+                Arc::new(Known {
+                    shape,
+                    rows,
+                    key_types,
+                }),
+            );
         }
         self.known = known;
         Ok(schemas)
@@ -651,9 +661,9 @@ fn scan_sql(known: &Known, after: Option<&[Value]>, limit: usize) -> Result<Stri
         .collect();
     let key_list = key_columns.join(", ");
     let mut sql = format!(
-        "COPY (SELECT {} FROM ONLY {}",
+        "COPY (SELECT {} FROM {}",
         known.shape.select_list(),
-        quote_table(&schema.id)
+        known.rows
     );
     if let Some(after) = after {
         if after.len() != key_columns.len() {
@@ -718,10 +728,10 @@ async fn lookup(
         .collect::<Vec<_>>()
         .join(" AND ");
     let sql = format!(
-        "COPY (SELECT u.n, {} FROM (VALUES {values}) AS u(n, {}) JOIN ONLY {} t ON {join}) TO STDOUT",
+        "COPY (SELECT u.n, {} FROM (VALUES {values}) AS u(n, {}) JOIN {} t ON {join}) TO STDOUT",
         selected.join(", "),
         aliases.join(", "),
-        quote_table(&schema.id)
+        known.rows
     );
     let no_kinds: [TypeKind; 0] = [];
     let mut copy = CopyRows::open(
@@ -937,6 +947,7 @@ mod tests {
             vec![0, 2],
         );
         Known {
+            rows: "ONLY \"public\".\"we\"\"ird\"".into(),
             shape: TableShape {
                 schema: Arc::new(schema),
                 kinds: vec![TypeKind::Text, TypeKind::Int, TypeKind::Bytes],

@@ -15,6 +15,8 @@ pub enum Drift {
     Operations(Vec<&'static str>),
     /// These tables are published through a row filter or a column list.
     Filtered(Vec<TableId>),
+    /// Partitions of these partitioned tables would be published under their own names.
+    NotViaRoot(Vec<TableId>),
 }
 
 impl Drift {
@@ -29,6 +31,11 @@ impl Drift {
                  columns would never arrive",
                 tables.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             ),
+            Drift::NotViaRoot(tables) => format!(
+                "publication {publication} publishes partitioned table(s) {} without publish_via_partition_root, \
+                 so their changes would arrive under their partitions' names",
+                tables.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
         }
     }
 
@@ -40,6 +47,9 @@ impl Drift {
                 format!(
                     "ALTER PUBLICATION {quoted} SET (publish = 'insert, update, delete, truncate')"
                 )
+            }
+            Drift::NotViaRoot(_) => {
+                format!("ALTER PUBLICATION {quoted} SET (publish_via_partition_root = true)")
             }
             Drift::Filtered(_) => format!(
                 "ALTER PUBLICATION {quoted} SET TABLE {}",
@@ -74,6 +84,24 @@ pub async fn drift(client: &Client, publication: &str, server_version: i32) -> R
         .collect();
     if !missing.is_empty() {
         found.push(Drift::Operations(missing));
+    }
+    if server_version >= 130000 {
+        let partitioned: Vec<TableId> = client
+            .query(
+                "SELECT n.nspname::text, c.relname::text FROM pg_publication p \
+                 JOIN pg_publication_rel r ON r.prpubid = p.oid \
+                 JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE p.pubname = $1 AND NOT p.pubviaroot AND c.relkind = 'p' ORDER BY 1, 2",
+                &[&publication],
+            )
+            .await
+            .map_err(pg(format!("reading publication {publication}")))?
+            .into_iter()
+            .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        if !partitioned.is_empty() {
+            found.push(Drift::NotViaRoot(partitioned));
+        }
     }
     if server_version >= 150000 {
         let filtered: Vec<TableId> = client
@@ -128,7 +156,7 @@ pub async fn enforce(
             .map_err(pg(format!("repairing publication {publication}")))?;
         match drift {
             Drift::Operations(_) => affected.extend(published.iter().cloned()),
-            Drift::Filtered(tables) => affected.extend(tables),
+            Drift::Filtered(tables) | Drift::NotViaRoot(tables) => affected.extend(tables),
         }
     }
     affected.sort();

@@ -119,11 +119,15 @@ pub async fn selected_tables(
     client: &Client,
     selection: &TableSelection,
 ) -> Result<Vec<(u32, TableId, String)>> {
+    // Partitioned tables are synced whole, under their own name (their publication publishes
+    // through the root); their partitions never under theirs.
     let rows = client
         .query(
             "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             WHERE (c.relkind = 'r' OR (c.relkind = 'p' AND current_setting('server_version_num')::int >= 130000)) \
+               AND NOT c.relispartition \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
              ORDER BY 2, 3",
             &[],
@@ -141,6 +145,49 @@ pub async fn selected_tables(
         })
         .filter(|(_, id, _)| selection.matches(id))
         .collect())
+}
+
+/// How a query names a table's own rows: `ONLY t` (an inheritance parent's children are tables of
+/// their own), or `t` for a partitioned table, whose rows are all its partitions'.
+pub async fn rows_of(client: &Client, oid: u32, id: &TableId) -> Result<String> {
+    let partitioned: bool = client
+        .query_opt("SELECT relkind = 'p' FROM pg_class WHERE oid = $1", &[&oid])
+        .await
+        .map_err(pg(format!("looking up the kind of {id}")))?
+        .is_some_and(|r| r.get(0));
+    Ok(if partitioned {
+        quote_table(id)
+    } else {
+        format!("ONLY {}", quote_table(id))
+    })
+}
+
+/// The leaf partitions of a partitioned table with their storage (`relfilenode`), in OID order;
+/// `None` for a table that is not partitioned. Attaching, detaching or truncating a partition
+/// changes it — none of them sends row changes through a publication that publishes via the
+/// root, so the table is copied again when it changes.
+pub async fn partition_fingerprint(client: &Client, oid: u32) -> Result<Option<Vec<(u32, u32)>>> {
+    let partitioned: bool = client
+        .query_opt("SELECT relkind = 'p' FROM pg_class WHERE oid = $1", &[&oid])
+        .await
+        .map_err(pg("looking up a table's kind"))?
+        .is_some_and(|r| r.get(0));
+    if !partitioned {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT c.oid, c.relfilenode FROM pg_partition_tree($1::oid::regclass) t \
+             JOIN pg_class c ON c.oid = t.relid WHERE t.isleaf ORDER BY c.oid",
+            &[&oid],
+        )
+        .await
+        .map_err(pg("listing the partitions of a partitioned table"))?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|r| (r.get::<_, u32>(0), r.get::<_, u32>(1)))
+            .collect(),
+    ))
 }
 
 /// Looks up one table by OID (a table first seen in the stream).

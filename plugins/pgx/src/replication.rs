@@ -10,7 +10,8 @@ use crate::error::{pg, wire, PgxError};
 use crate::identity::Registry;
 use crate::position;
 use crate::relations::{
-    quote_ident, quote_table, selected_tables, table_by_oid, table_key, Relation, TableInfo, Types,
+    partition_fingerprint, quote_ident, quote_table, selected_tables, table_by_oid, table_key,
+    Relation, TableInfo, Types,
 };
 use crate::snapshot::copy_tables;
 use crate::source::publication_tables;
@@ -41,6 +42,8 @@ pub struct Streamer {
     pub pending: Vec<TableInfo>,
     /// Table identities by OID: renames, drops, the registry kept with the publication.
     pub identity: Identity,
+    /// Partitioned tables: OID and leaf partitions as last copied ([`partition_fingerprint`]).
+    pub partitions: HashMap<TableId, (u32, Vec<(u32, u32)>)>,
 }
 
 /// The stream's side of [`crate::identity`].
@@ -347,6 +350,7 @@ impl Streamer {
             tracing::warn!(table = %id, publication = %publication, "the table was removed from the publication; copying it again");
         }
         recopy.extend(removed);
+        recopy.extend(self.repartitioned(&streamed).await?);
         recopy.retain(|id| streamed.contains(id));
         recopy.sort();
         recopy.dedup();
@@ -450,6 +454,26 @@ impl Streamer {
         Ok(())
     }
 
+    /// Partitioned tables whose partitions were attached, detached or truncated since their copy:
+    /// none of these sends row changes, so they are copied again.
+    async fn repartitioned(&mut self, streamed: &[TableId]) -> Result<Vec<TableId>> {
+        let mut changed = Vec::new();
+        for (id, (oid, fingerprint)) in self.partitions.iter_mut() {
+            if !streamed.contains(id) {
+                continue;
+            }
+            let Some(now) = partition_fingerprint(&self.catalog, *oid).await? else {
+                continue;
+            };
+            if &now != fingerprint {
+                tracing::warn!(table = %id, "partitions were attached, detached or truncated; copying the table again");
+                *fingerprint = now;
+                changed.push(id.clone());
+            }
+        }
+        Ok(changed)
+    }
+
     /// Looks for selected tables that are not known yet and queues them for a copy.
     async fn refresh(&mut self) -> Result<()> {
         let mut found = Vec::new();
@@ -521,6 +545,12 @@ impl Streamer {
             .map_err(wire(format!("creating temporary slot {slot}")))?;
         let (point, snapshot) = crate::source::slot_answer(&rows)?;
         let tables = std::mem::take(&mut self.pending);
+        for table in &tables {
+            if let Some(fingerprint) = partition_fingerprint(&self.catalog, table.oid).await? {
+                self.partitions
+                    .insert(table.id.clone(), (table.oid, fingerprint));
+            }
+        }
         let retire = std::mem::take(&mut self.identity.retire_with_copy);
         tracing::info!(point = %point.to_pg_string(), tables = tables.len(), "copy of new tables scheduled");
         Ok(TableCopy {

@@ -6,7 +6,7 @@
 use crate::config::Valid;
 use crate::connect::connect;
 use crate::error::pg;
-use crate::relations::{build_schema, quote_ident, quote_table, TableInfo, Types};
+use crate::relations::{build_schema, quote_ident, quote_table, rows_of, TableInfo, Types};
 use crate::types::{parse_value, TypeKind};
 use etcdsync_core::change::Column;
 use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
@@ -292,9 +292,9 @@ async fn copy_table(
     let shape = table_shape(client, table, valid, types, server_version).await?;
     telemetry.snapshot_table_started(&table.id, estimated_rows(client, table).await?);
     let sql = format!(
-        "COPY (SELECT {} FROM ONLY {}) TO STDOUT",
+        "COPY (SELECT {} FROM {}) TO STDOUT",
         shape.select_list(),
-        quote_table(&table.id)
+        rows_of(client, table.oid, &table.id).await?
     );
     let mut copy =
         CopyRows::open(client, &sql, &shape.kinds, format!("copying {}", table.id)).await?;

@@ -347,13 +347,16 @@ pub(crate) async fn publication_tables(
     Ok(Some(tables))
 }
 
+/// Partitioned tables' changes are published under the partitioned table's name.
+const VIA_ROOT: &str = " WITH (publish_via_partition_root = true)";
+
 /// Creates a publication if missing, or makes its table list equal to `wanted`.
 async fn set_publication(client: &Client, name: &str, wanted: &BTreeSet<TableId>) -> Result<()> {
     let list = |set: &BTreeSet<TableId>| set.iter().map(quote_table).collect::<Vec<_>>().join(", ");
     let sql = match publication_tables(client, name).await? {
-        None if wanted.is_empty() => format!("CREATE PUBLICATION {}", quote_ident(name)),
+        None if wanted.is_empty() => format!("CREATE PUBLICATION {}{VIA_ROOT}", quote_ident(name)),
         None => format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
+            "CREATE PUBLICATION {} FOR TABLE {}{VIA_ROOT}",
             quote_ident(name),
             list(wanted)
         ),
@@ -536,6 +539,16 @@ impl PgxSource {
 #[async_trait]
 impl Source for PgxSource {
     async fn run(mut self: Box<Self>, io: SourceIo) -> Result<()> {
+        // Before the snapshot's export: a partition attached after it is seen as a change.
+        let mut partitions = HashMap::new();
+        for table in self.tables.iter().chain(&self.pending) {
+            if let Some(fingerprint) =
+                crate::relations::partition_fingerprint(&self.catalog, table.oid).await?
+            {
+                partitions.insert(table.id.clone(), (table.oid, fingerprint));
+            }
+        }
+
         // What the slot may confirm at once: a resumed checkpoint is in the sink already; a
         // fresh snapshot's consistent point is not until the sink acknowledges it (DESIGN §1).
         let (from, durable) = match self.plan {
@@ -573,6 +586,7 @@ impl Source for PgxSource {
             server_version: self.server_version,
             pending: self.pending,
             identity: crate::replication::Identity::new(identity, from),
+            partitions,
         };
         tracing::info!(slot = %self.valid.slot, from = %from.to_pg_string(), "streaming");
         streamer.run(io.output, io.acked, io.shutdown).await
