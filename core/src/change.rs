@@ -135,6 +135,12 @@ pub struct Change {
     pub table: Arc<TableSchema>,
     pub op: Op,
     pub route: Route,
+    /// Where the change is in its source transaction, growing along it (pgx: the change's WAL
+    /// position; mysql: the rows event's position and the row's index in it). A replay of a
+    /// transaction whose first parts a sink already holds skips the changes up to the last one
+    /// it applied by this number, whatever the source filters differently on the replay.
+    /// Transforms keep it. `None`: the source has no such number (the sink then counts changes).
+    pub seq: Option<u64>,
 }
 
 impl Change {
@@ -143,7 +149,14 @@ impl Change {
             table,
             op,
             route: Route::default(),
+            seq: None,
         }
+    }
+
+    /// This change with its place in the source transaction ([`Change::seq`]).
+    pub fn at(mut self, seq: u64) -> Self {
+        self.seq = Some(seq);
+        self
     }
 
     pub fn insert(table: Arc<TableSchema>, row: Row) -> Self {

@@ -252,6 +252,7 @@ async fn compare_table(
                     table: schema,
                     op,
                     route,
+                    ..
                 } = change;
                 let row = match op {
                     Op::Insert { row } | Op::Update { row, .. } => row,

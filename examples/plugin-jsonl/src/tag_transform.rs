@@ -80,7 +80,12 @@ impl Transform for Tag {
             }
             Op::Truncate => Op::Truncate,
         };
-        out.push(Change { table, op, route: change.route });
+        out.push(Change {
+            table,
+            op,
+            route: change.route,
+            seq: change.seq,
+        });
         Ok(())
     }
 }

@@ -40,6 +40,10 @@ pub struct PartialMarker {
     pub after: Option<String>,
     /// Changes of the transaction that the applied parts hold, counted from its start.
     pub changes: u64,
+    /// The `seq` of the last of them, when the source numbers its changes: the replay skips by
+    /// it, whatever the source filters differently after the restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 impl PartialMarker {

@@ -186,6 +186,27 @@ impl Sink for EtcdSink {
     }
 }
 
+/// Replaying the transaction a split-transaction marker describes ([`PartialMarker`]).
+#[derive(Debug)]
+struct Replay {
+    /// The checkpoint the marker follows.
+    after: Option<String>,
+    /// The `seq` of the last change the applied parts hold, when the source numbers its changes.
+    seq: Option<u64>,
+    /// Else: how many changes they hold.
+    remaining: u64,
+}
+
+impl Replay {
+    /// Whether the applied parts already hold a change with this `seq`.
+    fn holds(&self, seq: Option<u64>) -> bool {
+        match (self.seq, seq) {
+            (Some(last), Some(seq)) => seq <= last,
+            _ => self.remaining > 0,
+        }
+    }
+}
+
 /// The one streaming transaction being applied.
 struct InFlight {
     /// Kept for lookups of unchanged TOAST columns: its values are not in etcd yet.
@@ -267,8 +288,10 @@ struct Writer {
     ready_clears_partial: bool,
     /// The position of the last commit sent to etcd (or resumed from).
     last_position: Option<String>,
-    /// Changes of the first replayed transaction still to skip (already in etcd).
-    replay_skip: u64,
+    /// The `seq` of the last change in `open` or in parts already sent.
+    open_last_seq: Option<u64>,
+    /// The replay of a transaction whose first parts etcd already holds, until it is past them.
+    replay: Option<Replay>,
     last_checkpoint_write: Option<Instant>,
     last_committed_at: Option<String>,
     snapshot: Option<SnapshotRun>,
@@ -318,7 +341,12 @@ impl Writer {
             open_split: false,
             ready_clears_partial: false,
             last_position: resumed.position,
-            replay_skip: resumed.partial.map_or(0, |p| p.changes),
+            open_last_seq: None,
+            replay: resumed.partial.map(|partial| Replay {
+                after: partial.after,
+                seq: partial.seq,
+                remaining: partial.changes,
+            }),
             last_checkpoint_write: None,
             last_committed_at: None,
             snapshot: None,
@@ -404,15 +432,21 @@ impl Writer {
     // ---- streaming -------------------------------------------------------------------------
 
     async fn stream_change(&mut self, change: Change) -> Result<(), EtcdError> {
-        if self.replay_skip > 0 {
-            // Replaying a transaction whose first parts etcd already holds.
-            self.replay_skip -= 1;
-            self.open_changes += 1;
-            self.open_split = true;
-            return Ok(());
+        if let Some(replay) = &mut self.replay {
+            if replay.holds(change.seq) {
+                // Already in etcd: applied by a part before the restart.
+                replay.remaining = replay.remaining.saturating_sub(1);
+                self.open_changes += 1;
+                self.open_split = true;
+                self.open_last_seq = change.seq.or(self.open_last_seq);
+                return Ok(());
+            }
+            self.replay = None;
         }
+        let seq = change.seq;
         self.add_open_change(change).await?;
         self.open_changes += 1;
+        self.open_last_seq = seq.or(self.open_last_seq);
         Ok(())
     }
 
@@ -474,6 +508,7 @@ impl Writer {
         let marker = PartialMarker {
             after: self.last_position.clone(),
             changes: self.open_changes,
+            seq: self.open_last_seq,
         };
         self.open_split = true;
         let put = TxnOp::put(self.settings.partial_key(), marker.encode(), None);
@@ -502,16 +537,18 @@ impl Writer {
         if committed_at.is_some() {
             self.last_committed_at.clone_from(&committed_at);
         }
-        if self.replay_skip > 0 {
-            tracing::warn!(
-                position = %commit.position,
-                missing = self.replay_skip,
-                "the replayed transaction had fewer changes than its applied parts (was the configuration changed?)"
-            );
-            self.replay_skip = 0;
+        if let Some(replay) = self.replay.take() {
+            if replay.seq.is_none() && replay.remaining > 0 {
+                tracing::warn!(
+                    position = %commit.position,
+                    missing = replay.remaining,
+                    "the replayed transaction had fewer changes than its applied parts (was the configuration changed?)"
+                );
+            }
         }
         let split = std::mem::take(&mut self.open_split);
         self.open_changes = 0;
+        self.open_last_seq = None;
         let mut open = std::mem::take(&mut self.open);
         open.record_commit(
             CommitMark {
@@ -533,6 +570,12 @@ impl Writer {
     /// Records an idle position: it rides with the data waiting (if any) or is written alone,
     /// at most once per `heartbeat_interval`.
     async fn heartbeat(&mut self, position: Position) -> Result<(), EtcdError> {
+        if self.replay.is_some() {
+            // The partly applied transaction has not been replayed yet: a checkpoint now would
+            // leave its marker behind (it names the checkpoint it follows).
+            tracing::debug!(%position, "heartbeat ignored until the partly applied transaction replays");
+            return Ok(());
+        }
         if self.snapshot.is_some() || self.open.has_data() {
             tracing::debug!(%position, "heartbeat ignored inside a transaction or snapshot");
             return Ok(());
@@ -702,7 +745,9 @@ impl Writer {
         if change.route.tracked && !matches!(change.op, Op::Truncate) {
             return self.tracked_ops(change).await;
         }
-        let Change { table, op, route } = change;
+        let Change {
+            table, op, route, ..
+        } = change;
         let prefix = self.settings.prefix.clone();
         let key = route
             .key
@@ -899,7 +944,9 @@ impl Writer {
     /// The operations of a change of a tracked table: the data op plus the key index entry
     /// (`{meta}/index/{row}` → key) and owner (`{meta}/owner/{key}` → row), in one unit.
     async fn tracked_ops(&mut self, change: Change) -> Result<Vec<EtcdOp>, EtcdError> {
-        let Change { table, op, route } = change;
+        let Change {
+            table, op, route, ..
+        } = change;
         let index = self.index.clone();
         let routed_old = route
             .old_key
@@ -1353,7 +1400,7 @@ impl Writer {
             snapshot.start_revision,
             &snapshot.tables,
         );
-        let ops = vec![
+        let mut ops = vec![
             TxnOp::put(
                 self.settings.checkpoint_key(),
                 encode_checkpoint(&self.source_type, &mark),
@@ -1361,7 +1408,20 @@ impl Writer {
             ),
             TxnOp::put(self.settings.snapshot_key(), marker.to_json(), None),
         ];
+        // A split-transaction marker outlives only a step at its own checkpoint (removing a
+        // dropped table's keys before the transaction replays); after a snapshot that moved
+        // the checkpoint it describes nothing any more.
+        let position_text = position.to_string();
+        if self
+            .replay
+            .as_ref()
+            .is_none_or(|replay| replay.after.as_deref() != Some(position_text.as_str()))
+        {
+            self.replay = None;
+            ops.push(TxnOp::delete(self.settings.partial_key(), None));
+        }
         let started = Instant::now();
+        let ops_count = ops.len();
         self.client
             .txn(
                 "record the snapshot's end and checkpoint",
@@ -1370,7 +1430,7 @@ impl Writer {
                 &self.shutdown,
             )
             .await?;
-        events::txn_applied_since(TxnKind::Checkpoint, 2, started);
+        events::txn_applied_since(TxnKind::Checkpoint, ops_count, started);
         events::checkpoint_written();
         self.last_checkpoint_write = Some(Instant::now());
         self.last_position = Some(position.to_string());

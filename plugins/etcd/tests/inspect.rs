@@ -384,6 +384,7 @@ fn insert_setting(id: i64, service: &str, name: &str, value: &str) -> Change {
             value: Some(value.as_bytes().to_vec()),
             tracked: true,
         },
+        seq: None,
     }
 }
 

@@ -543,8 +543,10 @@ impl<'a> Decoder<'a> {
             position: format!("{}:{log_pos}", self.file),
             message: format!("rows of {}: {e}", info.schema.id),
         })?;
-        for change in changes {
-            self.pending.push(change);
+        for (row, change) in changes.into_iter().enumerate() {
+            // Place in the transaction: the event's end position, then the row's index in it.
+            self.pending
+                .push(change.at((log_pos << 16) | (row.min(0xffff) as u64)));
             if self.pending.len() >= CHANGES_PER_MESSAGE {
                 let chunk = std::mem::take(&mut self.pending);
                 self.sent = true;

@@ -391,6 +391,16 @@ pub async fn resolve_key(
     Ok(Ok(key))
 }
 
+/// The table a Relation message names, as pgoutput decoded it (its name at that WAL position).
+pub fn message_table(message: &RelationMessage) -> TableId {
+    let namespace = if message.namespace.is_empty() {
+        "pg_catalog"
+    } else {
+        message.namespace.as_str()
+    };
+    TableId::new(namespace, message.name.as_str())
+}
+
 /// A table's shape as the stream describes it: the schema handed to the pipeline and, per
 /// column sent by pgoutput, its kind (`None` for excluded columns).
 #[derive(Debug, Clone)]
@@ -431,19 +441,16 @@ pub fn build_schema(
 
 impl Relation {
     /// From a pgoutput Relation message. `key` is the table's key resolved from the catalog.
+    /// The relation of `message`, synced as table `id` (its name in the sink, which after a
+    /// rename can differ from the message's until the table is copied under the new one).
     pub async fn from_message(
         message: &RelationMessage,
+        id: TableId,
         key: &[String],
         selection: &TableSelection,
         types: &mut Types,
         client: &Client,
     ) -> Result<Self> {
-        let namespace = if message.namespace.is_empty() {
-            "pg_catalog"
-        } else {
-            message.namespace.as_str()
-        };
-        let id = TableId::new(namespace, message.name.as_str());
         let mut columns = Vec::new();
         let mut kinds = Vec::new();
         let mut flags = Vec::new();

@@ -5,13 +5,13 @@
 //! selected while running are copied at a temporary slot's consistent point and then streamed.
 
 use crate::config::Valid;
-use crate::decode::{decode, LogicalMessage};
+use crate::decode::{decode, LogicalMessage, RelationMessage};
 use crate::error::{pg, wire, PgxError};
 use crate::identity::Registry;
 use crate::position;
 use crate::relations::{
-    partition_fingerprint, quote_ident, quote_table, selected_tables, table_by_oid, table_key,
-    Relation, TableInfo, Types,
+    message_table, partition_fingerprint, quote_ident, quote_table, selected_tables, table_by_oid,
+    table_key, Relation, TableInfo, Types,
 };
 use crate::snapshot::copy_tables;
 use crate::source::publication_tables;
@@ -44,6 +44,8 @@ pub struct Streamer {
     pub identity: Identity,
     /// Partitioned tables: OID and leaf partitions as last copied ([`partition_fingerprint`]).
     pub partitions: HashMap<TableId, (u32, Vec<(u32, u32)>)>,
+    /// The last Relation message of each relid.
+    pub raw_relations: HashMap<u32, RelationMessage>,
 }
 
 /// The stream's side of [`crate::identity`].
@@ -208,9 +210,12 @@ impl Streamer {
                             }
                             st.txn = Some(Txn { final_lsn, skip: final_lsn < self.resume, changes: 0 });
                         }
-                        ReplicationEvent::XLogData { data, .. } => {
+                        ReplicationEvent::XLogData { data, wal_start, .. } => {
                             let message = decode(data).map_err(|e| Error::from(PgxError::Protocol(e.to_string())))?;
                             let mut changes = self.apply(message, &mut st.relations).await?;
+                            for (i, change) in changes.iter_mut().enumerate() {
+                                change.seq = Some(change_seq(wal_start, i));
+                            }
                             let Some(open) = st.txn.as_mut() else { continue };
                             if open.skip || changes.is_empty() {
                                 continue;
@@ -419,6 +424,38 @@ impl Streamer {
             self.identity.ignored.insert(*oid);
             st.relations.insert(*oid, None);
         }
+        if !found.gone.is_empty() {
+            // A table renamed out of the selection leaves the publication too, so it is not
+            // taken for a synced table if it comes back under a selected name.
+            let still_published: Vec<String> = self
+                .catalog
+                .query(
+                    "SELECT r.prrelid::regclass::text FROM pg_publication_rel r \
+                     JOIN pg_publication p ON p.oid = r.prpubid \
+                     WHERE p.pubname = $1 AND r.prrelid = ANY($2)",
+                    &[&self.valid.publication, &found.gone],
+                )
+                .await
+                .map_err(pg("looking up tables that left the selection"))?
+                .into_iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect();
+            if !still_published.is_empty() {
+                self.catalog
+                    .batch_execute(&format!(
+                        "ALTER PUBLICATION {} DROP TABLE {}",
+                        quote_ident(&self.valid.publication),
+                        still_published.join(", ")
+                    ))
+                    .await
+                    .map_err(pg(
+                        "taking tables that left the selection out of the publication",
+                    ))?;
+            }
+        }
+        let Some(registry) = &mut self.identity.registry else {
+            return Ok(());
+        };
         for name in &found.retire {
             tracing::warn!(table = %name, "the table was dropped or renamed out of the selection; removing its keys");
             self.keys.remove(name);
@@ -428,6 +465,8 @@ impl Streamer {
         for (oid, old, new) in found.renamed {
             tracing::warn!(from = %old, to = %new, "the table was renamed; its keys move to the new name");
             registry.tables.remove(&oid);
+            // Its changes wait for the copy under the new name (which holds them).
+            st.relations.insert(oid, None);
             // Found again under its new name by the refresh, which copies it; the copy's
             // clean-up removes the old name's keys.
             self.keys.remove(&old);
@@ -605,6 +644,15 @@ impl Streamer {
             for table in &copy.tables {
                 registry.tables.insert(table.oid, table.id.clone());
             }
+        }
+        // Describe the copied tables again: their changes are streamed under their names now.
+        for table in &copy.tables {
+            if let Some(raw) = self.raw_relations.get(&table.oid).cloned() {
+                let entry = self.describe(&raw).await?;
+                st.relations.insert(table.oid, entry);
+            }
+        }
+        if self.identity.registry.is_some() {
             self.identity.dirty_at = Some(copy.point);
         }
         st.promote = Some((copy.point, ids));
@@ -650,6 +698,75 @@ impl Streamer {
         Ok(())
     }
 
+    /// What a Relation message means for the stream: the table its changes are synced as, or
+    /// `None` when they are ignored (a dropped table) or wait for a copy (a new name).
+    async fn describe(&mut self, rel: &RelationMessage) -> Result<Option<Relation>> {
+        if self.identity.ignored.contains(&rel.relid) {
+            return Ok(None);
+        }
+        // Identity is the OID: until a renamed table is copied under its new name, its changes
+        // stay with the name its keys have (the copy's clean-up removes them).
+        let id = self
+            .identity
+            .registry
+            .as_ref()
+            .and_then(|registry| registry.tables.get(&rel.relid))
+            .cloned()
+            .unwrap_or_else(|| message_table(rel));
+        let key = match self.keys.get(&id) {
+            Some(key) => Some(key.clone()),
+            // A managed publication holds only known tables: an unknown name is a table renamed
+            // while streaming. Its changes wait for its copy under the new name.
+            None if self.valid.manage_publication => {
+                tracing::debug!(table = %id, relid = rel.relid, "a published table under a new name; looking at the catalog now");
+                self.identity.refresh_soon = true;
+                None
+            }
+            None if self.valid.tables.matches(&id) => {
+                let replident = match table_by_oid(&self.catalog, rel.relid).await? {
+                    Some((_, replident)) => replident,
+                    None => (rel.replica_identity as char).to_string(),
+                };
+                let key = table_key(
+                    &self.catalog,
+                    rel.relid,
+                    &id,
+                    &replident,
+                    &self.valid.key_columns,
+                    &self.valid.tables,
+                )
+                .await?;
+                match &key {
+                    Some(key) => {
+                        self.keys.insert(id.clone(), key.clone());
+                    }
+                    None => {
+                        return Err(Error::config(format!(
+                            "table {id} has no usable key; with `source.manage_publication: false` etcdsync \
+                             cannot copy it once it has one, so add a primary key and restart, or exclude it"
+                        )))
+                    }
+                }
+                key
+            }
+            None => None,
+        };
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        Ok(Some(
+            Relation::from_message(
+                rel,
+                id,
+                &key,
+                &self.valid.tables,
+                &mut self.types,
+                &self.catalog,
+            )
+            .await?,
+        ))
+    }
+
     /// Turns one pgoutput message into changes of selected tables.
     async fn apply(
         &mut self,
@@ -666,63 +783,13 @@ impl Streamer {
                 }
             };
         Ok(match message {
-            LogicalMessage::Relation(rel) if self.identity.ignored.contains(&rel.relid) => {
-                relations.insert(rel.relid, None);
-                Vec::new()
-            }
             LogicalMessage::Relation(rel) => {
-                let namespace = if rel.namespace.is_empty() {
-                    "pg_catalog"
-                } else {
-                    rel.namespace.as_str()
-                };
-                let id = TableId::new(namespace, rel.name.as_str());
-                let key = match self.keys.get(&id) {
-                    Some(key) => Some(key.clone()),
-                    // A managed publication holds only known tables: an unknown name is a table
-                    // renamed while streaming. Its changes wait for its copy under the new name.
-                    None if self.valid.manage_publication => {
-                        tracing::debug!(table = %id, relid = rel.relid, "a published table under a new name; looking at the catalog now");
-                        self.identity.refresh_soon = true;
-                        None
-                    }
-                    None if self.valid.tables.matches(&id) => {
-                        let replident = match table_by_oid(&self.catalog, rel.relid).await? {
-                            Some((_, replident)) => replident,
-                            None => (rel.replica_identity as char).to_string(),
-                        };
-                        // A table without a key is left out (warned about) until it has one.
-                        let key = table_key(
-                            &self.catalog,
-                            rel.relid,
-                            &id,
-                            &replident,
-                            &self.valid.key_columns,
-                            &self.valid.tables,
-                        )
-                        .await?;
-                        if let Some(key) = &key {
-                            self.keys.insert(id.clone(), key.clone());
-                        }
-                        key
-                    }
-                    None => None,
-                };
-                let entry = if let Some(key) = key {
-                    Some(
-                        Relation::from_message(
-                            &rel,
-                            &key,
-                            &self.valid.tables,
-                            &mut self.types,
-                            &self.catalog,
-                        )
-                        .await?,
-                    )
-                } else {
-                    None
-                };
-                relations.insert(rel.relid, entry);
+                let relid = rel.relid;
+                let entry = self.describe(&rel).await?;
+                // Kept to describe the relation again when its table is copied (after a rename,
+                // or back into the selection): pgoutput sends it only once per definition.
+                self.raw_relations.insert(relid, rel);
+                relations.insert(relid, entry);
                 Vec::new()
             }
             LogicalMessage::Insert { relid, new } => match lookup(relations, relid)? {
@@ -769,6 +836,12 @@ impl Streamer {
             | LogicalMessage::Message { .. } => Vec::new(),
         })
     }
+}
+
+/// A change's place in its transaction ([`etcdsync_core::Change::seq`]): the WAL position of its
+/// record, and its index among the changes of that record (a TRUNCATE names several tables).
+fn change_seq(wal_start: Lsn, index: usize) -> u64 {
+    (wal_start.as_u64() << 12) | (index.min(0xfff) as u64)
 }
 
 /// Unchanged TOASTed columns of an update take the old tuple's value when pgoutput sent one

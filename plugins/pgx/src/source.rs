@@ -189,6 +189,19 @@ async fn start_identity(
             recopy.push(new);
         }
     }
+    // A selected table the registry does not know under its OID (it left the selection and came
+    // back while etcdsync was stopped, or its copy was not recorded) is copied again.
+    for table in tables {
+        if !registry.tables.contains_key(&table.oid)
+            && !start.ignored.contains(&table.oid)
+            && copies
+            && !snapshot_first
+            && !recopy.contains(&table.id)
+        {
+            recopy.push(table.id.clone());
+        }
+        start.ignored.retain(|oid| *oid != table.oid);
+    }
     if snapshot_first {
         // The snapshot writes every selected table; the registry is what it copies.
         start
@@ -216,6 +229,13 @@ pub(crate) async fn resolve_tables(client: &Client, valid: &Valid) -> Result<Vec
         )
         .await?
         else {
+            if !valid.manage_publication {
+                return Err(Error::config(format!(
+                    "table {id} has no usable key, and with `source.manage_publication: false` etcdsync \
+                     cannot copy it later once it has one: add a primary key, or exclude it with \
+                     `source.tables.exclude`"
+                )));
+            }
             continue;
         };
         tables.push(TableInfo { oid, id, key });
@@ -587,6 +607,7 @@ impl Source for PgxSource {
             pending: self.pending,
             identity: crate::replication::Identity::new(identity, from),
             partitions,
+            raw_relations: HashMap::new(),
         };
         tracing::info!(slot = %self.valid.slot, from = %from.to_pg_string(), "streaming");
         streamer.run(io.output, io.acked, io.shutdown).await

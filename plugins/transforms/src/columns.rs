@@ -135,6 +135,7 @@ impl Transform for Reshape {
             table: derived.schema.clone(),
             op,
             route: change.route,
+            seq: change.seq,
         });
         Ok(())
     }

@@ -204,7 +204,12 @@ impl Transform for Filter {
             out.push(change);
             return Ok(());
         }
-        let Change { table, op, route } = change;
+        let Change {
+            table,
+            op,
+            route,
+            seq,
+        } = change;
         let op = match op {
             Op::Insert { row } => match self.passes(&table, &row)? {
                 true => Op::Insert { row },
@@ -218,7 +223,12 @@ impl Transform for Filter {
             },
             other => other,
         };
-        out.push(Change { table, op, route });
+        out.push(Change {
+            table,
+            op,
+            route,
+            seq,
+        });
         Ok(())
     }
 }

@@ -171,6 +171,7 @@ impl Transform for KeyTemplate {
             table: change.table,
             op: change.op,
             route,
+            seq: change.seq,
         });
         Ok(())
     }
