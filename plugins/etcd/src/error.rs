@@ -67,7 +67,9 @@ pub enum EtcdError {
     /// A PostgreSQL TOAST column arrived unchanged and there is no stored value to fill it from.
     #[error(
         "table {table}, key `{key}`: column {column} arrived unchanged (TOAST) but {reason}; \
-         re-snapshot the table (delete the checkpoint key) to reload the row, or set REPLICA IDENTITY FULL on it"
+         to get past this change take a fresh snapshot (stop etcdsync, delete the checkpoint key under the \
+         sink's meta prefix, start it again), and run ALTER TABLE … REPLICA IDENTITY FULL on the table so \
+         later updates carry the value"
     )]
     UnresolvedUnchanged {
         table: String,

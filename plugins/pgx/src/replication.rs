@@ -809,6 +809,23 @@ impl Streamer {
                     if let Some(old) = &old {
                         fill_unchanged_from_old(&mut row, old);
                     }
+                    if let Some(&column) = rel
+                        .schema
+                        .key
+                        .iter()
+                        .find(|&&i| matches!(row.get(i), Some(etcdsync_core::Value::Unchanged)))
+                    {
+                        // A key value stored out of line (over ~2 kB) is sent as "unchanged" and
+                        // the row cannot be found by it.
+                        return Err(Error::config(format!(
+                            "table {}: an update left key column {} TOASTed and unsent, so the row's key is \
+                             unknown; run ALTER TABLE {} REPLICA IDENTITY FULL (updates then carry the old row \
+                             whole), then take a fresh snapshot (delete the checkpoint key) to get past this one",
+                            rel.schema.id,
+                            rel.schema.columns[column].name,
+                            quote_table(&rel.schema.id)
+                        )));
+                    }
                     vec![Change::update(rel.schema.clone(), old, row)]
                 }
                 None => Vec::new(),
