@@ -436,29 +436,41 @@ async fn a_table_without_a_key_is_left_out_until_it_has_one() {
     );
     let config: Box<dyn etcdsync_core::source::SourceConfig> =
         serde_yaml::from_str(&yaml).expect("yaml");
-    let err = match config
-        .build(etcdsync_core::source::SourceContext {
-            name: unique("p"),
-            resume: None,
-            fence: None,
-        })
-        .await
-    {
-        Ok(_) => panic!("key_columns without a unique index were accepted"),
-        Err(e) => e,
+    let refused = || async {
+        match config
+            .build(etcdsync_core::source::SourceContext {
+                name: unique("p"),
+                resume: None,
+                fence: None,
+            })
+            .await
+        {
+            Ok(_) => panic!("unusable key_columns were accepted"),
+            Err(e) => e,
+        }
     };
+    let err = refused().await;
     let text = err.to_string();
+    assert!(
+        text.contains("source.key_columns.public.events")
+            && text.contains("may be NULL")
+            && text.contains("SET NOT NULL"),
+        "{text}"
+    );
+    assert_eq!(err.kind(), etcdsync_core::ErrorKind::Config);
+    pg.batch_execute("ALTER TABLE events ALTER COLUMN line SET NOT NULL")
+        .await
+        .expect("not null");
+    let text = refused().await.to_string();
     assert!(
         text.contains("source.key_columns.public.events") && text.contains("CREATE UNIQUE INDEX"),
         "{text}"
     );
-    assert_eq!(err.kind(), etcdsync_core::ErrorKind::Config);
 
     // With a unique index on NOT NULL columns and REPLICA IDENTITY FULL the table is accepted
     // and deletes carry the key.
     pg.batch_execute(
-        "ALTER TABLE events ALTER COLUMN line SET NOT NULL;
-         CREATE UNIQUE INDEX ON events (line);
+        "CREATE UNIQUE INDEX ON events (line);
          INSERT INTO events VALUES ('2024-01-01', 'a')",
     )
     .await

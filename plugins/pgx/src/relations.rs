@@ -333,6 +333,30 @@ pub async fn resolve_key(
                 format!("run ALTER TABLE {} REPLICA IDENTITY FULL", quote_table(id)),
             ))));
         }
+        let nullable: Vec<String> = client
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a \
+                 WHERE a.attrelid = $1 AND a.attname = ANY($2) AND NOT a.attnotnull AND a.attnum > 0",
+                &[&oid, configured],
+            )
+            .await
+            .map_err(pg("looking up key columns"))?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !nullable.is_empty() {
+            return Ok(Err(KeyIssue::Invalid(Problem::new(
+                format!(
+                    "at `source.key_columns.{id}`: {} may be NULL, and a key needs a value in every row",
+                    nullable.join(", ")
+                ),
+                format!(
+                    "run ALTER TABLE {} ALTER COLUMN {} SET NOT NULL, or name other columns",
+                    quote_table(id),
+                    nullable[0]
+                ),
+            ))));
+        }
         let unique = index_columns(client, oid, "i.indisunique").await?;
         if !unique
             .iter()
