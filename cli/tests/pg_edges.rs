@@ -394,3 +394,57 @@ async fn a_partitioned_table_syncs_under_its_root_name() {
     );
     assert_verify_clean(&config).await;
 }
+
+/// Without a stored value to fill an unchanged TOASTed column from — the column was renamed
+/// since the row was stored, or the row was never copied (`snapshot: never`) — the sink reads the
+/// row from PostgreSQL by its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_without_a_stored_value_is_read_from_postgres() {
+    let pipe = Pipe::new("toastr").await;
+    pipe.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, big text);
+         ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO t SELECT g, g, repeat(md5(g::text), 100) FROM generate_series(1, 20) g;
+         CREATE TABLE n (id int PRIMARY KEY, v int NOT NULL, big text);
+         ALTER TABLE n ALTER COLUMN big SET STORAGE EXTERNAL;",
+    )
+    .await;
+    let config = pipe.config(
+        "toastr.yaml",
+        Parts {
+            include: "\"public.t\"",
+            ..Parts::default()
+        },
+    );
+    let run = Run::start(&config, &[]);
+    pipe.wait_synced("t", "snapshot").await;
+    pipe.sql("ALTER TABLE t RENAME COLUMN big TO huge; UPDATE t SET v = v + 1 WHERE id <= 5;")
+        .await;
+    pipe.wait_synced("t", "update after RENAME COLUMN").await;
+    assert_verify_clean(&config).await;
+    drop(run);
+
+    // A row never copied: `snapshot: never`, and no REPLICA IDENTITY FULL.
+    let pipe = Pipe::new("toastn").await;
+    pipe.sql(
+        "CREATE TABLE n (id int PRIMARY KEY, v int NOT NULL, big text);
+         ALTER TABLE n ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO n SELECT g, g, repeat(md5(g::text), 100) FROM generate_series(1, 10) g;",
+    )
+    .await;
+    let config = pipe.config(
+        "toastn.yaml",
+        Parts {
+            include: "\"public.n\"",
+            source_extra: "  snapshot: never\n",
+            ..Parts::default()
+        },
+    );
+    let run = Run::start(&config, &[]);
+    let streaming =
+        etcdsync_tests::pg::eventually(WAIT, || async { pipe.checkpoint().await.is_some() }).await;
+    assert!(streaming, "never streamed: {}", run.stderr());
+    pipe.sql("UPDATE n SET v = v + 1").await;
+    pipe.wait_synced("n", "updates of rows never copied").await;
+    assert_verify_clean(&config).await;
+}

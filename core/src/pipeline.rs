@@ -339,6 +339,7 @@ async fn run_attempt(
         );
         sink_rx
     };
+    let fetcher = source.fetcher();
     let handle = tasks.spawn(source.run(SourceIo {
         output: source_tx,
         acked: ack_rx,
@@ -355,6 +356,7 @@ async fn run_attempt(
         input: sink_input,
         acked: ack_tx,
         shutdown: stop.clone(),
+        fetcher,
     }));
     stages.insert(
         handle.id(),

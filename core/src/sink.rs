@@ -28,6 +28,8 @@ pub struct SinkIo {
     /// Publish each position once the data up to it is durable, never before.
     pub acked: watch::Sender<Option<Position>>,
     pub shutdown: CancellationToken,
+    /// The source's row reader, when it has one ([`crate::source::RowFetcher`]).
+    pub fetcher: Option<std::sync::Arc<dyn crate::source::RowFetcher>>,
 }
 
 /// A running sink.

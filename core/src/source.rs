@@ -23,6 +23,20 @@ pub struct SourceContext {
     pub fence: Option<Fence>,
 }
 
+/// Reads a row's current values from the source, for a sink that has no stored value to fill an
+/// unchanged (TOAST) column from (DESIGN §3). What it returns may be newer than the change
+/// being applied; the later change that wrote it follows and converges.
+#[async_trait]
+pub trait RowFetcher: Send + Sync {
+    /// The row of `table` whose key columns hold `key`, by column name, as the source holds it
+    /// now; `None` when there is no such row.
+    async fn fetch(
+        &self,
+        table: &crate::change::TableSchema,
+        key: &[crate::value::Value],
+    ) -> Result<Option<Vec<(String, crate::value::Value)>>>;
+}
+
 /// The source's ends of the pipeline.
 pub struct SourceIo {
     /// Where messages go. Bounded: a full channel is the pipeline's backpressure.
@@ -64,6 +78,12 @@ impl SourceIo {
 /// - on shutdown: stop reading, drop `output`, wait for [`SourceIo::final_ack`], confirm it, return.
 #[async_trait]
 pub trait Source: Send {
+    /// Reads rows by key for the sink (unchanged TOAST values it cannot fill); `None` (the
+    /// default): the source cannot.
+    fn fetcher(&self) -> Option<std::sync::Arc<dyn RowFetcher>> {
+        None
+    }
+
     async fn run(self: Box<Self>, io: SourceIo) -> Result<()>;
 }
 

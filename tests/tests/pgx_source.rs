@@ -504,38 +504,32 @@ async fn alter_table_while_running_updates_the_schema() {
     pg.batch_execute("ALTER TABLE t ALTER COLUMN b TYPE text; ALTER TABLE t RENAME COLUMN id TO ident; INSERT INTO t VALUES (3, 'z')")
         .await
         .expect("type change and key rename");
-    run.wait_for("3 commits", WAIT, |m| commits(m) >= 3).await;
-    let (messages, _) = run.stop().await;
+    // Columns added, dropped, retyped and renamed change the shape of rows no change rewrites:
+    // the table is copied again, so every row ends in the current shape under the current key.
     let t = TableId::new("public", "t");
-    // compare with the current table under the current key name
-    let got = apply(&messages, "/a");
     let want = expected(&pg, "/a", &t, &["ident"]).await;
-    let latest: std::collections::BTreeMap<_, _> = got
-        .into_iter()
-        .filter(|(k, _)| want.contains_key(k))
-        .collect();
+    run.wait_for("every row in the table's current shape", WAIT, |m| {
+        let got = apply(m, "/a");
+        want.iter().all(|(k, v)| got.get(k) == Some(v))
+    })
+    .await;
+    let (messages, _) = run.stop().await;
+    let got = apply(&messages, "/a");
     assert_eq!(
-        latest.get("/a/public/t/3").map(String::as_str),
+        got.get("/a/public/t/3").map(String::as_str),
         Some(r#"{"ident":3,"b":"z"}"#)
     );
     assert_eq!(
-        latest.get("/a/public/t/1").map(String::as_str),
-        Some(r#"{"id":1,"b":7}"#)
+        got.get("/a/public/t/1").map(String::as_str),
+        Some(r#"{"ident":1,"b":"7"}"#)
     );
-    let schemas: Vec<_> = messages
-        .iter()
-        .filter_map(|m| match m {
-            Message::Changes(c) => {
-                Some(c.iter().map(|c| c.table.columns.len()).collect::<Vec<_>>())
-            }
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    assert_eq!(
-        schemas,
-        vec![2, 3, 2, 2],
-        "one schema version per change: {schemas:?}"
+    assert!(
+        messages
+            .iter()
+            .filter(|m| matches!(m, Message::SnapshotStarted { .. }))
+            .count()
+            >= 2,
+        "no copy after the columns changed"
     );
 }
 

@@ -235,6 +235,7 @@ async fn start_sink(url: &str, prefix: &str, meta: &str) -> BenchResult<Running>
         input,
         acked: ack_tx,
         shutdown: CancellationToken::new(),
+        fetcher: None,
     }));
     Ok(Running { tx, acked, handle })
 }

@@ -20,6 +20,7 @@ use etcdsync_core::encode::json::encode_row;
 use etcdsync_core::encode::key::{prefix_range_end, row_key, table_prefix};
 use etcdsync_core::leadership::Fence;
 use etcdsync_core::sink::{Sink, SinkIo};
+use etcdsync_core::source::RowFetcher;
 use etcdsync_core::telemetry::{self, Phase};
 use etcdsync_core::{
     Change, Checkpoint, Commit, Message, Op, Position, Result, Row, TableId, TableSchema, Value,
@@ -163,9 +164,11 @@ impl Sink for EtcdSink {
             input,
             acked,
             shutdown,
+            fetcher,
         } = io;
         let fence = self.fence.clone();
         let mut writer = Writer::new(*self, acked, shutdown);
+        writer.fetcher = fetcher;
         let result = writer.run(input).await;
         writer.abort();
         if let (Err(EtcdError::CompareFailed(op)), Some(fence)) = (&result, &fence) {
@@ -292,6 +295,8 @@ struct Writer {
     open_last_seq: Option<u64>,
     /// The replay of a transaction whose first parts etcd already holds, until it is past them.
     replay: Option<Replay>,
+    /// Reads a row from the source when an unchanged TOAST column has no stored value.
+    fetcher: Option<Arc<dyn RowFetcher>>,
     last_checkpoint_write: Option<Instant>,
     last_committed_at: Option<String>,
     snapshot: Option<SnapshotRun>,
@@ -342,6 +347,7 @@ impl Writer {
             ready_clears_partial: false,
             last_position: resumed.position,
             open_last_seq: None,
+            fetcher: None,
             replay: resumed.partial.map(|partial| Replay {
                 after: partial.after,
                 seq: partial.seq,
@@ -859,39 +865,23 @@ impl Writer {
                 column: column.to_string(),
                 reason,
             };
-            let first_unchanged = row
-                .iter()
-                .position(|v| matches!(v, Value::Unchanged))
-                .and_then(|i| table.columns.get(i))
-                .map(|c| c.name.clone())
-                .unwrap_or_default();
-            let Some(stored) = self.current_value(source_key).await? else {
-                return Err(unresolved(
-                    &first_unchanged,
-                    "the key holds no value in etcd or earlier in the stream".into(),
-                ));
+            let stored = self.current_value(source_key).await?;
+            let columns: HashMap<String, Box<RawValue>> = match &stored {
+                Some(stored) => serde_json::from_slice(stored).unwrap_or_default(),
+                None => HashMap::new(),
             };
-            let columns: HashMap<String, Box<RawValue>> =
-                serde_json::from_slice(&stored).map_err(|e| {
-                    unresolved(
-                        &first_unchanged,
-                        format!("its stored value is not a JSON object ({e})"),
-                    )
-                })?;
             for (i, value) in row.iter_mut().enumerate() {
                 if !matches!(value, Value::Unchanged) {
                     continue;
                 }
                 let name = table.columns.get(i).map(|c| c.name.as_str()).unwrap_or("?");
-                match columns.get(name) {
-                    Some(raw) => *value = Value::Json(raw.get().to_string()),
-                    None => {
-                        return Err(unresolved(
-                            name,
-                            "its stored value has no such column".into(),
-                        ))
-                    }
+                if let Some(raw) = columns.get(name) {
+                    *value = Value::Json(raw.get().to_string());
                 }
+            }
+            if row.iter().any(|v| matches!(v, Value::Unchanged)) {
+                self.fetch_unchanged(table, &mut row, stored.is_some(), &unresolved)
+                    .await?;
             }
         }
         encode_row(table, &row).map_err(|source| EtcdError::Encode {
@@ -899,6 +889,67 @@ impl Writer {
             key: key.to_string(),
             source,
         })
+    }
+
+    /// Fills the unchanged columns etcd could not from the source's current row (a column renamed
+    /// or no longer excluded, a row never copied): it may be newer than this change, and the
+    /// change that wrote it follows.
+    async fn fetch_unchanged(
+        &self,
+        table: &TableSchema,
+        row: &mut Row,
+        had_stored: bool,
+        unresolved: &(dyn Fn(&str, String) -> EtcdError + Sync),
+    ) -> Result<(), EtcdError> {
+        let first = row
+            .iter()
+            .position(|v| matches!(v, Value::Unchanged))
+            .and_then(|i| table.columns.get(i))
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let reason = if had_stored {
+            "its stored value has no such column"
+        } else {
+            "the key holds no value in etcd or earlier in the stream"
+        };
+        let Some(fetcher) = &self.fetcher else {
+            return Err(unresolved(&first, reason.into()));
+        };
+        let key: Vec<Value> = table
+            .key
+            .iter()
+            .filter_map(|&i| row.get(i).cloned())
+            .collect();
+        let fetched = fetcher.fetch(table, &key).await.map_err(|e| {
+            unresolved(
+                &first,
+                format!("{reason}, and reading it from the source failed: {e}"),
+            )
+        })?;
+        let Some(current) = fetched else {
+            // The row is gone at the source: a later change of this stream deletes it.
+            return Err(unresolved(
+                &first,
+                format!("{reason}, and the source no longer has the row"),
+            ));
+        };
+        for (i, value) in row.iter_mut().enumerate() {
+            if !matches!(value, Value::Unchanged) {
+                continue;
+            }
+            let name = table.columns.get(i).map(|c| c.name.as_str()).unwrap_or("?");
+            match current.iter().find(|(column, _)| column == name) {
+                Some((_, fresh)) => *value = fresh.clone(),
+                None => {
+                    return Err(unresolved(
+                        name,
+                        format!("{reason}, and the source's row has no such column"),
+                    ))
+                }
+            }
+        }
+        tracing::debug!(table = %table.id, "filled unchanged TOAST columns from the source's current row");
+        Ok(())
     }
 
     /// The value `key` will hold once everything sent so far is applied.

@@ -117,6 +117,44 @@ impl PgxInspector {
         Ok(schemas)
     }
 
+    /// The row of `table` with `key` (values of the stream's key columns) as the table holds it
+    /// now, by column name; `None` when it is gone. Columns are matched by name, so a row whose
+    /// table changed since the change was logged (a renamed column) still fills what it can.
+    pub async fn fetch_row(
+        &mut self,
+        table: &TableId,
+        key: &[Value],
+    ) -> Result<Option<Vec<(String, Value)>>> {
+        if !self.known.contains_key(table) {
+            self.load_tables().await?;
+        }
+        let known = self.known.get(table).cloned().ok_or_else(|| {
+            Error::config(format!(
+                "table {table} is not selected by `source.tables` or does not exist"
+            ))
+        })?;
+        let client = self.connected().await?;
+        let sql = fetch_sql(&known, key)?;
+        let mut copy = CopyRows::open(
+            client,
+            &sql,
+            &known.shape.kinds,
+            format!("reading a row of {table}"),
+        )
+        .await?;
+        let row = copy.next_row().await?;
+        Ok(row.map(|row| {
+            known
+                .shape
+                .schema
+                .columns
+                .iter()
+                .map(|c| c.name.clone())
+                .zip(row)
+                .collect()
+        }))
+    }
+
     /// The table as last read, re-read once when unknown or when its columns changed.
     async fn known(&mut self, table: &TableSchema) -> Result<Arc<Known>> {
         let fits = |k: &Arc<Known>| *k.shape.schema == *table;
@@ -692,6 +730,45 @@ fn scan_sql(known: &Known, after: Option<&[Value]>, limit: usize) -> Result<Stri
     }
     sql.push_str(&format!(" ORDER BY {key_list} LIMIT {limit}) TO STDOUT"));
     Ok(sql)
+}
+
+/// `COPY` of the one row whose key is `key`.
+fn fetch_sql(known: &Known, key: &[Value]) -> Result<String> {
+    let schema = &known.shape.schema;
+    if key.len() != schema.key.len() {
+        return Err(Error::fatal(format!(
+            "a row of {} asked for by {} key values, but its key has {} columns",
+            schema.id,
+            key.len(),
+            schema.key.len()
+        )));
+    }
+    let columns = schema
+        .key
+        .iter()
+        .map(|&i| quote_ident(&schema.columns[i].name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let literals = key
+        .iter()
+        .zip(&known.key_types)
+        .map(|(value, ty)| {
+            input_text(value)
+                .map(|text| format!("{}::{ty}", quote_literal(&text)))
+                .ok_or_else(|| {
+                    Error::fatal(format!(
+                        "a row of {} asked for by a key containing {value:?}, which no key column holds",
+                        schema.id
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(format!(
+        "COPY (SELECT {} FROM {} WHERE ({columns}) = ({}) LIMIT 1) TO STDOUT",
+        known.shape.select_list(),
+        known.rows,
+        literals.join(", ")
+    ))
 }
 
 /// `COPY` of the listed keys' ordinals and the key values the table holds for them.

@@ -147,6 +147,24 @@ pub async fn selected_tables(
         .collect())
 }
 
+/// A table's columns as pgoutput describes them (name, type), in table order: not dropped, not
+/// generated. Compared with later Relation messages to notice columns changed since a copy.
+pub async fn table_columns(client: &Client, oid: u32) -> Result<Vec<(String, u32)>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid FROM pg_attribute a \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+               AND (to_jsonb(a) ->> 'attgenerated') IS DISTINCT FROM 's' ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(pg("reading a table's columns"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, u32>(1)))
+        .collect())
+}
+
 /// How a query names a table's own rows: `ONLY t` (an inheritance parent's children are tables of
 /// their own), or `t` for a partitioned table, whose rows are all its partitions'.
 pub async fn rows_of(client: &Client, oid: u32, id: &TableId) -> Result<String> {

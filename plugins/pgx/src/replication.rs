@@ -46,6 +46,8 @@ pub struct Streamer {
     pub partitions: HashMap<TableId, (u32, Vec<(u32, u32)>)>,
     /// The last Relation message of each relid.
     pub raw_relations: HashMap<u32, RelationMessage>,
+    /// The columns (name, type) each table was last copied with ([`crate::relations::table_columns`]).
+    pub shapes: HashMap<TableId, Vec<(String, u32)>>,
 }
 
 /// The stream's side of [`crate::identity`].
@@ -63,6 +65,8 @@ pub struct Identity {
     ignored: HashSet<u32>,
     /// A Relation message named a table under an unknown name: refresh at once.
     refresh_soon: bool,
+    /// Tables whose columns changed while streaming: copied again at the next refresh.
+    reshaped: Vec<TableId>,
 }
 
 impl Identity {
@@ -74,6 +78,7 @@ impl Identity {
             retire_with_copy: start.retire_with_copy,
             ignored: start.ignored.into_iter().collect(),
             refresh_soon: false,
+            reshaped: Vec::new(),
         }
     }
 }
@@ -356,6 +361,7 @@ impl Streamer {
         }
         recopy.extend(removed);
         recopy.extend(self.repartitioned(&streamed).await?);
+        recopy.append(&mut self.identity.reshaped);
         recopy.retain(|id| streamed.contains(id));
         recopy.sort();
         recopy.dedup();
@@ -585,6 +591,8 @@ impl Streamer {
         let (point, snapshot) = crate::source::slot_answer(&rows)?;
         let tables = std::mem::take(&mut self.pending);
         for table in &tables {
+            let columns = crate::relations::table_columns(&self.catalog, table.oid).await?;
+            self.shapes.insert(table.id.clone(), columns);
             if let Some(fingerprint) = partition_fingerprint(&self.catalog, table.oid).await? {
                 self.partitions
                     .insert(table.id.clone(), (table.oid, fingerprint));
@@ -786,6 +794,29 @@ impl Streamer {
             LogicalMessage::Relation(rel) => {
                 let relid = rel.relid;
                 let entry = self.describe(&rel).await?;
+                // The columns as this message has them, against those the table was copied with.
+                let now: Vec<(String, u32)> = rel
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.type_oid))
+                    .collect();
+                let reshaped = entry.as_ref().is_some_and(|described| {
+                    self.shapes
+                        .get(&described.schema.id)
+                        .is_some_and(|copied| *copied != now)
+                });
+                let entry = match (reshaped, entry) {
+                    // Columns added, dropped, renamed or retyped: the rows etcd holds have the old
+                    // shape and no row change will rewrite them, so the table is copied again (its
+                    // changes wait for the copy, which holds them).
+                    (true, Some(rel)) if self.valid.manage_publication => {
+                        tracing::warn!(table = %rel.schema.id, "the table's columns changed; copying it again");
+                        self.identity.reshaped.push(rel.schema.id.clone());
+                        self.identity.refresh_soon = true;
+                        None
+                    }
+                    (_, entry) => entry,
+                };
                 // Kept to describe the relation again when its table is copied (after a rename,
                 // or back into the selection): pgoutput sends it only once per definition.
                 self.raw_relations.insert(relid, rel);

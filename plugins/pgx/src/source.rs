@@ -13,7 +13,7 @@ use crate::relations::{quote_ident, quote_table, selected_tables, table_key, Tab
 use crate::replication::Streamer;
 use crate::snapshot::copy_tables;
 use etcdsync_core::leadership::Fence;
-use etcdsync_core::source::{Source, SourceContext, SourceIo};
+use etcdsync_core::source::{RowFetcher, Source, SourceContext, SourceIo};
 use etcdsync_core::telemetry;
 use etcdsync_core::{async_trait, Error, Message, Result, TableId};
 use pgwire_replication::{Lsn, ReplicationClient};
@@ -556,12 +556,41 @@ impl PgxSource {
     }
 }
 
+/// Reads rows by key for the sink ([`RowFetcher`]) on a connection of its own.
+struct PgxFetcher {
+    inspector: tokio::sync::Mutex<crate::inspect::PgxInspector>,
+}
+
+#[async_trait]
+impl RowFetcher for PgxFetcher {
+    async fn fetch(
+        &self,
+        table: &etcdsync_core::TableSchema,
+        key: &[etcdsync_core::Value],
+    ) -> Result<Option<Vec<(String, etcdsync_core::Value)>>> {
+        self.inspector.lock().await.fetch_row(&table.id, key).await
+    }
+}
+
 #[async_trait]
 impl Source for PgxSource {
+    fn fetcher(&self) -> Option<std::sync::Arc<dyn RowFetcher>> {
+        Some(std::sync::Arc::new(PgxFetcher {
+            inspector: tokio::sync::Mutex::new(crate::inspect::PgxInspector::new(
+                self.valid.clone(),
+            )),
+        }))
+    }
+
     async fn run(mut self: Box<Self>, io: SourceIo) -> Result<()> {
         // Before the snapshot's export: a partition attached after it is seen as a change.
         let mut partitions = HashMap::new();
+        let mut shapes = HashMap::new();
         for table in self.tables.iter().chain(&self.pending) {
+            shapes.insert(
+                table.id.clone(),
+                crate::relations::table_columns(&self.catalog, table.oid).await?,
+            );
             if let Some(fingerprint) =
                 crate::relations::partition_fingerprint(&self.catalog, table.oid).await?
             {
@@ -608,6 +637,7 @@ impl Source for PgxSource {
             identity: crate::replication::Identity::new(identity, from),
             partitions,
             raw_relations: HashMap::new(),
+            shapes,
         };
         tracing::info!(slot = %self.valid.slot, from = %from.to_pg_string(), "streaming");
         streamer.run(io.output, io.acked, io.shutdown).await

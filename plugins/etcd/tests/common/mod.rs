@@ -244,6 +244,7 @@ pub fn run(sink: Box<dyn Sink>) -> Running {
         input,
         acked: ack_tx,
         shutdown: shutdown.clone(),
+        fetcher: None,
     }));
     Running {
         tx,
