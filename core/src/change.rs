@@ -135,12 +135,14 @@ pub struct Change {
     pub table: Arc<TableSchema>,
     pub op: Op,
     pub route: Route,
-    /// Where the change is in its source transaction, growing along it (pgx: the change's WAL
-    /// position; mysql: the rows event's position and the row's index in it). A replay of a
-    /// transaction whose first parts a sink already holds skips the changes up to the last one
-    /// it applied by this number, whatever the source filters differently on the replay.
-    /// Transforms keep it. `None`: the source has no such number (the sink then counts changes).
-    pub seq: Option<u64>,
+    /// Which source transaction the change belongs to and where it is in it: the high 64 bits
+    /// name the transaction (pgx: its commit LSN; mysql: where it starts in the binlog), the low
+    /// 64 bits grow along it, unique per change (pgx: the change's WAL offset and its index among
+    /// the changes of one WAL record). A replay of a transaction whose first parts a sink already
+    /// holds skips, within that transaction only, the changes up to the last one applied —
+    /// whatever the source filters differently on the replay. Transforms keep it. `None`: the
+    /// source has no such number (the sink then counts changes).
+    pub seq: Option<u128>,
 }
 
 impl Change {
@@ -154,7 +156,7 @@ impl Change {
     }
 
     /// This change with its place in the source transaction ([`Change::seq`]).
-    pub fn at(mut self, seq: u64) -> Self {
+    pub fn at(mut self, seq: u128) -> Self {
         self.seq = Some(seq);
         self
     }
@@ -173,6 +175,11 @@ impl Change {
 
     pub fn truncate(table: Arc<TableSchema>) -> Self {
         Self::new(table, Op::Truncate)
+    }
+
+    /// A [`Change::seq`] from the transaction's identity and the change's place in it.
+    pub fn seq_of(transaction: u64, place: u64) -> u128 {
+        (u128::from(transaction) << 64) | u128::from(place)
     }
 
     /// "insert", "update", "delete" or "truncate" (metric labels, logs).

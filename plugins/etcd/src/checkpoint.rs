@@ -40,10 +40,11 @@ pub struct PartialMarker {
     pub after: Option<String>,
     /// Changes of the transaction that the applied parts hold, counted from its start.
     pub changes: u64,
-    /// The `seq` of the last of them, when the source numbers its changes: the replay skips by
-    /// it, whatever the source filters differently after the restart.
+    /// The `seq` of the last of them (decimal: it is 128 bits), when the source numbers its
+    /// changes: the replay skips by it, whatever the source filters differently after the
+    /// restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seq: Option<u64>,
+    pub seq: Option<String>,
 }
 
 impl PartialMarker {

@@ -106,6 +106,11 @@ pub enum EtcdError {
     #[error("{0}")]
     AlreadyRunning(String),
 
+    /// Reading a row from the source to fill an unchanged value failed; `kind` is the source
+    /// error's (a lost connection is retried).
+    #[error("{message}")]
+    Fetch { message: String, kind: ErrorKind },
+
     /// An internal failure of the sink (a task panicked, etcd answered without a header).
     #[error("etcd sink internal error: {0}")]
     Task(String),
@@ -137,7 +142,7 @@ impl EtcdError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             EtcdError::TlsFile { .. } | EtcdError::MalformedCheckpoint { .. } => ErrorKind::Config,
-            EtcdError::Request { kind, .. } => *kind,
+            EtcdError::Request { kind, .. } | EtcdError::Fetch { kind, .. } => *kind,
             EtcdError::Oversize { .. }
             | EtcdError::KeyOutsidePrefix { .. }
             | EtcdError::KeyCollision { .. }

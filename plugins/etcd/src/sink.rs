@@ -195,16 +195,17 @@ struct Replay {
     /// The checkpoint the marker follows.
     after: Option<String>,
     /// The `seq` of the last change the applied parts hold, when the source numbers its changes.
-    seq: Option<u64>,
+    seq: Option<u128>,
     /// Else: how many changes they hold.
     remaining: u64,
 }
 
 impl Replay {
-    /// Whether the applied parts already hold a change with this `seq`.
-    fn holds(&self, seq: Option<u64>) -> bool {
+    /// Whether the applied parts already hold a change with this `seq`: one of the same
+    /// transaction (the high 64 bits), at or before the last applied.
+    fn holds(&self, seq: Option<u128>) -> bool {
         match (self.seq, seq) {
-            (Some(last), Some(seq)) => seq <= last,
+            (Some(last), Some(seq)) => seq >> 64 == last >> 64 && seq <= last,
             _ => self.remaining > 0,
         }
     }
@@ -292,7 +293,7 @@ struct Writer {
     /// The position of the last commit sent to etcd (or resumed from).
     last_position: Option<String>,
     /// The `seq` of the last change in `open` or in parts already sent.
-    open_last_seq: Option<u64>,
+    open_last_seq: Option<u128>,
     /// The replay of a transaction whose first parts etcd already holds, until it is past them.
     replay: Option<Replay>,
     /// Reads a row from the source when an unchanged TOAST column has no stored value.
@@ -350,7 +351,7 @@ impl Writer {
             fetcher: None,
             replay: resumed.partial.map(|partial| Replay {
                 after: partial.after,
-                seq: partial.seq,
+                seq: partial.seq.and_then(|seq| seq.parse().ok()),
                 remaining: partial.changes,
             }),
             last_checkpoint_write: None,
@@ -514,7 +515,7 @@ impl Writer {
         let marker = PartialMarker {
             after: self.last_position.clone(),
             changes: self.open_changes,
-            seq: self.open_last_seq,
+            seq: self.open_last_seq.map(|seq| seq.to_string()),
         };
         self.open_split = true;
         let put = TxnOp::put(self.settings.partial_key(), marker.encode(), None);
@@ -812,14 +813,17 @@ impl Writer {
             self.check_key(&table.id, old)?;
         }
         let value = match value {
-            Some(value) => value,
+            Some(value) => Some(value),
             None => self.encode(table, &key, old_key.as_deref(), row).await?,
         };
         let mut unit = Vec::with_capacity(2);
         if let Some(old) = old_key {
             unit.push(EtcdOp::Delete { key: old });
         }
-        unit.push(EtcdOp::Put { key, value });
+        // `None`: the source no longer has the row; a later change of the stream removes it.
+        if let Some(value) = value {
+            unit.push(EtcdOp::Put { key, value });
+        }
         Ok(unit)
     }
 
@@ -856,7 +860,7 @@ impl Writer {
         key: &str,
         old_key: Option<&str>,
         mut row: Row,
-    ) -> Result<Vec<u8>, EtcdError> {
+    ) -> Result<Option<Vec<u8>>, EtcdError> {
         if row.iter().any(|v| matches!(v, Value::Unchanged)) {
             let source_key = old_key.unwrap_or(key);
             let unresolved = |column: &str, reason: String| EtcdError::UnresolvedUnchanged {
@@ -879,16 +883,22 @@ impl Writer {
                     *value = Value::Json(raw.get().to_string());
                 }
             }
-            if row.iter().any(|v| matches!(v, Value::Unchanged)) {
-                self.fetch_unchanged(table, &mut row, stored.is_some(), &unresolved)
-                    .await?;
+            if row.iter().any(|v| matches!(v, Value::Unchanged))
+                && !self
+                    .fetch_unchanged(table, &mut row, stored.is_some(), &unresolved)
+                    .await?
+            {
+                tracing::debug!(table = %table.id, key, "the source no longer has the row; its put is left out (a later change removes it)");
+                return Ok(None);
             }
         }
-        encode_row(table, &row).map_err(|source| EtcdError::Encode {
-            table: table.id.to_string(),
-            key: key.to_string(),
-            source,
-        })
+        encode_row(table, &row)
+            .map(Some)
+            .map_err(|source| EtcdError::Encode {
+                table: table.id.to_string(),
+                key: key.to_string(),
+                source,
+            })
     }
 
     /// Fills the unchanged columns etcd could not from the source's current row (a column renamed
@@ -900,7 +910,7 @@ impl Writer {
         row: &mut Row,
         had_stored: bool,
         unresolved: &(dyn Fn(&str, String) -> EtcdError + Sync),
-    ) -> Result<(), EtcdError> {
+    ) -> Result<bool, EtcdError> {
         let first = row
             .iter()
             .position(|v| matches!(v, Value::Unchanged))
@@ -920,18 +930,19 @@ impl Writer {
             .iter()
             .filter_map(|&i| row.get(i).cloned())
             .collect();
-        let fetched = fetcher.fetch(table, &key).await.map_err(|e| {
-            unresolved(
-                &first,
-                format!("{reason}, and reading it from the source failed: {e}"),
-            )
-        })?;
+        let fetched = fetcher
+            .fetch(table, &key)
+            .await
+            .map_err(|e| EtcdError::Fetch {
+                message: format!(
+                    "table {}: reading a row from the source to fill unchanged column {first} ({reason}) failed: {e}",
+                    table.id
+                ),
+                kind: e.kind(),
+            })?;
         let Some(current) = fetched else {
             // The row is gone at the source: a later change of this stream deletes it.
-            return Err(unresolved(
-                &first,
-                format!("{reason}, and the source no longer has the row"),
-            ));
+            return Ok(false);
         };
         for (i, value) in row.iter_mut().enumerate() {
             if !matches!(value, Value::Unchanged) {
@@ -949,7 +960,7 @@ impl Writer {
             }
         }
         tracing::debug!(table = %table.id, "filled unchanged TOAST columns from the source's current row");
-        Ok(())
+        Ok(true)
     }
 
     /// The value `key` will hold once everything sent so far is applied.
@@ -1078,7 +1089,17 @@ impl Writer {
         }
         let value = match route.value {
             Some(value) => value,
-            None => self.encode(&table, &key, old_key.as_deref(), row).await?,
+            None => match self.encode(&table, &key, old_key.as_deref(), row).await? {
+                Some(value) => value,
+                None => {
+                    return Err(EtcdError::UnresolvedUnchanged {
+                        table: table.id.to_string(),
+                        key,
+                        column: "(unchanged TOAST)".into(),
+                        reason: "the source no longer has the row".into(),
+                    })
+                }
+            },
         };
         // A snapshot rewrites every entry, so those it does not rewrite can be found stale.
         let rewrite = self.snapshot.is_some();

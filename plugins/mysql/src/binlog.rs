@@ -289,6 +289,8 @@ struct Decoder<'a> {
     /// The checkpoint: transactions at or before it are skipped.
     resume: SourcePosition,
     in_txn: bool,
+    /// Where the current transaction starts in the binlog file ([`Change::seq`]).
+    txn_start: u64,
     /// Changes of the current transaction already sent.
     sent: bool,
     pending: Vec<Change>,
@@ -324,6 +326,7 @@ impl<'a> Decoder<'a> {
             reported: start.to_string(),
             position: start,
             in_txn: false,
+            txn_start: 0,
             sent: false,
             pending: Vec::new(),
             gtid: None,
@@ -360,7 +363,7 @@ impl<'a> Decoder<'a> {
                 let sql = query.query();
                 let trimmed = sql.trim();
                 if trimmed.eq_ignore_ascii_case("BEGIN") {
-                    self.begin();
+                    self.begin(log_pos);
                     Ok(true)
                 } else if trimmed.eq_ignore_ascii_case("COMMIT") {
                     self.commit(log_pos, header.timestamp()).await
@@ -453,7 +456,7 @@ impl<'a> Decoder<'a> {
                     seq: u64::from_le_bytes(seq),
                 });
                 if flags & MARIADB_GTID_STANDALONE == 0 {
-                    self.begin();
+                    self.begin(log_pos);
                 }
                 Ok(true)
             }
@@ -471,7 +474,8 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    fn begin(&mut self) {
+    fn begin(&mut self, log_pos: u64) {
+        self.txn_start = log_pos;
         self.in_txn = true;
         self.sent = false;
         self.pending.clear();
@@ -544,9 +548,12 @@ impl<'a> Decoder<'a> {
             message: format!("rows of {}: {e}", info.schema.id),
         })?;
         for (row, change) in changes.into_iter().enumerate() {
-            // Place in the transaction: the event's end position, then the row's index in it.
-            self.pending
-                .push(change.at((log_pos << 16) | (row.min(0xffff) as u64)));
+            // The transaction (where it starts in this binlog), then the event's offset in it and
+            // the row's index in the event.
+            let start = self.txn_start;
+            let offset = log_pos.saturating_sub(start);
+            let place = (offset.min((1 << 44) - 1) << 20) | (row.min((1 << 20) - 1) as u64);
+            self.pending.push(change.at(Change::seq_of(start, place)));
             if self.pending.len() >= CHANGES_PER_MESSAGE {
                 let chunk = std::mem::take(&mut self.pending);
                 self.sent = true;

@@ -128,6 +128,23 @@ impl PgxInspector {
         if !self.known.contains_key(table) {
             self.load_tables().await?;
         }
+        match self.fetch_row_once(table, key).await {
+            Ok(row) => Ok(row),
+            Err(first) if first.kind() != etcdsync_core::ErrorKind::Transient => {
+                // The table changed since it was described (a column renamed or dropped).
+                tracing::debug!(error = %first, table = %table, "describing the table again");
+                self.load_tables().await?;
+                self.fetch_row_once(table, key).await
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn fetch_row_once(
+        &mut self,
+        table: &TableId,
+        key: &[Value],
+    ) -> Result<Option<Vec<(String, Value)>>> {
         let known = self.known.get(table).cloned().ok_or_else(|| {
             Error::config(format!(
                 "table {table} is not selected by `source.tables` or does not exist"

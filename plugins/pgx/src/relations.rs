@@ -154,7 +154,7 @@ pub async fn table_columns(client: &Client, oid: u32) -> Result<Vec<(String, u32
         .query(
             "SELECT a.attname::text, a.atttypid FROM pg_attribute a \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
-               AND (to_jsonb(a) ->> 'attgenerated') IS DISTINCT FROM 's' ORDER BY a.attnum",
+               AND COALESCE(to_jsonb(a) ->> 'attgenerated', '') = '' ORDER BY a.attnum",
             &[&oid],
         )
         .await

@@ -99,6 +99,36 @@ struct Txn {
     final_lsn: Lsn,
     skip: bool,
     changes: usize,
+    /// The WAL position of the last change record and how many changes it gave so far (a
+    /// multi-row insert or a TRUNCATE of several tables is one record).
+    last_record: (Lsn, u64),
+}
+
+impl Txn {
+    fn new(final_lsn: Lsn, skip: bool) -> Self {
+        Self {
+            final_lsn,
+            skip,
+            changes: 0,
+            last_record: (Lsn::ZERO, 0),
+        }
+    }
+
+    /// [`etcdsync_core::Change::seq`]: the transaction's commit LSN, then the change record's
+    /// offset before it and the change's index in that record — the same on every replay of
+    /// the transaction, whatever is filtered.
+    fn next_seq(&mut self, wal_start: Lsn) -> u128 {
+        let index = if self.last_record.0 == wal_start {
+            self.last_record.1 + 1
+        } else {
+            0
+        };
+        self.last_record = (wal_start, index);
+        let from_end = self.final_lsn.as_u64().saturating_sub(wal_start.as_u64());
+        // Later records are nearer the commit: invert so the place grows along the transaction.
+        let offset = (1u64 << 40).saturating_sub(from_end.min((1 << 40) - 1));
+        Change::seq_of(self.final_lsn.as_u64(), (offset << 24) | index.min((1 << 24) - 1))
+    }
 }
 
 enum Flow {
@@ -213,13 +243,15 @@ impl Streamer {
                                     break;
                                 }
                             }
-                            st.txn = Some(Txn { final_lsn, skip: final_lsn < self.resume, changes: 0 });
+                            st.txn = Some(Txn::new(final_lsn, final_lsn < self.resume));
                         }
                         ReplicationEvent::XLogData { data, wal_start, .. } => {
                             let message = decode(data).map_err(|e| Error::from(PgxError::Protocol(e.to_string())))?;
                             let mut changes = self.apply(message, &mut st.relations).await?;
-                            for (i, change) in changes.iter_mut().enumerate() {
-                                change.seq = Some(change_seq(wal_start, i));
+                            if let Some(open) = st.txn.as_mut() {
+                                for change in changes.iter_mut() {
+                                    change.seq = Some(open.next_seq(wal_start));
+                                }
                             }
                             let Some(open) = st.txn.as_mut() else { continue };
                             if open.skip || changes.is_empty() {
@@ -706,6 +738,25 @@ impl Streamer {
         Ok(())
     }
 
+    /// Takes a table out of the main publication, if it is in it.
+    async fn unpublish(&self, table: &TableId) -> Result<()> {
+        let publication = &self.valid.publication;
+        let members = publication_tables(&self.catalog, publication)
+            .await?
+            .unwrap_or_default();
+        if members.contains(table) {
+            self.catalog
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {} DROP TABLE {}",
+                    quote_ident(publication),
+                    quote_table(table)
+                ))
+                .await
+                .map_err(pg(format!("taking {table} out of publication {publication} for a new copy")))?;
+        }
+        Ok(())
+    }
+
     /// What a Relation message means for the stream: the table its changes are synced as, or
     /// `None` when they are ignored (a dropped table) or wait for a copy (a new name).
     async fn describe(&mut self, rel: &RelationMessage) -> Result<Option<Relation>> {
@@ -811,6 +862,9 @@ impl Streamer {
                     // changes wait for the copy, which holds them).
                     (true, Some(rel)) if self.valid.manage_publication => {
                         tracing::warn!(table = %rel.schema.id, "the table's columns changed; copying it again");
+                        // Out of the publication at once: a restart before the copy finds the
+                        // table unpublished and copies it then.
+                        self.unpublish(&rel.schema.id).await?;
                         self.identity.reshaped.push(rel.schema.id.clone());
                         self.identity.refresh_soon = true;
                         None
@@ -884,12 +938,6 @@ impl Streamer {
             | LogicalMessage::Message { .. } => Vec::new(),
         })
     }
-}
-
-/// A change's place in its transaction ([`etcdsync_core::Change::seq`]): the WAL position of its
-/// record, and its index among the changes of that record (a TRUNCATE names several tables).
-fn change_seq(wal_start: Lsn, index: usize) -> u64 {
-    (wal_start.as_u64() << 12) | (index.min(0xfff) as u64)
 }
 
 /// Unchanged TOASTed columns of an update take the old tuple's value when pgoutput sent one
