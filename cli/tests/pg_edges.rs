@@ -448,3 +448,48 @@ async fn unchanged_toast_without_a_stored_value_is_read_from_postgres() {
     pipe.wait_synced("n", "updates of rows never copied").await;
     assert_verify_clean(&config).await;
 }
+
+/// A transform that reads a TOASTed column (here a filter on it) sees its value, not "unchanged":
+/// updates that leave it alone have it read from PostgreSQL before the transforms run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transforms_see_toasted_columns_of_updates() {
+    let pipe = Pipe::new("toastx").await;
+    pipe.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, big text);
+         ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO t SELECT g, g, repeat(md5(g::text), 100) FROM generate_series(1, 20) g;
+         UPDATE t SET big = NULL WHERE id > 15;",
+    )
+    .await;
+    let config = pipe.config(
+        "toastx.yaml",
+        Parts {
+            include: "\"public.t\"",
+            transforms: "transforms:\n  - { type: filter, tables: [\"public.t\"], when: [{ column: big, op: not_null }] }\n",
+            ..Parts::default()
+        },
+    );
+    let run = Run::start(&config, &[]);
+    let kept = |n: usize| {
+        let pipe = &pipe;
+        async move { pipe.etcd_table("t").await.len() == n }
+    };
+    assert!(
+        etcdsync_tests::pg::eventually(WAIT, || kept(15)).await,
+        "snapshot through the filter: {}",
+        run.stderr()
+    );
+    pipe.sql("UPDATE t SET v = v + 100").await;
+    let expected = pipe.expected("t").await;
+    let updated = etcdsync_tests::pg::eventually(WAIT, || async {
+        let have = pipe.etcd_table("t").await;
+        have.len() == 15 && have.iter().all(|(k, v)| expected.get(k) == Some(v))
+    })
+    .await;
+    assert!(
+        updated,
+        "updates leaving the TOASTed column alone: {}",
+        run.stderr()
+    );
+    assert_verify_clean(&config).await;
+}

@@ -11,11 +11,13 @@ use crate::config::PipelineConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::leadership::{Campaign, Candidate, Fence, Leadership};
 use crate::sink::SinkIo;
-use crate::source::{SourceContext, SourceIo};
+
+use crate::source::{RowFetcher, SourceContext, SourceIo};
 use crate::telemetry::{self, Phase};
 use crate::transform::Chain;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -321,6 +323,7 @@ async fn run_attempt(
             .map_err(counted(stage::TRANSFORM))?,
     );
 
+    let fetcher = source.fetcher();
     let stop = shutdown.child_token();
     let (source_tx, source_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (ack_tx, ack_rx) = watch::channel(None);
@@ -331,15 +334,17 @@ async fn run_attempt(
         source_rx
     } else {
         let (sink_tx, sink_rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let handle =
-            tasks.spawn(async move { run_transforms(&mut chain, source_rx, sink_tx).await });
+        let handle = {
+            let fetcher = fetcher.clone();
+            tasks
+                .spawn(async move { run_transforms(&mut chain, fetcher, source_rx, sink_tx).await })
+        };
         stages.insert(
             handle.id(),
             (stage::TRANSFORM, activity.enter("the transform stage")),
         );
         sink_rx
     };
-    let fetcher = source.fetcher();
     let handle = tasks.spawn(source.run(SourceIo {
         output: source_tx,
         acked: ack_rx,
@@ -410,12 +415,16 @@ async fn run_attempt(
 
 async fn run_transforms(
     chain: &mut Chain,
+    fetcher: Option<Arc<dyn RowFetcher>>,
     mut input: mpsc::Receiver<Message>,
     output: mpsc::Sender<Message>,
 ) -> Result<()> {
     while let Some(message) = input.recv().await {
         let message = match message {
-            Message::Changes(changes) => {
+            Message::Changes(mut changes) => {
+                if let Some(fetcher) = &fetcher {
+                    fill_unchanged(fetcher.as_ref(), &mut changes).await?;
+                }
                 let changes = chain.apply(changes)?;
                 if changes.is_empty() {
                     continue;
@@ -426,6 +435,43 @@ async fn run_transforms(
         };
         if output.send(message).await.is_err() {
             break;
+        }
+    }
+    Ok(())
+}
+
+/// Transforms may read any column (a filter, a key template, a value), so values a change left
+/// out (`Value::Unchanged`: PostgreSQL TOAST) are read from the source before them. The value
+/// read may be newer than the change; the change that wrote it follows, so the sink converges.
+/// A row the source no longer has keeps its unchanged values: the sink leaves its put out.
+async fn fill_unchanged(fetcher: &dyn RowFetcher, changes: &mut [crate::Change]) -> Result<()> {
+    use crate::{Op, Value};
+    for change in changes.iter_mut() {
+        let Op::Update { row, .. } = &mut change.op else {
+            continue;
+        };
+        if !row.iter().any(|v| matches!(v, Value::Unchanged)) {
+            continue;
+        }
+        let table = &change.table;
+        let key: Vec<Value> = table
+            .key
+            .iter()
+            .filter_map(|&i| row.get(i).cloned())
+            .collect();
+        let Some(current) = fetcher.fetch(table, &key).await? else {
+            continue;
+        };
+        for (i, value) in row.iter_mut().enumerate() {
+            if !matches!(value, Value::Unchanged) {
+                continue;
+            }
+            let Some(column) = table.columns.get(i) else {
+                continue;
+            };
+            if let Some((_, fresh)) = current.iter().find(|(name, _)| *name == column.name) {
+                *value = fresh.clone();
+            }
         }
     }
     Ok(())

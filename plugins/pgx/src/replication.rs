@@ -127,7 +127,10 @@ impl Txn {
         let from_end = self.final_lsn.as_u64().saturating_sub(wal_start.as_u64());
         // Later records are nearer the commit: invert so the place grows along the transaction.
         let offset = (1u64 << 40).saturating_sub(from_end.min((1 << 40) - 1));
-        Change::seq_of(self.final_lsn.as_u64(), (offset << 24) | index.min((1 << 24) - 1))
+        Change::seq_of(
+            self.final_lsn.as_u64(),
+            (offset << 24) | index.min((1 << 24) - 1),
+        )
     }
 }
 
@@ -752,7 +755,9 @@ impl Streamer {
                     quote_table(table)
                 ))
                 .await
-                .map_err(pg(format!("taking {table} out of publication {publication} for a new copy")))?;
+                .map_err(pg(format!(
+                    "taking {table} out of publication {publication} for a new copy"
+                )))?;
         }
         Ok(())
     }
