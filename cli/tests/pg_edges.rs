@@ -493,3 +493,37 @@ async fn transforms_see_toasted_columns_of_updates() {
     );
     assert_verify_clean(&config).await;
 }
+
+/// Columns changed while etcdsync is stopped, with no row change after them: the copied columns
+/// are kept with the table registry, so the next start notices and copies the table again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_changed_while_stopped_are_noticed_at_start() {
+    let pipe = Pipe::new("colstop").await;
+    pipe.sql(&table_sql("keep_t", 25)).await;
+    let config = pipe.config(
+        "colstop.yaml",
+        Parts {
+            include: "\"public.keep_*\"",
+            source_extra: "  table_refresh_interval: 1s\n",
+            ..Parts::default()
+        },
+    );
+    let mut run = Run::start(&config, &[]);
+    pipe.wait_synced("keep_t", "snapshot").await;
+    // Let the registry (written once etcd holds the snapshot) settle, then stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run.signal("TERM");
+    let status = run.wait(WAIT).await.expect("stops");
+    assert!(status.success(), "{}", run.stderr());
+    pipe.sql("ALTER TABLE keep_t ADD COLUMN extra int DEFAULT 7; ALTER TABLE keep_t RENAME COLUMN v TO label;")
+        .await;
+    let run = Run::start(&config, &[]);
+    pipe.wait_synced("keep_t", "after column changes while stopped")
+        .await;
+    assert!(
+        run.stderr().contains("copying it again"),
+        "{}",
+        run.stderr()
+    );
+    assert_verify_clean(&config).await;
+}

@@ -15,10 +15,21 @@ use etcdsync_core::{Result, TableId};
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
 
-/// OID → the name its keys are under.
+/// OID → the name its keys are under, and the columns (name, type) its rows were copied with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
     pub tables: BTreeMap<u32, TableId>,
+    pub columns: BTreeMap<u32, Vec<(String, u32)>>,
+}
+
+/// One registry entry as the comment holds it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Entry {
+    /// `schema` U+001F `table`.
+    t: String,
+    /// Columns as (name, type OID); absent in entries written before columns were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<Vec<(String, u32)>>,
 }
 
 /// What the catalog says about the registered tables.
@@ -32,6 +43,8 @@ pub struct Reconciled {
     /// Renamed within the selection: (OID, old name, new name). The new name is copied, and the
     /// old name's keys are removed by the same snapshot step.
     pub renamed: Vec<(u32, TableId, TableId)>,
+    /// Same name, but columns added, dropped, renamed or retyped since the copy: copied again.
+    pub reshaped: Vec<TableId>,
 }
 
 impl Registry {
@@ -53,20 +66,32 @@ impl Registry {
     /// Parses the comment; one that etcdsync did not write counts as no registry.
     fn parse(text: &str) -> Option<Registry> {
         let body = text.strip_prefix(COMMENT_PREFIX)?;
-        let entries: BTreeMap<String, String> = serde_json::from_str(body).ok()?;
-        let mut tables = BTreeMap::new();
-        for (oid, name) in entries {
-            let (schema, table) = split_name(&name)?;
-            tables.insert(oid.parse().ok()?, TableId::new(schema, table));
+        let entries: BTreeMap<String, Entry> = serde_json::from_str(body).ok()?;
+        let mut registry = Registry::default();
+        for (oid, entry) in entries {
+            let oid: u32 = oid.parse().ok()?;
+            let (schema, table) = split_name(&entry.t)?;
+            registry.tables.insert(oid, TableId::new(schema, table));
+            if let Some(columns) = entry.c {
+                registry.columns.insert(oid, columns);
+            }
         }
-        Some(Registry { tables })
+        Some(registry)
     }
 
     fn render(&self) -> String {
-        let entries: BTreeMap<String, String> = self
+        let entries: BTreeMap<String, Entry> = self
             .tables
             .iter()
-            .map(|(oid, id)| (oid.to_string(), format!("{}\u{1f}{}", id.schema, id.table)))
+            .map(|(oid, id)| {
+                (
+                    oid.to_string(),
+                    Entry {
+                        t: format!("{}\u{1f}{}", id.schema, id.table),
+                        c: self.columns.get(oid).cloned(),
+                    },
+                )
+            })
             .collect();
         format!(
             "{COMMENT_PREFIX}{}",
@@ -115,7 +140,13 @@ impl Registry {
         let mut out = Reconciled::default();
         for (oid, synced) in &self.tables {
             match current.get(oid) {
-                Some(now) if now == synced && selection.matches(now) => {}
+                Some(now) if now == synced && selection.matches(now) => {
+                    if let Some(copied) = self.columns.get(oid) {
+                        if *copied != crate::relations::table_columns(client, *oid).await? {
+                            out.reshaped.push(now.clone());
+                        }
+                    }
+                }
                 Some(now) if selection.matches(now) => {
                     out.renamed.push((*oid, synced.clone(), now.clone()));
                 }
@@ -130,7 +161,7 @@ impl Registry {
 }
 
 /// Marks the publication comment as etcdsync's registry.
-const COMMENT_PREFIX: &str = "etcdsync table registry v1: ";
+const COMMENT_PREFIX: &str = "etcdsync table registry: ";
 
 fn split_name(name: &str) -> Option<(&str, &str)> {
     name.split_once('\u{1f}')
@@ -147,6 +178,9 @@ mod tests {
             .tables
             .insert(16384, TableId::new("public", "we.ird\"name"));
         registry.tables.insert(16390, TableId::new("s p", "t"));
+        registry
+            .columns
+            .insert(16390, vec![("id".into(), 23), ("note".into(), 25)]);
         assert_eq!(Registry::parse(&registry.render()), Some(registry));
         assert_eq!(Registry::parse("written by a person"), None);
         assert_eq!(Registry::parse(&format!("{COMMENT_PREFIX}not json")), None);

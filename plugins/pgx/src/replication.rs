@@ -494,15 +494,22 @@ impl Streamer {
                     ))?;
             }
         }
-        let Some(registry) = &mut self.identity.registry else {
-            return Ok(());
-        };
         for name in &found.retire {
             tracing::warn!(table = %name, "the table was dropped or renamed out of the selection; removing its keys");
             self.keys.remove(name);
             self.pending.retain(|t| &t.id != name);
         }
         self.identity.retire_now.extend(found.retire);
+        for table in found.reshaped {
+            if !self.identity.reshaped.contains(&table) && self.keys.contains_key(&table) {
+                tracing::warn!(table = %table, "the table's columns changed since its copy; copying it again");
+                self.unpublish(&table).await?;
+                self.identity.reshaped.push(table);
+            }
+        }
+        let Some(registry) = &mut self.identity.registry else {
+            return Ok(());
+        };
         for (oid, old, new) in found.renamed {
             tracing::warn!(from = %old, to = %new, "the table was renamed; its keys move to the new name");
             registry.tables.remove(&oid);
@@ -686,6 +693,9 @@ impl Streamer {
         if let Some(registry) = &mut self.identity.registry {
             for table in &copy.tables {
                 registry.tables.insert(table.oid, table.id.clone());
+                if let Some(columns) = self.shapes.get(&table.id) {
+                    registry.columns.insert(table.oid, columns.clone());
+                }
             }
         }
         // Describe the copied tables again: their changes are streamed under their names now.

@@ -156,9 +156,14 @@ async fn start_identity(
     if !valid.manage_publication {
         return Ok((IdentityStart::default(), Vec::new()));
     }
-    let current: Registry = Registry {
+    let mut current = Registry {
         tables: tables.iter().map(|t| (t.oid, t.id.clone())).collect(),
+        columns: Default::default(),
     };
+    for table in tables {
+        let columns = crate::relations::table_columns(catalog, table.oid).await?;
+        current.columns.insert(table.oid, columns);
+    }
     let Some(mut registry) = Registry::read(catalog, &valid.publication).await? else {
         return Ok((
             IdentityStart {
@@ -179,6 +184,12 @@ async fn start_identity(
     }
     start.retire_now.extend(found.retire);
     start.ignored.extend(found.gone);
+    for table in found.reshaped {
+        tracing::warn!(table = %table, "the table's columns changed since its copy; copying it again");
+        if copies && !snapshot_first && !recopy.contains(&table) {
+            recopy.push(table);
+        }
+    }
     for (oid, old, new) in found.renamed {
         tracing::warn!(from = %old, to = %new, "the table was renamed; its keys move to the new name");
         registry.tables.remove(&oid);
