@@ -15,7 +15,8 @@ use etcdsync_core::{Result, TableId};
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
 
-/// OID → the name its keys are under, and the columns (name, type) its rows were copied with.
+/// OID → the name its keys are under, and the columns (name, type) its rows were copied with:
+/// the synced ones, so a change of `exclude_columns` counts as a change of columns too.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
     pub tables: BTreeMap<u32, TableId>,
@@ -142,7 +143,8 @@ impl Registry {
             match current.get(oid) {
                 Some(now) if now == synced && selection.matches(now) => {
                     if let Some(copied) = self.columns.get(oid) {
-                        if *copied != crate::relations::table_columns(client, *oid).await? {
+                        let columns = crate::relations::table_columns(client, *oid).await?;
+                        if *copied != synced_columns(selection, now, columns) {
                             out.reshaped.push(now.clone());
                         }
                     }
@@ -158,6 +160,18 @@ impl Registry {
         }
         Ok(out)
     }
+}
+
+/// The columns of `table` that are synced (not excluded by `source.tables.exclude_columns`).
+pub fn synced_columns(
+    selection: &TableSelection,
+    table: &TableId,
+    columns: Vec<(String, u32)>,
+) -> Vec<(String, u32)> {
+    columns
+        .into_iter()
+        .filter(|(name, _)| !selection.column_excluded(table, name))
+        .collect()
 }
 
 /// Marks the publication comment as etcdsync's registry.

@@ -694,7 +694,12 @@ impl Streamer {
             for table in &copy.tables {
                 registry.tables.insert(table.oid, table.id.clone());
                 if let Some(columns) = self.shapes.get(&table.id) {
-                    registry.columns.insert(table.oid, columns.clone());
+                    let synced = crate::identity::synced_columns(
+                        &self.valid.tables,
+                        &table.id,
+                        columns.clone(),
+                    );
+                    registry.columns.insert(table.oid, synced);
                 }
             }
         }

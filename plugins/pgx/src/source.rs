@@ -162,7 +162,10 @@ async fn start_identity(
     };
     for table in tables {
         let columns = crate::relations::table_columns(catalog, table.oid).await?;
-        current.columns.insert(table.oid, columns);
+        current.columns.insert(
+            table.oid,
+            crate::identity::synced_columns(&valid.tables, &table.id, columns),
+        );
     }
     let Some(mut registry) = Registry::read(catalog, &valid.publication).await? else {
         return Ok((
