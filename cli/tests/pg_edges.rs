@@ -527,3 +527,52 @@ async fn columns_changed_while_stopped_are_noticed_at_start() {
     );
     assert_verify_clean(&config).await;
 }
+
+/// A column no longer excluded (`exclude_columns` changed between runs) is in every row after the
+/// restart: the registry keeps the synced columns, so the table is copied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_no_longer_excluded_is_copied_in() {
+    let pipe = Pipe::new("exclch").await;
+    pipe.sql(&table_sql("keep_x", 15)).await;
+    let excluded = pipe.config(
+        "excluded.yaml",
+        Parts {
+            include: "\"public.keep_*\"",
+            source_extra:
+                "    exclude_columns: { \"public.keep_x\": [v] }\n  table_refresh_interval: 1s\n",
+            ..Parts::default()
+        },
+    );
+    let mut run = Run::start(&excluded, &[]);
+    let copied = etcdsync_tests::pg::eventually(WAIT, || async {
+        pipe.etcd_table("keep_x").await.len() == 15
+    })
+    .await;
+    assert!(copied, "{}", run.stderr());
+    assert_verify_clean(&excluded).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run.signal("TERM");
+    assert!(
+        run.wait(WAIT).await.expect("stops").success(),
+        "{}",
+        run.stderr()
+    );
+
+    let whole = pipe.config(
+        "whole.yaml",
+        Parts {
+            include: "\"public.keep_*\"",
+            source_extra: "  table_refresh_interval: 1s\n",
+            ..Parts::default()
+        },
+    );
+    let run = Run::start(&whole, &[]);
+    pipe.wait_synced("keep_x", "after the exclusion was removed")
+        .await;
+    assert!(
+        run.stderr().contains("copying it again"),
+        "{}",
+        run.stderr()
+    );
+    assert_verify_clean(&whole).await;
+}
