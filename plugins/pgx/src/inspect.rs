@@ -708,42 +708,15 @@ fn is_bad_input(error: &Error) -> bool {
 /// `COPY` of up to `limit` rows strictly after `after`, in key order (keyset pagination; the
 /// row comparison uses the key's index).
 fn scan_sql(known: &Known, after: Option<&[Value]>, limit: usize) -> Result<String> {
-    let schema = &known.shape.schema;
-    let key_columns: Vec<String> = schema
-        .key
-        .iter()
-        .map(|&i| quote_ident(&schema.columns[i].name))
-        .collect();
-    let key_list = key_columns.join(", ");
+    let key_list = key_list(known);
     let mut sql = format!(
         "COPY (SELECT {} FROM {}",
         known.shape.select_list(),
         known.rows
     );
     if let Some(after) = after {
-        if after.len() != key_columns.len() {
-            return Err(Error::fatal(format!(
-                "scan of {} after a key of {} values, but its key has {} columns",
-                schema.id,
-                after.len(),
-                key_columns.len()
-            )));
-        }
-        let literals = after
-            .iter()
-            .zip(&known.key_types)
-            .map(|(value, ty)| {
-                input_text(value)
-                    .map(|text| format!("{}::{ty}", quote_literal(&text)))
-                    .ok_or_else(|| {
-                        Error::fatal(format!(
-                            "scan of {} after a key containing {value:?}, which no key column holds",
-                            schema.id
-                        ))
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        sql.push_str(&format!(" WHERE ({key_list}) > ({})", literals.join(", ")));
+        let literals = key_literals(known, after, "scan")?;
+        sql.push_str(&format!(" WHERE ({key_list}) > ({literals})"));
     }
     sql.push_str(&format!(" ORDER BY {key_list} LIMIT {limit}) TO STDOUT"));
     Ok(sql)
@@ -751,21 +724,38 @@ fn scan_sql(known: &Known, after: Option<&[Value]>, limit: usize) -> Result<Stri
 
 /// `COPY` of the one row whose key is `key`.
 fn fetch_sql(known: &Known, key: &[Value]) -> Result<String> {
+    let literals = key_literals(known, key, "row lookup")?;
+    Ok(format!(
+        "COPY (SELECT {} FROM {} WHERE ({}) = ({literals}) LIMIT 1) TO STDOUT",
+        known.shape.select_list(),
+        known.rows,
+        key_list(known)
+    ))
+}
+
+/// The table's key columns, quoted, in key order.
+fn key_list(known: &Known) -> String {
+    let schema = &known.shape.schema;
+    schema
+        .key
+        .iter()
+        .map(|&i| quote_ident(&schema.columns[i].name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `key` as SQL literals cast to the key columns' types, for a row comparison with
+/// [`key_list`]; `what` names the query in errors.
+fn key_literals(known: &Known, key: &[Value], what: &str) -> Result<String> {
     let schema = &known.shape.schema;
     if key.len() != schema.key.len() {
         return Err(Error::fatal(format!(
-            "a row of {} asked for by {} key values, but its key has {} columns",
+            "{what} of {} by a key of {} values, but its key has {} columns",
             schema.id,
             key.len(),
             schema.key.len()
         )));
     }
-    let columns = schema
-        .key
-        .iter()
-        .map(|&i| quote_ident(&schema.columns[i].name))
-        .collect::<Vec<_>>()
-        .join(", ");
     let literals = key
         .iter()
         .zip(&known.key_types)
@@ -774,18 +764,13 @@ fn fetch_sql(known: &Known, key: &[Value]) -> Result<String> {
                 .map(|text| format!("{}::{ty}", quote_literal(&text)))
                 .ok_or_else(|| {
                     Error::fatal(format!(
-                        "a row of {} asked for by a key containing {value:?}, which no key column holds",
+                        "{what} of {} by a key containing {value:?}, which no key column holds",
                         schema.id
                     ))
                 })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(format!(
-        "COPY (SELECT {} FROM {} WHERE ({columns}) = ({}) LIMIT 1) TO STDOUT",
-        known.shape.select_list(),
-        known.rows,
-        literals.join(", ")
-    ))
+    Ok(literals.join(", "))
 }
 
 /// `COPY` of the listed keys' ordinals and the key values the table holds for them.

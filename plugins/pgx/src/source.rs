@@ -42,6 +42,8 @@ pub struct PgxSource {
     fence: Option<Fence>,
     /// Table identities ([`crate::identity`]) and what they asked for at start.
     identity: IdentityStart,
+    /// Each table's columns as read at build ([`crate::relations::table_columns`]).
+    shapes: HashMap<TableId, Vec<(String, u32)>>,
 }
 
 /// What the table registry found at start.
@@ -111,7 +113,14 @@ pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Sour
     };
     let resuming_with_copies = cx.resume.is_some() && valid.snapshot == SnapshotMode::Initial;
     let snapshot_first = matches!(plan, Plan::Snapshot);
-    let (identity, recopy) = start_identity(&catalog, &valid, &tables, snapshot_first).await?;
+    // Read before any copy's export: a column changed after it is seen as a change.
+    let mut shapes = HashMap::new();
+    for table in &tables {
+        let columns = crate::relations::table_columns(&catalog, table.oid).await?;
+        shapes.insert(table.id.clone(), columns);
+    }
+    let (identity, recopy) =
+        start_identity(&catalog, &valid, &tables, &shapes, snapshot_first).await?;
     let pending = sync_publications(
         &catalog,
         &valid,
@@ -138,6 +147,7 @@ pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Sour
         plan,
         fence: cx.fence,
         identity,
+        shapes,
     }))
 }
 
@@ -149,6 +159,7 @@ async fn start_identity(
     catalog: &Client,
     valid: &Valid,
     tables: &[TableInfo],
+    shapes: &HashMap<TableId, Vec<(String, u32)>>,
     snapshot_first: bool,
 ) -> Result<(IdentityStart, Vec<TableId>)> {
     // Without copies (`snapshot: never`) a renamed table's old keys go at once.
@@ -161,7 +172,7 @@ async fn start_identity(
         columns: Default::default(),
     };
     for table in tables {
-        let columns = crate::relations::table_columns(catalog, table.oid).await?;
+        let columns = shapes.get(&table.id).cloned().unwrap_or_default();
         current.columns.insert(
             table.oid,
             crate::identity::synced_columns(&valid.tables, &table.id, columns),
@@ -599,12 +610,8 @@ impl Source for PgxSource {
     async fn run(mut self: Box<Self>, io: SourceIo) -> Result<()> {
         // Before the snapshot's export: a partition attached after it is seen as a change.
         let mut partitions = HashMap::new();
-        let mut shapes = HashMap::new();
+        let shapes = std::mem::take(&mut self.shapes);
         for table in self.tables.iter().chain(&self.pending) {
-            shapes.insert(
-                table.id.clone(),
-                crate::relations::table_columns(&self.catalog, table.oid).await?,
-            );
             if let Some(fingerprint) =
                 crate::relations::partition_fingerprint(&self.catalog, table.oid).await?
             {
