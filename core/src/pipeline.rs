@@ -423,7 +423,7 @@ async fn run_transforms(
         let message = match message {
             Message::Changes(mut changes) => {
                 if let Some(fetcher) = &fetcher {
-                    fill_unchanged(fetcher.as_ref(), &mut changes).await?;
+                    crate::source::fill_unchanged(fetcher.as_ref(), &mut changes).await?;
                 }
                 let changes = chain.apply(changes)?;
                 if changes.is_empty() {
@@ -435,43 +435,6 @@ async fn run_transforms(
         };
         if output.send(message).await.is_err() {
             break;
-        }
-    }
-    Ok(())
-}
-
-/// Transforms may read any column (a filter, a key template, a value), so values a change left
-/// out (`Value::Unchanged`: PostgreSQL TOAST) are read from the source before them. The value
-/// read may be newer than the change; the change that wrote it follows, so the sink converges.
-/// A row the source no longer has keeps its unchanged values: the sink leaves its put out.
-async fn fill_unchanged(fetcher: &dyn RowFetcher, changes: &mut [crate::Change]) -> Result<()> {
-    use crate::{Op, Value};
-    for change in changes.iter_mut() {
-        let Op::Update { row, .. } = &mut change.op else {
-            continue;
-        };
-        if !row.iter().any(|v| matches!(v, Value::Unchanged)) {
-            continue;
-        }
-        let table = &change.table;
-        let key: Vec<Value> = table
-            .key
-            .iter()
-            .filter_map(|&i| row.get(i).cloned())
-            .collect();
-        let Some(current) = fetcher.fetch(table, &key).await? else {
-            continue;
-        };
-        for (i, value) in row.iter_mut().enumerate() {
-            if !matches!(value, Value::Unchanged) {
-                continue;
-            }
-            let Some(column) = table.columns.get(i) else {
-                continue;
-            };
-            if let Some((_, fresh)) = current.iter().find(|(name, _)| *name == column.name) {
-                *value = fresh.clone();
-            }
         }
     }
     Ok(())

@@ -29,7 +29,8 @@ pub struct SourceContext {
 #[async_trait]
 pub trait RowFetcher: Send + Sync {
     /// The row of `table` whose key columns hold `key`, by column name, as the source holds it
-    /// now; `None` when there is no such row.
+    /// now; `None` when there is no such row or table (dropped, renamed away, no longer
+    /// selected): a later change of the stream, or the table's retirement, removes its keys.
     async fn fetch(
         &self,
         table: &crate::change::TableSchema,
@@ -67,6 +68,75 @@ impl SourceIo {
         let last = acked.borrow().clone();
         last
     }
+}
+
+/// Transforms may read any column (a filter, a key template, a value), so values a change left
+/// out (`Value::Unchanged`: PostgreSQL TOAST) are read from the source before them. The value
+/// read may be newer than the change; the change that wrote it follows, so the sink converges.
+///
+/// When the source no longer has the row (or the column: the table changed and is copied
+/// again), a later change of the stream removes or rewrites it, so the update is left out; an
+/// update that moved the row to a new key still deletes the old one.
+pub(crate) async fn fill_unchanged(
+    fetcher: &dyn RowFetcher,
+    changes: &mut Vec<crate::Change>,
+) -> crate::Result<()> {
+    use crate::{Op, Value};
+    let mut gone = Vec::new();
+    for (at, change) in changes.iter_mut().enumerate() {
+        let Op::Update { row, .. } = &mut change.op else {
+            continue;
+        };
+        if !row.iter().any(|v| matches!(v, Value::Unchanged)) {
+            continue;
+        }
+        let table = &change.table;
+        let key: Vec<Value> = table
+            .key
+            .iter()
+            .filter_map(|&i| row.get(i).cloned())
+            .collect();
+        let Some(current) = fetcher.fetch(table, &key).await? else {
+            gone.push(at);
+            continue;
+        };
+        for (i, value) in row.iter_mut().enumerate() {
+            if !matches!(value, Value::Unchanged) {
+                continue;
+            }
+            let Some(column) = table.columns.get(i) else {
+                continue;
+            };
+            match current.iter().find(|(name, _)| *name == column.name) {
+                Some((_, fresh)) => *value = fresh.clone(),
+                None => {
+                    gone.push(at);
+                    break;
+                }
+            }
+        }
+    }
+    for at in gone.into_iter().rev() {
+        let change = changes.remove(at);
+        let Op::Update {
+            old: Some(old),
+            row,
+        } = change.op
+        else {
+            continue;
+        };
+        if change.table.key_of(&old) != change.table.key_of(&row) {
+            tracing::debug!(table = %change.table.id, "the source no longer has an updated row; only its old key is deleted");
+            changes.insert(
+                at,
+                crate::Change {
+                    op: Op::Delete { old },
+                    ..change
+                },
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A running source.
@@ -111,5 +181,90 @@ pub trait SourceConfig: Debug + Send + Sync {
             "source `{}` does not support check, status or verify",
             self.typetag_name()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{Column, Op, Route, TableId, TableSchema};
+    use crate::{Change, Value};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    /// Rows by their `id`, with the columns the source has now.
+    struct FakeSource(HashMap<i64, Vec<(String, Value)>>);
+
+    #[async_trait]
+    impl RowFetcher for FakeSource {
+        async fn fetch(
+            &self,
+            _table: &crate::TableSchema,
+            key: &[Value],
+        ) -> Result<Option<Vec<(String, Value)>>> {
+            let Some(Value::Int(id)) = key.first() else {
+                return Ok(None);
+            };
+            Ok(self.0.get(id).cloned())
+        }
+    }
+
+    fn table() -> Arc<TableSchema> {
+        Arc::new(TableSchema::new(
+            TableId::new("public", "docs"),
+            vec![Column::new("id", "int8"), Column::new("body", "text")],
+            vec![0],
+        ))
+    }
+
+    fn update(old: Option<i64>, id: i64) -> Change {
+        Change {
+            table: table(),
+            op: Op::Update {
+                old: old.map(|o| vec![Value::Int(o), Value::Missing]),
+                row: vec![Value::Int(id), Value::Unchanged],
+            },
+            route: Route::default(),
+            seq: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn unchanged_values_come_from_the_current_row() {
+        let source = FakeSource(HashMap::from([(
+            1,
+            vec![
+                ("id".into(), Value::Int(1)),
+                ("body".into(), Value::Text("now".into())),
+            ],
+        )]));
+        let mut changes = vec![update(None, 1)];
+        fill_unchanged(&source, &mut changes).await.expect("fill");
+        let Op::Update { row, .. } = &changes[0].op else {
+            panic!("still an update: {changes:?}");
+        };
+        assert_eq!(row[1], Value::Text("now".into()));
+    }
+
+    #[tokio::test]
+    async fn a_row_gone_at_the_source_leaves_its_update_out_but_deletes_a_moved_key() {
+        let renamed_column = FakeSource(HashMap::from([(
+            3,
+            vec![
+                ("id".into(), Value::Int(3)),
+                ("text".into(), Value::Text("x".into())),
+            ],
+        )]));
+        let mut changes = vec![update(None, 1), update(Some(2), 4), update(None, 3)];
+        fill_unchanged(&renamed_column, &mut changes)
+            .await
+            .expect("fill");
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(
+            changes[0].op,
+            Op::Delete {
+                old: vec![Value::Int(2), Value::Missing]
+            }
+        );
     }
 }

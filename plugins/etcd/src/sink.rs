@@ -952,10 +952,9 @@ impl Writer {
             match current.iter().find(|(column, _)| column == name) {
                 Some((_, fresh)) => *value = fresh.clone(),
                 None => {
-                    return Err(unresolved(
-                        name,
-                        format!("{reason}, and the source's row has no such column"),
-                    ))
+                    // The table's columns changed since this change: the source copies it again.
+                    tracing::debug!(table = %table.id, column = name, "the source's row no longer has the column; the put is left to the table's new copy");
+                    return Ok(false);
                 }
             }
         }
@@ -1088,18 +1087,8 @@ impl Writer {
             }
         }
         let value = match route.value {
-            Some(value) => value,
-            None => match self.encode(&table, &key, old_key.as_deref(), row).await? {
-                Some(value) => value,
-                None => {
-                    return Err(EtcdError::UnresolvedUnchanged {
-                        table: table.id.to_string(),
-                        key,
-                        column: "(unchanged TOAST)".into(),
-                        reason: "the source no longer has the row".into(),
-                    })
-                }
-            },
+            Some(value) => Some(value),
+            None => self.encode(&table, &key, old_key.as_deref(), row).await?,
         };
         // A snapshot rewrites every entry, so those it does not rewrite can be found stale.
         let rewrite = self.snapshot.is_some();
@@ -1117,6 +1106,10 @@ impl Writer {
                 key: index.entry_key(old_row_id),
             });
         }
+        // `None`: the source no longer has the row; a later change of the stream removes it.
+        let Some(value) = value else {
+            return Ok(unit);
+        };
         if rewrite || owner.as_deref() != Some(row_id.as_str()) {
             unit.push(EtcdOp::Put {
                 key: index.owner_key(&key),

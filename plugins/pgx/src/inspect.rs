@@ -118,8 +118,9 @@ impl PgxInspector {
     }
 
     /// The row of `table` with `key` (values of the stream's key columns) as the table holds it
-    /// now, by column name; `None` when it is gone. Columns are matched by name, so a row whose
-    /// table changed since the change was logged (a renamed column) still fills what it can.
+    /// now, by column name; `None` when it is gone, or the table is (dropped, renamed away).
+    /// Columns are matched by name, so a row whose table changed since the change was logged (a
+    /// renamed column) still fills what it can.
     pub async fn fetch_row(
         &mut self,
         table: &TableId,
@@ -127,6 +128,10 @@ impl PgxInspector {
     ) -> Result<Option<Vec<(String, Value)>>> {
         if !self.known.contains_key(table) {
             self.load_tables().await?;
+            if !self.known.contains_key(table) {
+                tracing::debug!(table = %table, "reading a row: the table is no longer selected or no longer exists");
+                return Ok(None);
+            }
         }
         match self.fetch_row_once(table, key).await {
             Ok(row) => Ok(row),
