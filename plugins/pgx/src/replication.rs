@@ -889,7 +889,12 @@ impl Streamer {
                         self.identity.refresh_soon = true;
                         None
                     }
-                    (_, entry) => entry,
+                    (reshaped, entry) => {
+                        if !self.valid.manage_publication {
+                            warn_unfollowed(self.raw_relations.get(&relid), &rel, reshaped);
+                        }
+                        entry
+                    }
                 };
                 // Kept to describe the relation again when its table is copied (after a rename,
                 // or back into the selection): pgoutput sends it only once per definition.
@@ -984,4 +989,21 @@ impl Out<'_> {
             _ = self.shutdown.cancelled() => Flow::Stop,
         }
     }
+}
+
+/// With an unmanaged publication a rename or a column change is not followed by a copy: the
+/// keys etcd holds keep the old name or columns until `verify --repair` (docs/operations.md).
+fn warn_unfollowed(before: Option<&RelationMessage>, now: &RelationMessage, reshaped: bool) {
+    let renamed = before.filter(|b| b.namespace != now.namespace || b.name != now.name);
+    if renamed.is_none() && !reshaped {
+        return;
+    }
+    let what = match renamed {
+        Some(b) => format!("was renamed from {}.{}", b.namespace, b.name),
+        None => "had its columns changed".into(),
+    };
+    tracing::warn!(
+        table = %message_table(now),
+        "the table {what}; with `source.manage_publication: false` etcdsync does not copy it again, so etcd keeps keys or columns the table no longer has: run `etcdsync verify --repair`, or set `manage_publication: true`"
+    );
 }
