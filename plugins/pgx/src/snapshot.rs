@@ -97,10 +97,30 @@ async fn lock_tables(client: &Client, tables: &[TableInfo]) -> Result<()> {
             ))
         })?;
     let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+    let names: Vec<String> = tables.iter().map(|t| quote_table(&t.id)).collect();
+    // The lock went by name: each name must still be the table the snapshot lists.
+    let moved = client
+        .query(
+            "SELECT name FROM unnest($1::oid[], $2::text[]) AS t(oid, name) \
+             WHERE to_regclass(name) IS DISTINCT FROM oid::regclass",
+            &[&oids, &names],
+        )
+        .await
+        .map_err(pg("checking the snapshot's tables by name"))?;
+    if let Some(row) = moved.first() {
+        let table: String = row.get(0);
+        return Err(Error::transient(format!(
+            "table {table} was renamed, dropped or replaced after the snapshot was exported; the snapshot starts over"
+        )));
+    }
+    // Partitions included: a partitioned table's rows live in its leaves.
     let rewritten = client
         .query(
-            "SELECT c.oid::regclass::text FROM pg_class c \
-             WHERE c.oid = ANY($1) AND c.relfilenode <> 0 AND c.relfilenode <> pg_relation_filenode(c.oid)",
+            "WITH RECURSIVE tree(oid) AS ( \
+                 SELECT unnest($1::oid[]) \
+                 UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid) \
+             SELECT c.oid::regclass::text FROM pg_class c JOIN tree USING (oid) \
+             WHERE c.relfilenode <> 0 AND c.relfilenode <> pg_relation_filenode(c.oid)",
             &[&oids],
         )
         .await
