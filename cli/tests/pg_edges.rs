@@ -163,6 +163,58 @@ async fn an_unmanaged_publication_that_would_lose_changes_is_refused() {
     );
 }
 
+/// With `manage_publication: false` a rename is not followed: `run` stops naming the table and
+/// the fix, and the fix (start again, `verify --repair`) leaves etcd equal to the tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmanaged_publication_stops_at_a_rename_with_a_fix_that_works() {
+    let pipe = Pipe::new("pubrn").await;
+    let publication = format!("pub_{}", pipe.slot());
+    pipe.sql(&format!(
+        "CREATE TABLE t2 (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO t2 SELECT g, g FROM generate_series(1, 10) g;
+         CREATE PUBLICATION {publication} FOR TABLE t2;"
+    ))
+    .await;
+    let config = pipe.config(
+        "pubrn.yaml",
+        Parts {
+            source_extra: &format!(
+                "  manage_publication: false\n  publication: {publication}\n  table_refresh_interval: 1s\n"
+            ),
+            ..Parts::default()
+        },
+    );
+    let mut run = Run::start(&config, &[]);
+    pipe.wait_synced("t2", "snapshot").await;
+    pipe.sql("ALTER TABLE t2 RENAME TO t3; INSERT INTO t3 VALUES (11, 11);")
+        .await;
+    let status = run.wait(WAIT).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("public.t2 was renamed or dropped")
+            && run.stderr().contains("verify --repair"),
+        "{}",
+        run.stderr()
+    );
+
+    // The fix the error names: repair while stopped, then start again; the replay of the changes
+    // from before the rename goes under the new name.
+    let output = etcdsync(&["verify", "-c", path(&config), "--repair"], &[]).await;
+    assert!(
+        output.status.success() && text(&output).contains("missing: 10"),
+        "{}",
+        text(&output)
+    );
+    assert_verify_clean(&config).await;
+    let mut run = Run::start(&config, &[]);
+    pipe.sql("INSERT INTO t3 VALUES (12, 12); UPDATE t3 SET v = v + 1;")
+        .await;
+    pipe.wait_synced("t3", "after the restart").await;
+    assert!(pipe.etcd_table("t2").await.is_empty());
+    assert_verify_clean(&config).await;
+    assert!(run.still_running(), "{}", run.stderr());
+}
+
 /// An update that leaves a TOASTed column alone sends it as "unchanged"; with REPLICA IDENTITY
 /// FULL the old tuple carries it, so it fills the value even when etcd holds no stored row (here
 /// `snapshot: never`: the row was never copied).

@@ -374,12 +374,27 @@ impl Streamer {
             .collect();
         if !self.valid.manage_publication {
             if let Some(first) = removed.first() {
-                return Err(Error::config(format!(
-                    "publication {publication} no longer publishes {first}, so its changes would not arrive: \
-                     run ALTER PUBLICATION {} ADD TABLE {}; and `etcdsync verify --repair` once it runs again",
-                    quote_ident(&publication),
-                    quote_table(first)
-                )));
+                let exists = self
+                    .catalog
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&quote_table(first)])
+                    .await
+                    .map_err(pg(format!("looking up table {first}")))?
+                    .get::<_, bool>(0);
+                return Err(Error::config(if exists {
+                    format!(
+                        "publication {publication} no longer publishes {first}, so its changes would not arrive: \
+                         run ALTER PUBLICATION {} ADD TABLE {}; and `etcdsync verify --repair` once it runs again",
+                        quote_ident(&publication),
+                        quote_table(first)
+                    )
+                } else {
+                    format!(
+                        "table {first} was renamed or dropped; with `source.manage_publication: false` etcdsync \
+                         does not follow it: run `etcdsync verify --repair` now (it removes the old name's keys and \
+                         copies the table under its new name), then start etcdsync again; or set \
+                         `manage_publication: true`, which follows renames and drops"
+                    )
+                }));
             }
         }
         let published: Vec<TableId> = current.into_iter().collect();
@@ -785,13 +800,22 @@ impl Streamer {
         }
         // Identity is the OID: until a renamed table is copied under its new name, its changes
         // stay with the name its keys have (the copy's clean-up removes them).
-        let id = self
+        let registered = self
             .identity
             .registry
             .as_ref()
             .and_then(|registry| registry.tables.get(&rel.relid))
-            .cloned()
-            .unwrap_or_else(|| message_table(rel));
+            .cloned();
+        let id = match registered {
+            Some(id) => id,
+            // No registry with an unmanaged publication: the table's name now (a Relation
+            // message has the name as of the change), so a replay over a rename writes under
+            // the name `verify --repair` left the rows at.
+            None if !self.valid.manage_publication => table_by_oid(&self.catalog, rel.relid)
+                .await?
+                .map_or_else(|| message_table(rel), |(id, _)| id),
+            None => message_table(rel),
+        };
         let key = match self.keys.get(&id) {
             Some(key) => Some(key.clone()),
             // A managed publication holds only known tables: an unknown name is a table renamed
