@@ -501,6 +501,45 @@ async fn unchanged_toast_without_a_stored_value_is_read_from_postgres() {
     assert_verify_clean(&config).await;
 }
 
+/// A primary-key value stored out of line (over ~2 kB, not compressible): PostgreSQL 15 logs the
+/// old key of an update whole when it is stored so, which gives the unchanged key value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_toasted_primary_key_value_is_followed() {
+    let pipe = Pipe::new("toastk").await;
+    pipe.sql(
+        "CREATE TABLE k (id text PRIMARY KEY, v int NOT NULL);
+         ALTER TABLE k ALTER COLUMN id SET STORAGE EXTERNAL;
+         INSERT INTO k SELECT string_agg(md5(g::text || s::text), '') , s
+           FROM generate_series(1, 3) s, generate_series(1, 78) g GROUP BY s;",
+    )
+    .await;
+    let config = pipe.config(
+        "toastk.yaml",
+        Parts {
+            include: "\"public.k\"",
+            ..Parts::default()
+        },
+    );
+    let run = Run::start(&config, &[]);
+    let synced = |rows: usize| {
+        let pipe = &pipe;
+        async move {
+            let expected = pipe.expected("k").await;
+            expected.len() == rows && pipe.etcd_table("k").await == expected
+        }
+    };
+    assert!(
+        etcdsync_tests::pg::eventually(WAIT, || synced(3)).await,
+        "snapshot: {}",
+        run.stderr()
+    );
+    pipe.sql("UPDATE k SET v = v + 10; DELETE FROM k WHERE v = 13;")
+        .await;
+    let followed = etcdsync_tests::pg::eventually(WAIT, || synced(2)).await;
+    assert!(followed, "updates keeping a TOASTed key: {}", run.stderr());
+    assert_verify_clean(&config).await;
+}
+
 /// A transform that reads a TOASTed column (here a filter on it) sees its value, not "unchanged":
 /// updates that leave it alone have it read from PostgreSQL before the transforms run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
