@@ -74,9 +74,8 @@ impl SourceIo {
 /// out (`Value::Unchanged`: PostgreSQL TOAST) are read from the source before them. The value
 /// read may be newer than the change; the change that wrote it follows, so the sink converges.
 ///
-/// When the source no longer has the row (or the column: the table changed and is copied
-/// again), a later change of the stream removes or rewrites it, so the update is left out; an
-/// update that moved the row to a new key still deletes the old one.
+/// When the source no longer has the row, a later change of the stream removes it, so the
+/// update is left out; an update that moved the row to a new key still deletes the old one.
 pub(crate) async fn fill_unchanged(
     fetcher: &dyn RowFetcher,
     changes: &mut Vec<crate::Change>,
@@ -107,12 +106,10 @@ pub(crate) async fn fill_unchanged(
             let Some(column) = table.columns.get(i) else {
                 continue;
             };
-            match current.iter().find(|(name, _)| *name == column.name) {
-                Some((_, fresh)) => *value = fresh.clone(),
-                None => {
-                    gone.push(at);
-                    break;
-                }
+            // A column the table no longer has (renamed, dropped) stays unchanged: the sink
+            // fills it from the value it stores, or stops naming the column.
+            if let Some((_, fresh)) = current.iter().find(|(name, _)| *name == column.name) {
+                *value = fresh.clone();
             }
         }
     }
@@ -247,7 +244,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_row_gone_at_the_source_leaves_its_update_out_but_deletes_a_moved_key() {
+    async fn a_row_gone_at_the_source_leaves_its_update_out_but_deletes_a_moved_key_and_a_missing_column_is_left_unchanged(
+    ) {
         let renamed_column = FakeSource(HashMap::from([(
             3,
             vec![
@@ -259,12 +257,14 @@ mod tests {
         fill_unchanged(&renamed_column, &mut changes)
             .await
             .expect("fill");
-        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes.len(), 2, "{changes:?}");
         assert_eq!(
             changes[0].op,
             Op::Delete {
                 old: vec![Value::Int(2), Value::Missing]
             }
         );
+        // The row is there but no longer has the column: left for the sink's stored value.
+        assert_eq!(changes[1].op, update(None, 3).op);
     }
 }

@@ -952,9 +952,10 @@ impl Writer {
             match current.iter().find(|(column, _)| column == name) {
                 Some((_, fresh)) => *value = fresh.clone(),
                 None => {
-                    // The table's columns changed since this change: the source copies it again.
-                    tracing::debug!(table = %table.id, column = name, "the source's row no longer has the column; the put is left to the table's new copy");
-                    return Ok(false);
+                    return Err(unresolved(
+                        name,
+                        format!("{reason}, and the source's row has no such column"),
+                    ))
                 }
             }
         }

@@ -39,7 +39,13 @@ pub struct PgxInspector {
     server_version: i32,
     types: Types,
     known: HashMap<TableId, Arc<Known>>,
+    /// Tables a row read found absent, and when: not looked up again for a while, so a backlog
+    /// of changes of a dropped table costs one catalog read, not one per change.
+    absent: HashMap<TableId, std::time::Instant>,
 }
+
+/// How long a table found absent is taken as absent by [`PgxInspector::fetch_row`].
+const ABSENT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl PgxInspector {
     /// Does no I/O: `check` reports a failed connection as a failed check.
@@ -50,6 +56,7 @@ impl PgxInspector {
             server_version: 0,
             types: Types::default(),
             known: HashMap::new(),
+            absent: HashMap::new(),
         }
     }
 
@@ -127,11 +134,20 @@ impl PgxInspector {
         key: &[Value],
     ) -> Result<Option<Vec<(String, Value)>>> {
         if !self.known.contains_key(table) {
+            if self
+                .absent
+                .get(table)
+                .is_some_and(|at| at.elapsed() < ABSENT_FOR)
+            {
+                return Ok(None);
+            }
             self.load_tables().await?;
             if !self.known.contains_key(table) {
                 tracing::debug!(table = %table, "reading a row: the table is no longer selected or no longer exists");
+                self.absent.insert(table.clone(), std::time::Instant::now());
                 return Ok(None);
             }
+            self.absent.remove(table);
         }
         match self.fetch_row_once(table, key).await {
             Ok(row) => Ok(row),

@@ -811,9 +811,17 @@ impl Streamer {
             // No registry with an unmanaged publication: the table's name now (a Relation
             // message has the name as of the change), so a replay over a rename writes under
             // the name `verify --repair` left the rows at.
-            None if !self.valid.manage_publication => table_by_oid(&self.catalog, rel.relid)
-                .await?
-                .map_or_else(|| message_table(rel), |(id, _)| id),
+            None if !self.valid.manage_publication => {
+                match table_by_oid(&self.catalog, rel.relid).await? {
+                    Some((id, _)) => id,
+                    None => {
+                        // Dropped since: its changes have nowhere to go; `verify --repair`
+                        // removes the keys it left.
+                        tracing::warn!(table = %message_table(rel), "changes of a table dropped since are skipped; run `etcdsync verify --repair` to remove its keys");
+                        return Ok(None);
+                    }
+                }
+            }
             None => message_table(rel),
         };
         let key = match self.keys.get(&id) {

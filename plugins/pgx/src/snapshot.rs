@@ -118,7 +118,8 @@ async fn lock_tables(client: &Client, tables: &[TableInfo]) -> Result<()> {
         .query(
             "WITH RECURSIVE tree(oid) AS ( \
                  SELECT unnest($1::oid[]) \
-                 UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid) \
+                 UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid \
+                 JOIN pg_class p ON p.oid = i.inhrelid AND p.relispartition) \
              SELECT c.oid::regclass::text FROM pg_class c JOIN tree USING (oid) \
              WHERE c.relfilenode <> 0 AND c.relfilenode <> pg_relation_filenode(c.oid)",
             &[&oids],
