@@ -14,6 +14,7 @@ pub mod position;
 pub mod prereq;
 pub mod snapshot;
 pub mod source;
+pub mod statement;
 pub mod tablemap;
 pub mod takeover;
 
