@@ -3,6 +3,7 @@
 //! stream, the database's state as a fresh snapshot sees it, and etcd read-back (DESIGN §2–3).
 
 pub use crate::common::{env, etcd, etcd_count, etcd_dump, eventually, unique, EtcdPrefixGuard};
+use etcdsync_core::config::PipelineConfig;
 use etcdsync_core::encode::json::encode_row;
 use etcdsync_core::encode::key::{row_key, table_prefix};
 use etcdsync_core::source::{SourceConfig, SourceContext};
@@ -611,4 +612,89 @@ pub async fn binlog_position(conn: &mut Conn) -> String {
     let file: String = status.get(0).expect("File");
     let offset: u64 = status.get(1).expect("Position");
     format!("{file}:{offset}")
+}
+
+/// The `source:` section alone (for [`db_state_yaml`]).
+pub fn source_section(url: &str, include: &[String]) -> String {
+    let include = include
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("type: mysql\nurl: \"{url}\"\ntables: {{ include: [{include}] }}\n")
+}
+
+pub fn yaml_for(name: &str, url: &str, include: &[String], prefix: &str) -> String {
+    let source: String = source_section(url, include)
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    format!(
+        "name: {name}
+source:
+{source}sink:
+  type: etcd
+  endpoints: [\"{}\"]
+  prefix: \"{prefix}\"
+  meta_prefix: \"{prefix}-meta\"
+  heartbeat_interval: 1s
+",
+        env("ETCDSYNC_TEST_ETCD")
+    )
+}
+
+/// A pipeline running in this process (`core::pipeline::run` on a YAML config).
+pub struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<etcdsync_core::Result<()>>,
+}
+
+pub fn start(yaml: &str) -> Running {
+    let config = PipelineConfig::parse(yaml).unwrap_or_else(|e| panic!("config: {e}"));
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move { etcdsync_core::pipeline::run(&config, token).await });
+    Running { stop, task }
+}
+
+impl Running {
+    /// Waits for the pipeline to end by itself (an error) within `timeout`.
+    pub async fn failed(self, timeout: Duration) -> etcdsync_core::Error {
+        match tokio::time::timeout(timeout, self.task).await {
+            Ok(Ok(Err(e))) => e,
+            Ok(Ok(Ok(()))) => panic!("the pipeline stopped without an error"),
+            Ok(Err(e)) => panic!("pipeline panicked: {e}"),
+            Err(_) => panic!("the pipeline did not stop within {timeout:?}"),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("pipeline failed: {e}"),
+            Ok(Err(e)) => panic!("pipeline panicked: {e}"),
+            Err(_) => panic!("pipeline did not stop within 30 s"),
+        }
+    }
+}
+
+pub async fn converges(prefix: &str, expected: &BTreeMap<String, String>) -> bool {
+    let mut client = etcd().await;
+    let data_prefix = format!("{prefix}/");
+    let ok = eventually(Duration::from_secs(60), || {
+        let mut client = client.clone();
+        let data_prefix = data_prefix.clone();
+        async move { etcd_dump(&mut client, &data_prefix).await == *expected }
+    })
+    .await;
+    if !ok {
+        let got = etcd_dump(&mut client, &data_prefix).await;
+        panic!("etcd did not converge:\n got: {got:#?}\nwant: {expected:#?}");
+    }
+    ok
 }

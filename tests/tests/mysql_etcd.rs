@@ -9,17 +9,16 @@
 //! sends it SIGKILL, so nothing is flushed, acknowledged or dropped in order.
 #![cfg(feature = "integration-tests")]
 
-use etcdsync_core::config::PipelineConfig;
 use etcdsync_etcd as _;
 use etcdsync_mysql as _;
 use etcdsync_tests::mysql::{
-    child_pipeline_main, connect, db_state, db_state_yaml, env, etcd, etcd_count, etcd_dump,
-    eventually, exec, unique, url, EtcdPrefixGuard, PipelineProcess, PrivateMariaDb, TestDbs,
+    child_pipeline_main, connect, converges, db_state, db_state_yaml, etcd, etcd_count, etcd_dump,
+    eventually, exec, source_section, start, unique, url, yaml_for, EtcdPrefixGuard,
+    PipelineProcess, PrivateMariaDb, TestDbs,
 };
 use mysql_async::prelude::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -29,76 +28,6 @@ fn pipeline_yaml(name: &str, dbs: &TestDbs, prefix: &str) -> String {
 
 fn includes(dbs: &TestDbs) -> Vec<String> {
     dbs.names.iter().map(|n| format!("{n}.*")).collect()
-}
-
-/// The `source:` section alone (for [`db_state_yaml`]).
-fn source_section(url: &str, include: &[String]) -> String {
-    let include = include
-        .iter()
-        .map(|n| format!("\"{n}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("type: mysql\nurl: \"{url}\"\ntables: {{ include: [{include}] }}\n")
-}
-
-fn yaml_for(name: &str, url: &str, include: &[String], prefix: &str) -> String {
-    let source: String = source_section(url, include)
-        .lines()
-        .map(|l| format!("  {l}\n"))
-        .collect();
-    format!(
-        "name: {name}
-source:
-{source}sink:
-  type: etcd
-  endpoints: [\"{}\"]
-  prefix: \"{prefix}\"
-  meta_prefix: \"{prefix}-meta\"
-  heartbeat_interval: 1s
-",
-        env("ETCDSYNC_TEST_ETCD")
-    )
-}
-
-struct Running {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<etcdsync_core::Result<()>>,
-}
-
-fn start(yaml: &str) -> Running {
-    let config = PipelineConfig::parse(yaml).unwrap_or_else(|e| panic!("config: {e}"));
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let task = tokio::spawn(async move { etcdsync_core::pipeline::run(&config, token).await });
-    Running { stop, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.stop.cancel();
-        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => panic!("pipeline failed: {e}"),
-            Ok(Err(e)) => panic!("pipeline panicked: {e}"),
-            Err(_) => panic!("pipeline did not stop within 30 s"),
-        }
-    }
-}
-
-async fn converges(prefix: &str, expected: &BTreeMap<String, String>) -> bool {
-    let mut client = etcd().await;
-    let data_prefix = format!("{prefix}/");
-    let ok = eventually(WAIT, || {
-        let mut client = client.clone();
-        let data_prefix = data_prefix.clone();
-        async move { etcd_dump(&mut client, &data_prefix).await == *expected }
-    })
-    .await;
-    if !ok {
-        let got = etcd_dump(&mut client, &data_prefix).await;
-        panic!("etcd did not converge:\n got: {got:#?}\nwant: {expected:#?}");
-    }
-    ok
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +367,7 @@ async fn a_mariadb_restart_is_retried_with_backoff() {
         // Down for a few seconds: the pipeline fails, retries with backoff and keeps failing.
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(
-            !running.task.is_finished(),
+            running.is_running(),
             "the pipeline gave up while the server was down"
         );
         server.restart().await;
@@ -457,6 +386,6 @@ async fn a_mariadb_restart_is_retried_with_backoff() {
         assert!(expected.len() >= 2);
         converge_exact(&prefix, &expected, Duration::from_secs(90)).await;
     }
-    assert!(!running.task.is_finished(), "the pipeline is still running");
+    assert!(running.is_running(), "the pipeline is still running");
     running.stop().await;
 }

@@ -68,8 +68,9 @@ impl From<MysqlError> for Error {
 }
 
 /// Server error codes worth a retry: lock wait timeout, deadlock, server shutting down,
-/// connection killed, too many connections, query interrupted.
-const TRANSIENT_CODES: &[u16] = &[1205, 1213, 1053, 1927, 1040, 1317, 2006, 2013];
+/// connection killed, too many connections, query interrupted, and 1412 (a table changed under
+/// the snapshot transaction: the snapshot starts over).
+const TRANSIENT_CODES: &[u16] = &[1205, 1213, 1053, 1927, 1040, 1317, 2006, 2013, 1412];
 
 pub fn is_transient(error: &mysql_async::Error) -> bool {
     match error {

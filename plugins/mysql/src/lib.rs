@@ -7,6 +7,7 @@ pub mod binlog;
 pub mod columns;
 pub mod config;
 pub mod decode;
+pub mod decoder;
 pub mod error;
 pub mod inspect;
 pub mod json;

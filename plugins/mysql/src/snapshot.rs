@@ -119,15 +119,11 @@ pub async fn describe(
         )
         .await
         .map_err(|e| MysqlError::driver(format!("reading the columns of {id}"), e))?;
-    let key: Vec<String> = conn
-        .exec(
-            "SELECT COLUMN_NAME FROM information_schema.STATISTICS \
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' \
-             ORDER BY SEQ_IN_INDEX",
-            (&id.schema, &id.table),
-        )
-        .await
-        .map_err(|e| MysqlError::driver(format!("reading the primary key of {id}"), e))?;
+    let key = if columns.is_empty() {
+        Vec::new()
+    } else {
+        table_key(conn, id).await?
+    };
     let kept: Vec<&(String, String, String)> = columns
         .iter()
         .filter(|(name, _, _)| !selection.column_excluded(id, name))
@@ -186,6 +182,54 @@ pub async fn describe(
         },
         state,
     ))
+}
+
+/// The columns the server keys the table's rows by, as the binlog's TABLE_MAP reports them: the
+/// primary key, else the first UNIQUE index whose columns are all NOT NULL (whole columns, no
+/// expression) — the index the server takes as the primary key (`SHOW INDEX` lists indexes in
+/// the server's key order).
+pub async fn table_key(conn: &mut Conn, id: &TableId) -> Result<Vec<String>> {
+    let rows: Vec<Row> = conn
+        .query(format!("SHOW INDEX FROM {}", quote_table(id)))
+        .await
+        .map_err(|e| MysqlError::driver(format!("reading the keys of {id}"), e))?;
+    let text = |row: &Row, name: &str| -> Option<String> {
+        let at = row
+            .columns_ref()
+            .iter()
+            .position(|c| c.name_str() == name)?;
+        match row.as_ref(at)? {
+            mysql_async::Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            mysql_async::Value::Int(n) => Some(n.to_string()),
+            mysql_async::Value::UInt(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    // Index name → (columns in order, usable as the key).
+    let mut indexes: Vec<(String, Vec<String>, bool)> = Vec::new();
+    for row in &rows {
+        let (Some(name), Some(column)) = (text(row, "Key_name"), text(row, "Column_name")) else {
+            continue;
+        };
+        let unique = text(row, "Non_unique").as_deref() == Some("0");
+        let not_null = text(row, "Null").unwrap_or_default().is_empty();
+        let whole = text(row, "Sub_part").is_none() && text(row, "Expression").is_none();
+        match indexes.iter_mut().find(|(n, _, _)| *n == name) {
+            Some((_, columns, usable)) => {
+                columns.push(column);
+                *usable &= unique && not_null && whole;
+            }
+            None => indexes.push((name, vec![column], unique && not_null && whole)),
+        }
+    }
+    if let Some((_, columns, _)) = indexes.iter().find(|(n, _, _)| n == "PRIMARY") {
+        return Ok(columns.clone());
+    }
+    Ok(indexes
+        .into_iter()
+        .find(|(_, _, usable)| *usable)
+        .map(|(_, columns, _)| columns)
+        .unwrap_or_default())
 }
 
 /// A result row of a table's select list, through the snapshot's conversion (DESIGN §3).
@@ -431,6 +475,79 @@ pub async fn run(
     }
     tracing::info!(position = %position, "snapshot finished");
     Ok(Some(position))
+}
+
+/// What [`copy_while_streaming`] did.
+pub struct Copied {
+    /// Where the copy's consistent read stands in the binlog.
+    pub position: SourcePosition,
+    pub copied: Vec<TableId>,
+    /// Names whose keys were removed: gone, renamed away, or without a usable key now.
+    pub retired: Vec<TableId>,
+}
+
+/// Copies `copy` again while streaming, as one snapshot step that also removes every key under
+/// `retire` (DESIGN §6: keys of the step's tables it does not write are deleted when it ends).
+/// The step's checkpoint is `at`, the stream's position: a restart before the next commit
+/// replays from there, which converges. `None` when the sink has gone away.
+pub async fn copy_while_streaming(
+    config: &ValidMysql,
+    server: &ServerInfo,
+    copy: &[TableId],
+    retire: &[TableId],
+    at: etcdsync_core::Position,
+    output: &mpsc::Sender<Message>,
+) -> Result<Option<Copied>> {
+    let mut workers = vec![connect(&config.opts).await?];
+    let position = open_snapshot(config, server, &mut workers).await?;
+    let mut conn = workers.remove(0);
+    let mut tables = Vec::new();
+    let mut retired: Vec<TableId> = retire.to_vec();
+    for id in copy {
+        let (table, key) = describe(&mut conn, id, &config.tables, server.flavour, None).await?;
+        match key {
+            KeyState::Usable => tables.push(table),
+            KeyState::Missing => {
+                if !table.schema.columns.is_empty() {
+                    tracing::warn!(table = %id, "table has no primary key; it is not synced (add a PRIMARY KEY or exclude it)");
+                }
+                retired.push(id.clone());
+            }
+            KeyState::Excluded(column) => {
+                return Err(MysqlError::Config(key_column_excluded(id, &column)))
+            }
+        }
+    }
+    let copied: Vec<TableId> = tables.iter().map(|t| t.schema.id.clone()).collect();
+    let step: Vec<TableId> = copied.iter().chain(&retired).cloned().collect();
+    if output
+        .send(Message::SnapshotStarted { tables: step })
+        .await
+        .is_err()
+    {
+        return Ok(None);
+    }
+    for table in &tables {
+        if !copy_table(&mut conn, table, output).await? {
+            return Ok(None);
+        }
+    }
+    conn.query_drop("COMMIT")
+        .await
+        .map_err(|e| MysqlError::driver("ending the copy's snapshot transaction", e))?;
+    if output
+        .send(Message::SnapshotFinished { position: at })
+        .await
+        .is_err()
+    {
+        return Ok(None);
+    }
+    tracing::info!(position = %position, tables = copied.len(), removed = retired.len(), "tables copied again");
+    Ok(Some(Copied {
+        position,
+        copied,
+        retired,
+    }))
 }
 
 /// One worker: copies tables from the queue until it is empty. `false` when output closed.

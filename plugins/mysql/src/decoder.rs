@@ -1,0 +1,1081 @@
+//! One binlog event at a time into core messages: transactions (row events between BEGIN/GTID
+//! and XID/COMMIT), XA transactions (held from `XA PREPARE` to `XA COMMIT`, dropped at
+//! `XA ROLLBACK`), savepoints (`ROLLBACK TO` drops the rows after the savepoint), and query
+//! events read by [`crate::statement`]: truncate and drop become range deletes; renames,
+//! column and key changes, partition and tablespace operations and `CREATE OR REPLACE` copy
+//! the affected tables again from a consistent read ([`crate::snapshot::copy_while_streaming`]).
+
+use crate::binlog::{decode_rows, rotate_file_name, Mode, ARTIFICIAL_EVENT};
+use crate::columns::{read_hints, ColumnHints};
+use crate::config::{OnDrop, ValidMysql};
+use crate::error::{MysqlError, Result};
+use crate::position::{uuid_text, BinlogPos, Gtids, SourcePosition};
+use crate::prereq::{Flavour, ServerInfo};
+use crate::source::connect;
+use crate::statement::{classify, Dialect, Statement, Xid};
+use crate::tablemap::{column_names, map_table, Mapped, TableMapError};
+use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
+use etcdsync_core::tables::TableSelection;
+use etcdsync_core::{telemetry, Change, Commit, Message, Position, TableId, TableSchema};
+use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
+use mysql_async::{Conn, Opts};
+use mysql_common::binlog::consts::StatusVarKey;
+use mysql_common::binlog::events::StatusVarVal;
+use mysql_common::constants::SqlMode;
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+
+/// Filtered-out transactions report their position at most this often.
+const HEARTBEAT_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// MariaDB's own event types, which mysql_common reports as unknown.
+const MARIADB_ANNOTATE_ROWS: u8 = 160;
+const MARIADB_BINLOG_CHECKPOINT: u8 = 161;
+const MARIADB_GTID: u8 = 162;
+const MARIADB_GTID_LIST: u8 = 163;
+/// `FL_STANDALONE` in a MariaDB GTID event: the event group has no BEGIN/COMMIT (DDL).
+const MARIADB_GTID_STANDALONE: u8 = 1;
+/// `FL_PREPARED_XA` in a MariaDB GTID event: the group is an XA transaction's prepared part.
+const MARIADB_GTID_PREPARED_XA: u8 = 64;
+/// Rows held in memory for one transaction that cannot be sent in parts yet (an XA transaction
+/// until its commit, the rows after an open savepoint).
+pub const HELD_ROWS_LIMIT: usize = 100_000;
+/// TABLE_MAP entries kept; every transaction repeats its TABLE_MAP events, so the cache is
+/// emptied between transactions when it grows past this.
+const TABLE_MAP_CACHE: usize = 1024;
+
+/// The GTID of the transaction being read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TxnGtid {
+    MariaDb { domain: u32, server: u32, seq: u64 },
+    MySql { source: String, gno: u64 },
+}
+
+/// MariaDB column hints per table, read on a side connection and cached until the table's
+/// column list changes or a DDL statement passes (see `columns`).
+struct HintCache {
+    opts: Opts,
+    conn: Option<Conn>,
+    tables: HashMap<TableId, (Vec<String>, ColumnHints)>,
+}
+
+impl HintCache {
+    async fn get(&mut self, table: &TableId, names: &[String]) -> Result<ColumnHints> {
+        if let Some((known, hints)) = self.tables.get(table) {
+            if known.as_slice() == names {
+                return Ok(hints.clone());
+            }
+        }
+        // The side connection idles between DDLs and may have been closed by the server
+        // (wait_timeout): one fresh attempt before giving up.
+        let mut attempt = 0;
+        let hints = loop {
+            attempt += 1;
+            let conn = match &mut self.conn {
+                Some(conn) => conn,
+                None => self.conn.insert(connect(&self.opts).await?),
+            };
+            match read_hints(conn, table).await {
+                Ok(hints) => break hints,
+                Err(e) => {
+                    self.conn = None;
+                    if attempt > 1 || !matches!(e, MysqlError::Connection { .. }) {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, table = %table, "reconnecting the side connection to read column hints");
+                    telemetry::get().retry("source");
+                }
+            }
+        };
+        self.tables
+            .insert(table.clone(), (names.to_vec(), hints.clone()));
+        Ok(hints)
+    }
+
+    fn clear(&mut self) {
+        self.tables.clear();
+    }
+}
+
+pub(crate) struct Decoder<'a> {
+    config: &'a ValidMysql,
+    server: &'a ServerInfo,
+    selection: &'a TableSelection,
+    on_drop: OnDrop,
+    flavour: Flavour,
+    dialect: Dialect,
+    mode: Mode,
+    output: mpsc::Sender<Message>,
+    tables: HashMap<u64, (TableMapEvent<'static>, Arc<Mapped>)>,
+    hints: HintCache,
+    /// Position after the last event consumed outside a transaction.
+    pub(crate) position: SourcePosition,
+    /// GTIDs are recorded in positions only when the start had a complete GTID state.
+    track_gtids: bool,
+    file: String,
+    /// The checkpoint: transactions at or before it are skipped.
+    resume: SourcePosition,
+    in_txn: bool,
+    /// Where the current transaction starts in the binlog file ([`Change::seq`]).
+    txn_start: u64,
+    /// Changes of the current transaction already sent.
+    sent: usize,
+    pending: Vec<Change>,
+    /// Open savepoints of the current transaction: name, changes before it.
+    savepoints: Vec<(String, usize)>,
+    /// The current event group is an XA transaction's prepared part: its rows wait for
+    /// `XA COMMIT`.
+    xa: bool,
+    /// Prepared XA transactions in prepare order: their rows, and the position before them
+    /// (reported instead of later ones while they wait, so a restart reads them again).
+    prepared: Vec<Prepared>,
+    /// Tables copied while streaming, with the binlog position their copy stands at: their
+    /// row events up to it are in the copy.
+    copied: HashMap<TableId, BinlogPos>,
+    /// Tables known to be synced (listed at start, mapped, copied), for `DROP DATABASE`.
+    synced: HashSet<TableId>,
+    /// A DDL inside a transaction that needs a copy: done once the transaction is committed.
+    deferred: Vec<Statement>,
+    gtid: Option<TxnGtid>,
+    last_report: Instant,
+    reported: String,
+    warned: HashSet<TableId>,
+}
+
+/// A prepared XA transaction waiting for its `XA COMMIT` or `XA ROLLBACK`.
+struct Prepared {
+    xid: Xid,
+    before: SourcePosition,
+    at: String,
+    changes: Vec<Change>,
+}
+
+impl<'a> Decoder<'a> {
+    pub(crate) fn new(
+        config: &'a ValidMysql,
+        server: &'a ServerInfo,
+        dialect: Dialect,
+        mode: Mode,
+        start: SourcePosition,
+        output: mpsc::Sender<Message>,
+    ) -> Self {
+        Self {
+            config,
+            server,
+            selection: &config.tables,
+            on_drop: config.on_drop,
+            flavour: server.flavour,
+            dialect,
+            mode,
+            output,
+            tables: HashMap::new(),
+            hints: HintCache {
+                opts: config.opts.clone(),
+                conn: None,
+                tables: HashMap::new(),
+            },
+            file: start.binlog.file.clone(),
+            track_gtids: !start.gtid.is_empty(),
+            resume: start.clone(),
+            reported: start.to_string(),
+            position: start,
+            in_txn: false,
+            txn_start: 0,
+            sent: 0,
+            pending: Vec::new(),
+            savepoints: Vec::new(),
+            xa: false,
+            prepared: Vec::new(),
+            copied: HashMap::new(),
+            synced: HashSet::new(),
+            deferred: Vec::new(),
+            gtid: None,
+            last_report: Instant::now(),
+            warned: HashSet::new(),
+        }
+    }
+
+    /// The selected tables that exist where streaming starts (for `DROP DATABASE`).
+    pub(crate) fn synced_at_start(&mut self, tables: impl IntoIterator<Item = TableId>) {
+        self.synced.extend(tables);
+    }
+
+    /// Handles one event; `false` when the sink has gone away.
+    pub(crate) async fn handle(&mut self, event: &Event) -> Result<bool> {
+        let header = event.header();
+        let log_pos = u64::from(header.log_pos());
+        let raw_type = header.event_type_raw();
+        let data = event.read_data().map_err(|e| MysqlError::Decode {
+            position: format!("{}:{log_pos}", self.file),
+            message: format!("event type {raw_type}: {e}"),
+        })?;
+        let Some(data) = data else {
+            return self.handle_unknown(raw_type, event, log_pos).await;
+        };
+        match data {
+            EventData::RotateEvent(rotate) => {
+                self.file = rotate_file_name(event, rotate.name_raw());
+                let artificial = header.flags_raw() & ARTIFICIAL_EVENT != 0 || log_pos == 0;
+                // In GTID mode the opening ROTATE names the file but not where in it the
+                // stream starts: keep the checkpoint's position until the next event says.
+                let keep = artificial && self.mode == Mode::Gtid;
+                if !self.in_txn && !keep {
+                    self.position.binlog = BinlogPos::new(self.file.clone(), rotate.position());
+                }
+                Ok(true)
+            }
+            EventData::QueryEvent(query) => {
+                let sql = query.query();
+                let trimmed = sql.trim();
+                if trimmed.eq_ignore_ascii_case("BEGIN") {
+                    self.begin(log_pos);
+                    Ok(true)
+                } else if trimmed.eq_ignore_ascii_case("COMMIT") {
+                    self.commit(log_pos, header.timestamp()).await
+                } else {
+                    let schema = query.schema().into_owned();
+                    let ansi_quotes = query
+                        .status_vars()
+                        .get_status_var(StatusVarKey::SqlMode)
+                        .and_then(|var| match var.get_value() {
+                            Ok(StatusVarVal::SqlMode(mode)) => {
+                                Some(mode.get().contains(SqlMode::MODE_ANSI_QUOTES))
+                            }
+                            _ => None,
+                        })
+                        .unwrap_or(false);
+                    let dialect = Dialect {
+                        ansi_quotes,
+                        ..self.dialect
+                    };
+                    let statement = classify(trimmed, &schema, dialect);
+                    self.handle_statement(statement, trimmed, log_pos, header.timestamp())
+                        .await
+                }
+            }
+            EventData::ExecuteLoadQueryEvent(load) => {
+                let schema = load.schema().into_owned();
+                let sql = load.query().into_owned();
+                let statement = match classify(&sql, &schema, self.dialect) {
+                    Statement::Dml(tables) => Statement::Dml(tables),
+                    // A LOAD whose table cannot be read is taken to touch a synced one.
+                    _ => Statement::Dml(Vec::new()),
+                };
+                self.handle_statement(statement, &sql, log_pos, header.timestamp())
+                    .await
+            }
+            EventData::XaPrepareLogEvent(raw) => {
+                self.xa_prepare(&raw, log_pos, header.timestamp()).await
+            }
+            EventData::TableMapEvent(tme) => {
+                self.map(tme.into_owned()).await?;
+                Ok(true)
+            }
+            EventData::RowsEvent(rows) => self.rows(&rows, log_pos).await,
+            EventData::XidEvent(_) => self.commit(log_pos, header.timestamp()).await,
+            EventData::HeartbeatEvent => {
+                self.advance_idle(log_pos);
+                self.report(true).await
+            }
+            EventData::GtidEvent(gtid) => {
+                // MySQL: a transaction follows (its BEGIN comes as a query event).
+                let uuid = uuid_text(&gtid.sid());
+                let source = match gtid.tag() {
+                    Some(tag) => format!("{uuid}:{}", tag.as_str()),
+                    None => uuid,
+                };
+                self.gtid = Some(TxnGtid::MySql {
+                    source,
+                    gno: gtid.gno(),
+                });
+                Ok(true)
+            }
+            EventData::AnonymousGtidEvent(_) => {
+                self.gtid = None;
+                Ok(true)
+            }
+            EventData::TransactionPayloadEvent(_) => Err(MysqlError::Prerequisite(format!(
+                "  - the binlog at {}:{log_pos} holds a compressed transaction payload: set \
+                 binlog_transaction_compression=OFF on the server (SET GLOBAL and my.cnf), then \
+                 re-snapshot (delete the checkpoint key), as compressed transactions are not read",
+                self.file
+            ))),
+            EventData::RowsQueryEvent(_)
+            | EventData::FormatDescriptionEvent(_)
+            | EventData::PreviousGtidsEvent(_)
+            | EventData::IntvarEvent(_)
+            | EventData::RandEvent(_)
+            | EventData::UserVarEvent(_)
+            | EventData::IgnorableEvent(_)
+            | EventData::StopEvent
+            | EventData::UnknownEvent => Ok(true),
+            other => {
+                tracing::debug!(
+                    event_type = raw_type,
+                    "ignoring binlog event {:?}",
+                    std::mem::discriminant(&other)
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    /// Outside a transaction, moves the position forward to `log_pos` of the current file.
+    fn advance_idle(&mut self, log_pos: u64) {
+        if !self.in_txn && log_pos > 0 {
+            let candidate = BinlogPos::new(self.file.clone(), log_pos);
+            if candidate.compare(&self.position.binlog) == Some(Ordering::Greater) {
+                self.position.binlog = candidate;
+            }
+        }
+    }
+
+    async fn handle_unknown(&mut self, raw_type: u8, event: &Event, log_pos: u64) -> Result<bool> {
+        match raw_type {
+            MARIADB_GTID => {
+                let data = event.data();
+                let (Some(seq), Some(domain), Some(flags)) = (
+                    data.get(0..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+                    data.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok()),
+                    data.get(12).copied(),
+                ) else {
+                    return Err(MysqlError::Decode {
+                        position: format!("{}:{log_pos}", self.file),
+                        message: "short MariaDB GTID event".into(),
+                    });
+                };
+                self.gtid = Some(TxnGtid::MariaDb {
+                    domain: u32::from_le_bytes(domain),
+                    server: event.header().server_id(),
+                    seq: u64::from_le_bytes(seq),
+                });
+                if flags & MARIADB_GTID_STANDALONE == 0 {
+                    self.begin(log_pos);
+                    self.xa = flags & MARIADB_GTID_PREPARED_XA != 0;
+                }
+                Ok(true)
+            }
+            // The GTID list the server sends where a GTID-mode stream starts carries that
+            // position in its header.
+            MARIADB_GTID_LIST => {
+                self.advance_idle(log_pos);
+                Ok(true)
+            }
+            MARIADB_ANNOTATE_ROWS | MARIADB_BINLOG_CHECKPOINT => Ok(true),
+            other => {
+                tracing::debug!(event_type = other, "ignoring unknown binlog event");
+                Ok(true)
+            }
+        }
+    }
+
+    fn begin(&mut self, log_pos: u64) {
+        self.txn_start = log_pos;
+        self.in_txn = true;
+        self.sent = 0;
+        self.pending.clear();
+        self.savepoints.clear();
+        self.xa = false;
+        if self.tables.len() > TABLE_MAP_CACHE {
+            self.tables.clear();
+        }
+    }
+
+    /// The position a commit or heartbeat reports: the current one, or the one before the
+    /// oldest prepared XA transaction while one waits (a restart must read it again).
+    fn reportable(&self) -> SourcePosition {
+        self.prepared
+            .first()
+            .map_or_else(|| self.position.clone(), |p| p.before.clone())
+    }
+
+    async fn map(&mut self, tme: TableMapEvent<'static>) -> Result<()> {
+        let table_id = tme.table_id();
+        if let Some((known, _)) = self.tables.get(&table_id) {
+            if *known == tme {
+                return Ok(());
+            }
+        }
+        let id = TableId::new(tme.database_name(), tme.table_name());
+        let hints = if self.flavour == Flavour::MariaDb && self.selection.matches(&id) {
+            let names = column_names(&tme).map_err(|e| MysqlError::Other(e.to_string()))?;
+            self.hints.get(&id, &names).await?
+        } else {
+            ColumnHints::default()
+        };
+        let mapped = map_table(&tme, self.selection, &hints).map_err(|e| match e {
+            TableMapError::KeyExcluded { .. } => MysqlError::Config(e.to_string()),
+            other => MysqlError::Other(other.to_string()),
+        })?;
+        if let Mapped::Synced(_) = mapped {
+            self.synced.insert(id.clone());
+        }
+        if let Mapped::Ignored = mapped {
+            if self.selection.matches(&id) && self.warned.insert(id.clone()) {
+                tracing::warn!(table = %id, "table has no primary key; its changes are not synced (add a PRIMARY KEY or exclude it)");
+            }
+        }
+        self.tables.insert(table_id, (tme, Arc::new(mapped)));
+        Ok(())
+    }
+
+    /// True when the event group ending at `log_pos` was applied before the checkpoint: by
+    /// GTID in GTID mode (any server's file names), by file and offset otherwise.
+    fn already_applied(&self, log_pos: u64) -> bool {
+        if self.mode == Mode::Gtid {
+            return match (&self.gtid, &self.resume.gtid) {
+                (Some(TxnGtid::MariaDb { domain, seq, .. }), Gtids::MariaDb(pos)) => {
+                    pos.covers(*domain, *seq)
+                }
+                (Some(TxnGtid::MySql { source, gno }), Gtids::MySql(set)) => {
+                    set.contains(source, *gno)
+                }
+                _ => false,
+            };
+        }
+        let here = BinlogPos::new(self.file.clone(), log_pos);
+        matches!(
+            here.compare(&self.resume.binlog),
+            Some(Ordering::Less | Ordering::Equal)
+        )
+    }
+
+    async fn rows(&mut self, rows: &RowsEventData<'_>, log_pos: u64) -> Result<bool> {
+        let Some((_, mapped)) = self.tables.get(&rows.table_id()) else {
+            return Err(MysqlError::Decode {
+                position: format!("{}:{log_pos}", self.file),
+                message: format!("rows event for unknown table id {}", rows.table_id()),
+            });
+        };
+        let Mapped::Synced(info) = mapped.as_ref() else {
+            return Ok(true);
+        };
+        if self.already_applied(log_pos) {
+            return Ok(true);
+        }
+        if let Some(copied_at) = self.copied.get(&info.schema.id) {
+            let here = BinlogPos::new(self.file.clone(), log_pos);
+            match here.compare(copied_at) {
+                Some(Ordering::Less | Ordering::Equal) => return Ok(true),
+                _ => {
+                    self.copied.remove(&info.schema.id);
+                }
+            }
+        }
+        let info = info.clone();
+        let changes = decode_rows(&info, rows).map_err(|e| MysqlError::Decode {
+            position: format!("{}:{log_pos}", self.file),
+            message: format!("rows of {}: {e}", info.schema.id),
+        })?;
+        for (row, change) in changes.into_iter().enumerate() {
+            // The transaction (where it starts in this binlog), then the event's offset in it and
+            // the row's index in the event.
+            let start = self.txn_start;
+            let offset = log_pos.saturating_sub(start);
+            let place = (offset.min((1 << 44) - 1) << 20) | (row.min((1 << 20) - 1) as u64);
+            self.pending.push(change.at(Change::seq_of(start, place)));
+            if self.xa {
+                if self.pending.len() > HELD_ROWS_LIMIT {
+                    return Err(self.too_many_held(log_pos));
+                }
+                continue;
+            }
+            // After a savepoint rows are held, so a ROLLBACK TO can drop them.
+            let limit = if self.savepoints.is_empty() {
+                CHANGES_PER_MESSAGE
+            } else {
+                HELD_ROWS_LIMIT
+            };
+            if self.pending.len() >= limit {
+                let chunk = std::mem::take(&mut self.pending);
+                self.sent += chunk.len();
+                if self.output.send(Message::Changes(chunk)).await.is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Ends the current transaction at `log_pos`.
+    async fn commit(&mut self, log_pos: u64, timestamp: u32) -> Result<bool> {
+        let skip = self.already_applied(log_pos);
+        self.in_txn = false;
+        self.position.binlog = BinlogPos::new(self.file.clone(), log_pos);
+        if let Some(gtid) = self.gtid.take() {
+            if self.track_gtids {
+                record_gtid(&mut self.position.gtid, gtid);
+            }
+        }
+        self.xa = false;
+        self.savepoints.clear();
+        let pending = std::mem::take(&mut self.pending);
+        let sent = std::mem::take(&mut self.sent);
+        let deferred = std::mem::take(&mut self.deferred);
+        if skip {
+            return Ok(true);
+        }
+        if pending.is_empty() && sent == 0 {
+            if !self.report(false).await? {
+                return Ok(false);
+            }
+            return self.run_deferred(deferred).await;
+        }
+        if !pending.is_empty() && self.output.send(Message::Changes(pending)).await.is_err() {
+            return Ok(false);
+        }
+        if !self.send_commit(timestamp).await {
+            return Ok(false);
+        }
+        self.run_deferred(deferred).await
+    }
+
+    async fn run_deferred(&mut self, deferred: Vec<Statement>) -> Result<bool> {
+        for statement in deferred {
+            if !self.copy_for(statement).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Closes the transaction whose changes were sent, at the reportable position.
+    async fn send_commit(&mut self, timestamp: u32) -> bool {
+        let position = self.reportable().to_string();
+        self.reported = position.clone();
+        self.last_report = Instant::now();
+        let commit = Commit {
+            position: Position::new(position),
+            commit_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(timestamp))),
+        };
+        self.output.send(Message::Commit(commit)).await.is_ok()
+    }
+
+    /// Reports the current position as a heartbeat when it moved (at most once a second
+    /// unless `idle`, which is the server's heartbeat after idle time).
+    async fn report(&mut self, idle: bool) -> Result<bool> {
+        if self.in_txn {
+            return Ok(true);
+        }
+        let position = self.reportable().to_string();
+        if position == self.reported
+            || (!idle && self.last_report.elapsed() < HEARTBEAT_MIN_INTERVAL)
+        {
+            return Ok(true);
+        }
+        self.reported = position.clone();
+        self.last_report = Instant::now();
+        Ok(self
+            .output
+            .send(Message::Heartbeat {
+                position: Position::new(position),
+            })
+            .await
+            .is_ok())
+    }
+
+    /// A query event that is not BEGIN/COMMIT: DDL (its own transaction), statement-format DML,
+    /// a savepoint or an XA step.
+    async fn handle_statement(
+        &mut self,
+        statement: Statement,
+        sql: &str,
+        log_pos: u64,
+        timestamp: u32,
+    ) -> Result<bool> {
+        match statement {
+            Statement::Savepoint(name) => {
+                if self.in_txn {
+                    self.savepoints.push((name, self.sent + self.pending.len()));
+                }
+                return Ok(true);
+            }
+            Statement::RollbackTo(name) => return self.rollback_to(&name, log_pos).map(|()| true),
+            Statement::XaStart(_) => {
+                // MySQL: an XA transaction's prepared part starts here, without BEGIN.
+                if !self.in_txn {
+                    self.begin(log_pos);
+                }
+                self.xa = true;
+                return Ok(true);
+            }
+            Statement::XaEnd => return Ok(true),
+            Statement::XaCommit(xid) => {
+                return self.xa_decided(xid, true, log_pos, timestamp).await
+            }
+            Statement::XaRollback(xid) => {
+                return self.xa_decided(xid, false, log_pos, timestamp).await
+            }
+            Statement::Dml(tables) => {
+                // Tables that cannot be read from the statement are taken to be synced ones.
+                let touched = tables.is_empty() || tables.iter().any(|t| self.selection.matches(t));
+                if touched && !self.already_applied(log_pos) {
+                    let named = tables
+                        .iter()
+                        .find(|t| self.selection.matches(t))
+                        .map_or_else(|| "a synced table".to_string(), ToString::to_string);
+                    return Err(MysqlError::Prerequisite(format!(
+                        "  - a change to {named} was written to the binlog as a statement, not as row events (at {}:{log_pos}: `{}`): \
+                         a session or the server uses binlog_format=STATEMENT/MIXED (or LOAD DATA ran under it); set \
+                         binlog_format=ROW globally (SET GLOBAL binlog_format=ROW and my.cnf) and do not override it per \
+                         session, then re-snapshot (delete the checkpoint key)",
+                        self.file,
+                        sql.chars().take(160).collect::<String>()
+                    )));
+                }
+                return Ok(true);
+            }
+            _ => {}
+        }
+        // Any DDL may change a CHECK constraint or a column type: map tables afresh and re-read
+        // their hints on next use (every transaction repeats its TABLE_MAP events).
+        self.hints.clear();
+        if !self.in_txn {
+            self.tables.clear();
+        }
+        let removed: Vec<TableId> = match &statement {
+            Statement::Truncate(tables) => tables.clone(),
+            Statement::Drop(tables) if self.on_drop == OnDrop::Delete => tables.clone(),
+            Statement::DropSchema(schema) if self.on_drop == OnDrop::Delete => self
+                .synced
+                .iter()
+                .filter(|t| t.schema == *schema)
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let changes: Vec<Change> = removed
+            .into_iter()
+            .filter(|t| self.selection.matches(t))
+            .map(|t| Change::truncate(Arc::new(TableSchema::name_only(t))))
+            .collect();
+        if let Statement::Rename(_) | Statement::Recopy(_) = statement {
+            self.deferred.push(statement);
+        }
+        if self.in_txn {
+            // DDL implicitly commits; MariaDB logs it standalone, so this is unusual.
+            self.pending.extend(changes);
+            return Ok(true);
+        }
+        // A DDL outside a transaction moves the position even when it is not ours.
+        self.pending = changes;
+        self.commit(log_pos, timestamp).await
+    }
+
+    /// `ROLLBACK TO savepoint` (logged when a non-transactional table was touched): the rows
+    /// after the savepoint were undone.
+    fn rollback_to(&mut self, name: &str, log_pos: u64) -> Result<()> {
+        if !self.in_txn {
+            return Ok(());
+        }
+        let Some(i) = self
+            .savepoints
+            .iter()
+            .rposition(|(n, _)| n.eq_ignore_ascii_case(name))
+        else {
+            return Err(MysqlError::Decode {
+                position: format!("{}:{log_pos}", self.file),
+                message: format!(
+                    "ROLLBACK TO `{name}` without a SAVEPOINT `{name}` in the same transaction"
+                ),
+            });
+        };
+        let mark = self.savepoints[i].1;
+        if mark < self.sent {
+            return Err(MysqlError::Other(format!(
+                "the transaction at {}:{} rolled back to savepoint `{name}` after more than {HELD_ROWS_LIMIT} \
+                 rows following it were applied in parts; etcd cannot be rolled back: take a fresh snapshot \
+                 (delete the checkpoint key under the sink's meta prefix)",
+                self.file, self.txn_start
+            )));
+        }
+        self.pending.truncate(mark - self.sent);
+        self.savepoints.truncate(i + 1);
+        Ok(())
+    }
+
+    /// The end of an XA transaction's prepared part: one phase commits now; otherwise its
+    /// rows wait for `XA COMMIT`, and positions reported until then stay before it.
+    async fn xa_prepare(&mut self, raw: &[u8], log_pos: u64, timestamp: u32) -> Result<bool> {
+        if raw.first() == Some(&1) {
+            self.xa = false;
+            return self.commit(log_pos, timestamp).await;
+        }
+        let where_ = format!("{}:{log_pos}", self.file);
+        let xid = prepared_xid(raw).ok_or_else(|| MysqlError::Decode {
+            position: where_.clone(),
+            message: "short XA_PREPARE event".into(),
+        })?;
+        let skip = self.already_applied(log_pos);
+        let before = self.position.clone();
+        self.in_txn = false;
+        self.xa = false;
+        self.savepoints.clear();
+        self.position.binlog = BinlogPos::new(self.file.clone(), log_pos);
+        if let Some(gtid) = self.gtid.take() {
+            if self.track_gtids {
+                record_gtid(&mut self.position.gtid, gtid);
+            }
+        }
+        let changes = std::mem::take(&mut self.pending);
+        let sent = std::mem::take(&mut self.sent);
+        if skip {
+            return Ok(true);
+        }
+        if sent > 0 {
+            return Err(MysqlError::Decode {
+                position: where_,
+                message: format!(
+                    "XA transaction {xid} was prepared after some of its rows were sent as an ordinary transaction"
+                ),
+            });
+        }
+        tracing::debug!(xid = %xid, rows = changes.len(), at = %where_, "XA transaction prepared; its rows wait for XA COMMIT");
+        self.prepared.push(Prepared {
+            xid,
+            before,
+            at: where_,
+            changes,
+        });
+        Ok(true)
+    }
+
+    /// `XA COMMIT` (its rows are applied now) or `XA ROLLBACK` (they are dropped).
+    async fn xa_decided(
+        &mut self,
+        xid: Xid,
+        commit: bool,
+        log_pos: u64,
+        timestamp: u32,
+    ) -> Result<bool> {
+        let found = self.prepared.iter().position(|p| p.xid == xid);
+        let skip = self.already_applied(log_pos);
+        match found {
+            Some(i) => {
+                let prepared = self.prepared.remove(i);
+                tracing::debug!(xid = %xid, prepared_at = %prepared.at, commit, "XA transaction decided");
+                if commit && !skip {
+                    self.pending = prepared.changes;
+                }
+            }
+            None if skip || !commit => {}
+            None => {
+                return Err(MysqlError::Other(format!(
+                    "XA COMMIT {xid} at {}:{log_pos}: the transaction was prepared before the position this stream \
+                     started from (a snapshot taken while it was prepared), so its rows are unknown; take a fresh \
+                     snapshot (delete the checkpoint key under the sink's meta prefix) once `XA RECOVER` lists no \
+                     prepared transaction",
+                    self.file
+                )));
+            }
+        }
+        self.commit(log_pos, timestamp).await
+    }
+
+    fn too_many_held(&self, log_pos: u64) -> MysqlError {
+        MysqlError::Other(format!(
+            "the XA transaction at {}:{} (now at {log_pos}) has more than {HELD_ROWS_LIMIT} rows; they are held in \
+             memory until XA COMMIT and the limit protects the process: commit it in smaller XA transactions",
+            self.file, self.txn_start
+        ))
+    }
+
+    /// Copies the tables a rename or a row-changing DDL affected, and removes the keys of names
+    /// that are gone, from a consistent read taken now; their row events up to that read are
+    /// in the copy.
+    async fn copy_for(&mut self, statement: Statement) -> Result<bool> {
+        let (copy, retire): (Vec<TableId>, Vec<TableId>) = match statement {
+            Statement::Rename(pairs) => {
+                let mut exists: Vec<(TableId, bool)> = Vec::new();
+                let mut set =
+                    |id: TableId, now: bool| match exists.iter_mut().find(|(t, _)| *t == id) {
+                        Some(entry) => entry.1 = now,
+                        None => exists.push((id, now)),
+                    };
+                for (from, to) in pairs {
+                    set(from, false);
+                    set(to, true);
+                }
+                let (present, gone): (Vec<_>, Vec<_>) =
+                    exists.into_iter().partition(|(_, now)| *now);
+                (
+                    present.into_iter().map(|(t, _)| t).collect(),
+                    gone.into_iter().map(|(t, _)| t).collect(),
+                )
+            }
+            Statement::Recopy(tables) => (tables, Vec::new()),
+            _ => return Ok(true),
+        };
+        let copy: Vec<TableId> = copy
+            .into_iter()
+            .filter(|t| self.selection.matches(t))
+            .collect();
+        let retire: Vec<TableId> = retire
+            .into_iter()
+            .filter(|t| self.selection.matches(t))
+            .collect();
+        if copy.is_empty() && retire.is_empty() {
+            return Ok(true);
+        }
+        let at = self.reportable().to_string();
+        tracing::info!(copy = ?copy.iter().map(ToString::to_string).collect::<Vec<_>>(), retire = ?retire.iter().map(ToString::to_string).collect::<Vec<_>>(), position = %at, "a DDL changed rows without row events; copying the tables again");
+        let Some(done) = crate::snapshot::copy_while_streaming(
+            self.config,
+            self.server,
+            &copy,
+            &retire,
+            Position::new(at.clone()),
+            &self.output,
+        )
+        .await?
+        else {
+            return Ok(false);
+        };
+        for id in done.retired {
+            self.synced.remove(&id);
+            self.copied.remove(&id);
+        }
+        for id in done.copied {
+            self.synced.insert(id.clone());
+            self.copied.insert(id, done.position.binlog.clone());
+        }
+        self.reported = at;
+        self.last_report = Instant::now();
+        Ok(true)
+    }
+}
+
+/// The xid of an XA_PREPARE event: one_phase (1), format id (4), gtrid and bqual lengths
+/// (4 each), then their bytes.
+fn prepared_xid(raw: &[u8]) -> Option<Xid> {
+    let word = |at: usize| {
+        raw.get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes)
+    };
+    let format = word(1)?;
+    let gtrid_len = usize::try_from(word(5)?).ok()?;
+    let bqual_len = usize::try_from(word(9)?).ok()?;
+    let gtrid = raw.get(13..13 + gtrid_len)?.to_vec();
+    let bqual = raw
+        .get(13 + gtrid_len..13 + gtrid_len + bqual_len)?
+        .to_vec();
+    Some(Xid {
+        format: u64::from(format),
+        gtrid,
+        bqual,
+    })
+}
+
+/// Adds a committed transaction's GTID to the position's GTID state.
+fn record_gtid(state: &mut Gtids, gtid: TxnGtid) {
+    match (state, gtid) {
+        (
+            Gtids::MariaDb(pos),
+            TxnGtid::MariaDb {
+                domain,
+                server,
+                seq,
+            },
+        ) => pos.advance(domain, server, seq),
+        (Gtids::MySql(set), TxnGtid::MySql { source, gno }) => set.add(&source, gno),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MysqlConfig;
+    use mysql_common::binlog::consts::{BinlogVersion, EventType};
+    use mysql_common::binlog::events::{
+        FormatDescriptionEvent, GtidEvent, QueryEvent, RotateEvent,
+    };
+    use mysql_common::proto::MySerialize;
+
+    const UUID: [u8; 16] = [
+        0x3e, 0x11, 0xfa, 0x47, 0x71, 0xca, 0x11, 0xe1, 0x9e, 0x33, 0xc8, 0x0a, 0xa9, 0x42, 0x95,
+        0x62,
+    ];
+    const U: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+
+    fn config() -> ValidMysql {
+        serde_yaml::from_str::<MysqlConfig>(
+            "url: mysql://u:p@127.0.0.1:1/\ntables: { include: [\"db.*\"] }\n",
+        )
+        .expect("yaml")
+        .validate_config("unit")
+        .expect("valid")
+    }
+
+    /// An event as the server frames it: the 19-byte v4 header, then `data` (no checksum).
+    fn event(event_type: u8, log_pos: u32, flags: u16, server_id: u32, data: &[u8]) -> Event {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&1_700_000_000u32.to_le_bytes());
+        bytes.push(event_type);
+        bytes.extend_from_slice(&server_id.to_le_bytes());
+        bytes.extend_from_slice(&(19 + data.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&log_pos.to_le_bytes());
+        bytes.extend_from_slice(&flags.to_le_bytes());
+        bytes.extend_from_slice(data);
+        let fde = FormatDescriptionEvent::new(BinlogVersion::Version4);
+        Event::read(&fde, &bytes[..]).expect("event bytes")
+    }
+
+    fn serialized(value: &impl MySerialize) -> Vec<u8> {
+        let mut buf = Vec::new();
+        value.serialize(&mut buf);
+        buf
+    }
+
+    fn query(sql: &str, log_pos: u32) -> Event {
+        let q = QueryEvent::new(Vec::new(), b"db".to_vec()).with_query(sql.as_bytes().to_vec());
+        event(EventType::QUERY_EVENT as u8, log_pos, 0, 1, &serialized(&q))
+    }
+
+    fn mysql_gtid(gno: u64, log_pos: u32) -> Event {
+        let g = GtidEvent::new(UUID, gno);
+        event(EventType::GTID_EVENT as u8, log_pos, 0, 1, &serialized(&g))
+    }
+
+    fn mariadb_gtid(domain: u32, seq: u64, standalone: bool, log_pos: u32) -> Event {
+        let mut data = Vec::new();
+        data.extend_from_slice(&seq.to_le_bytes());
+        data.extend_from_slice(&domain.to_le_bytes());
+        data.push(u8::from(standalone));
+        data.extend_from_slice(&[0; 6]);
+        event(MARIADB_GTID, log_pos, 0, 7, &data)
+    }
+
+    fn rotate(name: &str, position: u64, artificial: bool) -> Event {
+        let r = RotateEvent::new(position, name.as_bytes().to_vec());
+        let (log_pos, flags) = if artificial {
+            (0, ARTIFICIAL_EVENT)
+        } else {
+            (9, 0)
+        };
+        event(
+            EventType::ROTATE_EVENT as u8,
+            log_pos,
+            flags,
+            1,
+            &serialized(&r),
+        )
+    }
+
+    async fn feed(
+        flavour: Flavour,
+        mode: Mode,
+        start: &str,
+        events: &[Event],
+    ) -> (Vec<Message>, SourcePosition) {
+        let config = config();
+        let (tx, mut rx) = mpsc::channel(64);
+        let start = SourcePosition::parse(start).expect("start");
+        let server = ServerInfo {
+            flavour,
+            version: String::new(),
+            server_id: 1,
+        };
+        let mut decoder = Decoder::new(&config, &server, Dialect::default(), mode, start, tx);
+        for e in events {
+            assert!(decoder.handle(e).await.expect("handle"));
+        }
+        let position = decoder.position.clone();
+        drop(decoder);
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            out.push(m);
+        }
+        (out, position)
+    }
+
+    fn commit_positions(messages: &[Message]) -> Vec<String> {
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Commit(c) => Some(c.position.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn mysql_gtid_stream_skips_executed_transactions_and_extends_the_set() {
+        let events = [
+            // The opening ROTATE of a GTID dump names the file, not the offset.
+            rotate("binlog.000003", 4, true),
+            // Already in the checkpoint's set: skipped.
+            mysql_gtid(5, 200),
+            query("TRUNCATE TABLE t", 300),
+            mysql_gtid(6, 350),
+            query("TRUNCATE TABLE t", 400),
+            // A transaction of another table: the position moves, nothing is sent.
+            mysql_gtid(7, 450),
+            query("BEGIN", 480),
+            event(EventType::XID_EVENT as u8, 500, 0, 1, &9u64.to_le_bytes()),
+        ];
+        let start = format!("binlog.000002:900 gtid={U}:1-5");
+        let (messages, position) = feed(Flavour::MySql, Mode::Gtid, &start, &events).await;
+        assert_eq!(
+            commit_positions(&messages),
+            vec![format!("binlog.000003:400 gtid={U}:1-6")]
+        );
+        let truncates: Vec<&Change> = messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Changes(c) => Some(c.iter()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(truncates.len(), 1);
+        assert_eq!(truncates[0].table.id, TableId::new("db", "t"));
+        assert_eq!(
+            position.to_string(),
+            format!("binlog.000003:500 gtid={U}:1-7")
+        );
+        assert!(matches!(position.gtid, Gtids::MySql(ref set) if set.contains(U, 7)));
+    }
+
+    #[tokio::test]
+    async fn mariadb_gtid_events_advance_the_domain_and_file_mode_skips_by_offset() {
+        let events = [
+            rotate("mysql-bin.000001", 1000, true),
+            // At or before the checkpoint offset: skipped in file/offset mode.
+            mariadb_gtid(0, 41, true, 950),
+            query("TRUNCATE TABLE t", 1000),
+            mariadb_gtid(0, 42, true, 1050),
+            query("TRUNCATE TABLE t", 1100),
+            mariadb_gtid(2, 9, false, 1150),
+            query("BEGIN", 1160),
+            event(EventType::XID_EVENT as u8, 1200, 0, 1, &1u64.to_le_bytes()),
+        ];
+        let (messages, position) = feed(
+            Flavour::MariaDb,
+            Mode::FileOffset,
+            "mysql-bin.000001:1000 gtid=0-1-41",
+            &events,
+        )
+        .await;
+        assert_eq!(
+            commit_positions(&messages),
+            vec!["mysql-bin.000001:1100 gtid=0-7-42".to_string()]
+        );
+        assert_eq!(
+            position.to_string(),
+            "mysql-bin.000001:1200 gtid=0-7-42,2-7-9"
+        );
+        // Without a GTID state at the start, none is invented from a partial view.
+        let (_, position) = feed(
+            Flavour::MariaDb,
+            Mode::FileOffset,
+            "mysql-bin.000001:1000",
+            &events,
+        )
+        .await;
+        assert_eq!(position.to_string(), "mysql-bin.000001:1200");
+    }
+}

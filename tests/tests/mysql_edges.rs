@@ -1,0 +1,337 @@
+//! The `mysql` source at the edges (issue 12) with real MariaDB and etcd, each scenario ending
+//! with etcd equal to the tables as a fresh snapshot reads them: XA transactions (committed,
+//! rolled back, one phase, prepared across a restart), `ROLLBACK TO SAVEPOINT`, DDL that changes
+//! rows or names without row events (comment, cut-over rename, column change, rename out,
+//! `CREATE OR REPLACE`, partition truncate/exchange), statement-format DML, and a table keyed by
+//! a UNIQUE NOT NULL index.
+#![cfg(feature = "integration-tests")]
+
+use etcdsync_etcd as _;
+use etcdsync_mysql as _;
+use etcdsync_tests::mysql::{
+    connect, converges, db_state, env, etcd, etcd_dump, exec, start, unique, url, yaml_for,
+    EtcdPrefixGuard, TestDbs,
+};
+use mysql_async::prelude::*;
+use std::time::Duration;
+
+struct Edge {
+    db: String,
+    name: String,
+    prefix: String,
+    include: Vec<String>,
+    _dbs: TestDbs,
+    _guard: EtcdPrefixGuard,
+}
+
+impl Edge {
+    /// A database for the test; the pipeline selects `tables` of it (`*` for all).
+    async fn new(tag: &str, tables: &[&str]) -> Edge {
+        let dbs = TestDbs::create(&format!("my_{tag}"), 1).await;
+        let db = dbs.name(0).to_string();
+        let name = unique(tag);
+        let prefix = format!("/{name}");
+        let include = tables.iter().map(|t| format!("{db}.{t}")).collect();
+        Edge {
+            db,
+            _guard: EtcdPrefixGuard(vec![format!("{prefix}/"), format!("{prefix}-meta/")]),
+            name,
+            prefix,
+            include,
+            _dbs: dbs,
+        }
+    }
+
+    fn yaml(&self) -> String {
+        yaml_for(&self.name, &url(), &self.include, &self.prefix)
+    }
+
+    async fn converges(&self) {
+        converges(&self.prefix, &db_state(&self.include, &self.prefix).await).await;
+    }
+
+    async fn keys(&self, table: &str) -> Vec<String> {
+        let mut client = etcd().await;
+        etcd_dump(
+            &mut client,
+            &format!("{}/{}/{table}/", self.prefix, self.db),
+        )
+        .await
+        .into_keys()
+        .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xa_transactions_arrive_once_at_commit_and_never_after_rollback() {
+    let edge = Edge::new("xa", &["*"]).await;
+    let db = &edge.db;
+    let mut xa = connect().await;
+    let mut other = connect().await;
+    exec(
+        &mut xa,
+        &format!("CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT NOT NULL)"),
+    )
+    .await;
+    let running = start(&edge.yaml());
+    edge.converges().await;
+
+    // Prepared, with more rows than one message holds; an ordinary transaction after it.
+    exec(
+        &mut xa,
+        &format!(
+            "XA START 'big';
+             INSERT INTO `{db}`.t SELECT seq, seq FROM `{db}`.seq_1_to_300;
+             XA END 'big';
+             XA PREPARE 'big'"
+        ),
+    )
+    .await;
+    exec(
+        &mut other,
+        &format!("INSERT INTO `{db}`.t VALUES (1000, 1)"),
+    )
+    .await;
+    edge.converges().await;
+    assert_eq!(
+        edge.keys("t").await.len(),
+        1,
+        "only the committed row before XA COMMIT"
+    );
+
+    // A restart while the XA transaction is prepared: its rows are read again.
+    running.stop().await;
+    let running = start(&edge.yaml());
+    exec(
+        &mut other,
+        &format!("UPDATE `{db}`.t SET v = 2 WHERE id = 1000"),
+    )
+    .await;
+    edge.converges().await;
+    assert_eq!(edge.keys("t").await.len(), 1);
+
+    exec(
+        &mut xa,
+        &format!(
+            "XA COMMIT 'big';
+             XA START 'gone';
+             INSERT INTO `{db}`.t SELECT seq, seq FROM `{db}`.seq_2001_to_2300;
+             XA END 'gone';
+             XA PREPARE 'gone';
+             XA ROLLBACK 'gone';
+             XA START 'one';
+             INSERT INTO `{db}`.t VALUES (3000, 3);
+             XA END 'one';
+             XA COMMIT 'one' ONE PHASE"
+        ),
+    )
+    .await;
+    edge.converges().await;
+    assert_eq!(edge.keys("t").await.len(), 302);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_after_a_savepoint_rolled_back_to_never_arrive() {
+    let edge = Edge::new("svp", &["*"]).await;
+    let db = &edge.db;
+    let mut conn = connect().await;
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB;
+             CREATE TABLE `{db}`.m (id INT PRIMARY KEY) ENGINE=MyISAM"
+        ),
+    )
+    .await;
+    let running = start(&edge.yaml());
+    edge.converges().await;
+    exec(
+        &mut conn,
+        &format!(
+            "BEGIN;
+             INSERT INTO `{db}`.t VALUES (1, 1);
+             SAVEPOINT s1;
+             INSERT INTO `{db}`.m VALUES (1);
+             INSERT INTO `{db}`.t SELECT seq + 100, seq FROM `{db}`.seq_1_to_300;
+             ROLLBACK TO SAVEPOINT s1;
+             INSERT INTO `{db}`.t VALUES (3, 3);
+             COMMIT"
+        ),
+    )
+    .await;
+    edge.converges().await;
+    assert_eq!(edge.keys("t").await.len(), 2);
+    assert_eq!(edge.keys("m").await.len(), 1);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_that_changes_rows_or_names_without_row_events_is_followed() {
+    let edge = Edge::new("ddl", &["orders"]).await;
+    let db = &edge.db;
+    let mut conn = connect().await;
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE `{db}`.orders (id INT PRIMARY KEY, v INT NOT NULL);
+             INSERT INTO `{db}`.orders SELECT seq, seq FROM `{db}`.seq_1_to_20"
+        ),
+    )
+    .await;
+    let running = start(&edge.yaml());
+    edge.converges().await;
+
+    // A comment that says "rename" touches nothing.
+    exec(
+        &mut conn,
+        &format!(
+            "ALTER TABLE `{db}`.orders COMMENT 'rename soon, DROP later';
+             INSERT INTO `{db}`.orders VALUES (21, 21)"
+        ),
+    )
+    .await;
+    edge.converges().await;
+    assert_eq!(edge.keys("orders").await.len(), 21);
+
+    // gh-ost / pt-online-schema-change cut-over: the keys end equal to the new table.
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE `{db}`._orders_gho (id INT PRIMARY KEY, v INT NOT NULL, note VARCHAR(10) NOT NULL DEFAULT 'new');
+             INSERT INTO `{db}`._orders_gho (id, v) SELECT id, v * 10 FROM `{db}`.orders WHERE id <= 15;
+             RENAME TABLE `{db}`.orders TO `{db}`._orders_old, `{db}`._orders_gho TO `{db}`.orders"
+        ),
+    )
+    .await;
+    edge.converges().await;
+    assert_eq!(edge.keys("orders").await.len(), 15);
+
+    // A column change rewrites every row's value.
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE `{db}`.orders ADD COLUMN extra INT NOT NULL DEFAULT 7"),
+    )
+    .await;
+    edge.converges().await;
+
+    // CREATE OR REPLACE drops the old rows without row events.
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE OR REPLACE TABLE `{db}`.orders (id INT PRIMARY KEY, v INT NOT NULL);
+             INSERT INTO `{db}`.orders VALUES (1, 100), (2, 200)"
+        ),
+    )
+    .await;
+    edge.converges().await;
+    assert_eq!(edge.keys("orders").await.len(), 2);
+
+    // Renamed out of the selection: its keys go.
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE `{db}`.orders RENAME TO `{db}`.archived"),
+    )
+    .await;
+    edge.converges().await;
+    assert!(edge.keys("orders").await.is_empty());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_truncate_and_exchange_are_followed() {
+    let edge = Edge::new("part", &["p"]).await;
+    let db = &edge.db;
+    let mut conn = connect().await;
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE `{db}`.p (id INT PRIMARY KEY, v INT NOT NULL)
+               PARTITION BY RANGE (id) (PARTITION p0 VALUES LESS THAN (100), PARTITION p1 VALUES LESS THAN (200));
+             INSERT INTO `{db}`.p SELECT seq, seq FROM `{db}`.seq_1_to_150;
+             CREATE TABLE `{db}`.swap (id INT PRIMARY KEY, v INT NOT NULL);
+             INSERT INTO `{db}`.swap SELECT seq, 0 FROM `{db}`.seq_100_to_120"
+        ),
+    )
+    .await;
+    let running = start(&edge.yaml());
+    edge.converges().await;
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE `{db}`.p TRUNCATE PARTITION p0"),
+    )
+    .await;
+    edge.converges().await;
+    assert_eq!(edge.keys("p").await.len(), 51);
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE `{db}`.p EXCHANGE PARTITION p1 WITH TABLE `{db}`.swap"),
+    )
+    .await;
+    edge.converges().await;
+    assert_eq!(edge.keys("p").await.len(), 21);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_format_dml_naming_a_synced_table_stops_the_pipeline() {
+    let edge = Edge::new("stmt", &["t"]).await;
+    let db = &edge.db;
+    let admin_url = env("ETCDSYNC_TEST_MYSQL_ADMIN");
+    let opts = mysql_async::Opts::from_url(&admin_url).expect("admin url");
+    let mut admin = mysql_async::Conn::new(opts)
+        .await
+        .expect("admin connection");
+    admin
+        .query_drop(format!(
+            "CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT NOT NULL);
+             CREATE TABLE `{db}`.other (id INT PRIMARY KEY, v INT NOT NULL);
+             INSERT INTO `{db}`.t VALUES (1, 1);
+             INSERT INTO `{db}`.other VALUES (1, 5)"
+        ))
+        .await
+        .expect("tables");
+    let running = start(&edge.yaml());
+    edge.converges().await;
+    admin
+        .query_drop(format!(
+            "SET SESSION binlog_format = 'STATEMENT';
+             UPDATE `{db}`.other o JOIN `{db}`.t x ON o.id = x.id SET x.v = o.v"
+        ))
+        .await
+        .expect("statement-format update");
+    let error = running.failed(Duration::from_secs(60)).await.to_string();
+    assert!(
+        error.contains(&format!("{db}.t")) && error.contains("binlog_format=ROW"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_keyed_by_a_unique_not_null_index_is_copied_and_streamed() {
+    let edge = Edge::new("uniq", &["*"]).await;
+    let db = &edge.db;
+    let mut conn = connect().await;
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE `{db}`.u (code VARCHAR(10) NOT NULL, v INT, UNIQUE KEY (code));
+             INSERT INTO `{db}`.u VALUES ('a', 1), ('b', 2)"
+        ),
+    )
+    .await;
+    let running = start(&edge.yaml());
+    edge.converges().await;
+    assert_eq!(edge.keys("u").await.len(), 2, "copied by the snapshot");
+    exec(
+        &mut conn,
+        &format!(
+            "UPDATE `{db}`.u SET v = 5 WHERE code = 'a';
+             INSERT INTO `{db}`.u VALUES ('c', 3)"
+        ),
+    )
+    .await;
+    edge.converges().await;
+    assert_eq!(edge.keys("u").await.len(), 3);
+    running.stop().await;
+}
