@@ -221,10 +221,27 @@ pub fn apply(messages: &[Message], prefix: &str) -> BTreeMap<String, String> {
     state
 }
 
+/// A snapshot step (the first snapshot, or a copy while streaming) removes, when it finishes,
+/// the keys of its tables it did not write, as the etcd sink does.
 pub fn apply_into(state: &mut BTreeMap<String, String>, messages: &[Message], prefix: &str) {
+    let mut step: Option<(Vec<String>, std::collections::HashSet<String>)> = None;
     for message in messages {
-        let Message::Changes(changes) = message else {
-            continue;
+        let changes = match message {
+            Message::SnapshotStarted { tables } => {
+                let prefixes = tables.iter().map(|t| table_prefix(prefix, t)).collect();
+                step = Some((prefixes, std::collections::HashSet::new()));
+                continue;
+            }
+            Message::SnapshotFinished { .. } => {
+                if let Some((prefixes, written)) = step.take() {
+                    state.retain(|k, _| {
+                        written.contains(k) || !prefixes.iter().any(|p| k.starts_with(p))
+                    });
+                }
+                continue;
+            }
+            Message::Changes(changes) => changes,
+            _ => continue,
         };
         for change in changes {
             let schema = &change.table;
@@ -235,6 +252,9 @@ pub fn apply_into(state: &mut BTreeMap<String, String>, messages: &[Message], pr
             };
             match &change.op {
                 Op::Insert { row } => {
+                    if let Some((_, written)) = &mut step {
+                        written.insert(key(row));
+                    }
                     state.insert(key(row), json(row));
                 }
                 Op::Update { old, row } => {

@@ -992,6 +992,78 @@ mod tests {
         (out, position)
     }
 
+    /// An XA_PREPARE event (MySQL's and MariaDB's shape): one_phase, format id, lengths, xid.
+    fn xa_prepare(gtrid: &[u8], one_phase: bool, log_pos: u32) -> Event {
+        let mut data = vec![u8::from(one_phase)];
+        data.extend_from_slice(&1u32.to_le_bytes());
+        data.extend_from_slice(&(gtrid.len() as u32).to_le_bytes());
+        data.extend_from_slice(&0u32.to_le_bytes());
+        data.extend_from_slice(gtrid);
+        event(EventType::XA_PREPARE_LOG_EVENT as u8, log_pos, 0, 1, &data)
+    }
+
+    #[tokio::test]
+    async fn mysql_xa_shape_pins_positions_until_the_commit() {
+        let events = [
+            rotate("binlog.000003", 4, true),
+            // MySQL: GTID, `XA START` as a query event (no BEGIN), …, `XA END`, XA_PREPARE.
+            mysql_gtid(2, 100),
+            query("XA START X'61',X'',1", 150),
+            query("XA END X'61',X'',1", 200),
+            xa_prepare(b"a", false, 250),
+            // A transaction committed while it waits: reported before the prepared one.
+            mysql_gtid(3, 300),
+            query("TRUNCATE TABLE t", 350),
+            // The commit, its own event group.
+            mysql_gtid(4, 400),
+            query("XA COMMIT X'61',X'',1", 450),
+            // After it, positions move on again.
+            mysql_gtid(5, 500),
+            query("TRUNCATE TABLE t", 550),
+        ];
+        let start = format!("binlog.000003:50 gtid={U}:1");
+        let (messages, position) = feed(Flavour::MySql, Mode::Gtid, &start, &events).await;
+        let after = format!("binlog.000003:550 gtid={U}:1-5");
+        assert_eq!(
+            commit_positions(&messages),
+            vec![start.clone(), after.clone()]
+        );
+        assert_eq!(position.to_string(), after);
+    }
+
+    #[tokio::test]
+    async fn an_xa_commit_without_its_prepare_stops_and_a_rollback_does_not() {
+        let rolled_back = [
+            rotate("binlog.000003", 4, true),
+            mysql_gtid(2, 100),
+            query("XA ROLLBACK X'61',X'',1", 150),
+        ];
+        let start = format!("binlog.000003:50 gtid={U}:1");
+        let (_, position) = feed(Flavour::MySql, Mode::Gtid, &start, &rolled_back).await;
+        assert_eq!(
+            position.to_string(),
+            format!("binlog.000003:150 gtid={U}:1-2")
+        );
+
+        let config = config();
+        let server = ServerInfo {
+            flavour: Flavour::MySql,
+            version: String::new(),
+            server_id: 1,
+        };
+        let (tx, _rx) = mpsc::channel(64);
+        let start = SourcePosition::parse(&start).expect("start");
+        let mut decoder = Decoder::new(&config, &server, Dialect::default(), Mode::Gtid, start, tx);
+        for e in &[rotate("binlog.000003", 4, true), mysql_gtid(2, 100)] {
+            assert!(decoder.handle(e).await.expect("handle"));
+        }
+        let error = decoder
+            .handle(&query("XA COMMIT X'61',X'',1", 150))
+            .await
+            .expect_err("an unknown XA COMMIT");
+        assert!(error.to_string().contains("XA RECOVER"), "{error}");
+    }
+
     fn commit_positions(messages: &[Message]) -> Vec<String> {
         messages
             .iter()
