@@ -137,6 +137,13 @@ pub trait SinkInspector: Send {
     /// keys no row layout explains.
     async fn owner(&mut self, key: &str) -> Result<Option<(TableId, Vec<String>)>>;
 
+    /// The tables this pipeline has written rows of, when the sink records them: `verify
+    /// --repair` deletes keys of no other table outside the selection (another pipeline may
+    /// share the data prefix). `None` (the default): not recorded, so it deletes none.
+    async fn written_tables(&mut self) -> Result<Option<std::collections::HashSet<TableId>>> {
+        Ok(None)
+    }
+
     /// Number of keys a table has under the data prefix (default layout or key index).
     async fn count(&mut self, table: &TableId) -> Result<u64>;
 

@@ -49,8 +49,11 @@ pub struct Report {
     pub missing: Found,
     /// A row's key holds another value.
     pub different: Found,
-    /// A key that no selected row maps to.
+    /// A key that no selected row maps to, of a table this pipeline has written.
     pub extra: Found,
+    /// Keys under the data prefix of tables this pipeline has not written (another pipeline
+    /// sharing the prefix), or that no row layout explains: reported, never deleted.
+    pub not_ours: Found,
     /// What `--repair` did; `null` without `--repair`.
     pub repaired: Option<Repaired>,
 }
@@ -171,6 +174,17 @@ pub async fn run(
         report.tables.push(table.id.to_string());
         selected.insert(table.id.clone(), table);
     }
+    if options.repair && selected.is_empty() {
+        anyhow::bail!(
+            "the selection (`source.tables`) matches no table with a key, so verify --repair would \
+             compare nothing and could only delete; nothing was written — check `source.tables` and \
+             the source's connection (database, schema)"
+        );
+    }
+    let written = sink
+        .written_tables()
+        .await
+        .context("reading which tables this pipeline has written")?;
     let mut order: Vec<&Arc<TableSchema>> = selected.values().collect();
     order.sort_by(|a, b| a.id.cmp(&b.id));
 
@@ -195,6 +209,7 @@ pub async fn run(
     let started = std::time::Instant::now();
     find_extra(
         &selected,
+        written.as_ref(),
         source,
         sink,
         options,
@@ -344,6 +359,7 @@ async fn compare_table(
 /// Pass 2: every key under the data prefix must belong to an existing row of a selected table.
 async fn find_extra(
     selected: &HashMap<TableId, Arc<TableSchema>>,
+    written: Option<&HashSet<TableId>>,
     source: &mut dyn SourceInspector,
     sink: &mut dyn SinkInspector,
     options: Options,
@@ -366,20 +382,28 @@ async fn find_extra(
                 continue;
             }
             match sink.owner(&key).await? {
-                None => extra.push(extra_entry(
-                    key,
-                    None,
-                    None,
-                    "no row layout explains this key",
-                )),
+                None => report.not_ours.add(max, || {
+                    extra_entry(key, None, None, "no row layout explains this key")
+                }),
                 Some((table, row)) if !selected.contains_key(&table) => {
                     let name = table.to_string();
-                    extra.push(extra_entry(
-                        key,
-                        Some(name),
-                        Some(row),
-                        "its table is not selected by `source.tables`",
-                    ));
+                    if written.is_some_and(|w| w.contains(&table)) {
+                        extra.push(extra_entry(
+                            key,
+                            Some(name),
+                            Some(row),
+                            "this pipeline wrote its table, which is no longer selected by `source.tables`",
+                        ));
+                    } else {
+                        report.not_ours.add(max, || {
+                            extra_entry(
+                                key,
+                                Some(name),
+                                Some(row),
+                                "its table is not selected and this pipeline never wrote it",
+                            )
+                        });
+                    }
                 }
                 Some((table, row)) => owned.entry(table).or_default().push((key, row)),
             }
@@ -508,6 +532,21 @@ pub fn render(report: &Report) -> String {
             );
         }
     }
+    if report.not_ours.count > 0 {
+        let _ = writeln!(
+            out,
+            "not ours: {} key(s) under the data prefix belong to no table this pipeline wrote (another pipeline sharing sink.prefix?); never deleted",
+            report.not_ours.count
+        );
+        for entry in &report.not_ours.keys {
+            let _ = writeln!(
+                out,
+                "  {}: {}",
+                entry.key,
+                entry.reason.as_deref().unwrap_or("")
+            );
+        }
+    }
     match (&report.repaired, report.drift()) {
         (_, 0) => {
             let _ = writeln!(out, "no drift: the sink matches the source");
@@ -552,6 +591,8 @@ mod tests {
     struct Source {
         rows: BTreeMap<i64, String>,
         largest_page: usize,
+        /// The selection matches no table.
+        none_selected: bool,
     }
 
     #[async_trait]
@@ -560,7 +601,11 @@ mod tests {
             Vec::new()
         }
         async fn tables(&mut self) -> Result<Vec<Arc<TableSchema>>> {
-            Ok(vec![schema()])
+            Ok(if self.none_selected {
+                Vec::new()
+            } else {
+                vec![schema()]
+            })
         }
         async fn scan(
             &mut self,
@@ -603,9 +648,21 @@ mod tests {
         }
     }
 
-    #[derive(Default)]
     struct Sink {
         kv: BTreeMap<String, Vec<u8>>,
+        written: Option<HashSet<TableId>>,
+    }
+
+    impl Default for Sink {
+        fn default() -> Self {
+            Sink {
+                kv: BTreeMap::new(),
+                written: Some(HashSet::from([
+                    TableId::new("s", "t"),
+                    TableId::new("s", "gone"),
+                ])),
+            }
+        }
     }
 
     #[async_trait]
@@ -654,6 +711,9 @@ mod tests {
         async fn count(&mut self, _table: &TableId) -> Result<u64> {
             Ok(self.kv.len() as u64)
         }
+        async fn written_tables(&mut self) -> Result<Option<HashSet<TableId>>> {
+            Ok(self.written.clone())
+        }
         async fn repair(
             &mut self,
             puts: Vec<(String, Vec<u8>)>,
@@ -692,6 +752,7 @@ mod tests {
         let mut source = Source {
             rows: (1..=n).map(|id| (id, format!("v{id}"))).collect(),
             largest_page: 0,
+            none_selected: false,
         };
         let mut sink = Sink::default();
         for id in 1..=n {
@@ -708,8 +769,11 @@ mod tests {
         }
         sink.kv.insert(key(7), value(7, "changed"));
         sink.kv.insert(key(n + 5), value(n + 5, "planted"));
+        // Another pipeline's table and a key no layout explains: not ours, never deleted; a
+        // table this pipeline wrote and no longer selects: extra.
         sink.kv.insert("/p/s/other/1".into(), b"x".to_vec());
         sink.kv.insert("/p/stray".into(), b"x".to_vec());
+        sink.kv.insert("/p/s/gone/1".into(), b"x".to_vec());
         let found = verify(&mut source, &mut sink, false).await;
         assert_eq!(found.missing.count, 4);
         assert_eq!(found.missing.keys.len(), 3, "--max-report caps the list");
@@ -720,11 +784,14 @@ mod tests {
             found.different.keys[0].found.as_deref(),
             Some("{\"id\":7,\"v\":\"changed\"}")
         );
-        assert_eq!(found.extra.count, 3);
+        assert_eq!(found.extra.count, 2);
         let mut extra: Vec<&str> = found.extra.keys.iter().map(|e| e.key.as_str()).collect();
         extra.sort_unstable();
         let planted = key(n + 5);
-        assert_eq!(extra, vec!["/p/s/other/1", planted.as_str(), "/p/stray"]);
+        assert_eq!(extra, vec!["/p/s/gone/1", planted.as_str()]);
+        let mut not_ours: Vec<&str> = found.not_ours.keys.iter().map(|e| e.key.as_str()).collect();
+        not_ours.sort_unstable();
+        assert_eq!(not_ours, vec!["/p/s/other/1", "/p/stray"]);
         assert!(
             render(&found).contains("… and 1 more"),
             "{}",
@@ -733,10 +800,33 @@ mod tests {
 
         let repaired = verify(&mut source, &mut sink, true).await;
         let done = repaired.repaired.as_ref().expect("repaired");
-        assert_eq!((done.written, done.deleted), (5, 3));
+        assert_eq!((done.written, done.deleted), (5, 2));
         let after = verify(&mut source, &mut sink, false).await;
         assert_eq!(after.drift(), 0, "{after:?}");
-        assert_eq!(sink.kv.len(), n as usize);
+        assert_eq!(
+            sink.kv.len(),
+            n as usize + 2,
+            "the keys that are not ours stay"
+        );
         assert_eq!(sink.kv.get(&key(7)), Some(&value(7, "v7")));
+        assert!(sink.kv.contains_key("/p/s/other/1"));
+
+        // A selection that matches nothing: repair refuses and writes nothing.
+        let mut empty = Source {
+            rows: BTreeMap::new(),
+            largest_page: 0,
+            none_selected: true,
+        };
+        let options = Options {
+            repair: true,
+            max_report: 3,
+            json: false,
+        };
+        let before = sink.kv.clone();
+        let error = run(&[], &mut empty, &mut sink, options)
+            .await
+            .expect_err("an empty selection");
+        assert!(error.to_string().contains("matches no table"), "{error}");
+        assert_eq!(sink.kv, before);
     }
 }

@@ -216,6 +216,23 @@ impl Settings {
         format!("{}status", self.meta_prefix)
     }
 
+    /// `{meta}/tables/`: one key per table this pipeline has written rows of (`verify --repair`
+    /// deletes keys of no other table outside the selection).
+    pub fn table_markers(&self) -> String {
+        format!("{}tables/", self.meta_prefix)
+    }
+
+    /// `{meta}/tables/{schema}/{table}` (components escaped as in data keys).
+    pub fn table_marker(&self, table: &etcdsync_core::TableId) -> String {
+        use etcdsync_core::encode::key::escape_component;
+        format!(
+            "{}{}/{}",
+            self.table_markers(),
+            escape_component(&table.schema),
+            escape_component(&table.table)
+        )
+    }
+
     /// `{meta}/leader`: the HA election key (DESIGN §7).
     pub fn leader_key(&self) -> String {
         format!("{}leader", self.meta_prefix)

@@ -26,7 +26,7 @@ use etcdsync_core::{
     Change, Checkpoint, Commit, Message, Op, Position, Result, Row, TableId, TableSchema, Value,
 };
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
@@ -298,6 +298,8 @@ struct Writer {
     replay: Option<Replay>,
     /// Reads a row from the source when an unchanged TOAST column has no stored value.
     fetcher: Option<Arc<dyn RowFetcher>>,
+    /// Tables whose marker (`{meta}/tables/…`) this session has written.
+    marked: HashSet<TableId>,
     last_checkpoint_write: Option<Instant>,
     last_committed_at: Option<String>,
     snapshot: Option<SnapshotRun>,
@@ -349,6 +351,7 @@ impl Writer {
             last_position: resumed.position,
             open_last_seq: None,
             fetcher: None,
+            marked: HashSet::new(),
             replay: resumed.partial.map(|partial| Replay {
                 after: partial.after,
                 seq: partial.seq.and_then(|seq| seq.parse().ok()),
@@ -749,6 +752,20 @@ impl Writer {
     /// range delete for a truncate. Transform routes (`route.key`, `route.old_key`) are relative
     /// to the data prefix.
     async fn change_ops(&mut self, change: Change) -> Result<Vec<EtcdOp>, EtcdError> {
+        // The first write of a table in this session records that the pipeline owns its keys.
+        let table = change.table.id.clone();
+        let mut ops = self.table_change_ops(change).await?;
+        if !self.marked.contains(&table) {
+            ops.push(EtcdOp::Put {
+                key: self.settings.table_marker(&table),
+                value: b"1".to_vec(),
+            });
+            self.marked.insert(table);
+        }
+        Ok(ops)
+    }
+
+    async fn table_change_ops(&mut self, change: Change) -> Result<Vec<EtcdOp>, EtcdError> {
         if change.route.tracked && !matches!(change.op, Op::Truncate) {
             return self.tracked_ops(change).await;
         }
