@@ -57,8 +57,9 @@ fn default_snapshot_workers() -> usize {
     1
 }
 
-/// The configuration after validation: connection options parsed, server id resolved.
-#[derive(Debug, Clone)]
+/// The configuration after validation: connection options parsed, server id resolved. Its
+/// `Debug` leaves the driver options out (they hold the password).
+#[derive(Clone)]
 pub struct ValidMysql {
     /// The pipeline name; the binlog connection registers as replica host `etcdsync:{name}`,
     /// so `SHOW SLAVE HOSTS` (and `etcdsync check`) can tell this pipeline from another replica.
@@ -78,6 +79,14 @@ pub struct ValidMysql {
 impl MysqlConfig {
     pub fn validate_config(&self, pipeline_name: &str) -> Result<ValidMysql> {
         let opts = parse_url(self.url.expose())?;
+        // Shown from the parsed options: nothing of the password text.
+        let redacted_url = format!(
+            "mysql://{}@{}:{}/{}",
+            opts.user().unwrap_or(""),
+            opts.ip_or_hostname(),
+            opts.tcp_port(),
+            opts.db_name().unwrap_or("")
+        );
         self.tables.validate("source.tables")?;
         if self.server_id == Some(0) {
             return Err(Error::config(
@@ -93,7 +102,7 @@ impl MysqlConfig {
         Ok(ValidMysql {
             pipeline: pipeline_name.to_string(),
             opts,
-            redacted_url: redact_url(self.url.expose()),
+            redacted_url,
             tables: self.tables.clone(),
             snapshot: self.snapshot,
             server_id: self
@@ -103,6 +112,20 @@ impl MysqlConfig {
             snapshot_workers: self.snapshot_workers,
             on_drop: self.on_drop,
         })
+    }
+}
+
+impl std::fmt::Debug for ValidMysql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidMysql")
+            .field("pipeline", &self.pipeline)
+            .field("url", &self.redacted_url)
+            .field("tables", &self.tables)
+            .field("snapshot", &self.snapshot)
+            .field("server_id", &self.server_id)
+            .field("snapshot_workers", &self.snapshot_workers)
+            .field("on_drop", &self.on_drop)
+            .finish_non_exhaustive()
     }
 }
 
@@ -211,7 +234,7 @@ mod tests {
         assert!(!valid.server_id_explicit);
         assert_ne!(default_server_id("demo"), default_server_id("demo2"));
         assert!(default_server_id("x") >= 0x4000_0000);
-        assert_eq!(valid.redacted_url, "mysql://u:***@db:3306/");
+        assert_eq!(valid.redacted_url, "mysql://u@db:3306/");
         assert_eq!(valid.opts.tcp_port(), 3306);
         assert_eq!(valid.opts.pass(), Some("pw"));
     }

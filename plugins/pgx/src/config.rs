@@ -205,6 +205,33 @@ fn split_tls_params(url: &str) -> (String, Option<String>, Option<String>) {
     (url, mode, root)
 }
 
+/// `postgres://user@host:port/dbname` from parsed settings (no password, no parameters).
+fn display_of(pg: &tokio_postgres::Config) -> String {
+    let ports = pg.get_ports();
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let name = match host {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            match ports.get(i).or(ports.first()) {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            }
+        })
+        .collect();
+    format!(
+        "postgres://{}@{}/{}",
+        pg.get_user().unwrap_or(""),
+        hosts.join(","),
+        pg.get_dbname().unwrap_or("")
+    )
+}
+
 impl PgxConfig {
     /// Checks the configuration without I/O.
     pub fn validated(&self, pipeline_name: &str) -> Result<Valid> {
@@ -234,6 +261,8 @@ impl PgxConfig {
                 "at `source.url`: `{display_url}` names no host; write postgres://user:password@HOST:5432/dbname"
             )));
         }
+        // From here on the URL is shown from its parsed parts: nothing of the password text.
+        let display_url = display_of(&pg);
         let sslmode = match (self.sslmode, url_mode) {
             (Some(mode), _) => mode,
             (None, Some(text)) => SslMode::parse(&text).ok_or_else(|| {
@@ -371,7 +400,7 @@ mod tests {
             .pg
             .get_options()
             .is_some_and(|o| o.contains("IntervalStyle=iso_8601")));
-        assert_eq!(valid.display_url, "postgres://u:***@localhost:5433/app");
+        assert_eq!(valid.display_url, "postgres://u@localhost:5433/app");
     }
 
     #[test]
