@@ -111,6 +111,7 @@ pub async fn stream(
     let dialect = Dialect {
         ansi_quotes: false,
         lower_case_names: lower_case_names != 0,
+        no_backslash_escapes: false,
     };
     let mut events = conn
         .get_binlog_stream(request)

@@ -131,9 +131,6 @@ pub(crate) struct Decoder<'a> {
     /// Prepared XA transactions in prepare order: their rows, and the position before them
     /// (reported instead of later ones while they wait, so a restart reads them again).
     prepared: Vec<Prepared>,
-    /// Tables copied while streaming, with the binlog position their copy stands at: their
-    /// row events up to it are in the copy.
-    copied: HashMap<TableId, BinlogPos>,
     /// Tables known to be synced (listed at start, mapped, copied), for `DROP DATABASE`.
     synced: HashSet<TableId>,
     /// A DDL inside a transaction that needs a copy: done once the transaction is committed.
@@ -188,7 +185,6 @@ impl<'a> Decoder<'a> {
             savepoints: Vec::new(),
             xa: false,
             prepared: Vec::new(),
-            copied: HashMap::new(),
             synced: HashSet::new(),
             deferred: Vec::new(),
             gtid: None,
@@ -236,18 +232,17 @@ impl<'a> Decoder<'a> {
                     self.commit(log_pos, header.timestamp()).await
                 } else {
                     let schema = query.schema().into_owned();
-                    let ansi_quotes = query
+                    let mode = query
                         .status_vars()
                         .get_status_var(StatusVarKey::SqlMode)
                         .and_then(|var| match var.get_value() {
-                            Ok(StatusVarVal::SqlMode(mode)) => {
-                                Some(mode.get().contains(SqlMode::MODE_ANSI_QUOTES))
-                            }
+                            Ok(StatusVarVal::SqlMode(mode)) => Some(mode.get()),
                             _ => None,
                         })
-                        .unwrap_or(false);
+                        .unwrap_or(SqlMode::empty());
                     let dialect = Dialect {
-                        ansi_quotes,
+                        ansi_quotes: mode.contains(SqlMode::MODE_ANSI_QUOTES),
+                        no_backslash_escapes: mode.contains(SqlMode::MODE_NO_BACKSLASH_ESCAPES),
                         ..self.dialect
                     };
                     let statement = classify(trimmed, &schema, dialect);
@@ -455,15 +450,6 @@ impl<'a> Decoder<'a> {
         if self.already_applied(log_pos) {
             return Ok(true);
         }
-        if let Some(copied_at) = self.copied.get(&info.schema.id) {
-            let here = BinlogPos::new(self.file.clone(), log_pos);
-            match here.compare(copied_at) {
-                Some(Ordering::Less | Ordering::Equal) => return Ok(true),
-                _ => {
-                    self.copied.remove(&info.schema.id);
-                }
-            }
-        }
         let info = info.clone();
         let changes = decode_rows(&info, rows).map_err(|e| MysqlError::Decode {
             position: format!("{}:{log_pos}", self.file),
@@ -502,6 +488,8 @@ impl<'a> Decoder<'a> {
     /// Ends the current transaction at `log_pos`.
     async fn commit(&mut self, log_pos: u64, timestamp: u32) -> Result<bool> {
         let skip = self.already_applied(log_pos);
+        // Where a restart must begin while this group's copies are not done yet.
+        let before = self.reportable();
         self.in_txn = false;
         self.position.binlog = BinlogPos::new(self.file.clone(), log_pos);
         if let Some(gtid) = self.gtid.take() {
@@ -518,15 +506,23 @@ impl<'a> Decoder<'a> {
             return Ok(true);
         }
         if pending.is_empty() && sent == 0 {
-            if !self.report(false).await? {
-                return Ok(false);
+            if deferred.is_empty() {
+                return self.report(false).await;
             }
             return self.run_deferred(deferred).await;
         }
         if !pending.is_empty() && self.output.send(Message::Changes(pending)).await.is_err() {
             return Ok(false);
         }
-        if !self.send_commit(timestamp).await {
+        // A group whose DDL needs copies commits at the position before it: the copy's end
+        // records the position after it, so a restart during the copy meets the DDL again (the
+        // group's changes replay, which converges).
+        let at = if deferred.is_empty() {
+            self.reportable()
+        } else {
+            before
+        };
+        if !self.send_commit(at, timestamp).await {
             return Ok(false);
         }
         self.run_deferred(deferred).await
@@ -541,9 +537,9 @@ impl<'a> Decoder<'a> {
         Ok(true)
     }
 
-    /// Closes the transaction whose changes were sent, at the reportable position.
-    async fn send_commit(&mut self, timestamp: u32) -> bool {
-        let position = self.reportable().to_string();
+    /// Closes the transaction whose changes were sent, at `at`.
+    async fn send_commit(&mut self, at: SourcePosition, timestamp: u32) -> bool {
+        let position = at.to_string();
         self.reported = position.clone();
         self.last_report = Instant::now();
         let commit = Commit {
@@ -593,6 +589,7 @@ impl<'a> Decoder<'a> {
                 return Ok(true);
             }
             Statement::RollbackTo(name) => return self.rollback_to(&name, log_pos).map(|()| true),
+            Statement::Rollback => return self.rollback(log_pos, timestamp).await,
             Statement::XaStart(_) => {
                 // MySQL: an XA transaction's prepared part starts here, without BEGIN.
                 if !self.in_txn {
@@ -661,6 +658,22 @@ impl<'a> Decoder<'a> {
         }
         // A DDL outside a transaction moves the position even when it is not ours.
         self.pending = changes;
+        self.commit(log_pos, timestamp).await
+    }
+
+    /// A group logged with `ROLLBACK` (a non-transactional change inside it, e.g. the drop of a
+    /// failed `CREATE OR REPLACE`): its row changes were undone, its DDL was not.
+    async fn rollback(&mut self, log_pos: u64, timestamp: u32) -> Result<bool> {
+        if self.in_txn && self.sent > 0 && !self.already_applied(log_pos) {
+            return Err(MysqlError::Other(format!(
+                "the transaction at {}:{} was rolled back after more than {} of its rows were applied in \
+                 parts; etcd cannot be rolled back: take a fresh snapshot (delete the checkpoint key under \
+                 the sink's meta prefix)",
+                self.file, self.txn_start, self.sent
+            )));
+        }
+        self.pending
+            .retain(|c| matches!(c.op, etcdsync_core::Op::Truncate));
         self.commit(log_pos, timestamp).await
     }
 
@@ -755,6 +768,11 @@ impl<'a> Decoder<'a> {
         match found {
             Some(i) => {
                 let prepared = self.prepared.remove(i);
+                // The ones prepared after it were pinned past its prepare: a restart from them
+                // would meet this commit without its rows. Pin them where this one was.
+                for later in &mut self.prepared[i..] {
+                    later.before = prepared.before.clone();
+                }
                 tracing::debug!(xid = %xid, prepared_at = %prepared.at, commit, "XA transaction decided");
                 if commit && !skip {
                     self.pending = prepared.changes;
@@ -835,12 +853,10 @@ impl<'a> Decoder<'a> {
         };
         for id in done.retired {
             self.synced.remove(&id);
-            self.copied.remove(&id);
         }
-        for id in done.copied {
-            self.synced.insert(id.clone());
-            self.copied.insert(id, done.position.binlog.clone());
-        }
+        // The copy's read is at or after this point of the stream: the tables' events up to it
+        // are applied again over the copy, which converges (a value may go back briefly).
+        self.synced.extend(done.copied);
         self.reported = at;
         self.last_report = Instant::now();
         Ok(true)

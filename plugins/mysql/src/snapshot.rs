@@ -186,7 +186,7 @@ pub async fn describe(
 
 /// The columns the server keys the table's rows by, as the binlog's TABLE_MAP reports them: the
 /// primary key, else the first UNIQUE index whose columns are all NOT NULL (whole columns, no
-/// expression) — the index the server takes as the primary key (`SHOW INDEX` lists indexes in
+/// expression, not a long-unique HASH) — the index the server takes as the primary key (`SHOW INDEX` lists indexes in
 /// the server's key order).
 pub async fn table_key(conn: &mut Conn, id: &TableId) -> Result<Vec<String>> {
     let rows: Vec<Row> = conn
@@ -213,7 +213,11 @@ pub async fn table_key(conn: &mut Conn, id: &TableId) -> Result<Vec<String>> {
         };
         let unique = text(row, "Non_unique").as_deref() == Some("0");
         let not_null = text(row, "Null").unwrap_or_default().is_empty();
-        let whole = text(row, "Sub_part").is_none() && text(row, "Expression").is_none();
+        // MariaDB's long UNIQUE (over a BLOB) is a HASH index on a hidden column: the server
+        // does not key the table by it (no primary key in TABLE_MAP).
+        let whole = text(row, "Sub_part").is_none()
+            && text(row, "Expression").is_none()
+            && text(row, "Index_type").as_deref() != Some("HASH");
         match indexes.iter_mut().find(|(n, _, _)| *n == name) {
             Some((_, columns, usable)) => {
                 columns.push(column);

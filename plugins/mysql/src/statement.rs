@@ -28,6 +28,8 @@ pub enum Statement {
     Dml(Vec<TableId>),
     Savepoint(String),
     RollbackTo(String),
+    /// A group ends with `ROLLBACK` (MariaDB logs it when a non-transactional change was made).
+    Rollback,
     XaStart(Xid),
     XaEnd,
     XaCommit(Xid),
@@ -64,6 +66,8 @@ pub struct Dialect {
     pub ansi_quotes: bool,
     /// `lower_case_table_names` ≠ 0: the server stores and compares names in lower case.
     pub lower_case_names: bool,
+    /// `sql_mode` has `NO_BACKSLASH_ESCAPES`: `\` in a string is an ordinary character.
+    pub no_backslash_escapes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +100,7 @@ impl Token {
 
 /// Reads what a query event's SQL means; `schema` is the event's default database.
 pub fn classify(sql: &str, schema: &str, dialect: Dialect) -> Statement {
-    let tokens = tokenize(sql, dialect.ansi_quotes);
+    let tokens = tokenize(sql, dialect);
     let parser = Parser {
         tokens: &tokens,
         schema,
@@ -184,6 +188,9 @@ impl Parser<'_> {
         }
         if first.is("SAVEPOINT") {
             return Some(Statement::Savepoint(self.at(1)?.name()?.to_string()));
+        }
+        if first.is("ROLLBACK") && (self.at(1).is_none() || self.at(1) == Some(&Token::Semicolon)) {
+            return Some(Statement::Rollback);
         }
         if first.is("ROLLBACK") && self.is(1, "TO") {
             let at = if self.is(2, "SAVEPOINT") { 3 } else { 2 };
@@ -356,7 +363,6 @@ impl Parser<'_> {
             "AUTO_INCREMENT",
             "ALGORITHM",
             "LOCK",
-            "ENGINE",
             "FORCE",
             "ORDER",
             "ROW_FORMAT",
@@ -446,10 +452,9 @@ impl Parser<'_> {
                 // index as the key of a table without a primary key).
                 return Clause::Recopy(vec![]);
             }
-            if ["FOREIGN", "CHECK", "CONSTRAINT", "SYSTEM"]
-                .iter()
-                .any(|w| is(1, w))
-            {
+            // DROP CONSTRAINT may drop a unique or the primary key; DROP SYSTEM VERSIONING
+            // changes the key the binlog reports: both copy again.
+            if is(1, "FOREIGN") || is(1, "CHECK") {
                 return Clause::Neutral;
             }
             return Clause::Recopy(vec![]);
@@ -479,6 +484,29 @@ impl Parser<'_> {
         }
         if is(0, "DISCARD") || is(0, "IMPORT") {
             return Clause::Recopy(vec![]);
+        }
+        if is(0, "CONVERT") && (is(1, "PARTITION") || is(1, "TABLE")) {
+            // CONVERT PARTITION p TO TABLE x / CONVERT TABLE x TO PARTITION p …: rows move
+            // between the two tables without row events.
+            let mut j = if is(1, "TABLE") {
+                s + 2
+            } else {
+                let mut j = s + 2;
+                while j < clause.end && !self.is(j, "TABLE") {
+                    j += 1;
+                }
+                j + 1
+            };
+            return Clause::Recopy(self.table(&mut j).into_iter().collect());
+        }
+        if is(0, "ENGINE") {
+            // A BLACKHOLE table keeps no rows.
+            let blackhole = (s + 1..clause.end).any(|j| self.is(j, "BLACKHOLE"));
+            return if blackhole {
+                Clause::Recopy(vec![])
+            } else {
+                Clause::Neutral
+            };
         }
         if is(0, "CONVERT") || is(0, "CHARACTER") || is(0, "CHARSET") || is(0, "COLLATE") {
             // CONVERT TO CHARACTER SET re-encodes values; a default charset alone does not.
@@ -562,7 +590,18 @@ impl Parser<'_> {
     /// Every table a DML statement names: after FROM, JOIN, UPDATE, INTO, USING, TABLE, and in
     /// the comma lists that follow them.
     fn referenced_tables(&self) -> Vec<TableId> {
-        let openers = ["FROM", "JOIN", "UPDATE", "INTO", "USING", "TABLE"];
+        let openers = [
+            "FROM",
+            "JOIN",
+            "STRAIGHT_JOIN",
+            "UPDATE",
+            "INTO",
+            "USING",
+            "TABLE",
+            // `INSERT t …` / `REPLACE t …` without INTO.
+            "INSERT",
+            "REPLACE",
+        ];
         let mut out: Vec<TableId> = Vec::new();
         let mut i = 0;
         while i < self.tokens.len() {
@@ -580,6 +619,7 @@ impl Parser<'_> {
                 "HIGH_PRIORITY",
                 "ONLY",
                 "TABLE",
+                "INTO",
             ]
             .iter()
             .any(|k| self.is(i, k))
@@ -666,7 +706,8 @@ fn is_keyword(word: &str) -> bool {
 }
 
 /// Splits SQL into tokens; comments are dropped, executable comments' text is kept.
-fn tokenize(sql: &str, ansi_quotes: bool) -> Vec<Token> {
+fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token> {
+    let escapes = !dialect.no_backslash_escapes;
     let chars: Vec<char> = sql.chars().collect();
     let mut tokens = Vec::new();
     let mut i = 0;
@@ -697,20 +738,26 @@ fn tokenize(sql: &str, ansi_quotes: bool) -> Vec<Token> {
         } else if c == '*' && next == Some('/') {
             // The end of an executable comment.
             i += 2;
-        } else if c == '#' || (c == '-' && next == Some('-')) {
+        } else if c == '#'
+            || (c == '-'
+                && next == Some('-')
+                && chars
+                    .get(i + 2)
+                    .is_none_or(|c| c.is_whitespace() || c.is_control()))
+        {
             while i < chars.len() && chars[i] != '\n' {
                 i += 1;
             }
-        } else if c == '`' || (c == '"' && ansi_quotes) {
-            let (text, end) = quoted(&chars, i, c);
+        } else if c == '`' || (c == '"' && dialect.ansi_quotes) {
+            let (text, end) = quoted(&chars, i, c, false);
             tokens.push(Token::Name(text));
             i = end;
         } else if c == '\'' || c == '"' {
-            let (text, end) = quoted(&chars, i, c);
+            let (text, end) = quoted(&chars, i, c, escapes);
             tokens.push(Token::Str(text.into_bytes()));
             i = end;
         } else if (c == 'x' || c == 'X') && next == Some('\'') {
-            let (text, end) = quoted(&chars, i + 1, '\'');
+            let (text, end) = quoted(&chars, i + 1, '\'', false);
             tokens.push(Token::Hex(hex(&text)));
             i = end;
         } else if c == '0' && next == Some('x') {
@@ -753,8 +800,8 @@ fn tokenize(sql: &str, ansi_quotes: bool) -> Vec<Token> {
 }
 
 /// The text of a quoted token starting at `start` (the quote), and where it ends. Doubled
-/// quotes and backslash escapes (in strings) are unescaped.
-fn quoted(chars: &[char], start: usize, quote: char) -> (String, usize) {
+/// quotes, and backslash escapes when `escapes`, are unescaped.
+fn quoted(chars: &[char], start: usize, quote: char, escapes: bool) -> (String, usize) {
     let mut text = String::new();
     let mut i = start + 1;
     while i < chars.len() {
@@ -767,7 +814,7 @@ fn quoted(chars: &[char], start: usize, quote: char) -> (String, usize) {
             }
             return (text, i + 1);
         }
-        if c == '\\' && quote != '`' {
+        if c == '\\' && escapes {
             if let Some(&escaped) = chars.get(i + 1) {
                 text.push(escaped);
                 i += 2;
@@ -837,6 +884,20 @@ mod tests {
             ("ALTER TABLE t DROP COLUMN c", Recopy(vec![t("app", "t")])),
             ("ALTER TABLE t DROP c", Recopy(vec![t("app", "t")])),
             ("ALTER TABLE t DROP FOREIGN KEY fk_1, DROP CHECK c1", Neutral),
+            ("ALTER TABLE t DROP CONSTRAINT ua", Recopy(vec![t("app", "t")])),
+            ("ALTER TABLE t DROP CONSTRAINT `PRIMARY`", Recopy(vec![t("app", "t")])),
+            ("ALTER TABLE t DROP SYSTEM VERSIONING", Recopy(vec![t("app", "t")])),
+            (
+                "ALTER TABLE t CONVERT PARTITION p1 TO TABLE pz",
+                Recopy(vec![t("app", "t"), t("app", "pz")]),
+            ),
+            (
+                "ALTER TABLE t CONVERT TABLE pz TO PARTITION p1 VALUES LESS THAN (10)",
+                Recopy(vec![t("app", "t"), t("app", "pz")]),
+            ),
+            ("ALTER TABLE t ENGINE = BLACKHOLE", Recopy(vec![t("app", "t")])),
+            ("ALTER TABLE t ENGINE=InnoDB, ALGORITHM=COPY", Neutral),
+            ("ALTER TABLE t COMMENT 'x' --not a comment\n, ADD c int", Recopy(vec![t("app", "t")])),
             ("ALTER TABLE t MODIFY c bigint NOT NULL", Recopy(vec![t("app", "t")])),
             ("ALTER TABLE t CHANGE c d int", Recopy(vec![t("app", "t")])),
             ("ALTER TABLE t ALTER COLUMN c SET DEFAULT 5", Neutral),
@@ -906,6 +967,19 @@ mod tests {
             classify("DROP TABLE \"we\"\"ird\"", "app", ansi),
             Statement::Drop(vec![t("app", "we\"ird")])
         );
+        // Under NO_BACKSLASH_ESCAPES a backslash ends nothing: the clause after the string counts.
+        let plain = Dialect {
+            no_backslash_escapes: true,
+            ..Dialect::default()
+        };
+        assert_eq!(
+            classify(
+                "ALTER TABLE t COMMENT 'a\\', ADD COLUMN c int",
+                "app",
+                plain
+            ),
+            Statement::Recopy(vec![t("app", "t")])
+        );
         // Without ANSI_QUOTES a double-quoted string is not a name.
         assert_eq!(
             read("ALTER TABLE t COMMENT \"RENAME TO x\""),
@@ -954,6 +1028,15 @@ mod tests {
                 "UPDATE t SET note = 'FROM secret' WHERE 1",
                 vec![t("app", "t")],
             ),
+            (
+                "INSERT t SELECT * FROM u",
+                vec![t("app", "t"), t("app", "u")],
+            ),
+            ("REPLACE LOW_PRIORITY t VALUES (1)", vec![t("app", "t")]),
+            (
+                "UPDATE u STRAIGHT_JOIN t ON u.id = t.id SET u.v = t.v",
+                vec![t("app", "u"), t("app", "t")],
+            ),
         ];
         for (sql, expected) in cases {
             assert_eq!(read(sql), Statement::Dml(expected), "{sql}");
@@ -962,6 +1045,7 @@ mod tests {
 
     #[test]
     fn savepoints_and_xa_are_recognised() {
+        assert_eq!(read("ROLLBACK"), Statement::Rollback);
         assert_eq!(read("SAVEPOINT `s1`"), Statement::Savepoint("s1".into()));
         assert_eq!(read("ROLLBACK TO `s1`"), Statement::RollbackTo("s1".into()));
         assert_eq!(
