@@ -963,3 +963,116 @@ async fn a_100k_row_transaction_streams_in_bounded_chunks() {
         "one source transaction, one commit"
     );
 }
+
+/// Byte sequences to store in a column of `charset` (`maxlen` bytes per character at most), as
+/// `(length, first, last)` runs of big-endian numbers.
+fn charset_probes(charset: &str, maxlen: u32) -> Vec<(u32, u64, u64)> {
+    match (charset, maxlen) {
+        (_, 1) => vec![(1, 0, 0xff)],
+        ("ucs2", _) => vec![(2, 0, 0xffff)],
+        ("utf16", _) => vec![
+            (2, 0, 0xffff),
+            (4, 0xd800_dc00, 0xd800_dfff),
+            (4, 0xdbff_dc00, 0xdbff_dfff),
+            (4, 0xd83d_de00, 0xd83d_de4f),
+        ],
+        ("utf16le", _) => vec![
+            (2, 0, 0xffff),
+            (4, 0x00d8_00dc, 0x00d8_ffdf),
+            (4, 0x3dd8_00de, 0x3dd8_4fde),
+        ],
+        ("utf32", _) => vec![
+            (4, 0, 0x2ff),
+            (4, 0xd7f0, 0xe010),
+            (4, 0xfff0, 0x1_0010),
+            (4, 0x1_f600, 0x1_f650),
+            (4, 0x10_fff0, 0x11_0010),
+        ],
+        ("ujis" | "eucjpms", _) => {
+            vec![(1, 0, 0xff), (2, 0x8e00, 0xffff), (3, 0x8f_a1a1, 0x8f_fefe)]
+        }
+        _ => vec![(1, 0, 0xff), (2, 0x8000, 0xffff)],
+    }
+}
+
+/// Every charset MariaDB ships, every byte sequence of its character ranges stored in a column
+/// and read back through the snapshot's utf8mb4 session: etcdsync's decoder of the raw bytes
+/// (what the binlog carries) gives exactly the server's text, or the charset is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_charset_decodes_like_the_server_or_is_refused() {
+    use etcdsync_mysql::charset::Charset;
+    let dbs = TestDbs::create("my_cs", 1).await;
+    let name = dbs.name(0).to_string();
+    let mut db = connect().await;
+    let charsets: Vec<(String, u32)> = db
+        .query(
+            "SELECT CHARACTER_SET_NAME, MAXLEN FROM information_schema.CHARACTER_SETS ORDER BY 1",
+        )
+        .await
+        .expect("charsets");
+    assert!(charsets.len() >= 40, "{charsets:?}");
+    let refused = [
+        "armscii8", "big5", "cp850", "cp852", "dec8", "eucjpms", "geostd8", "hp8", "keybcs2",
+        "macce", "swe7", "ujis",
+    ];
+    let mut report = Vec::new();
+    for (charset, maxlen) in &charsets {
+        let decoder = Charset::from_name(charset);
+        if charset == "binary" {
+            continue;
+        }
+        if refused.contains(&charset.as_str()) {
+            assert!(
+                !decoder.is_supported(),
+                "{charset} is expected to be refused"
+            );
+            continue;
+        }
+        assert!(decoder.is_supported(), "{charset} is not supported");
+        let table = format!("`{name}`.`cs_{charset}`");
+        exec(
+            &mut db,
+            &format!(
+                "CREATE TABLE {table} (l INT, v BIGINT UNSIGNED, c VARCHAR(4) CHARACTER SET {charset}, PRIMARY KEY (l, v))"
+            ),
+        )
+        .await;
+        for (len, first, last) in charset_probes(charset, *maxlen) {
+            db.query_drop(format!(
+                "INSERT IGNORE INTO {table} SELECT {len}, seq, UNHEX(LPAD(HEX(seq), {}, '0')) FROM `{name}`.seq_{first}_to_{last}",
+                2 * len
+            ))
+            .await
+            .expect("probe rows");
+        }
+        let rows: Vec<(u32, u64, Vec<u8>, Vec<u8>)> = db
+            .query(format!("SELECT l, v, CAST(c AS BINARY), c FROM {table}"))
+            .await
+            .expect("read back");
+        assert!(rows.len() >= 256, "{charset}: {} rows", rows.len());
+        let mut wrong = Vec::new();
+        for (len, v, raw, server) in &rows {
+            let ours = decoder.decode(raw);
+            let theirs = String::from_utf8_lossy(server);
+            if ours != theirs {
+                wrong.push(format!(
+                    "{len}:{v:x} raw {raw:02x?} server {theirs:?} ours {ours:?}"
+                ));
+            }
+        }
+        if !wrong.is_empty() {
+            report.push(format!(
+                "{charset}: {} of {} differ, e.g.\n    {}",
+                wrong.len(),
+                rows.len(),
+                wrong
+                    .iter()
+                    .take(40)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n    ")
+            ));
+        }
+    }
+    assert!(report.is_empty(), "\n{}", report.join("\n"));
+}

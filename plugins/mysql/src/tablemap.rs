@@ -1,10 +1,16 @@
 //! TABLE_MAP events → [`TableInfo`] (column names, key, kinds from `binlog_row_metadata=FULL`,
 //! no schema cache: every TABLE_MAP carries the table's current shape, so ALTER TABLE needs no
 //! special handling; only MariaDB's JSON/INET/UUID columns take a hint from `columns`), and row
-//! images → core rows through `decode`.
+//! images → core rows through `decode`. Column types and metadata are read from the event's
+//! bytes here (mysql_common stops at MariaDB's COMPRESSED types 140/141), charsets are matched
+//! to columns as the server lays them out (MariaDB counts GEOMETRY and COMPRESSED columns among
+//! character columns), and TIME2 and COMPRESSED values are decoded here (DESIGN §3).
 
+use crate::charset::unsupported_fix;
 use crate::columns::ColumnHints;
-use crate::decode::{binlog_value, with_hint, Charset, Kind};
+use crate::decode::{
+    binlog_value, mariadb_uncompress, time2_len, time2_value, with_hint, Charset, Kind,
+};
 use etcdsync_core::change::Column;
 use etcdsync_core::tables::TableSelection;
 use etcdsync_core::{TableId, TableSchema, Value};
@@ -12,6 +18,7 @@ use mysql_common::binlog::events::{OptionalMetadataField, TableMapEvent};
 use mysql_common::binlog::value::BinlogValue;
 use mysql_common::constants::ColumnType;
 use mysql_common::io::ParseBuf;
+use mysql_common::proto::MySerialize;
 use std::sync::Arc;
 
 /// A synced table as one TABLE_MAP event describes it.
@@ -27,10 +34,14 @@ pub struct TableInfo {
 
 #[derive(Debug, Clone)]
 pub struct BinlogColumn {
+    /// The type as row images store it; a MariaDB COMPRESSED column has its uncompressed
+    /// type here (VARCHAR or BLOB) and `compressed` set.
     pub column_type: ColumnType,
     pub meta: Vec<u8>,
     pub unsigned: bool,
     pub kind: Kind,
+    /// MariaDB `COMPRESSED` (types 140/141): the value's maximum uncompressed length.
+    pub compressed: Option<u64>,
 }
 
 /// What a TABLE_MAP event means for this source.
@@ -51,6 +62,117 @@ pub enum TableMapError {
     Malformed { table: TableId, message: String },
     #[error("{}", key_column_excluded(table, column))]
     KeyExcluded { table: TableId, column: String },
+    /// A kept column in a charset etcdsync does not convert exactly (never decoded lossily).
+    #[error("column `{column}` of {table} is in charset {charset}, which etcdsync cannot convert to UTF-8 exactly — fix: {fix}")]
+    UnsupportedCharset {
+        table: TableId,
+        column: String,
+        charset: String,
+        fix: String,
+    },
+}
+
+/// MariaDB's `COMPRESSED` column types in TABLE_MAP events (unknown to mysql_common).
+pub const MARIADB_BLOB_COMPRESSED: u8 = 140;
+pub const MARIADB_VARCHAR_COMPRESSED: u8 = 141;
+
+/// One column's type byte and metadata, read from the event's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawColumn {
+    /// The type byte; for MYSQL_TYPE_STRING the real type from the metadata (ENUM, SET).
+    pub type_code: u8,
+    pub meta: Vec<u8>,
+}
+
+/// How many metadata bytes a column type has in a TABLE_MAP event (MySQL and MariaDB).
+fn metadata_len(type_code: u8) -> Option<usize> {
+    Some(match type_code {
+        // FLOAT, DOUBLE, TIMESTAMP2, DATETIME2, TIME2, JSON, VECTOR, TINY/MEDIUM/LONG BLOB, BLOB,
+        // GEOMETRY, MariaDB BLOB COMPRESSED
+        4 | 5 | 17 | 18 | 19 | 245 | 242 | 249..=252 | 255 | MARIADB_BLOB_COMPRESSED => 1,
+        // VARCHAR, BIT, NEWDECIMAL, ENUM, SET, VAR_STRING, STRING, MariaDB VARCHAR COMPRESSED
+        15 | 16 | 246..=248 | 253 | 254 | MARIADB_VARCHAR_COMPRESSED => 2,
+        // DECIMAL(old), TINY, SHORT, LONG, NULL, TIMESTAMP, LONGLONG, INT24, DATE, TIME,
+        // DATETIME, YEAR, NEWDATE
+        0..=3 | 6..=14 => 0,
+        _ => return None,
+    })
+}
+
+/// The column types and metadata of a TABLE_MAP event, from its serialized bytes (which
+/// mysql_common keeps private): post-header, names, count, types, metadata.
+pub fn raw_columns(tme: &TableMapEvent<'_>) -> Result<Vec<RawColumn>, String> {
+    let mut bytes = Vec::new();
+    tme.serialize(&mut bytes);
+    let short = || "the event is shorter than its column list".to_string();
+    let mut at = 8; // table id (6) and flags (2)
+    for _ in 0..2 {
+        // database and table name: length byte, name, NUL
+        let len = usize::from(*bytes.get(at).ok_or_else(short)?);
+        at += len + 2;
+    }
+    let (count, used) = lenenc(bytes.get(at..).ok_or_else(short)?).ok_or_else(short)?;
+    at += used;
+    let count = usize::try_from(count).map_err(|e| e.to_string())?;
+    let types = bytes.get(at..at + count).ok_or_else(short)?.to_vec();
+    at += count;
+    let (meta_len, used) = lenenc(bytes.get(at..).ok_or_else(short)?).ok_or_else(short)?;
+    at += used;
+    let meta_len = usize::try_from(meta_len).map_err(|e| e.to_string())?;
+    let meta = bytes.get(at..at + meta_len).ok_or_else(short)?;
+    let mut columns = Vec::with_capacity(count);
+    let mut offset = 0;
+    for (i, &type_code) in types.iter().enumerate() {
+        let len = metadata_len(type_code)
+            .ok_or_else(|| format!("column {} has type {type_code}, unknown to etcdsync", i + 1))?;
+        let column_meta = meta
+            .get(offset..offset + len)
+            .ok_or_else(|| format!("the metadata ends before column {}", i + 1))?
+            .to_vec();
+        offset += len;
+        let type_code = match (type_code, column_meta.first()) {
+            // MYSQL_TYPE_DATE is not written since row-based replication exists: NEWDATE.
+            (10, _) => 14,
+            // MYSQL_TYPE_STRING carries the real type (ENUM, SET, STRING) in its metadata.
+            (254, Some(&real)) if real != 0 => real | 0x30,
+            (other, _) => other,
+        };
+        columns.push(RawColumn {
+            type_code,
+            meta: column_meta,
+        });
+    }
+    Ok(columns)
+}
+
+/// A length-encoded integer and how many bytes it took.
+fn lenenc(bytes: &[u8]) -> Option<(u64, usize)> {
+    let le = |n: usize| -> Option<u64> {
+        let b = bytes.get(1..1 + n)?;
+        Some(
+            b.iter()
+                .rev()
+                .fold(0u64, |acc, x| (acc << 8) | u64::from(*x)),
+        )
+    };
+    match *bytes.first()? {
+        b @ 0..=0xfa => Some((u64::from(b), 1)),
+        0xfc => Some((le(2)?, 3)),
+        0xfd => Some((le(3)?, 4)),
+        0xfe => Some((le(8)?, 9)),
+        _ => None,
+    }
+}
+
+/// Whether the server lists a column among the character columns of the charset metadata.
+/// MySQL: CHAR, VARCHAR, BLOB/TEXT (mysql_common's rule). MariaDB also counts GEOMETRY and its
+/// COMPRESSED types (seen in MariaDB 10.11's events; mysql_common does not know this).
+fn is_character_column(type_code: u8, mariadb: bool) -> bool {
+    match type_code {
+        15 | 249..=254 => type_code != 247 && type_code != 248,
+        255 | MARIADB_BLOB_COMPRESSED | MARIADB_VARCHAR_COMPRESSED => mariadb,
+        _ => false,
+    }
 }
 
 /// The error for `exclude_columns` naming a primary-key column (snapshot and binlog alike).
@@ -197,29 +319,64 @@ pub fn map_table(
         return Err(TableMapError::NoColumnNames { table: id });
     }
 
+    let raw = raw_columns(tme).map_err(malformed)?;
+    if raw.len() != count {
+        return Err(malformed(format!(
+            "{} column types for {count} columns",
+            raw.len()
+        )));
+    }
+    let mariadb = hints.mariadb();
     let mut columns = Vec::with_capacity(count);
     let (mut numeric_i, mut char_i, mut enum_set_i, mut enum_i, mut set_i) = (0, 0, 0, 0, 0);
-    for i in 0..count {
-        let column_type = match tme.get_column_type(i) {
-            Ok(Some(t)) => t,
-            Ok(None) => return Err(malformed(format!("column {i} has no type"))),
-            Err(e) => return Err(malformed(format!("column {i}: {e}"))),
+    for (i, RawColumn { type_code, meta }) in raw.into_iter().enumerate() {
+        let compressed = match type_code {
+            MARIADB_BLOB_COMPRESSED => Some((
+                ColumnType::MYSQL_TYPE_BLOB,
+                blob_max_len(meta.first().copied().unwrap_or(4)),
+            )),
+            MARIADB_VARCHAR_COMPRESSED => Some((
+                ColumnType::MYSQL_TYPE_VARCHAR,
+                u64::from(varchar_max_len(&meta)),
+            )),
+            _ => None,
         };
-        let meta = tme.get_column_metadata(i).unwrap_or(&[]).to_vec();
-        let unsigned = if has_signedness(column_type) {
+        let column_type = match compressed {
+            Some((stored, _)) => stored,
+            None => ColumnType::try_from(type_code)
+                .map_err(|_| malformed(format!("column {} has unknown type {type_code}", i + 1)))?,
+        };
+        let unsigned = if has_signedness(column_type) && compressed.is_none() {
             numeric_i += 1;
             signedness.get(numeric_i - 1).copied().unwrap_or(false)
         } else {
             false
         };
-        let kind = if column_type.is_character_type() {
+        let name = names.get(i).cloned().unwrap_or_default();
+        let kept = !selection.column_excluded(&id, &name);
+        let unsupported = |charset: Charset| TableMapError::UnsupportedCharset {
+            table: id.clone(),
+            column: name.clone(),
+            charset: charset.name(),
+            fix: unsupported_fix(&id.to_string(), &format!("`{name}`")),
+        };
+        let kind = if is_character_column(type_code, mariadb) {
             let collation = charset_at(char_i, &charsets, &default_charset);
             char_i += 1;
-            character_kind(column_type, &meta, collation)
+            let kind = character_kind(column_type, &meta, collation);
+            if let Kind::Text { charset } = kind {
+                if !charset.is_supported() && kept {
+                    return Err(unsupported(charset));
+                }
+            }
+            kind
         } else if column_type.is_enum_or_set_type() {
             let collation = charset_at(enum_set_i, &enum_set_charsets, &enum_set_default);
             enum_set_i += 1;
             let charset = Charset::from_collation(collation);
+            if !charset.is_supported() && kept {
+                return Err(unsupported(charset));
+            }
             let labels = |all: &[Vec<Vec<u8>>], n: usize| -> Arc<[String]> {
                 all.get(n)
                     .map(|l| l.iter().map(|raw| charset.decode(raw)).collect())
@@ -235,12 +392,13 @@ pub fn map_table(
         } else {
             scalar_kind(column_type, unsigned)
         };
-        let kind = with_hint(kind, names.get(i).and_then(|n| hints.get(n)));
+        let kind = with_hint(kind, hints.get(&name));
         columns.push(BinlogColumn {
             column_type,
             meta,
             unsigned,
             kind,
+            compressed: compressed.map(|(_, max)| max),
         });
     }
 
@@ -305,6 +463,19 @@ fn character_kind(ty: ColumnType, meta: &[u8], collation: u16) -> Kind {
         0
     };
     Kind::Binary { pad_to }
+}
+
+/// The largest value of a BLOB with `pack_len` length bytes.
+fn blob_max_len(pack_len: u8) -> u64 {
+    (1u64 << (8 * u32::from(pack_len.clamp(1, 4)))) - 1
+}
+
+/// The maximum byte length of a VARCHAR from its metadata (little-endian).
+fn varchar_max_len(meta: &[u8]) -> u16 {
+    match meta {
+        [lo, hi, ..] => u16::from_le_bytes([*lo, *hi]),
+        _ => u16::MAX,
+    }
 }
 
 /// The byte length of a CHAR/BINARY column from its TABLE_MAP metadata.
@@ -372,16 +543,40 @@ pub fn read_image<'a>(
             values.push(Value::Null);
             continue;
         }
-        let ctx = (
-            column.column_type,
-            column.meta.as_slice(),
-            column.unsigned,
-            false,
-        );
-        let value: BinlogValue<'_> = buf.parse(ctx)?;
-        values.push(fix_int24(column, binlog_value(&column.kind, value)?));
+        values.push(read_value(column, buf)?);
     }
     Ok(values)
+}
+
+/// One non-NULL value of a row image. TIME2 and MariaDB COMPRESSED columns are decoded here,
+/// everything else by mysql_common.
+fn read_value<'a>(column: &'a BinlogColumn, buf: &mut ParseBuf<'a>) -> std::io::Result<Value> {
+    let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidData, message);
+    if column.column_type == ColumnType::MYSQL_TYPE_TIME2 {
+        let fsp = column.meta.first().copied().unwrap_or(0);
+        let bytes = buf
+            .checked_eat(time2_len(fsp))
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "TIME2 value"))?;
+        let time = time2_value(bytes, fsp)
+            .ok_or_else(|| invalid(format!("TIME({fsp}) value {bytes:02x?} out of range")))?;
+        return binlog_value(&column.kind, BinlogValue::Value(time));
+    }
+    let ctx = (
+        column.column_type,
+        column.meta.as_slice(),
+        column.unsigned,
+        false,
+    );
+    let value: BinlogValue<'_> = buf.parse(ctx)?;
+    let value = match (column.compressed, value) {
+        (Some(max_len), BinlogValue::Value(mysql_common::value::Value::Bytes(stored))) => {
+            let data = mariadb_uncompress(&stored, max_len)
+                .map_err(|e| invalid(format!("COMPRESSED column: {e}")))?;
+            BinlogValue::Value(mysql_common::value::Value::Bytes(data))
+        }
+        (_, value) => value,
+    };
+    Ok(fix_int24(column, binlog_value(&column.kind, value)?))
 }
 
 /// mysql_common 0.37 reads a signed MEDIUMINT without sign extension (-8388608 arrives as
