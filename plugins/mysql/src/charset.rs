@@ -618,3 +618,141 @@ const REMAPPED_SJIS: &[(u32, char)] = &[
     (0x8192, '\u{00A3}'),
     (0x81CA, '\u{00AC}'),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collation_ids_name_their_charset() {
+        assert_eq!(Charset::from_collation(8), Charset::Latin1);
+        assert_eq!(
+            Charset::from_collation(1032),
+            Charset::Latin1,
+            "latin1_swedish_nopad_ci"
+        );
+        assert_eq!(
+            Charset::from_collation(1071),
+            Charset::Latin1,
+            "latin1_nopad_bin"
+        );
+        assert_eq!(Charset::from_collation(45), Charset::Utf8);
+        assert_eq!(Charset::from_collation(33), Charset::Utf8);
+        assert_eq!(
+            Charset::from_collation(2048),
+            Charset::Utf8,
+            "utf8mb3_uca1400_ai_ci"
+        );
+        assert_eq!(
+            Charset::from_collation(2304),
+            Charset::Utf8,
+            "utf8mb4_uca1400_ai_ci"
+        );
+        assert_eq!(
+            Charset::from_collation(2560),
+            Charset::Ucs2,
+            "ucs2_uca1400_ai_ci"
+        );
+        assert_eq!(Charset::from_collation(2816), Charset::Utf16);
+        assert_eq!(Charset::from_collation(3072), Charset::Utf32);
+        assert_eq!(Charset::from_collation(35), Charset::Ucs2);
+        assert_eq!(Charset::from_collation(56), Charset::Utf16Le);
+        assert_eq!(Charset::from_collation(51).name(), "cp1251");
+        assert_eq!(
+            Charset::from_collation(1075).name(),
+            "cp1251",
+            "cp1251_nopad_bin"
+        );
+        assert_eq!(Charset::from_collation(28).name(), "gbk");
+        assert_eq!(
+            Charset::from_collation(255),
+            Charset::Utf8,
+            "MySQL 8 utf8mb4_0900_ai_ci"
+        );
+        assert_eq!(
+            Charset::from_collation(1),
+            Charset::Unsupported(Unsupported::Charset("big5"))
+        );
+        assert_eq!(
+            Charset::from_collation(248),
+            Charset::Unsupported(Unsupported::Charset("gb18030"))
+        );
+        assert_eq!(
+            Charset::from_collation(4000),
+            Charset::Unsupported(Unsupported::Collation(4000))
+        );
+        assert_eq!(Charset::from_collation(4000).name(), "collation id 4000");
+        assert!(!Charset::from_name("swe7").is_supported());
+        assert!(!Charset::from_name("no-such").is_supported());
+        assert!(Charset::from_name("CP1250").is_supported());
+    }
+
+    #[test]
+    fn legacy_charsets_decode_as_the_server_does() {
+        let cp1251 = Charset::from_name("cp1251");
+        assert_eq!(cp1251.decode(&[0xe0, 0xe1, 0xe2, b' ', 0xc0]), "абв А");
+        assert_eq!(cp1251.decode(&[0x98]), "?", "no mapping on the server");
+        assert_eq!(Charset::from_name("cp1250").decode(&[0x8a, 0x81]), "Š?");
+        assert_eq!(
+            Charset::Latin1.decode(&[b'c', 0xe9, 0x80, 0x81]),
+            "cé€\u{81}"
+        );
+        assert_eq!(Charset::Ascii.decode(b"a\xe9"), "a?");
+        assert_eq!(
+            Charset::from_name("latin5").decode(&[0x80, 0xdd]),
+            "\u{80}İ"
+        );
+        assert_eq!(Charset::from_name("cp866").decode(&[0xfc, 0xfd]), "ⁿ²");
+        let gbk = Charset::from_name("gbk");
+        assert_eq!(gbk.decode(&[0xd6, 0xd0, 0xce, 0xc4, b'!']), "中文!");
+        assert_eq!(
+            gbk.decode(&[0xa1, 0x40]),
+            "?",
+            "private use: no mapping on the server"
+        );
+        assert_eq!(
+            gbk.decode(&[0x81, 0x20]),
+            "? ",
+            "an ill-formed lead byte is one `?`"
+        );
+        let gb2312 = Charset::from_name("gb2312");
+        assert_eq!(gb2312.decode(&[0xa1, 0xa4, 0xa1, 0xaa]), "・―");
+        let sjis = Charset::from_name("sjis");
+        assert_eq!(sjis.decode(&[0x82, 0xa0, 0x81, 0x5f, 0xb1]), "あ\\ｱ");
+        assert_eq!(sjis.decode(&[0x87, 0x40]), "?");
+        let cp932 = Charset::from_name("cp932");
+        assert_eq!(cp932.decode(&[0x87, 0x40, 0x81, 0x5f]), "①＼");
+        assert_eq!(Charset::from_name("euckr").decode(&[0xc7, 0xd1]), "한");
+    }
+
+    #[test]
+    fn unicode_charsets_by_hand() {
+        assert_eq!(Charset::Ucs2.decode(&[0x00, 0x61, 0x04, 0x30]), "aа");
+        assert_eq!(
+            Charset::Ucs2.decode(&[0xd8, 0x00]),
+            "\u{fffd}\u{fffd}\u{fffd}",
+            "a lone surrogate reaches the snapshot as three invalid bytes"
+        );
+        assert_eq!(
+            Charset::Utf16.decode(&[0xd8, 0x3d, 0xde, 0x00, 0x00, 0x41]),
+            "😀A"
+        );
+        assert_eq!(
+            Charset::Utf16Le.decode(&[0x3d, 0xd8, 0x00, 0xde, 0x41, 0x00]),
+            "😀A"
+        );
+        assert_eq!(
+            Charset::Utf32.decode(&[0, 1, 0xf6, 0, 0, 0, 0, 0x41]),
+            "😀A"
+        );
+        assert_eq!(
+            Charset::Utf32.decode(&[0, 0, 0xdc, 0]),
+            "\u{fffd}\u{fffd}\u{fffd}"
+        );
+        assert_eq!(
+            Charset::Utf16.decode(&[0x00, 0x41, 0x00]),
+            "A",
+            "odd byte dropped"
+        );
+    }
+}

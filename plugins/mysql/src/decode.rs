@@ -878,4 +878,132 @@ mod tests {
         assert_eq!(quoted_labels("set('x','y')"), vec!["x", "y"]);
         assert!(quoted_labels("int").is_empty());
     }
+
+    /// TIME2 bytes as the server writes them (MySQL's `my_time_packed_to_binary`, restated):
+    /// the packed value's integer part (arithmetic shift) offset by 0x800000, then the fraction
+    /// as a truncated signed remainder in 1–2 bytes (fsp 1–4), or all 6 bytes offset (fsp 5–6).
+    fn time2_bytes(negative: bool, h: i64, m: i64, s: i64, micros: i64, fsp: u8) -> Vec<u8> {
+        let hms = (h << 12) | (m << 6) | s;
+        let unit = [1_000_000, 100_000, 10_000, 1_000, 100, 10, 1][usize::from(fsp)];
+        let micros = micros / unit * unit;
+        let mut packed = (hms << 24) + micros;
+        if negative {
+            packed = -packed;
+        }
+        // `>> 24` floors, C's `%` truncates: a negative value with a fraction is stored as
+        // (integer part − 1, negative fraction), which the reader undoes.
+        let int = packed >> 24;
+        let frac = packed % (1 << 24);
+        match fsp {
+            0 => ((int + 0x80_0000) as u32).to_be_bytes()[1..].to_vec(),
+            1 | 2 => {
+                let mut b = ((int + 0x80_0000) as u32).to_be_bytes()[1..].to_vec();
+                b.push((frac / 10_000) as i8 as u8);
+                b
+            }
+            3 | 4 => {
+                let mut b = ((int + 0x80_0000) as u32).to_be_bytes()[1..].to_vec();
+                b.extend_from_slice(&((frac / 100) as i16).to_be_bytes());
+                b
+            }
+            _ => ((packed + 0x8000_0000_0000) as u64).to_be_bytes()[2..].to_vec(),
+        }
+    }
+
+    #[test]
+    fn time2_every_fsp_negative_and_positive() {
+        for fsp in 0..=6u8 {
+            for negative in [false, true] {
+                for (h, m, s, micros) in [
+                    (0, 0, 0, 0),
+                    (0, 0, 1, 500_000),
+                    (0, 0, 0, 10_000),
+                    (0, 0, 0, 990_000),
+                    (12, 34, 56, 789_012),
+                    (838, 59, 59, 0),
+                    (838, 59, 58, 999_999),
+                    (25, 0, 0, 100_000),
+                ] {
+                    let bytes = time2_bytes(negative, h, m, s, micros, fsp);
+                    assert_eq!(bytes.len(), time2_len(fsp));
+                    let unit = [1_000_000, 100_000, 10_000, 1_000, 100, 10, 1][usize::from(fsp)];
+                    let micros = micros / unit * unit;
+                    let zero = h == 0 && m == 0 && s == 0 && micros == 0;
+                    let want = MyValue::Time(
+                        negative && !zero,
+                        (h / 24) as u32,
+                        (h % 24) as u8,
+                        m as u8,
+                        s as u8,
+                        micros as u32,
+                    );
+                    assert_eq!(
+                        time2_value(&bytes, fsp),
+                        Some(want),
+                        "fsp {fsp} {}{h}:{m}:{s}.{micros:06} {bytes:02x?}",
+                        if negative { "-" } else { "" }
+                    );
+                }
+            }
+        }
+        // Bytes read from MariaDB 10.11's binlog: '-00:00:01.5' as TIME(2) and TIME(1).
+        let t = time2_value(&[0x7f, 0xff, 0xfe, 0xce], 2).expect("time");
+        assert_eq!(json(&binlog_plain(&Kind::Time, t)), "\"-00:00:01.5\"");
+        assert_eq!(time2_value(&[0x7f, 0xff], 2), None, "short value");
+    }
+
+    #[test]
+    fn mariadb_compressed_values() {
+        use std::io::Write;
+        assert_eq!(mariadb_uncompress(&[], 10), Ok(Vec::new()));
+        assert_eq!(mariadb_uncompress(b"\x00abc", 10), Ok(b"abc".to_vec()));
+        let original = "é".repeat(200).into_bytes();
+        for (raw, header) in [(true, 0x8a_u8), (false, 0x82)] {
+            let mut stored = vec![header, 0x01, 0x90];
+            let compressed = if raw {
+                let mut e =
+                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(&original).expect("deflate");
+                e.finish().expect("deflate")
+            } else {
+                let mut e =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(&original).expect("zlib");
+                e.finish().expect("zlib")
+            };
+            stored.extend_from_slice(&compressed);
+            assert_eq!(
+                mariadb_uncompress(&stored, 65_535),
+                Ok(original.clone()),
+                "raw {raw}"
+            );
+            // A wrong length, a too-small column, garbage and unknown headers are errors.
+            let mut wrong = stored.clone();
+            wrong[2] = 0x91;
+            assert!(mariadb_uncompress(&wrong, 65_535).is_err());
+            assert!(mariadb_uncompress(&stored, 399).is_err());
+            let mut garbage = stored[..3].to_vec();
+            garbage.extend_from_slice(b"not deflate");
+            assert!(mariadb_uncompress(&garbage, 65_535).is_err());
+        }
+        assert!(mariadb_uncompress(b"\x10abc", 10).is_err());
+        assert!(mariadb_uncompress(b"\x90\x01x", 10).is_err());
+    }
+
+    #[test]
+    fn compressed_binlog_events_are_named_errors() {
+        for t in 165..=171u8 {
+            let err = compressed_event_error(t, "mysql-bin.000003:1234").expect("compressed");
+            let message = err.to_string();
+            assert!(
+                message.contains("mysql-bin.000003:1234")
+                    && message.contains(&format!("type {t}"))
+                    && message.contains("SET GLOBAL log_bin_compress=OFF"),
+                "{message}"
+            );
+            assert_eq!(err.kind(), etcdsync_core::ErrorKind::Config);
+        }
+        assert!(compressed_event_error(160, "f:1").is_none());
+        assert!(compressed_event_error(172, "f:1").is_none());
+    }
 }
