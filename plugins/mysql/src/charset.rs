@@ -334,10 +334,15 @@ impl Legacy {
         {
             return None;
         }
-        let text = self
-            .encoding
-            .decode_without_bom_handling_and_without_replacement(seq)?;
-        let mut chars = text.chars();
+        // One character into a stack buffer: no allocation per character.
+        let mut decoder = self.encoding.new_decoder_without_bom_handling();
+        let mut buf = [0u8; 8];
+        let (result, read, written) =
+            decoder.decode_to_utf8_without_replacement(seq, &mut buf, true);
+        if result != encoding_rs::DecoderResult::InputEmpty || read != seq.len() {
+            return None;
+        }
+        let mut chars = std::str::from_utf8(&buf[..written]).ok()?.chars();
         let c = chars.next()?;
         if chars.next().is_some()
             || (table.unmapped_private_use && ('\u{e000}'..='\u{f8ff}').contains(&c))
@@ -352,7 +357,8 @@ impl Legacy {
         let mut i = 0;
         while i < bytes.len() {
             let rest = &bytes[i..];
-            if rest[0] < 0x80 && self.layout != Layout::Single {
+            // Every supported legacy charset is ASCII below 0x80, on the server too.
+            if rest[0] < 0x80 {
                 out.push(char::from(rest[0]));
                 i += 1;
                 continue;

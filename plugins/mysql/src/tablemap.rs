@@ -84,17 +84,24 @@ pub struct RawColumn {
     pub meta: Vec<u8>,
 }
 
-/// How many metadata bytes a column type has in a TABLE_MAP event (MySQL and MariaDB).
-fn metadata_len(type_code: u8) -> Option<usize> {
+/// How many metadata bytes a column type has in a TABLE_MAP event (MySQL and MariaDB), given
+/// the metadata from this column on (MySQL's TYPED_ARRAY names its element type first).
+fn metadata_len(type_code: u8, meta: &[u8]) -> Option<usize> {
     Some(match type_code {
         // FLOAT, DOUBLE, TIMESTAMP2, DATETIME2, TIME2, JSON, VECTOR, TINY/MEDIUM/LONG BLOB, BLOB,
         // GEOMETRY, MariaDB BLOB COMPRESSED
         4 | 5 | 17 | 18 | 19 | 245 | 242 | 249..=252 | 255 | MARIADB_BLOB_COMPRESSED => 1,
-        // VARCHAR, BIT, NEWDECIMAL, ENUM, SET, VAR_STRING, STRING, MariaDB VARCHAR COMPRESSED
-        15 | 16 | 246..=248 | 253 | 254 | MARIADB_VARCHAR_COMPRESSED => 2,
+        // VARCHAR, BIT, NEWDECIMAL, ENUM, SET, STRING, MariaDB VARCHAR COMPRESSED
+        15 | 16 | 246..=248 | 254 | MARIADB_VARCHAR_COMPRESSED => 2,
+        // MySQL TYPED_ARRAY: the element type, then its metadata (a VARCHAR element has 3 bytes)
+        244 => match *meta.first()? {
+            15 => 4,
+            element if element != 244 => 1 + metadata_len(element, meta.get(1..)?)?,
+            _ => return None,
+        },
         // DECIMAL(old), TINY, SHORT, LONG, NULL, TIMESTAMP, LONGLONG, INT24, DATE, TIME,
-        // DATETIME, YEAR, NEWDATE
-        0..=3 | 6..=14 => 0,
+        // DATETIME, YEAR, NEWDATE, VAR_STRING (as mysql_common reads it)
+        0..=3 | 6..=14 | 253 => 0,
         _ => return None,
     })
 }
@@ -123,7 +130,7 @@ pub fn raw_columns(tme: &TableMapEvent<'_>) -> Result<Vec<RawColumn>, String> {
     let mut columns = Vec::with_capacity(count);
     let mut offset = 0;
     for (i, &type_code) in types.iter().enumerate() {
-        let len = metadata_len(type_code)
+        let len = metadata_len(type_code, meta.get(offset..).unwrap_or_default())
             .ok_or_else(|| format!("column {} has type {type_code}, unknown to etcdsync", i + 1))?;
         let column_meta = meta
             .get(offset..offset + len)
@@ -699,6 +706,22 @@ mod tests {
         );
         assert_eq!(columns[13].meta, [2]);
         assert_eq!(columns[10].meta, [0xfe, 6], "CHAR(3) ucs2");
+    }
+
+    #[test]
+    fn metadata_lengths_by_type() {
+        assert_eq!(metadata_len(3, &[]), Some(0));
+        assert_eq!(metadata_len(19, &[6]), Some(1), "TIME2: fsp");
+        assert_eq!(metadata_len(MARIADB_BLOB_COMPRESSED, &[2]), Some(1));
+        assert_eq!(metadata_len(MARIADB_VARCHAR_COMPRESSED, &[1, 0]), Some(2));
+        assert_eq!(
+            metadata_len(244, &[15, 0, 1, 0]),
+            Some(4),
+            "array of VARCHAR"
+        );
+        assert_eq!(metadata_len(244, &[8]), Some(1), "array of BIGINT");
+        assert_eq!(metadata_len(244, &[]), None);
+        assert_eq!(metadata_len(200, &[]), None, "unknown types are errors");
     }
 
     #[test]
