@@ -63,7 +63,7 @@ pub enum TableMapError {
     #[error("{}", key_column_excluded(table, column))]
     KeyExcluded { table: TableId, column: String },
     /// A kept column in a charset etcdsync does not convert exactly (never decoded lossily).
-    #[error("column `{column}` of {table} is in charset {charset}, which etcdsync cannot convert to UTF-8 exactly — fix: {fix}")]
+    #[error("column `{column}` of {table} is in charset {charset}, which etcdsync cannot convert to UTF-8 exactly (it never converts lossily) — fix: {fix}; the binlog already written holds the column in that charset, so re-snapshot afterwards (delete the pipeline's checkpoint key)")]
     UnsupportedCharset {
         table: TableId,
         column: String,
@@ -365,7 +365,7 @@ pub fn map_table(
             table: id.clone(),
             column: name.clone(),
             charset: charset.name(),
-            fix: unsupported_fix(&id.to_string(), &format!("`{name}`")),
+            fix: unsupported_fix(&crate::snapshot::quote_table(&id), &format!("`{name}`")),
         };
         let kind = if is_character_column(type_code, mariadb) {
             let collation = charset_at(char_i, &charsets, &default_charset);
