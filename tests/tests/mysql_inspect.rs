@@ -284,6 +284,7 @@ async fn private_server_row_metadata_retention_and_lag_across_binlog_files() {
         "CREATE DATABASE d;
          CREATE TABLE d.t (id INT PRIMARY KEY, v TEXT);
          SET GLOBAL binlog_row_metadata = MINIMAL;
+         SET GLOBAL log_bin_compress = ON;
          SET GLOBAL binlog_expire_logs_seconds = 3600",
     )
     .await;
@@ -315,14 +316,26 @@ async fn private_server_row_metadata_retention_and_lag_across_binlog_files() {
         .as_deref()
         .unwrap_or_default()
         .contains("binlog_expire_logs_seconds=604800"));
-    assert_eq!(failed(&results).len(), 2, "{results:#?}");
+    let compress = find(&results, "log_bin_compress");
+    assert!(
+        !compress.ok
+            && compress
+                .fix
+                .as_deref()
+                .unwrap_or_default()
+                .contains("SET GLOBAL log_bin_compress=OFF"),
+        "{compress:?}"
+    );
+    assert_eq!(failed(&results).len(), 3, "{results:#?}");
 
-    // Start-up refuses the metadata setting with the same fix and only warns about retention.
+    // Start-up refuses the metadata and compression settings with the same fixes and only
+    // warns about retention.
     let message = match build(&yaml, &pipeline, None).await {
         Ok(_) => panic!("binlog_row_metadata=MINIMAL must be refused"),
         Err(e) => e.to_string(),
     };
     assert!(message.contains("binlog_row_metadata=FULL"), "{message}");
+    assert!(message.contains("log_bin_compress=OFF"), "{message}");
     assert!(!message.contains("binlog retention"), "{message}");
 
     // With `snapshot: when_needed` a short retention is survivable.
@@ -333,6 +346,7 @@ async fn private_server_row_metadata_retention_and_lag_across_binlog_files() {
     exec(
         &mut conn,
         "SET GLOBAL binlog_row_metadata = FULL;
+         SET GLOBAL log_bin_compress = OFF;
          SET GLOBAL binlog_expire_logs_seconds = 0",
     )
     .await;

@@ -19,13 +19,26 @@ pub enum Hint {
     Uuid,
 }
 
-/// The hints of one table, by column name.
+/// The hints of one table, by column name, and whether they come from MariaDB (whose TABLE_MAP
+/// charset metadata counts GEOMETRY and COMPRESSED columns among character columns).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ColumnHints {
     by_name: HashMap<String, Hint>,
+    mariadb: bool,
 }
 
 impl ColumnHints {
+    /// Marks the hints as read from a MariaDB server.
+    pub fn from_mariadb(mut self) -> Self {
+        self.mariadb = true;
+        self
+    }
+
+    /// True when read from MariaDB ([`read_hints`] is MariaDB-only).
+    pub fn mariadb(&self) -> bool {
+        self.mariadb
+    }
+
     pub fn get(&self, column: &str) -> Option<Hint> {
         self.by_name.get(column).copied()
     }
@@ -62,7 +75,7 @@ impl ColumnHints {
     }
 }
 
-/// Reads the hints of `table` (two small information_schema queries).
+/// Reads the hints of `table` on MariaDB (two small information_schema queries).
 pub async fn read_hints(conn: &mut Conn, table: &TableId) -> Result<ColumnHints> {
     let types: Vec<(String, String)> = conn
         .exec(
@@ -89,7 +102,8 @@ pub async fn read_hints(conn: &mut Conn, table: &TableId) -> Result<ColumnHints>
     Ok(ColumnHints::from_schema(
         types.iter().map(|(c, t)| (c.as_str(), t.as_str())),
         checks.iter().map(String::as_str),
-    ))
+    )
+    .from_mariadb())
 }
 
 /// The column of a CHECK clause that is exactly `json_valid(`col`)` (as MariaDB stores the

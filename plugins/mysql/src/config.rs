@@ -34,6 +34,12 @@ pub struct MysqlConfig {
     /// What a `DROP TABLE` of a synced table does to its keys: `delete` (default) or `keep`.
     #[serde(default)]
     pub on_drop: OnDrop,
+    /// Run even when a selected table is the child of an `ON DELETE/UPDATE CASCADE`,
+    /// `SET NULL` or `SET DEFAULT` foreign key. LOSSY: the server logs no row events for the
+    /// child rows such a constraint changes, so etcd keeps their old values (until a
+    /// re-snapshot). Default `false`: start-up and `etcdsync check` refuse, naming the constraint.
+    #[serde(default)]
+    pub allow_unlogged_cascades: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +80,8 @@ pub struct ValidMysql {
     pub server_id_explicit: bool,
     pub snapshot_workers: usize,
     pub on_drop: OnDrop,
+    /// `allow_unlogged_cascades` (lossy opt-in).
+    pub allow_unlogged_cascades: bool,
 }
 
 impl MysqlConfig {
@@ -111,6 +119,7 @@ impl MysqlConfig {
             server_id_explicit: self.server_id.is_some(),
             snapshot_workers: self.snapshot_workers,
             on_drop: self.on_drop,
+            allow_unlogged_cascades: self.allow_unlogged_cascades,
         })
     }
 }
@@ -230,6 +239,7 @@ mod tests {
         assert_eq!(valid.snapshot, SnapshotMode::Initial);
         assert_eq!(valid.on_drop, OnDrop::Delete);
         assert_eq!(valid.snapshot_workers, 1);
+        assert!(!valid.allow_unlogged_cascades, "lossy only by opt-in");
         assert_eq!(valid.server_id, default_server_id("demo"));
         assert!(!valid.server_id_explicit);
         assert_ne!(default_server_id("demo"), default_server_id("demo2"));
@@ -242,9 +252,10 @@ mod tests {
     #[test]
     fn options_parse() {
         let c = config(&format!(
-            "{BASE}snapshot: when_needed\nserver_id: 77\nsnapshot_workers: 4\non_drop: keep\n"
+            "{BASE}snapshot: when_needed\nserver_id: 77\nsnapshot_workers: 4\non_drop: keep\nallow_unlogged_cascades: true\n"
         ));
         let valid = c.validate_config("demo").expect("valid");
+        assert!(valid.allow_unlogged_cascades);
         assert_eq!(valid.snapshot, SnapshotMode::WhenNeeded);
         assert_eq!(valid.server_id, 77);
         assert_eq!(valid.on_drop, OnDrop::Keep);

@@ -3,6 +3,7 @@
 //! through the same helpers, so snapshot and stream encode byte-identically.
 
 use crate::columns::Hint;
+use crate::error::MysqlError;
 use crate::json::{json_or_text, render_jsonb};
 use etcdsync_core::value::{format_date, push_fraction};
 use etcdsync_core::Value;
@@ -81,55 +82,7 @@ impl Kind {
     }
 }
 
-/// The character sets binlog text is decoded from. MySQL's `latin1` is Windows-1252.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Charset {
-    Utf8,
-    Latin1,
-    Ascii,
-    /// Anything else: decoded as UTF-8, invalid bytes replaced.
-    Unknown,
-}
-
-impl Charset {
-    /// From a collation id of the TABLE_MAP optional metadata.
-    pub fn from_collation(id: u16) -> Charset {
-        use mysql_common::collations::{Collation, CollationId};
-        match id {
-            // MariaDB-only utf8mb3/utf8mb4 collation ids (e.g. the uca1400 family) are unknown to
-            // mysql_common's table; they are all UTF-8.
-            2048..=4095 => Charset::Utf8,
-            _ => match Collation::resolve(CollationId::from(id)).charset() {
-                "utf8mb4" | "utf8mb3" | "utf8" => Charset::Utf8,
-                "latin1" => Charset::Latin1,
-                "ascii" => Charset::Ascii,
-                _ => Charset::Unknown,
-            },
-        }
-    }
-
-    pub fn decode(self, bytes: &[u8]) -> String {
-        match self {
-            Charset::Latin1 => bytes.iter().map(|&b| cp1252(b)).collect(),
-            Charset::Utf8 | Charset::Ascii | Charset::Unknown => {
-                String::from_utf8_lossy(bytes).into_owned()
-            }
-        }
-    }
-}
-
-/// MySQL `latin1` (cp1252; its five undefined bytes map to the C1 controls).
-fn cp1252(b: u8) -> char {
-    const HIGH: [u16; 32] = [
-        0x20AC, 0x0081, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160,
-        0x2039, 0x0152, 0x008D, 0x017D, 0x008F, 0x0090, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022,
-        0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x009D, 0x017E, 0x0178,
-    ];
-    match b {
-        0x80..=0x9f => char::from_u32(u32::from(HIGH[usize::from(b - 0x80)])).unwrap_or('\u{fffd}'),
-        _ => char::from(b),
-    }
-}
+pub use crate::charset::Charset;
 
 /// Snapshot side: the kind of a column from `information_schema.COLUMNS` (`DATA_TYPE`,
 /// `COLUMN_TYPE`).
@@ -361,6 +314,143 @@ fn common_value(kind: &Kind, value: MyValue) -> Value {
             Value::Time(time_text(neg, days, h, m, s, us))
         }
     }
+}
+
+/// The length in the row image of a TIME2 value with `fsp` fractional digits.
+pub fn time2_len(fsp: u8) -> usize {
+    3 + usize::from(fsp.min(6)).div_ceil(2)
+}
+
+/// A TIME2 row-image value (MySQL 5.6 format, which MariaDB writes with
+/// `mysql56_temporal_format=ON`) as the result set's `Time` parts, for every fsp 0–6, negative
+/// or not. (mysql_common 0.37 underflows on negative TIME(1)/TIME(2) with a fraction.)
+///
+/// The value is a signed number of `hms << 24 | microseconds` (`hms` = hour << 12 | minute << 6
+/// | second) stored big-endian with an offset: 3 integer bytes (+0x800000) and 0–3 fraction
+/// bytes; for fsp 1–4 the fraction byte(s) of a negative value borrow from the integer part.
+pub fn time2_value(bytes: &[u8], fsp: u8) -> Option<MyValue> {
+    let fsp = fsp.min(6);
+    if bytes.len() != time2_len(fsp) {
+        return None;
+    }
+    let be = |b: &[u8]| b.iter().fold(0i64, |acc, x| (acc << 8) | i64::from(*x));
+    let packed = if fsp >= 5 {
+        be(bytes) - 0x8000_0000_0000
+    } else {
+        let mut int = be(&bytes[..3]) - 0x80_0000;
+        let (frac, unit, scale) = match fsp {
+            1 | 2 => (be(&bytes[3..4]), 0x100, 10_000),
+            3 | 4 => (be(&bytes[3..5]), 0x1_0000, 100),
+            _ => (0, 1, 0),
+        };
+        let mut frac = frac;
+        if int < 0 && frac > 0 {
+            int += 1;
+            frac -= unit;
+        }
+        int * (1 << 24) + frac * scale
+    };
+    let negative = packed < 0;
+    let abs = packed.unsigned_abs();
+    let hms = abs >> 24;
+    let micros = u32::try_from(abs % (1 << 24)).ok()?;
+    let hours = u32::try_from((hms >> 12) % (1 << 10)).ok()?;
+    let minute = u8::try_from((hms >> 6) % (1 << 6)).ok()?;
+    let second = u8::try_from(hms % (1 << 6)).ok()?;
+    let hour = u8::try_from(hours % 24).ok()?;
+    Some(MyValue::Time(
+        negative,
+        hours / 24,
+        hour,
+        minute,
+        second,
+        micros,
+    ))
+}
+
+/// MariaDB's stored form of a `COMPRESSED` column value (the row image carries it as stored):
+/// empty, or a header byte then the data. Header 0x00: the data follows as is. Header with bit 7
+/// set: zlib — bits 0–2 give how many big-endian bytes of original length follow, bit 3 set
+/// means a raw deflate stream (`column_compression_zlib_wrap=OFF`, the default), clear a zlib
+/// stream; bits 4–6 are zero. `max_len` bounds the original length (the column's maximum).
+pub fn mariadb_uncompress(stored: &[u8], max_len: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let Some((&header, rest)) = stored.split_first() else {
+        return Ok(Vec::new());
+    };
+    if header == 0 {
+        return Ok(rest.to_vec());
+    }
+    if header & 0x80 == 0 || header & 0x70 != 0 {
+        return Err(format!(
+            "unknown compressed-column header byte 0x{header:02x} (only zlib is known)"
+        ));
+    }
+    let width = usize::from(header & 0x07);
+    if width == 0 || width > 4 || rest.len() < width {
+        return Err(format!(
+            "compressed value with a bad length field (header 0x{header:02x}, {} bytes)",
+            stored.len()
+        ));
+    }
+    let original = rest[..width]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    if original > max_len {
+        return Err(format!(
+            "compressed value claims {original} bytes, more than the column's maximum {max_len}"
+        ));
+    }
+    let data = &rest[width..];
+    let mut out = Vec::new();
+    let limit = original + 1;
+    let read = if header & 0x08 != 0 {
+        flate2::read::DeflateDecoder::new(data)
+            .take(limit)
+            .read_to_end(&mut out)
+    } else {
+        flate2::read::ZlibDecoder::new(data)
+            .take(limit)
+            .read_to_end(&mut out)
+    };
+    read.map_err(|e| format!("compressed value does not inflate: {e}"))?;
+    if out.len() as u64 != original {
+        return Err(format!(
+            "compressed value inflates to {} bytes, its header says {original}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// MariaDB's compressed binlog events (`log_bin_compress=ON`): query 165, rows 166–171.
+pub fn mariadb_compressed_event(event_type: u8) -> Option<&'static str> {
+    match event_type {
+        165 => Some("QUERY_COMPRESSED_EVENT"),
+        166 => Some("WRITE_ROWS_COMPRESSED_EVENT_V1"),
+        167 => Some("UPDATE_ROWS_COMPRESSED_EVENT_V1"),
+        168 => Some("DELETE_ROWS_COMPRESSED_EVENT_V1"),
+        169 => Some("WRITE_ROWS_COMPRESSED_EVENT"),
+        170 => Some("UPDATE_ROWS_COMPRESSED_EVENT"),
+        171 => Some("DELETE_ROWS_COMPRESSED_EVENT"),
+        _ => None,
+    }
+}
+
+/// The fix for `log_bin_compress=ON`, shared by the start-up check and the stream error.
+pub const LOG_BIN_COMPRESS_FIX: &str = "SET GLOBAL log_bin_compress=OFF now, and \
+     `log_bin_compress = OFF` under [mysqld] in my.cnf; changes already logged compressed are \
+     not readable: re-snapshot afterwards (delete the pipeline's checkpoint key)";
+
+/// The stream error for a compressed event at `position` (`file:offset`), or `None` for other
+/// event types. binlog.rs calls this for event types mysql_common does not know.
+pub fn compressed_event_error(event_type: u8, position: &str) -> Option<MysqlError> {
+    let name = mariadb_compressed_event(event_type)?;
+    Some(MysqlError::Prerequisite(format!(
+        "  - log_bin_compress: the binlog at {position} holds a compressed event ({name}, type \
+         {event_type}), which etcdsync does not read, and skipping it would lose changes — fix: \
+         {LOG_BIN_COMPRESS_FIX}"
+    )))
 }
 
 /// The first `N` bytes, zero-padded (the binlog strips trailing zeros of BINARY(n) values).
@@ -787,5 +877,133 @@ mod tests {
         );
         assert_eq!(quoted_labels("set('x','y')"), vec!["x", "y"]);
         assert!(quoted_labels("int").is_empty());
+    }
+
+    /// TIME2 bytes as the server writes them (MySQL's `my_time_packed_to_binary`, restated):
+    /// the packed value's integer part (arithmetic shift) offset by 0x800000, then the fraction
+    /// as a truncated signed remainder in 1–2 bytes (fsp 1–4), or all 6 bytes offset (fsp 5–6).
+    fn time2_bytes(negative: bool, h: i64, m: i64, s: i64, micros: i64, fsp: u8) -> Vec<u8> {
+        let hms = (h << 12) | (m << 6) | s;
+        let unit = [1_000_000, 100_000, 10_000, 1_000, 100, 10, 1][usize::from(fsp)];
+        let micros = micros / unit * unit;
+        let mut packed = (hms << 24) + micros;
+        if negative {
+            packed = -packed;
+        }
+        // `>> 24` floors, C's `%` truncates: a negative value with a fraction is stored as
+        // (integer part − 1, negative fraction), which the reader undoes.
+        let int = packed >> 24;
+        let frac = packed % (1 << 24);
+        match fsp {
+            0 => ((int + 0x80_0000) as u32).to_be_bytes()[1..].to_vec(),
+            1 | 2 => {
+                let mut b = ((int + 0x80_0000) as u32).to_be_bytes()[1..].to_vec();
+                b.push((frac / 10_000) as i8 as u8);
+                b
+            }
+            3 | 4 => {
+                let mut b = ((int + 0x80_0000) as u32).to_be_bytes()[1..].to_vec();
+                b.extend_from_slice(&((frac / 100) as i16).to_be_bytes());
+                b
+            }
+            _ => ((packed + 0x8000_0000_0000) as u64).to_be_bytes()[2..].to_vec(),
+        }
+    }
+
+    #[test]
+    fn time2_every_fsp_negative_and_positive() {
+        for fsp in 0..=6u8 {
+            for negative in [false, true] {
+                for (h, m, s, micros) in [
+                    (0, 0, 0, 0),
+                    (0, 0, 1, 500_000),
+                    (0, 0, 0, 10_000),
+                    (0, 0, 0, 990_000),
+                    (12, 34, 56, 789_012),
+                    (838, 59, 59, 0),
+                    (838, 59, 58, 999_999),
+                    (25, 0, 0, 100_000),
+                ] {
+                    let bytes = time2_bytes(negative, h, m, s, micros, fsp);
+                    assert_eq!(bytes.len(), time2_len(fsp));
+                    let unit = [1_000_000, 100_000, 10_000, 1_000, 100, 10, 1][usize::from(fsp)];
+                    let micros = micros / unit * unit;
+                    let zero = h == 0 && m == 0 && s == 0 && micros == 0;
+                    let want = MyValue::Time(
+                        negative && !zero,
+                        (h / 24) as u32,
+                        (h % 24) as u8,
+                        m as u8,
+                        s as u8,
+                        micros as u32,
+                    );
+                    assert_eq!(
+                        time2_value(&bytes, fsp),
+                        Some(want),
+                        "fsp {fsp} {}{h}:{m}:{s}.{micros:06} {bytes:02x?}",
+                        if negative { "-" } else { "" }
+                    );
+                }
+            }
+        }
+        // Bytes read from MariaDB 10.11's binlog: '-00:00:01.5' as TIME(2) and TIME(1).
+        let t = time2_value(&[0x7f, 0xff, 0xfe, 0xce], 2).expect("time");
+        assert_eq!(json(&binlog_plain(&Kind::Time, t)), "\"-00:00:01.5\"");
+        assert_eq!(time2_value(&[0x7f, 0xff], 2), None, "short value");
+    }
+
+    #[test]
+    fn mariadb_compressed_values() {
+        use std::io::Write;
+        assert_eq!(mariadb_uncompress(&[], 10), Ok(Vec::new()));
+        assert_eq!(mariadb_uncompress(b"\x00abc", 10), Ok(b"abc".to_vec()));
+        let original = "é".repeat(200).into_bytes();
+        for (raw, header) in [(true, 0x8a_u8), (false, 0x82)] {
+            let mut stored = vec![header, 0x01, 0x90];
+            let compressed = if raw {
+                let mut e =
+                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(&original).expect("deflate");
+                e.finish().expect("deflate")
+            } else {
+                let mut e =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(&original).expect("zlib");
+                e.finish().expect("zlib")
+            };
+            stored.extend_from_slice(&compressed);
+            assert_eq!(
+                mariadb_uncompress(&stored, 65_535),
+                Ok(original.clone()),
+                "raw {raw}"
+            );
+            // A wrong length, a too-small column, garbage and unknown headers are errors.
+            let mut wrong = stored.clone();
+            wrong[2] = 0x91;
+            assert!(mariadb_uncompress(&wrong, 65_535).is_err());
+            assert!(mariadb_uncompress(&stored, 399).is_err());
+            let mut garbage = stored[..3].to_vec();
+            garbage.extend_from_slice(b"not deflate");
+            assert!(mariadb_uncompress(&garbage, 65_535).is_err());
+        }
+        assert!(mariadb_uncompress(b"\x10abc", 10).is_err());
+        assert!(mariadb_uncompress(b"\x90\x01x", 10).is_err());
+    }
+
+    #[test]
+    fn compressed_binlog_events_are_named_errors() {
+        for t in 165..=171u8 {
+            let err = compressed_event_error(t, "mysql-bin.000003:1234").expect("compressed");
+            let message = err.to_string();
+            assert!(
+                message.contains("mysql-bin.000003:1234")
+                    && message.contains(&format!("type {t}"))
+                    && message.contains("SET GLOBAL log_bin_compress=OFF"),
+                "{message}"
+            );
+            assert_eq!(err.kind(), etcdsync_core::ErrorKind::Config);
+        }
+        assert!(compressed_event_error(160, "f:1").is_none());
+        assert!(compressed_event_error(172, "f:1").is_none());
     }
 }

@@ -1,6 +1,6 @@
 //! `etcdsync check`, `status` and `verify` against MySQL/MariaDB (issue 6): every prerequisite
 //! with its fix (the verdicts start-up uses, from `prereq`, plus per-table key, SELECT and
-//! selection checks), the selected tables exactly as the snapshot describes them, rows in key
+//! selection checks, and `prereq`'s charset and foreign-key verdicts), the selected tables exactly as the snapshot describes them, rows in key
 //! order through the snapshot's statement and conversion (so values encode byte-identically,
 //! DESIGN §3), key look-ups, and binlog lag. Reads only; one connection with the snapshot's
 //! session settings (utf8mb4, `time_zone='+00:00'`).
@@ -395,6 +395,8 @@ async fn check_tables(
             format!("{readable} of {} selected tables readable", tables.len()),
         ));
     }
+    // Charsets and unlogged cascades: the same verdicts start-up refuses on.
+    out.extend(prereq::table_verdicts(conn, config).await?);
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! `inspect`). Registered with `inventory` and selected in YAML by `type: mysql`.
 
 pub mod binlog;
+pub mod charset;
 pub mod columns;
 pub mod config;
 pub mod decode;

@@ -1,12 +1,18 @@
-//! The prerequisites (issue 4 item 2, issue 6 `check`): server flavour and version, binlog
-//! settings, server ids, privileges and binlog retention, each judged once as a
-//! [`CheckResult`] with the exact setting or GRANT that fixes a failure. Start-up refuses to run
-//! on any failed required one (all reported at once); `etcdsync check` prints every verdict.
+//! The prerequisites (issue 4 item 2, issue 6 `check`, issue 12): server flavour and version,
+//! binlog settings (incl. MariaDB's `log_bin_compress`), server ids, privileges and binlog
+//! retention, plus per-table verdicts (charsets etcdsync cannot convert exactly, foreign keys
+//! whose cascades the server does not log), each judged once as a [`CheckResult`] with the
+//! exact setting, statement or GRANT that fixes a failure. Start-up refuses to run on any failed
+//! required one (all reported at once); `etcdsync check` prints every verdict.
 
+use crate::charset::{unsupported_fix, Charset};
 use crate::config::ValidMysql;
+use crate::decode::LOG_BIN_COMPRESS_FIX;
 use crate::error::{MysqlError, Result};
 use etcdsync_core::inspect::CheckResult;
+use etcdsync_core::tables::TableSelection;
 use etcdsync_core::telemetry;
+use etcdsync_core::TableId;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row};
 use std::collections::HashMap;
@@ -118,6 +124,11 @@ pub async fn check(conn: &mut Conn, config: &ValidMysql) -> Result<ServerInfo> {
             );
         }
     }
+    for verdict in table_verdicts(conn, config).await? {
+        if !verdict.ok {
+            problems.push(problem_line(&verdict));
+        }
+    }
     if !problems.is_empty() {
         return Err(MysqlError::Prerequisite(problems.join("\n")));
     }
@@ -162,7 +173,7 @@ pub async fn observe(conn: &mut Conn) -> Result<Observed> {
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', \
              'binlog_row_image', 'binlog_row_metadata', 'server_id', 'binlog_row_value_options', \
              'binlog_transaction_compression', 'gtid_mode', 'expire_logs_days', \
-             'binlog_expire_logs_seconds', 'binlog_expire_logs_auto_purge')",
+             'binlog_expire_logs_seconds', 'binlog_expire_logs_auto_purge', 'log_bin_compress')",
         )
         .await
         .map_err(|e| MysqlError::driver("reading the server's binlog settings", e))?;
@@ -309,6 +320,16 @@ pub fn assess(observed: &Observed, flavour: Flavour, config: &ValidMysql) -> Vec
         ));
     }
 
+    if flavour == Flavour::MariaDb {
+        out.push(Verdict::required(match var("log_bin_compress").as_deref() {
+            Some("ON") => CheckResult::fail(
+                "log_bin_compress",
+                "ON: MariaDB writes compressed binlog events (types 165–171), which etcdsync does not read",
+                LOG_BIN_COMPRESS_FIX,
+            ),
+            other => CheckResult::pass("log_bin_compress", other.unwrap_or("OFF").to_string()),
+        }));
+    }
     out.push(Verdict::required(server_id_verdict(observed, config)));
     out.extend(privileges(observed, flavour, config));
     out.push(Verdict::advisory(retention(observed, config)));
@@ -422,6 +443,194 @@ fn privileges(observed: &Observed, flavour: Flavour, config: &ValidMysql) -> Vec
             format!("GRANT SELECT ON <database>.* TO {quoted}; for each synced database"),
         )
     }));
+    out
+}
+
+/// The per-table verdicts of the selected tables: every kept text column's charset converts
+/// exactly ([`charset_verdicts`]), and no selected table is the child of a foreign key whose
+/// cascaded changes the server does not log ([`cascade_verdicts`]). Only failures, plus one
+/// passing line per kind when there is none.
+pub async fn table_verdicts(conn: &mut Conn, config: &ValidMysql) -> Result<Vec<CheckResult>> {
+    let columns: Vec<(String, String, String, String, String)> = conn
+        .query(
+            "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.CHARACTER_SET_NAME, \
+             c.COLLATION_NAME FROM information_schema.COLUMNS c \
+             JOIN information_schema.TABLES t \
+               ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
+             WHERE t.TABLE_TYPE = 'BASE TABLE' AND c.CHARACTER_SET_NAME IS NOT NULL \
+             AND c.TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
+             ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION",
+        )
+        .await
+        .map_err(|e| MysqlError::driver("reading the charsets of the selected tables' columns", e))?;
+    let keys: Vec<(String, String, String, String, String, String, String)> = conn
+        .query(
+            "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, UNIQUE_CONSTRAINT_SCHEMA, \
+             REFERENCED_TABLE_NAME, UPDATE_RULE, DELETE_RULE \
+             FROM information_schema.REFERENTIAL_CONSTRAINTS \
+             ORDER BY CONSTRAINT_SCHEMA, TABLE_NAME, CONSTRAINT_NAME",
+        )
+        .await
+        .map_err(|e| MysqlError::driver("reading the foreign keys of the selected tables", e))?;
+    let columns: Vec<ColumnCharset> = columns
+        .into_iter()
+        .map(
+            |(schema, table, column, charset, collation)| ColumnCharset {
+                table: TableId::new(schema, table),
+                column,
+                charset,
+                collation,
+            },
+        )
+        .collect();
+    let keys: Vec<ForeignKey> = keys
+        .into_iter()
+        .map(
+            |(schema, table, name, parent_schema, parent, update_rule, delete_rule)| ForeignKey {
+                child: TableId::new(schema, table),
+                name,
+                parent: TableId::new(parent_schema, parent),
+                update_rule,
+                delete_rule,
+            },
+        )
+        .collect();
+    let mut out = charset_verdicts(&columns, &config.tables);
+    out.extend(cascade_verdicts(
+        &keys,
+        &config.tables,
+        config.allow_unlogged_cascades,
+    ));
+    Ok(out)
+}
+
+/// A text column's charset as information_schema reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnCharset {
+    pub table: TableId,
+    pub column: String,
+    pub charset: String,
+    pub collation: String,
+}
+
+/// A foreign key: the child table it constrains and its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    pub child: TableId,
+    pub name: String,
+    pub parent: TableId,
+    pub update_rule: String,
+    pub delete_rule: String,
+}
+
+/// One failed verdict per kept column of a selected table whose charset etcdsync cannot
+/// convert exactly (never lossily); one pass otherwise.
+pub fn charset_verdicts(columns: &[ColumnCharset], selection: &TableSelection) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    let mut checked = 0;
+    for c in columns {
+        if !selection.matches(&c.table) || selection.column_excluded(&c.table, &c.column) {
+            continue;
+        }
+        checked += 1;
+        if Charset::from_name(&c.charset).is_supported() {
+            continue;
+        }
+        let table = crate::snapshot::quote_table(&c.table);
+        let column = crate::snapshot::quote_ident(&c.column);
+        out.push(CheckResult::fail(
+            format!("charset of {}.{}", c.table, c.column),
+            format!(
+                "column `{}` of {} is {} ({}), which etcdsync cannot convert to UTF-8 exactly, and it never converts lossily",
+                c.column, c.table, c.charset, c.collation
+            ),
+            unsupported_fix(&table, &column),
+        ));
+    }
+    if out.is_empty() {
+        out.push(CheckResult::pass(
+            "column charsets",
+            format!("the {checked} text columns of the selected tables convert to UTF-8 exactly"),
+        ));
+    }
+    out
+}
+
+/// The rules whose changes to child rows the server does not log as row events.
+fn unlogged_rule(rule: &str) -> bool {
+    matches!(
+        rule.to_ascii_uppercase().as_str(),
+        "CASCADE" | "SET NULL" | "SET DEFAULT"
+    )
+}
+
+/// One verdict per foreign key of a selected child table with an `ON DELETE`/`ON UPDATE`
+/// `CASCADE`/`SET NULL`/`SET DEFAULT` rule: failed, or passed with the loss spelled out when
+/// `allow_unlogged_cascades` is set; one pass when there is none.
+pub fn cascade_verdicts(
+    keys: &[ForeignKey],
+    selection: &TableSelection,
+    allowed: bool,
+) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    for key in keys {
+        if !selection.matches(&key.child) {
+            continue;
+        }
+        let mut rules = Vec::new();
+        if unlogged_rule(&key.delete_rule) {
+            rules.push(format!(
+                "ON DELETE {}",
+                key.delete_rule.to_ascii_uppercase()
+            ));
+        }
+        if unlogged_rule(&key.update_rule) {
+            rules.push(format!(
+                "ON UPDATE {}",
+                key.update_rule.to_ascii_uppercase()
+            ));
+        }
+        if rules.is_empty() {
+            continue;
+        }
+        let name = format!("foreign key {}.{}", key.child, key.name);
+        let what = format!(
+            "constraint `{}` on {} (schema `{}`, table `{}`, references {}) has {}: the server logs no row events for the rows of {} it changes",
+            key.name,
+            key.child,
+            key.child.schema,
+            key.child.table,
+            key.parent,
+            rules.join(", "),
+            key.child
+        );
+        out.push(if allowed {
+            CheckResult::pass(
+                name,
+                format!("{what}; allowed by source.allow_unlogged_cascades: true, so etcd keeps those rows' old values until a re-snapshot (lossy)"),
+            )
+        } else {
+            CheckResult::fail(
+                name,
+                format!("{what}, so etcd would keep their old values"),
+                format!(
+                    "ALTER TABLE {child} DROP FOREIGN KEY {fk}, ADD CONSTRAINT {fk} FOREIGN KEY (…) REFERENCES {parent} (…) ON DELETE RESTRICT ON UPDATE RESTRICT \
+                     and delete/update the child rows explicitly; or add \"{}\" to source.tables.exclude; or accept the loss with \
+                     source.allow_unlogged_cascades: true (re-snapshot to repair)",
+                    key.child,
+                    child = crate::snapshot::quote_table(&key.child),
+                    fk = crate::snapshot::quote_ident(&key.name),
+                    parent = crate::snapshot::quote_table(&key.parent),
+                ),
+            )
+        });
+    }
+    if out.is_empty() {
+        out.push(CheckResult::pass(
+            "foreign keys",
+            "no selected table is the child of an ON DELETE/UPDATE CASCADE, SET NULL or SET DEFAULT foreign key",
+        ));
+    }
     out
 }
 
@@ -686,6 +895,7 @@ mod tests {
                 "binlog_format",
                 "binlog_row_image",
                 "binlog_row_metadata",
+                "log_bin_compress",
                 "server_id",
                 "privilege REPLICATION SLAVE",
                 "privilege BINLOG MONITOR",
@@ -905,5 +1115,118 @@ mod tests {
             Flavour::MariaDb
         );
         assert_eq!(flavour_of("8.0.36"), Flavour::MySql);
+    }
+
+    #[test]
+    fn compressed_binlog_is_refused_on_mariadb() {
+        let mut compressed = good();
+        compressed
+            .variables
+            .insert("log_bin_compress".into(), "ON".into());
+        let found = problems(&compressed, Flavour::MariaDb, &config(1)).join("\n");
+        assert!(
+            found.contains("log_bin_compress: ON")
+                && found.contains("SET GLOBAL log_bin_compress=OFF")
+                && found.contains("log_bin_compress = OFF` under [mysqld]"),
+            "{found}"
+        );
+        let names: Vec<String> = assess(&good(), Flavour::MySql, &config(1))
+            .into_iter()
+            .map(|v| v.result.name)
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == "log_bin_compress"),
+            "MariaDB only"
+        );
+    }
+
+    fn column(table: &str, column: &str, charset: &str) -> ColumnCharset {
+        let (schema, table) = table.split_once('.').expect("db.table");
+        ColumnCharset {
+            table: TableId::new(schema, table),
+            column: column.into(),
+            charset: charset.into(),
+            collation: format!("{charset}_general_ci"),
+        }
+    }
+
+    #[test]
+    fn unsupported_charsets_of_kept_columns_are_refused() {
+        let selection: TableSelection =
+            serde_yaml::from_str("{ include: [\"a.*\"], exclude_columns: { \"a.t\": [skipped] } }")
+                .expect("selection");
+        let columns = [
+            column("a.t", "name", "utf8mb4"),
+            column("a.t", "ru", "cp1251"),
+            column("a.t", "zh", "gbk"),
+            column("a.t", "u", "ucs2"),
+            column("a.t", "tw", "big5"),
+            column("a.t", "skipped", "dec8"),
+            column("b.other", "x", "swe7"),
+        ];
+        let verdicts = charset_verdicts(&columns, &selection);
+        assert_eq!(verdicts.len(), 1, "{verdicts:#?}");
+        let v = &verdicts[0];
+        assert!(!v.ok);
+        assert_eq!(v.name, "charset of a.t.tw");
+        assert!(v.detail.contains("big5 (big5_general_ci)"), "{}", v.detail);
+        let fix = v.fix.as_deref().unwrap_or_default();
+        assert!(
+            fix.contains("ALTER TABLE `a`.`t` CONVERT TO CHARACTER SET utf8mb4")
+                && fix.contains("MODIFY `tw`"),
+            "{fix}"
+        );
+        let fine = charset_verdicts(&columns[..4], &selection);
+        assert!(fine.len() == 1 && fine[0].ok, "{fine:#?}");
+    }
+
+    fn key(child: &str, name: &str, update: &str, delete: &str) -> ForeignKey {
+        let (schema, table) = child.split_once('.').expect("db.table");
+        ForeignKey {
+            child: TableId::new(schema, table),
+            name: name.into(),
+            parent: TableId::new(schema, "parent"),
+            update_rule: update.into(),
+            delete_rule: delete.into(),
+        }
+    }
+
+    #[test]
+    fn unlogged_cascades_are_refused_unless_allowed() {
+        let selection = config(1).tables;
+        let keys = [
+            key("a.child", "fk_cascade", "RESTRICT", "CASCADE"),
+            key("a.child", "fk_plain", "RESTRICT", "NO ACTION"),
+            key("a.other", "fk_null", "SET NULL", "RESTRICT"),
+            key("b.unselected", "fk_x", "CASCADE", "CASCADE"),
+        ];
+        let verdicts = cascade_verdicts(&keys, &selection, false);
+        let names: Vec<&str> = verdicts.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "foreign key a.child.fk_cascade",
+                "foreign key a.other.fk_null"
+            ]
+        );
+        assert!(verdicts.iter().all(|v| !v.ok));
+        assert!(
+            verdicts[0].detail.contains("schema `a`, table `child`")
+                && verdicts[0].detail.contains("ON DELETE CASCADE"),
+            "{}",
+            verdicts[0].detail
+        );
+        assert!(verdicts[1].detail.contains("ON UPDATE SET NULL"));
+        let fix = verdicts[0].fix.as_deref().unwrap_or_default();
+        assert!(
+            fix.contains("DROP FOREIGN KEY `fk_cascade`")
+                && fix.contains("allow_unlogged_cascades: true"),
+            "{fix}"
+        );
+        let allowed = cascade_verdicts(&keys, &selection, true);
+        assert_eq!(allowed.len(), 2);
+        assert!(allowed.iter().all(|v| v.ok && v.detail.contains("lossy")));
+        let none = cascade_verdicts(&keys[1..2], &selection, false);
+        assert!(none.len() == 1 && none[0].ok && none[0].name == "foreign keys");
     }
 }

@@ -1,10 +1,16 @@
 //! TABLE_MAP events → [`TableInfo`] (column names, key, kinds from `binlog_row_metadata=FULL`,
 //! no schema cache: every TABLE_MAP carries the table's current shape, so ALTER TABLE needs no
 //! special handling; only MariaDB's JSON/INET/UUID columns take a hint from `columns`), and row
-//! images → core rows through `decode`.
+//! images → core rows through `decode`. Column types and metadata are read from the event's
+//! bytes here (mysql_common stops at MariaDB's COMPRESSED types 140/141), charsets are matched
+//! to columns as the server lays them out (MariaDB counts GEOMETRY and COMPRESSED columns among
+//! character columns), and TIME2 and COMPRESSED values are decoded here (DESIGN §3).
 
+use crate::charset::unsupported_fix;
 use crate::columns::ColumnHints;
-use crate::decode::{binlog_value, with_hint, Charset, Kind};
+use crate::decode::{
+    binlog_value, mariadb_uncompress, time2_len, time2_value, with_hint, Charset, Kind,
+};
 use etcdsync_core::change::Column;
 use etcdsync_core::tables::TableSelection;
 use etcdsync_core::{TableId, TableSchema, Value};
@@ -12,6 +18,7 @@ use mysql_common::binlog::events::{OptionalMetadataField, TableMapEvent};
 use mysql_common::binlog::value::BinlogValue;
 use mysql_common::constants::ColumnType;
 use mysql_common::io::ParseBuf;
+use mysql_common::proto::MySerialize;
 use std::sync::Arc;
 
 /// A synced table as one TABLE_MAP event describes it.
@@ -27,10 +34,14 @@ pub struct TableInfo {
 
 #[derive(Debug, Clone)]
 pub struct BinlogColumn {
+    /// The type as row images store it; a MariaDB COMPRESSED column has its uncompressed
+    /// type here (VARCHAR or BLOB) and `compressed` set.
     pub column_type: ColumnType,
     pub meta: Vec<u8>,
     pub unsigned: bool,
     pub kind: Kind,
+    /// MariaDB `COMPRESSED` (types 140/141): the value's maximum uncompressed length.
+    pub compressed: Option<u64>,
 }
 
 /// What a TABLE_MAP event means for this source.
@@ -51,6 +62,124 @@ pub enum TableMapError {
     Malformed { table: TableId, message: String },
     #[error("{}", key_column_excluded(table, column))]
     KeyExcluded { table: TableId, column: String },
+    /// A kept column in a charset etcdsync does not convert exactly (never decoded lossily).
+    #[error("column `{column}` of {table} is in charset {charset}, which etcdsync cannot convert to UTF-8 exactly (it never converts lossily) — fix: {fix}; the binlog already written holds the column in that charset, so re-snapshot afterwards (delete the pipeline's checkpoint key)")]
+    UnsupportedCharset {
+        table: TableId,
+        column: String,
+        charset: String,
+        fix: String,
+    },
+}
+
+/// MariaDB's `COMPRESSED` column types in TABLE_MAP events (unknown to mysql_common).
+pub const MARIADB_BLOB_COMPRESSED: u8 = 140;
+pub const MARIADB_VARCHAR_COMPRESSED: u8 = 141;
+
+/// One column's type byte and metadata, read from the event's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawColumn {
+    /// The type byte; for MYSQL_TYPE_STRING the real type from the metadata (ENUM, SET).
+    pub type_code: u8,
+    pub meta: Vec<u8>,
+}
+
+/// How many metadata bytes a column type has in a TABLE_MAP event (MySQL and MariaDB), given
+/// the metadata from this column on (MySQL's TYPED_ARRAY names its element type first).
+fn metadata_len(type_code: u8, meta: &[u8]) -> Option<usize> {
+    Some(match type_code {
+        // FLOAT, DOUBLE, TIMESTAMP2, DATETIME2, TIME2, JSON, VECTOR, TINY/MEDIUM/LONG BLOB, BLOB,
+        // GEOMETRY, MariaDB BLOB COMPRESSED
+        4 | 5 | 17 | 18 | 19 | 245 | 242 | 249..=252 | 255 | MARIADB_BLOB_COMPRESSED => 1,
+        // VARCHAR, BIT, NEWDECIMAL, ENUM, SET, STRING, MariaDB VARCHAR COMPRESSED
+        15 | 16 | 246..=248 | 254 | MARIADB_VARCHAR_COMPRESSED => 2,
+        // MySQL TYPED_ARRAY: the element type, then its metadata (a VARCHAR element has 3 bytes)
+        244 => match *meta.first()? {
+            15 => 4,
+            element if element != 244 => 1 + metadata_len(element, meta.get(1..)?)?,
+            _ => return None,
+        },
+        // DECIMAL(old), TINY, SHORT, LONG, NULL, TIMESTAMP, LONGLONG, INT24, DATE, TIME,
+        // DATETIME, YEAR, NEWDATE, VAR_STRING (as mysql_common reads it)
+        0..=3 | 6..=14 | 253 => 0,
+        _ => return None,
+    })
+}
+
+/// The column types and metadata of a TABLE_MAP event, from its serialized bytes (which
+/// mysql_common keeps private): post-header, names, count, types, metadata.
+pub fn raw_columns(tme: &TableMapEvent<'_>) -> Result<Vec<RawColumn>, String> {
+    let mut bytes = Vec::new();
+    tme.serialize(&mut bytes);
+    let short = || "the event is shorter than its column list".to_string();
+    let mut at = 8; // table id (6) and flags (2)
+    for _ in 0..2 {
+        // database and table name: length byte, name, NUL
+        let len = usize::from(*bytes.get(at).ok_or_else(short)?);
+        at += len + 2;
+    }
+    let (count, used) = lenenc(bytes.get(at..).ok_or_else(short)?).ok_or_else(short)?;
+    at += used;
+    let count = usize::try_from(count).map_err(|e| e.to_string())?;
+    let types = bytes.get(at..at + count).ok_or_else(short)?.to_vec();
+    at += count;
+    let (meta_len, used) = lenenc(bytes.get(at..).ok_or_else(short)?).ok_or_else(short)?;
+    at += used;
+    let meta_len = usize::try_from(meta_len).map_err(|e| e.to_string())?;
+    let meta = bytes.get(at..at + meta_len).ok_or_else(short)?;
+    let mut columns = Vec::with_capacity(count);
+    let mut offset = 0;
+    for (i, &type_code) in types.iter().enumerate() {
+        let len = metadata_len(type_code, meta.get(offset..).unwrap_or_default())
+            .ok_or_else(|| format!("column {} has type {type_code}, unknown to etcdsync", i + 1))?;
+        let column_meta = meta
+            .get(offset..offset + len)
+            .ok_or_else(|| format!("the metadata ends before column {}", i + 1))?
+            .to_vec();
+        offset += len;
+        let type_code = match (type_code, column_meta.first()) {
+            // MYSQL_TYPE_DATE is not written since row-based replication exists: NEWDATE.
+            (10, _) => 14,
+            // MYSQL_TYPE_STRING carries the real type (ENUM, SET, STRING) in its metadata.
+            (254, Some(&real)) if real != 0 => real | 0x30,
+            (other, _) => other,
+        };
+        columns.push(RawColumn {
+            type_code,
+            meta: column_meta,
+        });
+    }
+    Ok(columns)
+}
+
+/// A length-encoded integer and how many bytes it took.
+fn lenenc(bytes: &[u8]) -> Option<(u64, usize)> {
+    let le = |n: usize| -> Option<u64> {
+        let b = bytes.get(1..1 + n)?;
+        Some(
+            b.iter()
+                .rev()
+                .fold(0u64, |acc, x| (acc << 8) | u64::from(*x)),
+        )
+    };
+    match *bytes.first()? {
+        b @ 0..=0xfa => Some((u64::from(b), 1)),
+        0xfc => Some((le(2)?, 3)),
+        0xfd => Some((le(3)?, 4)),
+        0xfe => Some((le(8)?, 9)),
+        _ => None,
+    }
+}
+
+/// Whether the server lists a column among the character columns of the charset metadata.
+/// MySQL: CHAR, VARCHAR, BLOB/TEXT (mysql_common's rule). MariaDB also counts GEOMETRY and its
+/// COMPRESSED types (seen in MariaDB 10.11's events; mysql_common does not know this).
+fn is_character_column(type_code: u8, mariadb: bool) -> bool {
+    match type_code {
+        15 | 249..=254 => type_code != 247 && type_code != 248,
+        255 | MARIADB_BLOB_COMPRESSED | MARIADB_VARCHAR_COMPRESSED => mariadb,
+        _ => false,
+    }
 }
 
 /// The error for `exclude_columns` naming a primary-key column (snapshot and binlog alike).
@@ -197,29 +326,64 @@ pub fn map_table(
         return Err(TableMapError::NoColumnNames { table: id });
     }
 
+    let raw = raw_columns(tme).map_err(malformed)?;
+    if raw.len() != count {
+        return Err(malformed(format!(
+            "{} column types for {count} columns",
+            raw.len()
+        )));
+    }
+    let mariadb = hints.mariadb();
     let mut columns = Vec::with_capacity(count);
     let (mut numeric_i, mut char_i, mut enum_set_i, mut enum_i, mut set_i) = (0, 0, 0, 0, 0);
-    for i in 0..count {
-        let column_type = match tme.get_column_type(i) {
-            Ok(Some(t)) => t,
-            Ok(None) => return Err(malformed(format!("column {i} has no type"))),
-            Err(e) => return Err(malformed(format!("column {i}: {e}"))),
+    for (i, RawColumn { type_code, meta }) in raw.into_iter().enumerate() {
+        let compressed = match type_code {
+            MARIADB_BLOB_COMPRESSED => Some((
+                ColumnType::MYSQL_TYPE_BLOB,
+                blob_max_len(meta.first().copied().unwrap_or(4)),
+            )),
+            MARIADB_VARCHAR_COMPRESSED => Some((
+                ColumnType::MYSQL_TYPE_VARCHAR,
+                u64::from(varchar_max_len(&meta)),
+            )),
+            _ => None,
         };
-        let meta = tme.get_column_metadata(i).unwrap_or(&[]).to_vec();
-        let unsigned = if has_signedness(column_type) {
+        let column_type = match compressed {
+            Some((stored, _)) => stored,
+            None => ColumnType::try_from(type_code)
+                .map_err(|_| malformed(format!("column {} has unknown type {type_code}", i + 1)))?,
+        };
+        let unsigned = if has_signedness(column_type) && compressed.is_none() {
             numeric_i += 1;
             signedness.get(numeric_i - 1).copied().unwrap_or(false)
         } else {
             false
         };
-        let kind = if column_type.is_character_type() {
+        let name = names.get(i).cloned().unwrap_or_default();
+        let kept = !selection.column_excluded(&id, &name);
+        let unsupported = |charset: Charset| TableMapError::UnsupportedCharset {
+            table: id.clone(),
+            column: name.clone(),
+            charset: charset.name(),
+            fix: unsupported_fix(&crate::snapshot::quote_table(&id), &format!("`{name}`")),
+        };
+        let kind = if is_character_column(type_code, mariadb) {
             let collation = charset_at(char_i, &charsets, &default_charset);
             char_i += 1;
-            character_kind(column_type, &meta, collation)
+            let kind = character_kind(column_type, &meta, collation);
+            if let Kind::Text { charset } = kind {
+                if !charset.is_supported() && kept {
+                    return Err(unsupported(charset));
+                }
+            }
+            kind
         } else if column_type.is_enum_or_set_type() {
             let collation = charset_at(enum_set_i, &enum_set_charsets, &enum_set_default);
             enum_set_i += 1;
             let charset = Charset::from_collation(collation);
+            if !charset.is_supported() && kept {
+                return Err(unsupported(charset));
+            }
             let labels = |all: &[Vec<Vec<u8>>], n: usize| -> Arc<[String]> {
                 all.get(n)
                     .map(|l| l.iter().map(|raw| charset.decode(raw)).collect())
@@ -235,12 +399,13 @@ pub fn map_table(
         } else {
             scalar_kind(column_type, unsigned)
         };
-        let kind = with_hint(kind, names.get(i).and_then(|n| hints.get(n)));
+        let kind = with_hint(kind, hints.get(&name));
         columns.push(BinlogColumn {
             column_type,
             meta,
             unsigned,
             kind,
+            compressed: compressed.map(|(_, max)| max),
         });
     }
 
@@ -305,6 +470,19 @@ fn character_kind(ty: ColumnType, meta: &[u8], collation: u16) -> Kind {
         0
     };
     Kind::Binary { pad_to }
+}
+
+/// The largest value of a BLOB with `pack_len` length bytes.
+fn blob_max_len(pack_len: u8) -> u64 {
+    (1u64 << (8 * u32::from(pack_len.clamp(1, 4)))) - 1
+}
+
+/// The maximum byte length of a VARCHAR from its metadata (little-endian).
+fn varchar_max_len(meta: &[u8]) -> u16 {
+    match meta {
+        [lo, hi, ..] => u16::from_le_bytes([*lo, *hi]),
+        _ => u16::MAX,
+    }
 }
 
 /// The byte length of a CHAR/BINARY column from its TABLE_MAP metadata.
@@ -372,16 +550,40 @@ pub fn read_image<'a>(
             values.push(Value::Null);
             continue;
         }
-        let ctx = (
-            column.column_type,
-            column.meta.as_slice(),
-            column.unsigned,
-            false,
-        );
-        let value: BinlogValue<'_> = buf.parse(ctx)?;
-        values.push(fix_int24(column, binlog_value(&column.kind, value)?));
+        values.push(read_value(column, buf)?);
     }
     Ok(values)
+}
+
+/// One non-NULL value of a row image. TIME2 and MariaDB COMPRESSED columns are decoded here,
+/// everything else by mysql_common.
+fn read_value<'a>(column: &'a BinlogColumn, buf: &mut ParseBuf<'a>) -> std::io::Result<Value> {
+    let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidData, message);
+    if column.column_type == ColumnType::MYSQL_TYPE_TIME2 {
+        let fsp = column.meta.first().copied().unwrap_or(0);
+        let bytes = buf
+            .checked_eat(time2_len(fsp))
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "TIME2 value"))?;
+        let time = time2_value(bytes, fsp)
+            .ok_or_else(|| invalid(format!("TIME({fsp}) value {bytes:02x?} out of range")))?;
+        return binlog_value(&column.kind, BinlogValue::Value(time));
+    }
+    let ctx = (
+        column.column_type,
+        column.meta.as_slice(),
+        column.unsigned,
+        false,
+    );
+    let value: BinlogValue<'_> = buf.parse(ctx)?;
+    let value = match (column.compressed, value) {
+        (Some(max_len), BinlogValue::Value(mysql_common::value::Value::Bytes(stored))) => {
+            let data = mariadb_uncompress(&stored, max_len)
+                .map_err(|e| invalid(format!("COMPRESSED column: {e}")))?;
+            BinlogValue::Value(mysql_common::value::Value::Bytes(data))
+        }
+        (_, value) => value,
+    };
+    Ok(fix_int24(column, binlog_value(&column.kind, value)?))
 }
 
 /// mysql_common 0.37 reads a signed MEDIUMINT without sign extension (-8388608 arrives as
@@ -418,6 +620,7 @@ pub fn project(info: &TableInfo, row: Vec<Value>) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use etcdsync_core::tables::TableSelection;
 
     #[test]
     fn string_lengths_from_metadata() {
@@ -434,5 +637,171 @@ mod tests {
         assert_eq!(charset_at(1, &[], &default), 8);
         assert_eq!(charset_at(0, &[63, 8], &None), 63);
         assert_eq!(charset_at(5, &[], &None), 45);
+    }
+
+    /// A TABLE_MAP event of MariaDB 10.11 (body, no checksum) for
+    /// `probe.g (id INT PRIMARY KEY, g GEOMETRY, a VARCHAR(10) cp1251, p POINT, ip INET6,
+    /// u UUID, v4 INET4, b BLOB, e ENUM('x','y') latin2, t TEXT gbk, c CHAR(3) ucs2, j JSON,
+    /// vc VARCHAR(100) COMPRESSED latin1, bc BLOB COMPRESSED, tc TEXT COMPRESSED utf16)`.
+    const PROBE_TABLE_MAP: &str = "12000000000001000570726f6265000167000f03ff0ffffefefefcfefcfefc8d8c8c15040a0004fe10fe10fe0402f70102fe060465000202fe7f010100020d3f0133071c0823092e0a080c3607020001042402696401670161017002697001750276340162016501740163016a0276630262630274630a010906050201780179080100";
+    /// The row image (null bitmap and values) of its first row, from the WRITE_ROWS event:
+    /// `(1, POINT(1 2), 'абв', POINT(3 4), '::1', '123e4567-…', '1.2.3.4', x'01', 'y', '中文',
+    /// 'ab', '{}', REPEAT('a', 90), REPEAT('b', 300), REPEAT('z', 200))`.
+    const PROBE_ROW: &str = "00800100000019000000000000000101000000000000000000f03f000000000000004003e0e1e2190000000000000001010000000000000000000840000000000000104010000000000000000000000000000000010f123e4567e89b12d3a45642661417400401020304010001020400d6d0cec40400610062020000007b7d5b006161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161616161610a008a012c4b4a1a05c402000c008a019063a862188583080200";
+    /// Its second row: `(2, NULL, '', NULL, …, '', '', NULL, 'x', '', 'q')`.
+    const PROBE_ROW_2: &str = "fa89020000000000000002007800000300000071";
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len() / 2)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    fn probe_table_map() -> TableMapEvent<'static> {
+        use mysql_common::binlog::consts::BinlogVersion;
+        use mysql_common::binlog::events::FormatDescriptionEvent;
+        use mysql_common::binlog::BinlogCtx;
+        let bytes = unhex(PROBE_TABLE_MAP);
+        let fde = FormatDescriptionEvent::new(BinlogVersion::Version4);
+        let ctx = BinlogCtx::new(bytes.len(), &fde, 19);
+        let tme: TableMapEvent<'_> = ParseBuf(&bytes).parse(ctx).expect("table map");
+        tme.into_owned()
+    }
+
+    fn probe_hints() -> ColumnHints {
+        ColumnHints::from_schema([("ip", "inet6"), ("u", "uuid"), ("v4", "inet4")], [])
+            .from_mariadb()
+    }
+
+    fn selection(yaml: &str) -> TableSelection {
+        serde_yaml::from_str(yaml).expect("selection")
+    }
+
+    /// The probe table as `map_table` describes it with these hints.
+    fn probe_info(hints: &ColumnHints) -> Arc<TableInfo> {
+        let tme = probe_table_map();
+        match map_table(&tme, &selection("{ include: [\"probe.*\"] }"), hints).expect("map") {
+            Mapped::Synced(info) => info,
+            Mapped::Ignored => panic!("the table is synced"),
+        }
+    }
+
+    fn text(charset: Charset) -> Kind {
+        Kind::Text { charset }
+    }
+
+    #[test]
+    fn raw_column_types_and_metadata_include_compressed_columns() {
+        let columns = raw_columns(&probe_table_map()).expect("columns");
+        let types: Vec<u8> = columns.iter().map(|c| c.type_code).collect();
+        assert_eq!(
+            types,
+            [3, 255, 15, 255, 254, 254, 254, 252, 247, 252, 254, 252, 141, 140, 140],
+            "ENUM resolved from STRING; 141/140 are MariaDB's VARCHAR/BLOB COMPRESSED"
+        );
+        assert_eq!(
+            columns[12].meta,
+            [0x65, 0x00],
+            "VARCHAR(100) COMPRESSED: 101 bytes"
+        );
+        assert_eq!(columns[13].meta, [2]);
+        assert_eq!(columns[10].meta, [0xfe, 6], "CHAR(3) ucs2");
+    }
+
+    #[test]
+    fn metadata_lengths_by_type() {
+        assert_eq!(metadata_len(3, &[]), Some(0));
+        assert_eq!(metadata_len(19, &[6]), Some(1), "TIME2: fsp");
+        assert_eq!(metadata_len(MARIADB_BLOB_COMPRESSED, &[2]), Some(1));
+        assert_eq!(metadata_len(MARIADB_VARCHAR_COMPRESSED, &[1, 0]), Some(2));
+        assert_eq!(
+            metadata_len(244, &[15, 0, 1, 0]),
+            Some(4),
+            "array of VARCHAR"
+        );
+        assert_eq!(metadata_len(244, &[8]), Some(1), "array of BIGINT");
+        assert_eq!(metadata_len(244, &[]), None);
+        assert_eq!(metadata_len(200, &[]), None, "unknown types are errors");
+    }
+
+    #[test]
+    fn mariadb_counts_geometry_and_compressed_columns_as_character_columns() {
+        let info = probe_info(&probe_hints());
+        let kinds: Vec<&Kind> = info.columns.iter().map(|c| &c.kind).collect();
+        assert_eq!(
+            kinds[2],
+            &text(Charset::from_name("cp1251")),
+            "the column after GEOMETRY keeps its own charset"
+        );
+        assert_eq!(kinds[9], &text(Charset::from_name("gbk")));
+        assert_eq!(kinds[10], &text(Charset::Ucs2));
+        assert_eq!(kinds[12], &text(Charset::Latin1));
+        assert_eq!(kinds[13], &Kind::Binary { pad_to: 0 });
+        assert_eq!(kinds[14], &text(Charset::Utf16));
+        assert_eq!(kinds[4], &Kind::Inet6);
+        // MySQL's layout (GEOMETRY not counted) would give `a` the GEOMETRY's binary charset.
+        let mysql_layout = probe_info(&ColumnHints::default());
+        assert_ne!(mysql_layout.columns[2].kind, info.columns[2].kind);
+    }
+
+    #[test]
+    fn probe_rows_decode_to_the_inserted_values() {
+        let info = probe_info(&probe_hints());
+        let present = vec![true; 15];
+        let row = unhex(PROBE_ROW);
+        let values = read_image(&info, &present, &mut ParseBuf(&row)).expect("row 1");
+        let text = |s: &str| Value::Text(s.to_string());
+        assert_eq!(values[0], Value::Int(1));
+        assert!(matches!(&values[1], Value::Bytes(b) if b.len() == 25));
+        assert_eq!(values[2], text("абв"));
+        assert_eq!(values[4], text("::1"));
+        assert_eq!(values[5], text("123e4567-e89b-12d3-a456-426614174000"));
+        assert_eq!(values[6], text("1.2.3.4"));
+        assert_eq!(values[7], Value::Bytes(vec![1]));
+        assert_eq!(values[8], text("y"));
+        assert_eq!(values[9], text("中文"));
+        assert_eq!(values[10], text("ab"));
+        assert_eq!(values[11], text("{}"));
+        assert_eq!(
+            values[12],
+            text(&"a".repeat(90)),
+            "stored uncompressed (header 0)"
+        );
+        assert_eq!(values[13], Value::Bytes(vec![b'b'; 300]), "raw deflate");
+        assert_eq!(values[14], text(&"z".repeat(200)), "utf16 after inflating");
+        let row = unhex(PROBE_ROW_2);
+        let values = read_image(&info, &present, &mut ParseBuf(&row)).expect("row 2");
+        assert_eq!(values[1], Value::Null);
+        assert_eq!(values[2], text(""));
+        assert_eq!(values[12], text("x"));
+        assert_eq!(values[13], Value::Bytes(Vec::new()));
+        assert_eq!(values[14], text("q"));
+    }
+
+    #[test]
+    fn unsupported_charsets_are_refused_unless_the_column_is_excluded() {
+        // Column `t` (gbk, collation 28) rewritten as big5 (collation 1) in the event bytes.
+        let big5 = PROBE_TABLE_MAP.replace("071c0823", "07010823");
+        let bytes = unhex(&big5);
+        let fde = mysql_common::binlog::events::FormatDescriptionEvent::new(
+            mysql_common::binlog::consts::BinlogVersion::Version4,
+        );
+        let ctx = mysql_common::binlog::BinlogCtx::new(bytes.len(), &fde, 19);
+        let tme: TableMapEvent<'_> = ParseBuf(&bytes).parse(ctx).expect("table map");
+        let err = map_table(
+            &tme,
+            &selection("{ include: [\"probe.*\"] }"),
+            &probe_hints(),
+        )
+        .expect_err("big5 is refused");
+        let message = err.to_string();
+        assert!(
+            message.contains("column `t` of probe.g is in charset big5")
+                && message.contains("CONVERT TO CHARACTER SET utf8mb4"),
+            "{message}"
+        );
+        let excluded =
+            selection("{ include: [\"probe.*\"], exclude_columns: { \"probe.g\": [t] } }");
+        assert!(map_table(&tme, &excluded, &probe_hints()).is_ok());
     }
 }
