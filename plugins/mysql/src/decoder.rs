@@ -360,6 +360,12 @@ impl<'a> Decoder<'a> {
             }
             MARIADB_ANNOTATE_ROWS | MARIADB_BINLOG_CHECKPOINT => Ok(true),
             other => {
+                if let Some(error) = crate::decode::compressed_event_error(
+                    other,
+                    &format!("{}:{log_pos}", self.file),
+                ) {
+                    return Err(error);
+                }
                 tracing::debug!(event_type = other, "ignoring unknown binlog event");
                 Ok(true)
             }
@@ -401,7 +407,9 @@ impl<'a> Decoder<'a> {
             ColumnHints::default()
         };
         let mapped = map_table(&tme, self.selection, &hints).map_err(|e| match e {
-            TableMapError::KeyExcluded { .. } => MysqlError::Config(e.to_string()),
+            TableMapError::KeyExcluded { .. } | TableMapError::UnsupportedCharset { .. } => {
+                MysqlError::Config(e.to_string())
+            }
             other => MysqlError::Other(other.to_string()),
         })?;
         if let Mapped::Synced(_) = mapped {
