@@ -128,6 +128,36 @@ async fn xa_transactions_arrive_once_at_commit_and_never_after_rollback() {
     .await;
     edge.converges().await;
     assert_eq!(edge.keys("t").await.len(), 302);
+
+    // Overlapping: A prepared, B prepared, A committed, a restart, then B committed.
+    let mut b = connect().await;
+    exec(
+        &mut xa,
+        &format!(
+            "XA START 'A';
+             INSERT INTO `{db}`.t VALUES (5001, 1);
+             XA END 'A';
+             XA PREPARE 'A'"
+        ),
+    )
+    .await;
+    exec(
+        &mut b,
+        &format!(
+            "XA START 'B';
+             INSERT INTO `{db}`.t VALUES (5002, 2);
+             XA END 'B';
+             XA PREPARE 'B'"
+        ),
+    )
+    .await;
+    exec(&mut xa, "XA COMMIT 'A'").await;
+    edge.converges().await;
+    running.stop().await;
+    let running = start(&edge.yaml());
+    exec(&mut b, "XA COMMIT 'B'").await;
+    edge.converges().await;
+    assert_eq!(edge.keys("t").await.len(), 304);
     running.stop().await;
 }
 
