@@ -365,3 +365,62 @@ async fn a_table_keyed_by_a_unique_not_null_index_is_copied_and_streamed() {
     assert_eq!(edge.keys("u").await.len(), 3);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selected_table_the_user_cannot_read_is_refused_not_half_synced() {
+    let edge = Edge::new("priv", &["*"]).await;
+    let db = &edge.db;
+    let admin_url = env("ETCDSYNC_TEST_MYSQL_ADMIN");
+    let opts = mysql_async::Opts::from_url(&admin_url).expect("admin url");
+    let mut admin = mysql_async::Conn::new(opts)
+        .await
+        .expect("admin connection");
+    let user = format!(
+        "ro{}",
+        &edge.name.len() + std::process::id() as usize % 100_000
+    );
+    admin
+        .query_drop(format!(
+            "CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT NOT NULL);
+             CREATE TABLE `{db}`.hidden (id INT PRIMARY KEY, v INT NOT NULL);
+             INSERT INTO `{db}`.t VALUES (1, 1);
+             INSERT INTO `{db}`.hidden VALUES (1, 1);
+             DROP USER IF EXISTS '{user}'@'%';
+             CREATE USER '{user}'@'%' IDENTIFIED BY 'ro-pw';
+             GRANT RELOAD, REPLICATION CLIENT, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{user}'@'%';
+             GRANT SELECT ON `{db}`.t TO '{user}'@'%'"
+        ))
+        .await
+        .expect("a user that may read one table");
+    let url = url().replacen("://etcdsync:etcdsync@", &format!("://{user}:ro-pw@"), 1);
+    let yaml = yaml_for(&edge.name, &url, &edge.include, &edge.prefix);
+    let running = start(&yaml);
+    // The snapshot copies what the user can see; the first change of the hidden table stops
+    // the pipeline naming the table and the grant.
+    let mut client = etcd().await;
+    let copied = etcdsync_tests::mysql::eventually(Duration::from_secs(60), || {
+        let mut client = client.clone();
+        let prefix = format!("{}/{db}/t/", edge.prefix);
+        async move { !etcd_dump(&mut client, &prefix).await.is_empty() }
+    })
+    .await;
+    assert!(copied, "the readable table was not copied");
+    admin
+        .query_drop(format!("INSERT INTO `{db}`.hidden VALUES (2, 2)"))
+        .await
+        .expect("insert");
+    let error = running.failed(Duration::from_secs(60)).await.to_string();
+    assert!(
+        error.contains(&format!("{db}.hidden")) && error.contains("GRANT SELECT"),
+        "{error}"
+    );
+    assert!(
+        etcd_dump(&mut client, &format!("{}/{db}/hidden/", edge.prefix))
+            .await
+            .is_empty()
+    );
+    admin
+        .query_drop(format!("DROP USER IF EXISTS '{user}'@'%'"))
+        .await
+        .expect("drop user");
+}

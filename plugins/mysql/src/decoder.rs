@@ -18,6 +18,7 @@ use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
 use etcdsync_core::tables::TableSelection;
 use etcdsync_core::{telemetry, Change, Commit, Message, Position, TableId, TableSchema};
 use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
+use mysql_async::prelude::Queryable as _;
 use mysql_async::{Conn, Opts};
 use mysql_common::binlog::consts::StatusVarKey;
 use mysql_common::binlog::events::StatusVarVal;
@@ -96,6 +97,31 @@ impl HintCache {
 
     fn clear(&mut self) {
         self.tables.clear();
+    }
+
+    /// Whether the user may read `table`: `false` only when the server says so (error 1142);
+    /// a table dropped since the event is readable as far as this goes.
+    async fn readable(&mut self, table: &TableId) -> Result<bool> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(connect(&self.opts).await?),
+        };
+        let probe = format!(
+            "SELECT 1 FROM {} LIMIT 0",
+            crate::snapshot::quote_table(table)
+        );
+        match conn.query_drop(probe).await {
+            Ok(()) => Ok(true),
+            Err(e) if crate::error::server_code(&e) == Some(1142) => Ok(false),
+            Err(e) if crate::error::server_code(&e).is_some() => Ok(true),
+            Err(e) => {
+                self.conn = None;
+                Err(MysqlError::driver(
+                    format!("checking that {table} can be read"),
+                    e,
+                ))
+            }
+        }
     }
 }
 
@@ -413,6 +439,16 @@ impl<'a> Decoder<'a> {
             other => MysqlError::Other(other.to_string()),
         })?;
         if let Mapped::Synced(_) = mapped {
+            if !self.synced.contains(&id) && !self.hints.readable(&id).await? {
+                // The snapshot lists only tables the user can see, so it never copied this one:
+                // streaming its changes alone would leave its older rows out of etcd.
+                return Err(MysqlError::Prerequisite(format!(
+                    "  - the etcdsync user cannot read {id}, which `source.tables` selects and the binlog \
+                     changes: GRANT SELECT ON {}.* TO the etcdsync user (then take a fresh snapshot), or \
+                     leave the table out with `source.tables.exclude`",
+                    crate::snapshot::quote_ident(&id.schema)
+                )));
+            }
             self.synced.insert(id.clone());
         }
         if let Mapped::Ignored = mapped {
