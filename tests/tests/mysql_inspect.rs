@@ -753,3 +753,45 @@ async fn unreachable_server_and_wrong_password_are_failed_checks() {
         "{connection:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileges_granted_through_a_default_role_are_recognised() {
+    let dbs = TestDbs::create("myi_role", 1).await;
+    let name = dbs.name(0).to_string();
+    let user = unique("roled");
+    let role = unique("etcdsync_role");
+    let mut db = connect().await;
+    exec(
+        &mut db,
+        &format!(
+            "CREATE TABLE `{name}`.t (id INT PRIMARY KEY);
+             CREATE ROLE '{role}';
+             GRANT REPLICATION SLAVE, BINLOG MONITOR, RELOAD ON *.* TO '{role}';
+             GRANT SELECT ON `{name}`.* TO '{role}';
+             CREATE USER '{user}'@'%' IDENTIFIED BY 'pw';
+             GRANT '{role}' TO '{user}'@'%';
+             SET DEFAULT ROLE '{role}' FOR '{user}'@'%'"
+        ),
+    )
+    .await;
+    let host = url()
+        .split_once('@')
+        .map(|(_, h)| h.to_string())
+        .expect("user in url");
+    let yaml = format!(
+        "type: mysql\nurl: \"mysql://{user}:pw@{host}\"\ntables: {{ include: [\"{name}.*\"] }}\n"
+    );
+    let results = inspector(&yaml, &unique("role")).await.check().await;
+    for check in [
+        "privilege REPLICATION SLAVE",
+        "privilege BINLOG MONITOR",
+        "privilege SELECT",
+    ] {
+        assert!(find(&results, check).ok, "{check}: {results:#?}");
+    }
+    exec(
+        &mut db,
+        &format!("DROP USER '{user}'@'%';\n DROP ROLE '{role}'"),
+    )
+    .await;
+}

@@ -185,10 +185,11 @@ pub async fn observe(conn: &mut Conn) -> Result<Observed> {
         .query("SHOW GRANTS")
         .await
         .map_err(|e| MysqlError::driver("reading the user's privileges (SHOW GRANTS)", e))?;
-    let grants = grant_rows
+    let mut grants: Vec<String> = grant_rows
         .into_iter()
         .filter_map(|mut row| row.take::<String, _>(0))
         .collect();
+    grants.extend(role_grants(conn).await);
     Ok(Observed {
         version: version.unwrap_or_default(),
         variables: rows
@@ -363,6 +364,37 @@ fn server_id_origin(config: &ValidMysql) -> &'static str {
         "source.server_id"
     } else {
         "derived from the pipeline name"
+    }
+}
+
+/// The grants of the session's active roles (a default role, or `SET ROLE`): `SHOW GRANTS`
+/// lists a granted role by name only. Best effort: a server that cannot say gives none.
+async fn role_grants(conn: &mut Conn) -> Vec<String> {
+    let roles: Option<Option<String>> = conn
+        .query_first("SELECT CURRENT_ROLE()")
+        .await
+        .unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "CURRENT_ROLE() is not available");
+            None
+        });
+    let Some(roles) = roles.flatten().filter(|r| !r.is_empty() && r != "NONE") else {
+        return Vec::new();
+    };
+    // MariaDB names one role (`r1`); MySQL lists them as `r1`@`%`,`r2`@`%`.
+    let statement = if roles.contains('@') {
+        format!("SHOW GRANTS FOR CURRENT_USER() USING {roles}")
+    } else {
+        format!("SHOW GRANTS FOR {}", crate::snapshot::quote_ident(&roles))
+    };
+    match conn.query::<Row, _>(statement).await {
+        Ok(rows) => rows
+            .into_iter()
+            .filter_map(|mut row| row.take::<String, _>(0))
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, roles = %roles, "cannot read the grants of the active roles");
+            Vec::new()
+        }
     }
 }
 
