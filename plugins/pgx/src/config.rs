@@ -272,6 +272,13 @@ impl PgxConfig {
             })?,
             (None, None) => SslMode::Prefer,
         };
+        if sslmode == SslMode::VerifyCa && self.sslrootcert.is_none() && url_root.is_none() {
+            return Err(Error::config(
+                "at `source.sslmode`: verify-ca without `sslrootcert` would accept a certificate any public CA \
+                 issued, for any name; set `source.sslrootcert` to the CA that signed your server's certificate, \
+                 or use `sslmode: verify-full` (which checks the host name)",
+            ));
+        }
         if sslmode == SslMode::VerifyFull {
             let ip_host = pg.get_hosts().iter().find_map(|host| match host {
                 tokio_postgres::config::Host::Tcp(name)

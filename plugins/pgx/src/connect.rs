@@ -33,10 +33,30 @@ pub async fn connect(valid: &Valid, purpose: &str) -> Result<Client> {
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_tls(valid)?);
             let (client, connection) = config.connect(tls).await.map_err(pg(context))?;
             tokio::spawn(drive(connection));
+            if mode == SslMode::Prefer {
+                warn_once_if_plaintext(&client, valid).await;
+            }
             client
         }
     };
     Ok(client)
+}
+
+/// `sslmode: prefer` falls back to plaintext when the server has no TLS: said once per process.
+async fn warn_once_if_plaintext(client: &Client, valid: &Valid) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let encrypted = client
+        .query_opt(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|row| row.get::<_, bool>(0));
+    if encrypted == Some(false) && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(server = %valid.display_url, "sslmode: prefer fell back to an unencrypted connection (the server offers no TLS): passwords and rows cross the network in clear; set sslmode: verify-full (or require) to refuse that");
+    }
 }
 
 async fn drive<F, E>(connection: F)
@@ -172,16 +192,23 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let verified = match self.0.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
             | Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
+        }?;
+        if let Some(name) = certificate_name(end_entity) {
+            remember_certificate_name(server_name, name);
         }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -205,6 +232,56 @@ impl ServerCertVerifier for ChainOnly {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
     }
+}
+
+/// Names read from certificates whose chain a verify-ca check accepted, by the server name the
+/// connection asked for (`host`), for the replication session of the same server.
+static CERTIFICATE_NAMES: std::sync::Mutex<Vec<(String, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn remember_certificate_name(server_name: &ServerName<'_>, name: String) {
+    let asked = server_name.to_str().into_owned();
+    if let Ok(mut names) = CERTIFICATE_NAMES.lock() {
+        names.retain(|(host, _)| *host != asked);
+        names.push((asked, name));
+    }
+}
+
+fn known_certificate_name(host: &str) -> Option<String> {
+    CERTIFICATE_NAMES.lock().ok().and_then(|names| {
+        names
+            .iter()
+            .find(|(asked, _)| asked == host)
+            .map(|(_, name)| name.clone())
+    })
+}
+
+/// The first DNS name (else IP address) of a certificate's subject alternative names.
+fn certificate_name(der: &CertificateDer<'_>) -> Option<String> {
+    use x509_cert::der::{oid::ObjectIdentifier, Decode};
+    use x509_cert::ext::pkix::name::GeneralName;
+    const SUBJECT_ALT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
+    let cert = x509_cert::Certificate::from_der(der.as_ref()).ok()?;
+    let extensions = cert.tbs_certificate.extensions?;
+    let san = extensions.iter().find(|e| e.extn_id == SUBJECT_ALT_NAME)?;
+    let names = x509_cert::ext::pkix::SubjectAltName::from_der(san.extn_value.as_bytes()).ok()?;
+    let dns = names.0.iter().find_map(|n| match n {
+        GeneralName::DnsName(name) => Some(name.to_string()),
+        _ => None,
+    });
+    dns.or_else(|| {
+        names.0.iter().find_map(|n| match n {
+            GeneralName::IpAddress(bytes) => {
+                let bytes = bytes.as_bytes();
+                <[u8; 4]>::try_from(bytes)
+                    .map(std::net::IpAddr::from)
+                    .or_else(|_| <[u8; 16]>::try_from(bytes).map(std::net::IpAddr::from))
+                    .ok()
+                    .map(|ip| ip.to_string())
+            }
+            _ => None,
+        })
+    })
 }
 
 /// The replication session's settings: same server, credentials, TLS and session settings as
@@ -231,7 +308,15 @@ pub fn replication_config(valid: &Valid, start: Lsn, acked: Lsn) -> Result<Repli
             ..TlsConfig::default()
         },
         SslMode::Require => TlsConfig::require(),
-        SslMode::VerifyCa => TlsConfig::verify_ca(valid.sslrootcert.clone()),
+        // pgwire-replication's own verify-ca lets only rustls' older name error pass (rustls
+        // 0.23 reports a DNS name mismatch with a newer one), so the session verifies in full
+        // against a name the certificate has: the one a query connection's verify-ca check
+        // read from the same server's certificate after verifying its chain. That checks the
+        // chain and not the host name: verify-ca.
+        SslMode::VerifyCa => match known_certificate_name(&host) {
+            Some(name) => TlsConfig::verify_full(valid.sslrootcert.clone()).with_sni_hostname(name),
+            None => TlsConfig::verify_ca(valid.sslrootcert.clone()),
+        },
         SslMode::VerifyFull => TlsConfig::verify_full(valid.sslrootcert.clone()),
     };
     let mut config = ReplicationConfig::new(
