@@ -182,6 +182,9 @@ pub(crate) fn connect_options(
         .with_keep_alive(Duration::from_secs(10), settings.request_timeout)
         .with_require_leader(true);
     if let (true, Some((user, password))) = (with_user, &settings.credentials) {
+        if let Some(plain) = settings.endpoints.iter().find(|e| e.starts_with("http://")) {
+            warn_credentials_in_clear(plain);
+        }
         options = options
             .with_user(user.clone(), password.expose())
             .with_auto_token_refresh(true);
@@ -190,6 +193,14 @@ pub(crate) fn connect_options(
         options = options.with_tls(tls_options(settings)?);
     }
     Ok(options)
+}
+
+/// etcd credentials to an `http://` endpoint cross the network unencrypted: said once.
+fn warn_credentials_in_clear(endpoint: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(endpoint, "sink.username and sink.password go to an http:// endpoint unencrypted; use https:// endpoints (with sink.tls) so the password and the data are protected");
+    }
 }
 
 /// TLS options: the CA (or system roots), the optional client identity, the server name.
