@@ -1097,3 +1097,32 @@ async fn hostile_passwords_are_never_shown() {
         .await
         .expect("drop user");
 }
+
+/// etcd credentials over `http://` are sent in clear: the run says so (once), without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_credentials_over_plain_http_warn() {
+    let pipe = Pipe::new("plainpw").await;
+    pipe.sql("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let config = pipe.config(
+        "plain.yaml",
+        Parts {
+            sink_extra: "  username: someone\n  password: PlainPw-4471\n  connect_timeout: 2s\n  request_timeout: 2s\n",
+            top: "shutdown_timeout: 5s\n",
+            ..Parts::default()
+        },
+    );
+    let mut run = Run::start(&config, &[]);
+    if run.wait(Duration::from_secs(10)).await.is_none() {
+        run.signal("TERM");
+        run.wait(WAIT).await.expect("stopped");
+    }
+    let stderr = run.stderr();
+    assert_eq!(
+        stderr
+            .matches("go to an http:// endpoint unencrypted")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("PlainPw-4471"), "{stderr}");
+}
