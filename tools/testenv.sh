@@ -350,6 +350,11 @@ my_start() {
         die "mariadb-install-db failed"
     fi
 
+    # TLS is offered (not required): the TLS tests use ssl-mode, the rest connect in clear.
+    install -o "$MY_OS_USER" -m 0644 "$TLS_DIR/server.pem" "$MY_DIR/server.pem"
+    install -o "$MY_OS_USER" -m 0600 "$TLS_DIR/server-key.pem" "$MY_DIR/server-key.pem"
+    install -o "$MY_OS_USER" -m 0644 "$TLS_DIR/ca.pem" "$MY_DIR/ca.pem"
+
     (
         cd /
         exec setsid nohup mariadbd --no-defaults \
@@ -373,6 +378,9 @@ my_start() {
             --max-connections=500 \
             --character-set-server=utf8mb4 \
             --collation-server=utf8mb4_general_ci \
+            --ssl-cert="$MY_DIR/server.pem" \
+            --ssl-key="$MY_DIR/server-key.pem" \
+            --ssl-ca="$MY_DIR/ca.pem" \
             --skip-name-resolve
     ) </dev/null >>"$MY_DIR/mariadbd.out" 2>&1 &
     local launcher=$!
@@ -736,6 +744,7 @@ cmd_start() {
         echo "export ETCDSYNC_TEST_PG_BIN='$PG_BIN'"
         echo "export ETCDSYNC_TEST_PG_DATA='$PG_DATA'"
         echo "export ETCDSYNC_TEST_PG_TLS_CA='$TLS_DIR/ca.pem'"
+        echo "export ETCDSYNC_TEST_MYSQL_TLS_CA='$TLS_DIR/ca.pem'"
         echo "export ETCDSYNC_TEST_MYSQL='mysql://etcdsync:etcdsync@127.0.0.1:$my_port'"
         if [[ -n $my_admin ]]; then
             echo "export ETCDSYNC_TEST_MYSQL_ADMIN='$my_admin'"

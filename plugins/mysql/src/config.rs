@@ -207,7 +207,11 @@ pub fn parse_url(url: &str) -> Result<Opts> {
         }
     };
     let ssl = match (ssl, ssl_ca) {
-        (Some(ssl), Some(ca)) => Some(ssl.with_root_certs(vec![PathBuf::from(ca).into()])),
+        // The CA given is the only one trusted: a certificate a public CA issued does not pass.
+        (Some(ssl), Some(ca)) => Some(
+            ssl.with_root_certs(vec![PathBuf::from(ca).into()])
+                .with_disable_built_in_roots(true),
+        ),
         (None, Some(_)) => {
             return Err(bad(
                 "has ssl-ca but no ssl-mode; add ssl-mode=VERIFY_CA or VERIFY_IDENTITY".into(),
@@ -217,7 +221,13 @@ pub fn parse_url(url: &str) -> Result<Opts> {
     };
     let builder = OptsBuilder::from_opts(opts);
     let builder = match ssl {
-        Some(ssl) => builder.ssl_opts(ssl),
+        Some(ssl) => {
+            // mysql_async builds its rustls configuration with the process's default provider;
+            // with more than one compiled in (ring here, aws-lc-rs through other crates) rustls
+            // cannot pick one and panics. Ours is ring; installing it is idempotent.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            builder.ssl_opts(ssl)
+        }
         None => builder,
     };
     Ok(Opts::from(builder))
@@ -302,5 +312,12 @@ mod tests {
             .expect("url")
             .ssl_opts()
             .is_none());
+        let opts =
+            parse_url("mysql://u:p@h:3306/?ssl-mode=VERIFY_CA&ssl-ca=/etc/ca.pem").expect("url");
+        let ssl = opts.ssl_opts().expect("tls on");
+        assert!(ssl.disable_built_in_roots(), "only the given CA is trusted");
+        assert!(ssl.skip_domain_validation() && !ssl.accept_invalid_certs());
+        let error = parse_url("mysql://u:p@h:3306/?ssl-mode=PREFERRED").expect_err("preferred");
+        assert!(error.to_string().contains("PREFERRED"), "{error}");
     }
 }
