@@ -3,7 +3,8 @@
 #   0. tools/testenv.sh install (apt-get what is missing: servers, protoc)
 #   1. (CI=true only) cargo fmt --check and clippy -D warnings
 #   2. tools/testenv.sh start   (private PostgreSQL, MariaDB, etcd, etcd TLS+auth)
-#   3. cargo test --workspace --all-features [extra args]
+#   3. cargo test --workspace --all-features --no-fail-fast [extra args] (every failing test is
+#      reported, not only the first test binary's)
 #   4. tools/testenv.sh stop    (always, from an EXIT trap)
 # Exits with cargo's status.
 #
@@ -21,7 +22,7 @@ REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd -P)
 cd -- "$REPO_ROOT"
 
 # The test command; extra arguments to this script are appended.
-CARGO_TEST=(cargo test --workspace --all-features)
+CARGO_TEST=(cargo test --workspace --all-features --no-fail-fast)
 CARGO_FMT=(cargo fmt --all -- --check)
 CARGO_CLIPPY=(cargo clippy --workspace --all-targets --all-features -- -D warnings)
 

@@ -715,7 +715,8 @@ async fn the_status_key_follows_the_snapshot_and_then_streaming() {
         meta["status"]["stopped"], true,
         "the last write marks a clean stop"
     );
-    // Only the status key was added under the meta prefix besides checkpoint and snapshot.
+    // Only the status key was added under the meta prefix besides checkpoint, snapshot and the
+    // marker of the table written.
     let keys: Vec<String> = dump(&mut etcd, &format!("{}/", p.meta))
         .await
         .into_keys()
@@ -725,7 +726,8 @@ async fn the_status_key_follows_the_snapshot_and_then_streaming() {
         vec![
             format!("{}/checkpoint", p.meta),
             format!("{}/snapshot", p.meta),
-            format!("{}/status", p.meta)
+            format!("{}/status", p.meta),
+            format!("{}/tables/public/status_users", p.meta)
         ]
     );
 }
