@@ -1466,12 +1466,20 @@ impl Writer {
         snapshot.join_all().await?;
         let cleanup_started = Instant::now();
         for table in &snapshot.tables {
-            self.delete_stale(table, snapshot.start_revision).await?;
-            let stale = self
-                .delete_indexed(table, Some(snapshot.start_revision))
-                .await?;
-            if stale > 0 {
-                events::stale_keys_deleted(&table.to_string(), stale);
+            // Nothing can be stale under a prefix that held no key when the snapshot began
+            // (a first snapshot): no scan at all.
+            let data = table_prefix(&self.settings.prefix, table);
+            if self.held_keys_at(&data, snapshot.start_revision).await != Some(0) {
+                self.delete_stale(table, snapshot.start_revision).await?;
+            }
+            let entries = self.index.table_entries(table);
+            if self.held_keys_at(&entries, snapshot.start_revision).await != Some(0) {
+                let stale = self
+                    .delete_indexed(table, Some(snapshot.start_revision))
+                    .await?;
+                if stale > 0 {
+                    events::stale_keys_deleted(&table.to_string(), stale);
+                }
             }
         }
         let mark = CommitMark {
@@ -1526,6 +1534,32 @@ impl Writer {
         );
         self.acked.send_replace(Some(position));
         Ok(())
+    }
+
+    /// How many keys `prefix` held at `revision` (a count, no keys read); `None` when etcd cannot
+    /// say (the revision was compacted): the caller scans.
+    async fn held_keys_at(&self, prefix: &str, revision: i64) -> Option<i64> {
+        let options = GetOptions::new()
+            .with_range(prefix_range_end(prefix))
+            .with_count_only()
+            .with_revision(revision);
+        match self
+            .client
+            .get(
+                "count the keys a prefix held when the snapshot began",
+                prefix,
+                Some(options),
+                Some(&self.shutdown),
+                Some(1),
+            )
+            .await
+        {
+            Ok(response) => Some(response.count()),
+            Err(error) => {
+                tracing::debug!(%error, prefix, revision, "cannot count at the snapshot's start revision; scanning");
+                None
+            }
+        }
     }
 
     /// Deletes the keys under `table`'s prefix that the snapshot did not rewrite (mod_revision
