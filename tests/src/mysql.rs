@@ -392,7 +392,13 @@ impl PipelineProcess {
         let err = log.try_clone().expect("child log");
         let exe = std::env::current_exe().expect("test binary");
         let child = std::process::Command::new(exe)
-            .args([helper_test, "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                helper_test,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_CONFIG_ENV, &config)
             .stdout(log)
             .stderr(err)
