@@ -233,6 +233,12 @@ fn operator_commands_have_help() {
         text.contains("--repair") && text.contains("--max-report"),
         "{text}"
     );
+    let output = etcdsync(&["check", "--help"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("--write-probe") && text.contains("Nothing is written unless"),
+        "{text}"
+    );
 }
 
 #[test]

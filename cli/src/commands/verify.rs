@@ -536,7 +536,7 @@ mod tests {
     use super::*;
     use etcdsync_core::change::{Checkpoint, Column, Position, Row};
     use etcdsync_core::encode::key::{row_key, unescape_component};
-    use etcdsync_core::inspect::{CheckResult, SourceLag};
+    use etcdsync_core::inspect::{CheckOptions, CheckResult, SourceLag};
     use etcdsync_core::{async_trait, Result};
 
     const PREFIX: &str = "/p";
@@ -610,7 +610,7 @@ mod tests {
 
     #[async_trait]
     impl SinkInspector for Sink {
-        async fn check(&mut self) -> Vec<CheckResult> {
+        async fn check(&mut self, _options: CheckOptions) -> Vec<CheckResult> {
             Vec::new()
         }
         async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
