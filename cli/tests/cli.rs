@@ -211,6 +211,7 @@ fn grafana_dashboard_is_json_and_uses_the_metric_names() {
         t::RETRIES,
         t::PHASE,
         t::OVERSIZE_SKIPPED,
+        t::INVALID_KEYS_SKIPPED,
     ] {
         assert!(
             text.contains(metric),
