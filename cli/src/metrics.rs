@@ -595,4 +595,55 @@ mod tests {
         telemetry.replication_lag.set(45.0);
         assert!(readiness(max).is_err_and(|r| r.contains("45.000s") && r.contains("ready_max_lag")));
     }
+
+    /// Log lines written while a subscriber with this writer is the default.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_non_loopback_address_is_warned_about() {
+        let logs = |listen: &str| {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish();
+            let _default = tracing::subscriber::set_default(subscriber);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let stop = CancellationToken::new();
+                start(listen, Duration::from_secs(30), stop.clone())
+                    .await
+                    .expect("bind");
+                stop.cancel();
+            });
+            let text = captured.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            String::from_utf8_lossy(&text).into_owned()
+        };
+        let everywhere = logs("0.0.0.0:0");
+        assert!(
+            everywhere.contains("WARN") && everywhere.contains("non-loopback"),
+            "{everywhere}"
+        );
+        let local = logs("127.0.0.1:0");
+        assert!(!local.contains("non-loopback"), "{local}");
+        assert!(local.contains("serving /metrics"), "{local}");
+    }
 }
