@@ -47,7 +47,8 @@ pub enum Command {
     },
     /// Check the configuration and every prerequisite of the source and the sink; exit 1 on any failure
     #[command(after_help = "Example:\n  etcdsync check -c sync.yaml\n\n\
-        Each line is `[ok] scope: name: detail` or `[FAIL] scope: name: detail — fix: …`.")]
+        Each line is `[ok] scope: name: detail` or `[FAIL] scope: name: detail — fix: …`.\n\
+        Nothing is written unless --write-probe is given.")]
     Check {
         /// The pipeline's YAML configuration
         #[arg(short = 'c', long = "config-file", value_name = "FILE")]
@@ -55,6 +56,10 @@ pub enum Command {
         /// Print the results as one JSON document
         #[arg(long)]
         json: bool,
+        /// Also probe writing: put and delete one key `{meta_prefix}/check/…` in etcd, and send
+        /// etcd requests it checks but never applies (permissions, max_request_bytes)
+        #[arg(long)]
+        write_probe: bool,
     },
     /// Show the pipeline's phase, checkpoint, lag and keys per table (works while `run` runs elsewhere)
     #[command(after_help = "Example:\n  etcdsync status -c sync.yaml --json | jq .lag_seconds")]

@@ -211,6 +211,7 @@ fn grafana_dashboard_is_json_and_uses_the_metric_names() {
         t::RETRIES,
         t::PHASE,
         t::OVERSIZE_SKIPPED,
+        t::INVALID_KEYS_SKIPPED,
     ] {
         assert!(
             text.contains(metric),
@@ -231,6 +232,12 @@ fn operator_commands_have_help() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         text.contains("--repair") && text.contains("--max-report"),
+        "{text}"
+    );
+    let output = etcdsync(&["check", "--help"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("--write-probe") && text.contains("Nothing is written unless"),
         "{text}"
     );
 }

@@ -116,6 +116,21 @@ async fn check_fails_with_named_fixes_then_passes_on_a_correct_setup() {
         out.contains("all ") && out.contains("checks passed"),
         "{out}"
     );
+    // Read-only unless asked: what needs a write is said not to be probed; --write-probe probes.
+    assert!(
+        out.lines()
+            .any(|l| l.contains("sink.max_request_bytes") && l.contains("not probed")),
+        "{out}"
+    );
+    let output = etcdsync(&["check", "-c", path(&good), "--write-probe"], &[]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("sink.meta_prefix") && l.contains("probed under")),
+        "{out}"
+    );
+    assert!(!out.contains("not probed"), "{out}");
     pipe.sql(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
         .await;
 }

@@ -110,11 +110,21 @@ pub trait SourceInspector: Send {
     async fn lag(&mut self, position: &Position) -> Result<SourceLag>;
 }
 
+/// How far `etcdsync check` may go beyond reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// `--write-probe`: write to find out whether writes work (the sink documents exactly what
+    /// it writes, and removes it). Off: the sink's check sends no write request at all and says
+    /// which checks it could not make without one.
+    pub write_probe: bool,
+}
+
 /// Read access (and `verify --repair`'s writes) to the sink's store.
 #[async_trait]
 pub trait SinkInspector: Send {
-    /// Every prerequisite, one result each. A failure to connect is a failed check.
-    async fn check(&mut self) -> Vec<CheckResult>;
+    /// Every prerequisite, one result each. A failure to connect is a failed check. Writes
+    /// nothing unless `options.write_probe` is set.
+    async fn check(&mut self, options: CheckOptions) -> Vec<CheckResult>;
 
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>>;
 

@@ -37,6 +37,8 @@ pub const LEADER: &str = "etcdsync_leader";
 pub const PHASE: &str = "etcdsync_phase";
 /// Values skipped by `on_oversize: skip`.
 pub const OVERSIZE_SKIPPED: &str = "etcdsync_oversize_values_skipped_total";
+/// Rows skipped by `on_invalid_key: skip` (a key with an empty component).
+pub const INVALID_KEYS_SKIPPED: &str = "etcdsync_invalid_keys_skipped_total";
 
 /// Where the pipeline is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -73,6 +75,7 @@ pub struct Telemetry {
     pub phase: IntGauge,
     pub leader: IntGauge,
     pub oversize_skipped: IntCounterVec,
+    pub invalid_keys_skipped: IntCounterVec,
     state: Mutex<State>,
 }
 
@@ -173,6 +176,11 @@ impl Telemetry {
                 oversize_skipped: counter(
                     OVERSIZE_SKIPPED,
                     "Values skipped by on_oversize: skip",
+                    &["table"],
+                )?,
+                invalid_keys_skipped: counter(
+                    INVALID_KEYS_SKIPPED,
+                    "Rows skipped by on_invalid_key: skip (a key with an empty component)",
                     &["table"],
                 )?,
                 registry: registry.clone(),

@@ -1,11 +1,12 @@
 //! `etcdsync check`: the config (parsed and validated), each transform (built, and tried on a
 //! sample row of every selected table), then every prerequisite the source and sink inspectors
-//! report — one line each with the exact fix for a failure; exit 1 on any failure.
+//! report — one line each with the exact fix for a failure; exit 1 on any failure. Read-only
+//! unless `--write-probe` lets the sink write a probe (its inspector says what it writes).
 
 use super::{load_for_command, runtime, sink_inspector, source_inspector};
 use crate::logging;
 use etcdsync_core::config::{LogConfig, PipelineConfig};
-use etcdsync_core::inspect::{CheckResult, SinkInspector, SourceInspector};
+use etcdsync_core::inspect::{CheckOptions, CheckResult, SinkInspector, SourceInspector};
 use etcdsync_core::transform::Chain;
 use etcdsync_core::{Change, Op};
 use serde::Serialize;
@@ -34,7 +35,7 @@ struct Report {
     checks: Vec<Line>,
 }
 
-pub fn check(config_file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub fn check(config_file: &Path, json: bool, options: CheckOptions) -> anyhow::Result<ExitCode> {
     let mut lines = Vec::new();
     match load_for_command(config_file) {
         Ok(config) => {
@@ -51,7 +52,7 @@ pub fn check(config_file: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     ),
                 ),
             });
-            runtime()?.block_on(check_all(&config, &mut lines));
+            runtime()?.block_on(check_all(&config, options, &mut lines));
         }
         Err(error) => {
             let _ = logging::init(&LogConfig::default(), "warn");
@@ -118,7 +119,7 @@ async fn bounded<T>(what: &str, call: impl Future<Output = T>) -> Result<T, Chec
     })
 }
 
-async fn check_all(config: &PipelineConfig, lines: &mut Vec<Line>) {
+async fn check_all(config: &PipelineConfig, options: CheckOptions, lines: &mut Vec<Line>) {
     let mut push = |scope: &'static str, result: CheckResult| lines.push(Line { scope, result });
 
     // Transforms: each must build.
@@ -193,7 +194,7 @@ async fn check_all(config: &PipelineConfig, lines: &mut Vec<Line>) {
         }
     };
     if let Some(inspector) = sink.as_mut() {
-        match bounded("prerequisites", inspector.check()).await {
+        match bounded("prerequisites", inspector.check(options)).await {
             Ok(results) => results.into_iter().for_each(|r| push("sink", r)),
             Err(result) => push("sink", result),
         }

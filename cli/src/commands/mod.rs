@@ -10,7 +10,7 @@ mod verify;
 use crate::{logging, Command};
 use anyhow::Context as _;
 use etcdsync_core::config::PipelineConfig;
-use etcdsync_core::inspect::{SinkInspector, SourceInspector};
+use etcdsync_core::inspect::{CheckOptions, SinkInspector, SourceInspector};
 use etcdsync_core::leadership::{Campaign, Candidate, Fence, HaConfig, Leadership};
 use etcdsync_core::sink::SinkContext;
 use std::path::Path;
@@ -20,7 +20,11 @@ use tokio_util::sync::CancellationToken;
 pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config_file } => run::run(&config_file),
-        Command::Check { config_file, json } => check::check(&config_file, json),
+        Command::Check {
+            config_file,
+            json,
+            write_probe,
+        } => check::check(&config_file, json, CheckOptions { write_probe }),
         Command::Status { config_file, json } => status::status(&config_file, json),
         Command::Verify {
             config_file,

@@ -12,6 +12,7 @@ use super::{
 use anyhow::Context as _;
 use etcdsync_core::change::{Change, Op, TableId, TableSchema};
 use etcdsync_core::encode::json::encode_row;
+use etcdsync_core::encode::key::is_valid_relative_key;
 use etcdsync_core::inspect::{SinkInspector, SourceInspector};
 use etcdsync_core::transform::{Chain, TransformConfig};
 use etcdsync_core::Value;
@@ -274,6 +275,16 @@ async fn compare_table(
                     Op::Delete { .. } | Op::Truncate => continue,
                 };
                 let key = match &route.key {
+                    Some(relative) if !is_valid_relative_key(relative) => {
+                        tracing::warn!(
+                            table = %schema.id,
+                            row = %pk_text.join(", "),
+                            key = %relative,
+                            "the row's key has an empty component: the sink never stores it (sink.on_invalid_key), \
+                             so it is not compared"
+                        );
+                        continue;
+                    }
                     Some(relative) => sink.route_key(relative),
                     None => sink.row_key(&schema.id, &schema.key_of(&row)),
                 };

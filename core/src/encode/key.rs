@@ -76,6 +76,14 @@ pub fn row_key<'a>(
     out
 }
 
+/// Whether a transform's key (relative to the data prefix, `svc/name`) can be a row's key: not
+/// empty and no empty `/`-separated component. A key template renders an empty component when a
+/// column it names is empty in the row (`{service}/{name}` with name = '' → `svc/`); such a key
+/// would not name the row as a path, so sinks treat it as the row's error (`on_invalid_key`).
+pub fn is_valid_relative_key(relative: &str) -> bool {
+    relative.split('/').all(|component| !component.is_empty())
+}
+
 /// True when one prefix is a prefix of the other (as etcd compares keys: byte-wise).
 pub fn prefixes_overlap(a: &str, b: &str) -> bool {
     a.starts_with(b) || b.starts_with(a)
@@ -104,6 +112,16 @@ mod tests {
         assert_eq!(escape_component("del\u{7f}"), "del%7F");
         assert_eq!(escape_component("é"), "%C3%A9");
         assert_eq!(escape_component("plain-text_ ok.~"), "plain-text_ ok.~");
+    }
+
+    #[test]
+    fn relative_keys_with_an_empty_component_are_invalid() {
+        for valid in ["a", "billing/timeout", "a%2Fb/c", "x/y/z"] {
+            assert!(is_valid_relative_key(valid), "{valid}");
+        }
+        for invalid in ["", "/", "billing/", "/timeout", "a//b", "/abs/key"] {
+            assert!(!is_valid_relative_key(invalid), "{invalid:?}");
+        }
     }
 
     #[test]

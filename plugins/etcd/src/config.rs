@@ -50,6 +50,12 @@ pub struct EtcdConfig {
     /// naming table and key) or `skip` (log a warning, count it, go on).
     #[serde(default)]
     pub on_oversize: OnOversize,
+    /// What to do with a row whose key (from a transform) has an empty component, e.g. a key
+    /// template `{service}/{name}` and a row with name = '': `error` (stop the pipeline, naming
+    /// table, row and key) or `skip` (log a warning, count it, delete the row's previous key, go
+    /// on).
+    #[serde(default)]
+    pub on_invalid_key: OnInvalidKey,
     /// etcd transactions a snapshot keeps in flight at once (streaming always keeps one, in order).
     #[serde(default = "default_snapshot_txns_in_flight")]
     pub snapshot_txns_in_flight: usize,
@@ -97,6 +103,15 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnOversize {
+    #[default]
+    Error,
+    Skip,
+}
+
+/// `sink.on_invalid_key`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInvalidKey {
     #[default]
     Error,
     Skip,
@@ -155,6 +170,7 @@ impl Default for EtcdConfig {
             max_txn_ops: default_max_txn_ops(),
             max_request_bytes: default_max_request_bytes(),
             on_oversize: OnOversize::default(),
+            on_invalid_key: OnInvalidKey::default(),
             snapshot_txns_in_flight: default_snapshot_txns_in_flight(),
             request_timeout: default_request_timeout(),
             connect_timeout: default_connect_timeout(),
@@ -189,6 +205,7 @@ pub struct Settings {
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
     pub on_oversize: OnOversize,
+    pub on_invalid_key: OnInvalidKey,
     pub snapshot_txns_in_flight: usize,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
@@ -347,6 +364,7 @@ impl EtcdConfig {
             max_txn_ops: self.max_txn_ops,
             max_request_bytes: self.max_request_bytes,
             on_oversize: self.on_oversize,
+            on_invalid_key: self.on_invalid_key,
             snapshot_txns_in_flight: self.snapshot_txns_in_flight,
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,
@@ -582,6 +600,8 @@ mod tests {
         }
         let msg = err_of("type: etcd\non_oversize: drop\n");
         assert!(msg.contains("drop"), "{msg}");
+        let msg = err_of("type: etcd\non_invalid_key: ignore\n");
+        assert!(msg.contains("ignore"), "{msg}");
         let msg = err_of("type: etcd\nrequest_timeout: soon\n");
         assert!(msg.contains("soon"), "{msg}");
     }

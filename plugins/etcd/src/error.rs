@@ -41,6 +41,20 @@ pub enum EtcdError {
         max_request_bytes: usize,
     },
 
+    /// A row whose key from a transform has an empty component (`on_invalid_key: error`).
+    #[error(
+        "table {table}, row ({row}): its key `{key}` has an empty component, so it cannot be stored (a key \
+         template renders one when a column it names is empty in the row, e.g. `{{name}}` with name = ''; a \
+         transform's key is relative to the data prefix, without a leading `/`); give that column a value in the \
+         row, change the key_template, or set sink.on_invalid_key: skip to skip such rows (each is logged and \
+         counted, and the row's previous key is deleted)"
+    )]
+    InvalidKey {
+        table: String,
+        row: String,
+        key: String,
+    },
+
     /// A (transformed) key that is not under the data prefix.
     #[error(
         "table {table}: key `{key}` is not a key below the data prefix `{prefix}` (transforms give keys relative \
@@ -144,6 +158,7 @@ impl EtcdError {
             EtcdError::TlsFile { .. } | EtcdError::MalformedCheckpoint { .. } => ErrorKind::Config,
             EtcdError::Request { kind, .. } | EtcdError::Fetch { kind, .. } => *kind,
             EtcdError::Oversize { .. }
+            | EtcdError::InvalidKey { .. }
             | EtcdError::KeyOutsidePrefix { .. }
             | EtcdError::KeyCollision { .. }
             | EtcdError::UnresolvedUnchanged { .. }

@@ -126,6 +126,23 @@ pub fn oversize_skipped(table: &str, key: &str, size: usize, limit: usize) {
     );
 }
 
+/// `on_invalid_key: skip` skipped a row whose key has an empty component.
+pub fn invalid_key_skipped(table: &str, row: &str, key: &str, previous_key_deleted: bool) {
+    let counter = telemetry::get()
+        .invalid_keys_skipped
+        .with_label_values(&[table]);
+    counter.inc();
+    tracing::warn!(
+        table,
+        row,
+        key,
+        previous_key_deleted,
+        skipped_total = counter.get(),
+        "row skipped: its key has an empty component (a column of the key template is empty in the row); \
+         sink.on_invalid_key: skip"
+    );
+}
+
 /// A snapshot removed keys it did not rewrite.
 pub fn stale_keys_deleted(table: &str, count: usize) {
     tracing::info!(table, count, "snapshot removed keys it did not rewrite");

@@ -24,7 +24,7 @@ use crate::index::{parse_row_id, KeyIndex};
 use async_trait::async_trait;
 use etcd_client::{Compare, GetOptions, GetResponse, Txn, TxnOp, TxnOpResponse};
 use etcdsync_core::encode::key::{prefix_range_end, row_key, table_prefix};
-use etcdsync_core::inspect::{CheckResult, SinkInspector};
+use etcdsync_core::inspect::{CheckOptions, CheckResult, SinkInspector};
 use etcdsync_core::leadership::Fence;
 use etcdsync_core::{Checkpoint, Error, Result, TableId, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -433,8 +433,8 @@ fn count_op(prefix: &str) -> TxnOp {
 
 #[async_trait]
 impl SinkInspector for EtcdInspector {
-    async fn check(&mut self) -> Vec<CheckResult> {
-        self.run_checks().await
+    async fn check(&mut self, options: CheckOptions) -> Vec<CheckResult> {
+        self.run_checks(options).await
     }
 
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {

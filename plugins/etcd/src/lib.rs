@@ -15,7 +15,7 @@ pub mod leader;
 pub mod sink;
 pub mod status;
 
-pub use config::{EtcdConfig, OnOversize, Settings, TlsConfig};
+pub use config::{EtcdConfig, OnInvalidKey, OnOversize, Settings, TlsConfig};
 pub use error::EtcdError;
 pub use inspect::EtcdInspector;
 pub use sink::EtcdSink;
@@ -36,6 +36,7 @@ prefix: /etcdsync
 max_txn_ops: 128
 max_request_bytes: 1572864
 on_oversize: error
+on_invalid_key: error
 snapshot_txns_in_flight: 4
 request_timeout: 10s
 "#,

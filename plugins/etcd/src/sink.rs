@@ -9,7 +9,7 @@ use crate::checkpoint::{
     decode_checkpoint, encode_checkpoint, PartialMarker, SnapshotMarker, SnapshotState,
 };
 use crate::client::EtcdClient;
-use crate::config::{OnOversize, Settings};
+use crate::config::{OnInvalidKey, OnOversize, Settings};
 use crate::error::EtcdError;
 use crate::events::{self, TxnKind};
 use crate::index::KeyIndex;
@@ -17,7 +17,7 @@ use crate::status::StatusWriter;
 use etcd_client::{Compare, GetOptions, TxnOp};
 use etcdsync_core::change::rfc3339;
 use etcdsync_core::encode::json::encode_row;
-use etcdsync_core::encode::key::{prefix_range_end, row_key, table_prefix};
+use etcdsync_core::encode::key::{is_valid_relative_key, prefix_range_end, row_key, table_prefix};
 use etcdsync_core::leadership::Fence;
 use etcdsync_core::sink::{Sink, SinkIo};
 use etcdsync_core::source::RowFetcher;
@@ -467,12 +467,15 @@ impl Writer {
             return self.truncate_tracked(&change.table.id).await;
         }
         let table = Arc::clone(&change.table);
-        let op = change.op_name();
+        // A skipped row (`on_invalid_key: skip`) is counted by its own metric, not as applied.
+        let op = (!has_invalid_key(&change)).then(|| change.op_name());
         let unit = self.change_ops(change).await?;
         let limits = self.stream_limits;
         let unit = match self.open.try_add(unit, limits) {
             Ok(()) => {
-                self.open.count_change(&table.id, op);
+                if let Some(op) = op {
+                    self.open.count_change(&table.id, op);
+                }
                 return Ok(());
             }
             Err(unit) => unit,
@@ -483,7 +486,9 @@ impl Writer {
             self.submit_open_part().await?;
             match self.open.try_add(unit, limits) {
                 Ok(()) => {
-                    self.open.count_change(&table.id, op);
+                    if let Some(op) = op {
+                        self.open.count_change(&table.id, op);
+                    }
                     return Ok(());
                 }
                 Err(unit) => unit,
@@ -766,6 +771,9 @@ impl Writer {
     }
 
     async fn table_change_ops(&mut self, change: Change) -> Result<Vec<EtcdOp>, EtcdError> {
+        if has_invalid_key(&change) {
+            return self.invalid_key_ops(change).await;
+        }
         if change.route.tracked && !matches!(change.op, Op::Truncate) {
             return self.tracked_ops(change).await;
         }
@@ -773,16 +781,8 @@ impl Writer {
             table, op, route, ..
         } = change;
         let prefix = self.settings.prefix.clone();
-        let key = route
-            .key
-            .as_deref()
-            .map(|k| self.routed_key(&table.id, k))
-            .transpose()?;
-        let old_key = route
-            .old_key
-            .as_deref()
-            .map(|k| self.routed_key(&table.id, k))
-            .transpose()?;
+        let key = route.key.as_deref().and_then(|k| self.routed_key(k));
+        let old_key = route.old_key.as_deref().and_then(|k| self.routed_key(k));
         match op {
             Op::Truncate if route.tracked => Err(EtcdError::Protocol(format!(
                 "a truncate of {} (keys from a transform) inside a snapshot",
@@ -844,16 +844,76 @@ impl Writer {
         Ok(unit)
     }
 
-    /// `{prefix}/{relative}` for a transform's key; it must be a non-empty relative path.
-    fn routed_key(&self, table: &TableId, relative: &str) -> Result<String, EtcdError> {
-        if relative.is_empty() || relative.starts_with('/') {
-            return Err(EtcdError::KeyOutsidePrefix {
-                table: table.to_string(),
-                key: relative.to_string(),
-                prefix: self.settings.data_prefix.clone(),
+    /// `{prefix}/{relative}` for a transform's key; `None` when it is not a valid relative key
+    /// (empty, a leading `/`, an empty component): no such key is ever written, so none needs
+    /// deleting either.
+    fn routed_key(&self, relative: &str) -> Option<String> {
+        is_valid_relative_key(relative).then(|| format!("{}{relative}", self.settings.data_prefix))
+    }
+
+    /// A row whose new key from a transform is invalid (`sink.on_invalid_key`): an error naming
+    /// table, row and key, or, with `skip`, a warning and the deletes that leave no stale key:
+    /// the row's previous key (the transform's old key, or the key index's) with its owner and
+    /// index entries.
+    async fn invalid_key_ops(&mut self, change: Change) -> Result<Vec<EtcdOp>, EtcdError> {
+        let Change {
+            table, op, route, ..
+        } = change;
+        let (old, row) = match op {
+            Op::Insert { row } => (None, row),
+            Op::Update { old, row } => (old, row),
+            Op::Delete { .. } | Op::Truncate => {
+                return Err(EtcdError::Task(
+                    "only a new row version has a key to refuse".into(),
+                ))
+            }
+        };
+        let relative = route.key.unwrap_or_default();
+        let shown_key = format!("{}{relative}", self.settings.data_prefix);
+        let row_text = row_label(&table, &row);
+        if self.settings.on_invalid_key == OnInvalidKey::Error {
+            return Err(EtcdError::InvalidKey {
+                table: table.id.to_string(),
+                row: row_text,
+                key: shown_key,
             });
         }
-        Ok(format!("{}{relative}", self.settings.data_prefix))
+        let routed_old = route.old_key.as_deref().and_then(|k| self.routed_key(k));
+        let mut unit = Vec::new();
+        if route.tracked {
+            let index = self.index.clone();
+            let row_id = index.row_id(&table, &row)?;
+            let previous_id = old
+                .as_deref()
+                .and_then(|old| index.row_id(&table, old).ok())
+                .unwrap_or_else(|| row_id.clone());
+            let indexed = self.indexed_key(&previous_id).await?;
+            if indexed.is_some() {
+                unit.push(EtcdOp::Delete {
+                    key: index.entry_key(&previous_id),
+                });
+            }
+            if let Some(previous) = routed_old.or(indexed) {
+                self.check_key(&table.id, &previous)?;
+                // Another row may have taken the key over (during a snapshot): it stays.
+                let owner = self.current_value(&index.owner_key(&previous)).await?;
+                if owner.is_none_or(|o| o == previous_id.as_bytes() || o == row_id.as_bytes()) {
+                    unit.push(EtcdOp::Delete {
+                        key: index.owner_key(&previous),
+                    });
+                    unit.push(EtcdOp::Delete { key: previous });
+                }
+            }
+        } else if let Some(previous) = routed_old {
+            self.check_key(&table.id, &previous)?;
+            unit.push(EtcdOp::Delete { key: previous });
+        }
+        let deleted = unit.iter().any(|op| {
+            op.key()
+                .is_some_and(|k| !k.starts_with(&self.settings.meta_prefix))
+        });
+        events::invalid_key_skipped(&table.id.to_string(), &row_text, &shown_key, deleted);
+        Ok(unit)
     }
 
     /// Every data key is under the data prefix (the tool writes nothing else, DESIGN §2).
@@ -1027,11 +1087,7 @@ impl Writer {
             table, op, route, ..
         } = change;
         let index = self.index.clone();
-        let routed_old = route
-            .old_key
-            .as_deref()
-            .map(|k| self.routed_key(&table.id, k))
-            .transpose()?;
+        let routed_old = route.old_key.as_deref().and_then(|k| self.routed_key(k));
         let (old, row) = match op {
             Op::Truncate => {
                 return Err(EtcdError::Task(
@@ -1040,11 +1096,7 @@ impl Writer {
             }
             Op::Delete { old } => {
                 let row_id = index.row_id(&table, &old)?;
-                let routed = route
-                    .key
-                    .as_deref()
-                    .map(|k| self.routed_key(&table.id, k))
-                    .transpose()?;
+                let routed = route.key.as_deref().and_then(|k| self.routed_key(k));
                 let key = match routed_old.or(routed) {
                     Some(key) => Some(key),
                     None => self.indexed_key(&row_id).await?,
@@ -1070,7 +1122,12 @@ impl Writer {
                 table.id
             )));
         };
-        let key = self.routed_key(&table.id, relative)?;
+        let Some(key) = self.routed_key(relative) else {
+            return Err(EtcdError::Task(format!(
+                "an invalid key of {} reached the key index",
+                table.id
+            )));
+        };
         let row_id = index.row_id(&table, &row)?;
         let old_row_id = old
             .as_deref()
@@ -1376,7 +1433,7 @@ impl Writer {
             )));
         }
         let table = Arc::clone(&change.table);
-        let op = change.op_name();
+        let op = (!has_invalid_key(&change)).then(|| change.op_name());
         let unit = self.change_ops(change).await?;
         let limits = self.snapshot_limits;
         let Some(snapshot) = self.snapshot.as_mut() else {
@@ -1384,7 +1441,9 @@ impl Writer {
         };
         let unit = match snapshot.batch.try_add(unit, limits) {
             Ok(()) => {
-                snapshot.batch.count_change(&table.id, op);
+                if let Some(op) = op {
+                    snapshot.batch.count_change(&table.id, op);
+                }
                 return Ok(());
             }
             Err(unit) => unit,
@@ -1397,7 +1456,9 @@ impl Writer {
             };
             match snapshot.batch.try_add(unit, limits) {
                 Ok(()) => {
-                    snapshot.batch.count_change(&table.id, op);
+                    if let Some(op) = op {
+                        snapshot.batch.count_change(&table.id, op);
+                    }
                     return Ok(());
                 }
                 Err(unit) => unit,
@@ -1625,6 +1686,31 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Whether a change puts a row under a transform's key that is not valid
+/// ([`is_valid_relative_key`]): `sink.on_invalid_key` decides.
+fn has_invalid_key(change: &Change) -> bool {
+    matches!(change.op, Op::Insert { .. } | Op::Update { .. })
+        && change
+            .route
+            .key
+            .as_deref()
+            .is_some_and(|key| !is_valid_relative_key(key))
+}
+
+/// A row's key columns for messages: `id = 7, region = eu`.
+fn row_label(table: &TableSchema, row: &[Value]) -> String {
+    table
+        .key
+        .iter()
+        .map(|&i| {
+            let name = table.columns.get(i).map(|c| c.name.as_str()).unwrap_or("?");
+            let value = row.get(i).map(Value::to_text).unwrap_or_default();
+            format!("{name} = {value}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The default key of a row; key columns must carry values.

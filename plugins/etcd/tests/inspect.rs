@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use etcdsync_core::change::{Column, Route};
-use etcdsync_core::inspect::{CheckResult, SinkInspector};
+use etcdsync_core::inspect::{CheckOptions, CheckResult, SinkInspector};
 use etcdsync_core::sink::SinkContext;
 use etcdsync_core::telemetry::{self, Phase};
 use etcdsync_core::{Change, Message, Op, TableId, TableSchema, Value};
@@ -45,11 +45,27 @@ async fn inspector(yaml: &str) -> Box<dyn SinkInspector> {
         .expect("inspector")
 }
 
-/// Runs `check` and prints its report (shown with `--nocapture` or on failure).
+/// Runs the read-only `check` and prints its report (shown with `--nocapture` or on failure).
 async fn check(yaml: &str) -> Vec<CheckResult> {
-    let results = inspector(yaml).await.check().await;
+    check_with(yaml, CheckOptions::default()).await
+}
+
+/// `check --write-probe`.
+async fn check_probing(yaml: &str) -> Vec<CheckResult> {
+    check_with(yaml, CheckOptions { write_probe: true }).await
+}
+
+async fn check_with(yaml: &str, options: CheckOptions) -> Vec<CheckResult> {
+    let results = inspector(yaml).await.check(options).await;
     eprintln!("{}\n", report(&results));
     results
+}
+
+/// etcd's revision and raft index: neither moves unless something is written.
+async fn write_marks(client: &mut etcd_client::Client) -> (i64, u64) {
+    let status = client.status().await.expect("etcd status");
+    let revision = status.header().map(|h| h.revision()).expect("header");
+    (revision, status.raft_index())
 }
 
 fn report(results: &[CheckResult]) -> String {
@@ -96,6 +112,22 @@ async fn check_passes_on_the_test_etcd_and_leaves_no_probe_behind() {
         "{}",
         report(&results)
     );
+    assert!(
+        named(&results, "sink.max_request_bytes")
+            .detail
+            .contains("not probed"),
+        "{}",
+        report(&results)
+    );
+    let results = check_probing(&p.yaml("")).await;
+    assert_all_pass(&results, &url);
+    assert!(
+        named(&results, "permissions on sink.meta_prefix")
+            .detail
+            .contains("probed"),
+        "{}",
+        report(&results)
+    );
     assert!(dump(&mut etcd, &format!("{}/", p.meta)).await.is_empty());
     assert!(dump(&mut etcd, &format!("{}/", p.data)).await.is_empty());
 
@@ -127,6 +159,123 @@ async fn check_passes_on_the_test_etcd_and_leaves_no_probe_behind() {
             .as_deref()
             .unwrap_or_default()
             .contains("etcdctl del"),
+        "{}",
+        report(&results)
+    );
+}
+
+#[tokio::test]
+async fn check_writes_nothing_unless_asked_to_probe() {
+    let etcd = PrivateEtcd::start("readonly").await;
+    let url = etcd.url();
+    let p = Prefixes::new("check-ro", &url);
+    let mut client = client(&url).await;
+
+    let before = write_marks(&mut client).await;
+    let results = check(&p.yaml("")).await;
+    assert_all_pass(&results, &url);
+    for name in [
+        "permissions on sink.meta_prefix",
+        "permissions on sink.prefix",
+    ] {
+        assert!(
+            named(&results, name).detail.contains("nothing written"),
+            "{}",
+            report(&results)
+        );
+    }
+    let after = write_marks(&mut client).await;
+    assert_eq!(after.0, before.0, "check without --write-probe wrote a key");
+    // No write request either: etcd 3.4 logs only the alarm list (a read) in its raft log.
+    assert!(
+        after.1 <= before.1 + 1,
+        "check without --write-probe sent requests through raft: index {} → {}",
+        before.1,
+        after.1
+    );
+
+    // --write-probe writes (and deletes) its probe key: the revision moves, no key remains.
+    let results = check_probing(&p.yaml("")).await;
+    assert_all_pass(&results, &url);
+    let probed = write_marks(&mut client).await;
+    assert!(
+        probed.0 > after.0,
+        "no write with --write-probe: {probed:?}"
+    );
+    assert!(dump(&mut client, "").await.is_empty());
+}
+
+/// A private etcd with authentication: `root` and a user `app` whose role may read everything
+/// but write only under `writable`.
+async fn etcd_with_a_limited_user(writable: &[&str]) -> PrivateEtcd {
+    use etcd_client::{ConnectOptions, Permission};
+    let etcd = PrivateEtcd::start("auth").await;
+    let root = client(&etcd.url()).await;
+    let mut auth = root.auth_client();
+    auth.user_add("root", "rootpw", None).await.expect("root");
+    auth.user_grant_role("root", "root").await.ok();
+    auth.user_add("app", "apppw", None).await.expect("user");
+    auth.role_add("app").await.expect("role");
+    auth.role_grant_permission("app", Permission::read("").with_all_keys())
+        .await
+        .expect("read");
+    for prefix in writable {
+        auth.role_grant_permission("app", Permission::read_write(*prefix).with_prefix())
+            .await
+            .expect("write");
+    }
+    auth.user_grant_role("app", "app").await.expect("grant");
+    auth.auth_enable().await.expect("auth enable");
+    // Authentication is on once root's token works.
+    etcd_client::Client::connect(
+        [etcd.url()],
+        Some(ConnectOptions::new().with_user("root", "rootpw")),
+    )
+    .await
+    .expect("root login");
+    etcd
+}
+
+#[tokio::test]
+async fn check_reads_write_permission_from_the_users_roles_and_agrees_with_the_probe() {
+    let as_app = |p: &Prefixes| p.yaml("username: app\npassword: apppw\n");
+    // Write on the meta prefix only: the data prefix is refused, by the roles and by the probe.
+    let etcd = etcd_with_a_limited_user(&["/tmeta-"]).await;
+    let url = etcd.url();
+    let p = Prefixes::with_options("check-roles", &url, |_| {
+        Some(etcd_client::ConnectOptions::new().with_user("root", "rootpw"))
+    });
+    assert!(p.meta.starts_with("/tmeta-"), "{}", p.meta);
+    for results in [check(&as_app(&p)).await, check_probing(&as_app(&p)).await] {
+        let text = report(&results);
+        assert!(
+            named(&results, "permissions on sink.meta_prefix").ok,
+            "{text}"
+        );
+        let data = named(&results, "permissions on sink.prefix");
+        assert!(!data.ok, "{text}");
+        let fix = data.fix.as_deref().unwrap_or_default();
+        assert!(
+            fix.contains("grant-permission") && fix.contains(&p.data),
+            "{text}"
+        );
+    }
+    let read_only = check(&as_app(&p)).await;
+    assert!(
+        named(&read_only, "permissions on sink.meta_prefix")
+            .detail
+            .contains("by the roles of user `app` (app"),
+        "{}",
+        report(&read_only)
+    );
+
+    // root may write everywhere: that is read from its role, nothing is written.
+    let results = check(&p.yaml("username: root\npassword: rootpw\n")).await;
+    assert_all_pass(&results, &url);
+    assert!(
+        named(&results, "permissions on sink.prefix")
+            .detail
+            .contains("root role"),
         "{}",
         report(&results)
     );
@@ -279,7 +428,15 @@ async fn check_finds_limits_above_the_servers_and_what_it_accepts() {
     let url = etcd.url();
     let p = Prefixes::new("check-limits", &url);
 
+    // The operation count is probed with reads; the request size needs --write-probe.
     let results = check(&p.yaml("")).await;
+    let text = report(&results);
+    let ops = named(&results, "sink.max_txn_ops");
+    assert!(!ops.ok, "{text}");
+    let bytes = named(&results, "sink.max_request_bytes");
+    assert!(bytes.ok && bytes.detail.contains("not probed"), "{text}");
+
+    let results = check_probing(&p.yaml("")).await;
     let text = report(&results);
     let ops = named(&results, "sink.max_txn_ops");
     assert!(!ops.ok, "{text}");
@@ -305,7 +462,7 @@ async fn check_finds_limits_above_the_servers_and_what_it_accepts() {
         assert!(named(&results, name).ok, "{text}");
     }
 
-    let results = check(&p.yaml(&format!(
+    let results = check_probing(&p.yaml(&format!(
         "max_txn_ops: 32\nmax_request_bytes: {suggested}\n"
     )))
     .await;
@@ -331,7 +488,7 @@ async fn check_reports_a_nospace_alarm_with_the_fix() {
             break;
         }
     }
-    let results = check(&p.yaml("")).await;
+    let results = check_probing(&p.yaml("")).await;
     let text = report(&results);
     let alarms = named(&results, "etcd alarms");
     assert!(!alarms.ok, "{text}");
@@ -340,13 +497,17 @@ async fn check_reports_a_nospace_alarm_with_the_fix() {
         fix.contains("NOSPACE") && fix.contains("alarm disarm"),
         "{text}"
     );
-    // The write probes, which etcd would refuse for the same reason, are left out.
-    assert!(
-        !results
-            .iter()
-            .any(|r| r.name.starts_with("permissions") || r.name.starts_with("sink.max")),
-        "{text}"
-    );
+    // Even with --write-probe nothing is written, which etcd would refuse for the same reason:
+    // the reads are checked, the writes are said not to be probed.
+    for name in [
+        "permissions on sink.meta_prefix",
+        "permissions on sink.prefix",
+        "sink.max_request_bytes",
+    ] {
+        let result = named(&results, name);
+        assert!(result.ok && result.detail.contains("alarm"), "{text}");
+    }
+    assert!(named(&results, "sink.max_txn_ops").ok, "{text}");
     assert!(named(&results, "checkpoint").ok, "{text}");
 }
 

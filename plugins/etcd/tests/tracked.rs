@@ -288,3 +288,67 @@ async fn a_snapshot_of_a_table_with_transformed_keys_leaves_no_stale_key() {
     let message = sink.result().await.expect_err("collision").to_string();
     assert!(message.contains("same/key"), "{message}");
 }
+
+#[tokio::test]
+async fn a_skipped_invalid_key_deletes_the_rows_old_key_however_it_is_known() {
+    let url = etcd_url();
+    let p = Prefixes::new("invalid", &url);
+    let mut sink = start(&p.yaml("on_invalid_key: skip\n")).await;
+    let mut etcd = client(&url).await;
+    sink.txn(
+        vec![
+            insert_setting(1, "billing", "timeout", "30"),
+            insert_setting(2, "billing", "retries", "3"),
+            insert_setting(3, "auth", "ttl", "60"),
+            insert_setting(4, "auth", "mode", "x"),
+        ],
+        1,
+    )
+    .await;
+    sink.wait_ack(&pos(1)).await;
+    assert_eq!(data(&mut etcd, &p).await.len(), 4);
+
+    sink.txn(
+        vec![
+            // The old key from the transform (a full old row).
+            templated(Change::update(
+                settings(),
+                Some(setting(1, "billing", "timeout", "30")),
+                setting(1, "billing", "", "30"),
+            )),
+            // From the key index (only the primary key of the old row).
+            templated(Change::update(
+                settings(),
+                Some(pk_only(2)),
+                setting(2, "", "retries", "3"),
+            )),
+            // A new primary key too: the old row's entries go.
+            templated(Change::update(
+                settings(),
+                Some(setting(3, "auth", "ttl", "60")),
+                setting(30, "auth", "", "60"),
+            )),
+            // An insert that never had a key.
+            insert_setting(5, "", "", "y"),
+        ],
+        2,
+    )
+    .await;
+    sink.wait_ack(&pos(2)).await;
+    assert_eq!(data(&mut etcd, &p).await, map(&[("auth/mode", "x")]));
+    let index: Vec<String> = dump(&mut etcd, &format!("{}/", p.meta))
+        .await
+        .into_keys()
+        .filter(|k| k.contains("/index/") || k.contains("/owner/"))
+        .collect();
+    assert_eq!(
+        index,
+        vec![
+            format!("{}/index/public/settings/4", p.meta),
+            format!("{}/owner/auth/mode", p.meta),
+        ]
+    );
+    sink.close()
+        .await
+        .expect("the sink keeps running after skipping rows");
+}

@@ -3,7 +3,7 @@
 use super::*;
 use etcdsync_core::change::{Checkpoint, Column, Position, Row};
 use etcdsync_core::encode::key::{row_key, unescape_component};
-use etcdsync_core::inspect::{CheckResult, SourceLag};
+use etcdsync_core::inspect::{CheckOptions, CheckResult, SourceLag};
 use etcdsync_core::{async_trait, Result};
 
 const PREFIX: &str = "/p";
@@ -95,7 +95,7 @@ impl Default for Sink {
 
 #[async_trait]
 impl SinkInspector for Sink {
-    async fn check(&mut self) -> Vec<CheckResult> {
+    async fn check(&mut self, _options: CheckOptions) -> Vec<CheckResult> {
         Vec::new()
     }
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
@@ -248,4 +248,29 @@ async fn finds_each_kind_of_drift_across_pages_and_repair_converges() {
         .expect_err("an empty selection");
     assert!(error.to_string().contains("matches no table"), "{error}");
     assert_eq!(sink.kv, before);
+}
+
+#[tokio::test]
+async fn a_row_whose_key_has_an_empty_component_is_not_expected_in_the_sink() {
+    let template: Box<dyn TransformConfig> =
+        serde_yaml::from_str("type: key_template\ntables: [\"s.t\"]\ntemplate: \"s/t/{v}\"\n")
+            .expect("a key_template config");
+    let mut source = Source {
+        rows: [(1, "1".to_string()), (2, String::new())].into(),
+        largest_page: 0,
+        none_selected: false,
+    };
+    let mut sink = Sink::default();
+    sink.kv.insert(key(1), value(1, "1"));
+    let options = Options {
+        repair: false,
+        max_report: 3,
+        json: false,
+    };
+    let report = run(&[template], &mut source, &mut sink, options)
+        .await
+        .expect("verify");
+    assert_eq!(report.source_rows, 2);
+    // Row 2 maps to `s/t/`, which the sink never stores: not missing.
+    assert_eq!(report.drift(), 0, "{report:?}");
 }

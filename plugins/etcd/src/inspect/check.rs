@@ -1,27 +1,32 @@
 //! `etcdsync check` on the etcd side (DESIGN §2, §4): one [`CheckResult`] per probe, each failure
-//! with the exact fix. The probes, in order:
+//! with the exact fix. Without `--write-probe` ([`CheckOptions::write_probe`]) it sends no write
+//! request at all — only reads, maintenance status, the alarm list and the user's own roles — so
+//! no key, revision or raft entry changes. The probes, in order:
 //! - `etcd reachable (URL)` per endpoint: maintenance Status without credentials (version,
 //!   member, leader, db size);
 //! - `etcd version`: at least 3.4 on every endpoint;
 //! - `etcd authentication`: `sink.username`/`password` accepted (or, without a user, that etcd
 //!   does not require one);
-//! - `etcd alarms`: no NOSPACE (or CORRUPT) alarm; while one is raised the four write probes below
-//!   are skipped (etcd refuses every write, so they would only repeat it);
+//! - `etcd alarms`: no NOSPACE (or CORRUPT) alarm; while one is raised nothing is written even
+//!   with `--write-probe` (etcd refuses every write, so the probes would only repeat it);
 //! - `sink.prefix / sink.meta_prefix`: the prefixes do not overlap;
-//! - `permissions on sink.meta_prefix`: read the checkpoint key, put and delete a probe key
-//!   `{meta}/check/{host}-{pid}-{n}`; when this fails, the limit probes and `checkpoint` (which
-//!   use meta-prefix keys) are skipped;
-//! - `permissions on sink.prefix`: a count-only read of the prefix, and a transaction whose compare
-//!   can never hold (`version < 0`) carrying a put and a delete-range under the prefix: etcd checks
-//!   permission for every operation of both branches before evaluating the compare, so nothing is
-//!   written;
-//! - `sink.max_txn_ops`: the same never-true transaction with `max_txn_ops` puts of distinct
-//!   meta-prefix keys (etcd checks the count first); when refused, a binary search finds what etcd
-//!   accepts;
-//! - `sink.max_request_bytes`: the never-true transaction with one put as large as the sink's
-//!   largest request (etcd checks the size before raft applies the compare, so the probe writes no
-//!   key, but it does pass once through etcd's raft log); when refused, a binary search (to 1 KiB)
-//!   finds a setting etcd accepts;
+//! - `permissions on sink.meta_prefix` and `permissions on sink.prefix`: a count-only read of
+//!   the checkpoint key and of the data prefix; write permission from the user's roles
+//!   (`UserGet` of itself, `RoleGet` of its roles: etcd lets a user read both) — granted when
+//!   authentication is off, when the user has the `root` role, or when the roles' write ranges
+//!   cover the whole prefix. With `--write-probe`: a put and a delete of a probe key
+//!   `{meta}/check/{host}-{pid}-{n}` (the one write check makes; watchers of the meta prefix see
+//!   it), and for the data prefix a transaction whose compare can never hold (`version < 0`)
+//!   carrying a put and a delete-range under it: etcd checks permission for every operation of
+//!   both branches before evaluating the compare, so nothing is written. When the meta prefix
+//!   cannot be read, the limit probes and `checkpoint` are skipped;
+//! - `sink.max_txn_ops`: a read-only transaction of `max_txn_ops` count-only reads of distinct
+//!   meta-prefix keys (etcd checks the count of every transaction before serving it); when
+//!   refused, a binary search finds what etcd accepts;
+//! - `sink.max_request_bytes`: only with `--write-probe` (etcd checks the size of write requests
+//!   only): the never-true transaction with one put as large as the sink's largest request (it
+//!   writes no key but passes once through etcd's raft log); when refused, a binary search (to
+//!   1 KiB) finds a setting etcd accepts. Without it the line says it was not probed;
 //! - `checkpoint`: informational (absent → the first run snapshots); fails when malformed or
 //!   written by another source type.
 
@@ -32,10 +37,11 @@ use crate::client::{classify, connect_options, EtcdClient};
 use crate::config::{MIN_REQUEST_BYTES, MIN_TXN_OPS};
 use crate::error::EtcdError;
 use etcd_client::{
-    AlarmAction, AlarmType, Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp,
+    AlarmAction, AlarmType, Client, Compare, CompareOp, DeleteOptions, GetOptions, PermissionType,
+    Txn, TxnOp,
 };
 use etcdsync_core::encode::key::{escape_component, prefix_range_end, prefixes_overlap};
-use etcdsync_core::inspect::CheckResult;
+use etcdsync_core::inspect::{CheckOptions, CheckResult};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -59,7 +65,7 @@ struct Failed {
 
 impl EtcdInspector {
     /// Every probe in order (the module docs list them).
-    pub(super) async fn run_checks(&mut self) -> Vec<CheckResult> {
+    pub(super) async fn run_checks(&mut self, options: CheckOptions) -> Vec<CheckResult> {
         let mut out = Vec::new();
         let endpoints = self.settings.endpoints.clone();
         let mut versions = Vec::new();
@@ -95,24 +101,31 @@ impl EtcdInspector {
             return out;
         };
         let alarms = self.alarm_check(&client).await;
-        // Under an alarm etcd refuses every write: the write probes would only repeat it.
-        let writable = alarms.ok;
+        // Under an alarm etcd refuses every write: a write probe would only repeat it.
+        let writes = if !options.write_probe {
+            Writes::NotAsked
+        } else if alarms.ok {
+            Writes::Probe
+        } else {
+            Writes::Refused
+        };
         out.push(alarms);
         out.push(self.prefix_check());
-        let mut meta_ok = true;
-        if writable {
-            let meta = self.meta_permission_check(&client).await;
-            meta_ok = meta.ok;
-            out.push(meta);
-            out.push(self.data_permission_check(&client).await);
-            // The limit probes and the checkpoint read use meta-prefix keys: without permission
-            // there they would only repeat that failure.
-            if meta_ok {
-                out.push(self.txn_ops_check(&client).await);
-                out.push(self.request_bytes_check(&client).await);
-            }
-        }
+        let mut roles = None;
+        let meta = self
+            .meta_permission_check(&client, writes, &mut roles)
+            .await;
+        let meta_ok = meta.ok;
+        out.push(meta);
+        out.push(
+            self.data_permission_check(&client, writes, &mut roles)
+                .await,
+        );
+        // The limit probes and the checkpoint read use meta-prefix keys: without permission
+        // there they would only repeat that failure.
         if meta_ok {
+            out.push(self.txn_ops_check(&client).await);
+            out.push(self.request_bytes_check(&client, writes).await);
             out.push(self.checkpoint_check(&client).await);
         }
         out
@@ -303,7 +316,7 @@ impl EtcdInspector {
             CheckResult::fail(
                 name,
                 format!(
-                    "{} (permissions and limits are not probed while etcd refuses writes)",
+                    "{} (nothing is written to probe permissions and limits while etcd refuses writes)",
                     raised.join(", ")
                 ),
                 "etcd's NOSPACE alarm is raised and etcd refuses writes: free space (etcdctl compact REVISION; \
@@ -313,7 +326,7 @@ impl EtcdInspector {
             CheckResult::fail(
                 name,
                 format!(
-                    "{} (permissions and limits are not probed while it is raised)",
+                    "{} (nothing is written to probe permissions and limits while it is raised)",
                     raised.join(", ")
                 ),
                 "etcd reports data corruption: restore the member from a healthy one (see etcd's disaster-recovery \
@@ -382,11 +395,16 @@ impl EtcdInspector {
         Ok(())
     }
 
-    /// `permissions on sink.meta_prefix`: read the checkpoint, put and delete a probe key.
-    async fn meta_permission_check(&self, client: &EtcdClient) -> CheckResult {
+    /// `permissions on sink.meta_prefix`: read the checkpoint key; write from the roles, or with
+    /// `--write-probe` by putting and deleting a probe key.
+    async fn meta_permission_check(
+        &self,
+        client: &EtcdClient,
+        writes: Writes,
+        roles: &mut Option<Result<Roles, String>>,
+    ) -> CheckResult {
         let name = "permissions on sink.meta_prefix";
         let meta = self.settings.meta_prefix.clone();
-        let probe = self.probe_key();
         let fail = |failed: Failed| {
             let fix = if failed.detail.contains("permission denied") {
                 self.grant_fix("sink.meta_prefix", &meta)
@@ -408,6 +426,12 @@ impl EtcdInspector {
         {
             return fail(failed);
         }
+        if writes != Writes::Probe {
+            return self
+                .write_permission(client, name, "sink.meta_prefix", &meta, writes, roles)
+                .await;
+        }
+        let probe = self.probe_key();
         let put = client.retry(
             "put a probe key under sink.meta_prefix",
             None,
@@ -433,11 +457,20 @@ impl EtcdInspector {
                 fix: failed.fix,
             });
         }
-        CheckResult::pass(name, format!("read, put and delete under `{meta}`"))
+        CheckResult::pass(
+            name,
+            format!("read permitted; put and delete probed under `{meta}` (wrote and deleted `{probe}`)"),
+        )
     }
 
-    /// `permissions on sink.prefix`: a count-only read, and a never-applied put and delete-range.
-    async fn data_permission_check(&self, client: &EtcdClient) -> CheckResult {
+    /// `permissions on sink.prefix`: a count-only read; write from the roles, or with
+    /// `--write-probe` by a never-applied put and delete-range.
+    async fn data_permission_check(
+        &self,
+        client: &EtcdClient,
+        writes: Writes,
+        roles: &mut Option<Result<Roles, String>>,
+    ) -> CheckResult {
         let name = "permissions on sink.prefix";
         let data = self.settings.data_prefix.clone();
         let fail = |failed: Failed| {
@@ -463,6 +496,15 @@ impl EtcdInspector {
             Ok(response) => response.count(),
             Err(failed) => return fail(failed),
         };
+        if writes != Writes::Probe {
+            let mut result = self
+                .write_permission(client, name, "sink.prefix", &data, writes, roles)
+                .await;
+            if result.ok {
+                result.detail = format!("{keys} keys under `{data}`; {}", result.detail);
+            }
+            return result;
+        }
         let probe = format!("{data}etcdsync-check-probe");
         let txn = Self::never_applied(
             &probe,
@@ -486,31 +528,153 @@ impl EtcdInspector {
         }
         CheckResult::pass(
             name,
-            format!("read ({keys} keys under `{data}`), put and delete permitted (probed without writing)"),
+            format!("read ({keys} keys under `{data}`), put and delete permitted (probed with a transaction etcd checks but never applies)"),
         )
     }
 
-    /// `sink.max_txn_ops`: etcd accepts transactions of that many operations.
+    /// The write half of a permission check without writing: from etcd's authentication state
+    /// and the user's roles (read once per check into `roles`).
+    async fn write_permission(
+        &self,
+        client: &EtcdClient,
+        name: &str,
+        what: &str,
+        prefix: &str,
+        writes: Writes,
+        roles: &mut Option<Result<Roles, String>>,
+    ) -> CheckResult {
+        let not_probed = |why: String| {
+            CheckResult::pass(
+                name,
+                format!("read permitted; write not probed ({why}; `etcdsync check --write-probe` probes it)"),
+            )
+        };
+        if writes == Writes::Refused {
+            return CheckResult::pass(
+                name,
+                "read permitted; write not probed (etcd refuses writes while an alarm is raised)",
+            );
+        }
+        let Some((user, _)) = &self.settings.credentials else {
+            return CheckResult::pass(
+                name,
+                "read permitted; write permitted: etcd authentication is off (nothing written to check)",
+            );
+        };
+        if roles.is_none() {
+            *roles = Some(self.read_roles(client, user).await);
+        }
+        let roles = match roles {
+            Some(Ok(roles)) => roles,
+            Some(Err(why)) => return not_probed(why.clone()),
+            None => return not_probed("the user's roles were not read".into()),
+        };
+        let names = if roles.names.is_empty() {
+            "none".to_string()
+        } else {
+            roles.names.join(", ")
+        };
+        if roles.root {
+            CheckResult::pass(
+                name,
+                format!("read permitted; write permitted: user `{user}` has the root role (nothing written to check)"),
+            )
+        } else if covers(&roles.write_ranges, prefix) {
+            CheckResult::pass(
+                name,
+                format!("read permitted; write granted on `{prefix}` by the roles of user `{user}` ({names}; read from etcd, nothing written)"),
+            )
+        } else {
+            CheckResult::fail(
+                name,
+                format!(
+                    "the roles of user `{user}` ({names}) do not grant write on all of `{prefix}`"
+                ),
+                self.grant_fix(what, prefix),
+            )
+        }
+    }
+
+    /// The user's roles and the key ranges they may write (`UserGet` of itself and `RoleGet` of
+    /// its roles, which etcd lets a user read without the root role).
+    async fn read_roles(&self, client: &EtcdClient, user: &str) -> Result<Roles, String> {
+        let mut auth = client.inner().auth_client();
+        let read = async {
+            let names = auth
+                .user_get(user)
+                .await
+                .map_err(|e| format!("user `{user}`: {e}"))?
+                .roles()
+                .to_vec();
+            let mut roles = Roles {
+                root: names.iter().any(|r| r == "root"),
+                names,
+                write_ranges: Vec::new(),
+            };
+            if roles.root {
+                return Ok::<_, String>(roles);
+            }
+            for role in roles.names.clone() {
+                let permissions = auth
+                    .role_get(role.as_str())
+                    .await
+                    .map_err(|e| format!("role `{role}`: {e}"))?
+                    .permissions();
+                roles.write_ranges.extend(
+                    permissions
+                        .iter()
+                        .filter(|p| {
+                            p.get_type() == PermissionType::Write as i32
+                                || p.get_type() == PermissionType::Readwrite as i32
+                        })
+                        .filter_map(|p| KeyRange::of_permission(p.key(), p.range_end())),
+                );
+            }
+            Ok(roles)
+        };
+        match tokio::time::timeout(self.check_timeout(), read).await {
+            Ok(Ok(roles)) => Ok(roles),
+            Ok(Err(error)) => Err(format!("the user's roles could not be read: {error}")),
+            Err(_) => Err(format!(
+                "the user's roles could not be read within {:?}",
+                self.check_timeout()
+            )),
+        }
+    }
+
+    /// `sink.max_txn_ops`: etcd accepts transactions of that many operations (probed with
+    /// count-only reads: etcd checks the count of every transaction).
     async fn txn_ops_check(&self, client: &EtcdClient) -> CheckResult {
         let name = "sink.max_txn_ops";
         let configured = self.settings.max_txn_ops;
         let base = self.probe_key();
         let probe = |n: usize| {
             let ops = (0..n)
-                .map(|i| TxnOp::put(format!("{base}/{i}"), "", None))
-                .collect();
-            Self::probe_txn(
-                client,
-                "probe etcd's --max-txn-ops",
-                Self::never_applied(&base, ops),
-            )
+                .map(|i| {
+                    TxnOp::get(
+                        format!("{base}/{i}"),
+                        Some(GetOptions::new().with_count_only()),
+                    )
+                })
+                .collect::<Vec<_>>();
+            async move {
+                client
+                    .retry("probe etcd's --max-txn-ops", None, Some(1), |mut kv| {
+                        let txn = Txn::new().and_then(ops.clone());
+                        async move { kv.txn(txn).await }
+                    })
+                    .await
+                    .map(|_| ())
+            }
         };
         let too_many = |e: &EtcdError| e.to_string().contains("too many operations");
         match self.bounded(probe(configured)).await {
             Ok(()) => {
                 return CheckResult::pass(
                     name,
-                    format!("etcd accepts transactions of {configured} operations"),
+                    format!(
+                        "etcd accepts transactions of {configured} operations (probed with reads)"
+                    ),
                 )
             }
             Err(failed) if !failed.detail.contains("too many operations") => {
@@ -543,10 +707,30 @@ impl EtcdInspector {
         CheckResult::fail(name, detail, fix)
     }
 
-    /// `sink.max_request_bytes`: etcd accepts a request as large as the sink's largest.
-    async fn request_bytes_check(&self, client: &EtcdClient) -> CheckResult {
+    /// `sink.max_request_bytes`: etcd accepts a request as large as the sink's largest (only
+    /// with `--write-probe`: etcd checks the size of write requests only).
+    async fn request_bytes_check(&self, client: &EtcdClient, writes: Writes) -> CheckResult {
         let name = "sink.max_request_bytes";
         let configured = self.settings.max_request_bytes;
+        match writes {
+            Writes::Probe => {}
+            Writes::NotAsked => {
+                return CheckResult::pass(
+                    name,
+                    format!(
+                        "{configured}, not probed (etcd checks the size of write requests only; `etcdsync check \
+                         --write-probe` sends one it checks but never applies); keep it at or below etcd's \
+                         --max-request-bytes (default 1572864)"
+                    ),
+                )
+            }
+            Writes::Refused => {
+                return CheckResult::pass(
+                    name,
+                    format!("{configured}, not probed (etcd refuses writes while an alarm is raised)"),
+                )
+            }
+        }
         let key = self.probe_key();
         let probe = |max_request_bytes: usize| {
             // The sink's data ops fill at most max_request_bytes - TXN_OVERHEAD, counted with
@@ -692,6 +876,72 @@ impl EtcdInspector {
     }
 }
 
+/// What check may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    /// No `--write-probe`: read-only.
+    NotAsked,
+    /// `--write-probe` and etcd accepts writes.
+    Probe,
+    /// `--write-probe`, but an alarm makes etcd refuse writes.
+    Refused,
+}
+
+/// The check user's roles, as far as write permission goes.
+#[derive(Debug, Default)]
+struct Roles {
+    names: Vec<String>,
+    /// The user has etcd's `root` role: every permission.
+    root: bool,
+    write_ranges: Vec<KeyRange>,
+}
+
+/// A key range a role may write: `from` up to `to` (exclusive; `None`: no end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyRange {
+    from: Vec<u8>,
+    to: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// The range of an etcd permission: an empty `range_end` is the single key (`None`: it
+    /// cannot cover a prefix), `[0]` every key from `key` on.
+    fn of_permission(key: &[u8], range_end: &[u8]) -> Option<Self> {
+        match range_end {
+            [] => None,
+            [0] => Some(Self {
+                from: key.to_vec(),
+                to: None,
+            }),
+            end => Some(Self {
+                from: key.to_vec(),
+                to: Some(end.to_vec()),
+            }),
+        }
+    }
+}
+
+/// Whether `ranges` together hold every key that starts with `prefix`.
+fn covers(ranges: &[KeyRange], prefix: &str) -> bool {
+    let end = prefix_range_end(prefix);
+    let mut sorted: Vec<&KeyRange> = ranges.iter().collect();
+    sorted.sort_by(|a, b| a.from.cmp(&b.from));
+    // Everything from `prefix` up to `reached` is covered.
+    let mut reached = prefix.as_bytes().to_vec();
+    for range in sorted {
+        if range.from > reached {
+            break;
+        }
+        match &range.to {
+            None => return true,
+            Some(to) if *to > reached => reached.clone_from(to),
+            Some(_) => {}
+        }
+    }
+    // `[0]` is prefix_range_end's "no end" (a prefix of only 0xff bytes).
+    end != [0] && reached >= end
+}
+
 /// `3.4.23` → `(3, 4)`.
 fn parse_version(version: &str) -> Option<(u32, u32)> {
     let mut parts = version.trim().trim_start_matches('v').split('.');
@@ -719,6 +969,38 @@ mod tests {
         let (a, b) = (inspector.probe_key(), inspector.probe_key());
         assert!(a.starts_with("/etcdsync-meta/demo/check/"), "{a}");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn write_ranges_cover_a_prefix_only_when_they_hold_all_of_it() {
+        let range = |key: &str, end: &[u8]| KeyRange::of_permission(key.as_bytes(), end);
+        let prefix = |key: &str| range(key, &prefix_range_end(key));
+        // `etcdctl role grant-permission R --prefix=true readwrite ''`: every key.
+        let everything = range("", &[0]).into_iter().collect::<Vec<_>>();
+        assert!(covers(&everything, "/etcdsync/"));
+        assert!(covers(&[prefix("/").expect("range")], "/etcdsync/"));
+        assert!(covers(
+            &[prefix("/etcdsync/").expect("range")],
+            "/etcdsync/"
+        ));
+        // A narrower or a neighbouring prefix, or a single key, is not enough.
+        assert!(!covers(
+            &[prefix("/etcdsync/public/").expect("range")],
+            "/etcdsync/"
+        ));
+        assert!(!covers(
+            &[prefix("/etcdsync-meta/").expect("range")],
+            "/etcdsync/"
+        ));
+        assert_eq!(range("/etcdsync/", &[]), None);
+        assert!(!covers(&[], "/etcdsync/"));
+        // Adjacent ranges together do.
+        let halves = [
+            range("/etcdsync/", b"/etcdsync/m").expect("range"),
+            range("/etcdsync/m", b"/etcdsync0").expect("range"),
+        ];
+        assert!(covers(&halves, "/etcdsync/"));
+        assert!(!covers(&halves[..1], "/etcdsync/"));
     }
 
     #[test]
