@@ -157,6 +157,10 @@ pub(crate) struct Decoder<'a> {
     /// Prepared XA transactions in prepare order: their rows, and the position before them
     /// (reported instead of later ones while they wait, so a restart reads them again).
     prepared: Vec<Prepared>,
+    /// Tables copied while streaming, with the binlog position their copy's read stands at:
+    /// their committed row events up to it are in the copy and skipped (so values never go back),
+    /// until a DDL names the table again.
+    copied: HashMap<TableId, BinlogPos>,
     /// Tables known to be synced (listed at start, mapped, copied), for `DROP DATABASE`.
     synced: HashSet<TableId>,
     /// A DDL inside a transaction that needs a copy: done once the transaction is committed.
@@ -211,6 +215,7 @@ impl<'a> Decoder<'a> {
             savepoints: Vec::new(),
             xa: false,
             prepared: Vec::new(),
+            copied: HashMap::new(),
             synced: HashSet::new(),
             deferred: Vec::new(),
             gtid: None,
@@ -494,6 +499,18 @@ impl<'a> Decoder<'a> {
         if self.already_applied(log_pos) {
             return Ok(true);
         }
+        // An XA transaction's rows were not committed when the copy read: never skipped.
+        if !self.xa {
+            if let Some(copied_at) = self.copied.get(&info.schema.id) {
+                let here = BinlogPos::new(self.file.clone(), log_pos);
+                match here.compare(copied_at) {
+                    Some(Ordering::Less | Ordering::Equal) => return Ok(true),
+                    _ => {
+                        self.copied.remove(&info.schema.id);
+                    }
+                }
+            }
+        }
         let info = info.clone();
         let changes = decode_rows(&info, rows).map_err(|e| MysqlError::Decode {
             position: format!("{}:{log_pos}", self.file),
@@ -669,6 +686,14 @@ impl<'a> Decoder<'a> {
                 return Ok(true);
             }
             _ => {}
+        }
+        // A DDL on a copied table ends the skipping of its events: what the copy read is replayed
+        // from here, which converges (a truncate or drop must not meet skipped inserts).
+        for named in statement_tables(&statement) {
+            self.copied.remove(named);
+        }
+        if let Statement::DropSchema(schema) = &statement {
+            self.copied.retain(|table, _| table.schema != *schema);
         }
         // Any DDL may change a CHECK constraint or a column type: map tables afresh and re-read
         // their hints on next use (every transaction repeats its TABLE_MAP events).
@@ -897,13 +922,26 @@ impl<'a> Decoder<'a> {
         };
         for id in done.retired {
             self.synced.remove(&id);
+            self.copied.remove(&id);
         }
-        // The copy's read is at or after this point of the stream: the tables' events up to it
-        // are applied again over the copy, which converges (a value may go back briefly).
-        self.synced.extend(done.copied);
+        for id in done.copied {
+            self.synced.insert(id.clone());
+            self.copied.insert(id, done.position.binlog.clone());
+        }
         self.reported = at;
         self.last_report = Instant::now();
         Ok(true)
+    }
+}
+
+/// The tables a DDL statement names.
+fn statement_tables(statement: &Statement) -> Vec<&TableId> {
+    match statement {
+        Statement::Truncate(tables) | Statement::Drop(tables) | Statement::Recopy(tables) => {
+            tables.iter().collect()
+        }
+        Statement::Rename(pairs) => pairs.iter().flat_map(|(a, b)| [a, b]).collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -531,14 +531,40 @@ pub async fn copy_while_streaming(
     {
         return Ok(None);
     }
-    for table in &tables {
-        if !copy_table(&mut conn, table, output).await? {
-            return Ok(None);
+    // A table altered after the copy's snapshot began cannot be read in it (error 1412): copy
+    // again from a new snapshot. Rows already written are overwritten, and the stream's events
+    // from `at` on (replayed over the copy) remove what a newer snapshot no longer has.
+    let mut attempt = 1;
+    let mut position = position;
+    loop {
+        match copy_in_snapshot(&mut conn, &tables, output).await {
+            Ok(true) => break,
+            Ok(false) => return Ok(None),
+            Err(MysqlError::Connection { source, .. })
+                if crate::error::server_code(&source) == Some(1412) && attempt < COPY_ATTEMPTS =>
+            {
+                attempt += 1;
+                tracing::info!(
+                    attempt,
+                    "a table changed under the copy's snapshot; copying again from a new one"
+                );
+                let mut workers = vec![connect(&config.opts).await?];
+                position = open_snapshot(config, server, &mut workers).await?;
+                conn = workers.remove(0);
+                let mut again = Vec::with_capacity(tables.len());
+                for table in &tables {
+                    let id = &table.schema.id;
+                    let (table, key) =
+                        describe(&mut conn, id, &config.tables, server.flavour, None).await?;
+                    if key == KeyState::Usable {
+                        again.push(table);
+                    }
+                }
+                tables = again;
+            }
+            Err(error) => return Err(error),
         }
     }
-    conn.query_drop("COMMIT")
-        .await
-        .map_err(|e| MysqlError::driver("ending the copy's snapshot transaction", e))?;
     if output
         .send(Message::SnapshotFinished { position: at })
         .await
@@ -552,6 +578,27 @@ pub async fn copy_while_streaming(
         copied,
         retired,
     }))
+}
+
+/// Tries a copy while streaming makes before giving up (error 1412 each time).
+const COPY_ATTEMPTS: usize = 5;
+
+/// Copies `tables` in the connection's snapshot transaction and ends it; `false` when output
+/// closed.
+async fn copy_in_snapshot(
+    conn: &mut Conn,
+    tables: &[SnapshotTable],
+    output: &mpsc::Sender<Message>,
+) -> Result<bool> {
+    for table in tables {
+        if !copy_table(conn, table, output).await? {
+            return Ok(false);
+        }
+    }
+    conn.query_drop("COMMIT")
+        .await
+        .map_err(|e| MysqlError::driver("ending the copy's snapshot transaction", e))?;
+    Ok(true)
 }
 
 /// One worker: copies tables from the queue until it is empty. `false` when output closed.
