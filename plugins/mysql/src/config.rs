@@ -244,6 +244,16 @@ mod tests {
     const BASE: &str = "url: mysql://u:pw@db:3306/\ntables: { include: [\"app.*\"] }\n";
 
     #[test]
+    fn debug_never_shows_the_password() {
+        let valid =
+            config("url: mysql://u:Hunter2Pw%2F@db:3306/\ntables: { include: [\"app.*\"] }\n")
+                .validate_config("demo")
+                .expect("valid");
+        let shown = format!("{valid:?} {}", valid.redacted_url);
+        assert!(!shown.contains("Hunter2Pw"), "{shown}");
+    }
+
+    #[test]
     fn defaults_and_derived_server_id() {
         let valid = config(BASE).validate_config("demo").expect("valid");
         assert_eq!(valid.snapshot, SnapshotMode::Initial);

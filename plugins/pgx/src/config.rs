@@ -394,6 +394,18 @@ mod tests {
         "url: postgres://u:pw@localhost:5433/app\ntables: { include: [\"public.*\"] }\n";
 
     #[test]
+    fn debug_never_shows_the_password() {
+        let valid = parse("url: postgres://u:Hunter2/Pw?x@localhost:5433/app?password=Other3Pw\ntables: { include: [\"public.*\"] }\n")
+            .validated("demo")
+            .expect("valid");
+        let shown = format!("{valid:?} {}", valid.display_url);
+        assert!(
+            !shown.contains("Hunter2") && !shown.contains("Other3Pw"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn defaults_derive_from_the_pipeline_name() {
         let valid = parse(BASE).validated("demo-1").expect("valid");
         assert_eq!(valid.slot, "etcdsync_demo_1");
