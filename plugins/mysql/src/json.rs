@@ -24,6 +24,9 @@ pub fn json_or_text(text: String) -> Value {
 }
 
 /// Strict RFC 8259 syntax check, without recursion (any depth) and without building values.
+/// Not `serde_json::from_str::<IgnoredAny>`: serde_json refuses nesting beyond 128 levels and
+/// numbers beyond f64's range (`1e400`), both valid JSON a MariaDB JSON column stores, which
+/// would turn such a value into text on one side only.
 pub fn is_valid_json(text: &str) -> bool {
     let b = text.as_bytes();
     let mut i = 0;
@@ -421,6 +424,7 @@ mod tests {
             "{\"a\":{\"b\":{\"c\":[[[]]]}}}",
             "{\"k\":1,\"k\":2}",
             "\"日本\"",
+            "1e400",
         ] {
             assert!(is_valid_json(ok), "{ok}");
         }
