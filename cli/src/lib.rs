@@ -14,9 +14,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 // Built-in plugins: naming the crates keeps their registrations in the binary.
+#[cfg(feature = "sink-etcd")]
 use etcdsync_etcd as _;
+#[cfg(feature = "source-mysql")]
 use etcdsync_mysql as _;
+#[cfg(feature = "source-pgx")]
 use etcdsync_pgx as _;
+#[cfg(feature = "transforms")]
 use etcdsync_transforms as _;
 
 const EXAMPLES: &str = "\
