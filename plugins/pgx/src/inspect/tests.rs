@@ -1,3 +1,4 @@
+use super::check::needs;
 use super::*;
 
 #[test]
