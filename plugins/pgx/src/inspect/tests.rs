@@ -1,5 +1,6 @@
 use super::check::needs;
 use super::*;
+use etcdsync_core::inspect::plural;
 
 #[test]
 fn literals_quote_quotes_and_backslashes() {
