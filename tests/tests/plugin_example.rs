@@ -19,6 +19,11 @@ fn repo_root() -> PathBuf {
 /// tracked: it is seeded from the workspace's, so the example builds with the versions the
 /// workspace tested and shares their compiled artifacts in the workspace's target dir.
 fn build_example() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_example_once).clone()
+}
+
+fn build_example_once() -> PathBuf {
     let root = repo_root();
     let example = root.join("examples/plugin-jsonl");
     std::fs::copy(root.join("Cargo.lock"), example.join("Cargo.lock"))
@@ -58,6 +63,7 @@ async fn example_plugin_binary_runs_against_postgres() {
     for (kind, name) in [
         ("sink", "jsonl"),
         ("transform", "tag"),
+        ("source", "jsonl_file"),
         ("sink", "etcd"),
         ("source", "pgx"),
     ] {
@@ -138,5 +144,131 @@ async fn example_plugin_binary_runs_against_postgres() {
     )
     .expect("checkpoint JSON");
     assert_eq!(checkpoint["source"], "pgx");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The example *source*: a file of JSON-lines changes into the real etcd sink — lines appended
+/// while running arrive, a restart resumes after the checkpoint (nothing applied twice, nothing
+/// lost), and a delete removes the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn example_source_follows_a_change_file_into_etcd() {
+    use std::io::Write as _;
+    let binary = build_example();
+    let dir = std::env::temp_dir().join(pg::unique("etcdsync_jsonl_source"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let changes = dir.join("changes.jsonl");
+    let append = |lines: &[&str]| {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&changes)
+            .expect("change file");
+        for line in lines {
+            writeln!(file, "{line}").expect("append");
+        }
+    };
+    append(&[
+        r#"{"table":"app.settings","key":["name"],"op":"upsert","row":{"name":"a","value":1}}"#,
+        r#"{"table":"app.settings","key":["name"],"op":"upsert","row":{"name":"b","value":{"x":[1,2]}}}"#,
+    ]);
+    let name = pg::unique("jsrc").replace('_', "-").to_lowercase();
+    let prefix = format!("/{name}");
+    let _guard = pg::EtcdPrefixGuard(vec![format!("{prefix}/"), format!("{prefix}-meta/")]);
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "name: {name}\nsource: {{ type: jsonl_file, path: \"{}\" }}\nsink: {{ type: etcd, endpoints: [\"{}\"], prefix: {prefix}, meta_prefix: {prefix}-meta }}\n",
+            changes.display(),
+            pg::env("ETCDSYNC_TEST_ETCD")
+        ),
+    )
+    .expect("write config");
+    let run = || {
+        Command::new(&binary)
+            .args(["run", "--config-file"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcdsync-jsonl run")
+    };
+    let stop = |mut child: std::process::Child| {
+        let term = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(term.success());
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "etcdsync-jsonl exited with {status}");
+    };
+    let etcd_now = || {
+        let prefix = prefix.clone();
+        async move { pg::etcd_dump(&mut pg::etcd().await, &format!("{prefix}/")).await }
+    };
+    let want = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (format!("{prefix}/app/settings/{k}"), v.to_string()))
+            .collect()
+    };
+
+    let child = run();
+    let first = want(&[
+        ("a", r#"{"name":"a","value":1}"#),
+        ("b", r#"{"name":"b","value":{"x":[1,2]}}"#),
+    ]);
+    assert!(
+        pg::eventually(Duration::from_secs(60), || async {
+            etcd_now().await == first
+        })
+        .await,
+        "the first lines never reached etcd: {:?}",
+        etcd_now().await
+    );
+    append(&[
+        r#"{"table":"app.settings","key":["name"],"op":"upsert","row":{"name":"a","value":2}}"#,
+    ]);
+    let second = want(&[
+        ("a", r#"{"name":"a","value":2}"#),
+        ("b", r#"{"name":"b","value":{"x":[1,2]}}"#),
+    ]);
+    assert!(
+        pg::eventually(Duration::from_secs(30), || async {
+            etcd_now().await == second
+        })
+        .await,
+        "an appended line never reached etcd: {:?}",
+        etcd_now().await
+    );
+    stop(child);
+
+    // Lines written while stopped; the restart resumes after the checkpoint.
+    append(&[
+        r#"{"table":"app.settings","key":["name"],"op":"delete","row":{"name":"b"}}"#,
+        r#"{"table":"app.settings","key":["name"],"op":"upsert","row":{"name":"c","value":true}}"#,
+    ]);
+    let child = run();
+    let third = want(&[
+        ("a", r#"{"name":"a","value":2}"#),
+        ("c", r#"{"name":"c","value":true}"#),
+    ]);
+    assert!(
+        pg::eventually(Duration::from_secs(60), || async {
+            etcd_now().await == third
+        })
+        .await,
+        "the lines written while stopped never reached etcd: {:?}",
+        etcd_now().await
+    );
+    stop(child);
+    let checkpoint =
+        pg::etcd_dump(&mut pg::etcd().await, &format!("{prefix}-meta/checkpoint")).await;
+    let length = std::fs::metadata(&changes).expect("file").len().to_string();
+    assert!(
+        checkpoint
+            .values()
+            .any(|v| v.contains(&format!("\"position\":\"{length}\""))),
+        "the checkpoint is the end of the file ({length}): {checkpoint:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -32,7 +32,9 @@ inventory::submit! {
 impl SinkConfig for JsonlConfig {
     fn validate(&self, _pipeline_name: &str) -> Result<()> {
         if self.path.as_os_str().is_empty() {
-            return Err(Error::config("at `sink.path`: empty; give the file to append to"));
+            return Err(Error::config(
+                "at `sink.path`: empty; give the file to append to",
+            ));
         }
         Ok(())
     }
@@ -44,12 +46,19 @@ impl SinkConfig for JsonlConfig {
             .open(&self.path)
             .await
             .map_err(|e| io_error("open", &self.path, e))?;
-        Ok(Box::new(JsonlSink { path: self.path.clone(), file, source_type: cx.source_type }))
+        Ok(Box::new(JsonlSink {
+            path: self.path.clone(),
+            file,
+            source_type: cx.source_type,
+        }))
     }
 }
 
 fn io_error(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
-    Error::new(ErrorKind::Fatal, format!("jsonl sink: cannot {what} {}: {e}", path.display()))
+    Error::new(
+        ErrorKind::Fatal,
+        format!("jsonl sink: cannot {what} {}: {e}", path.display()),
+    )
 }
 
 struct JsonlSink {
@@ -88,9 +97,10 @@ impl Sink for JsonlSink {
                 Message::Changes(changes) => {
                     for change in changes {
                         let row = match &change.op {
-                            Op::Insert { row } | Op::Update { row, .. } => {
-                                Some(encode_row(&change.table, row).map_err(|e| Error::fatal(e.to_string()))?)
-                            }
+                            Op::Insert { row } | Op::Update { row, .. } => Some(
+                                encode_row(&change.table, row)
+                                    .map_err(|e| Error::fatal(e.to_string()))?,
+                            ),
                             _ => None,
                         };
                         lines.extend_from_slice(b"{\"table\":");
@@ -104,11 +114,19 @@ impl Sink for JsonlSink {
                     continue;
                 }
                 Message::Commit(commit) => commit.position,
-                Message::SnapshotFinished { position } | Message::Heartbeat { position } => position,
+                Message::SnapshotFinished { position } | Message::Heartbeat { position } => {
+                    position
+                }
                 Message::SnapshotStarted { .. } => continue,
             };
-            self.file.write_all(&lines).await.map_err(|e| io_error("write", &self.path, e))?;
-            self.file.sync_data().await.map_err(|e| io_error("sync", &self.path, e))?;
+            self.file
+                .write_all(&lines)
+                .await
+                .map_err(|e| io_error("write", &self.path, e))?;
+            self.file
+                .sync_data()
+                .await
+                .map_err(|e| io_error("sync", &self.path, e))?;
             lines.clear();
             let checkpoint = Checkpoint {
                 source: self.source_type.clone(),

@@ -29,13 +29,19 @@ inventory::submit! {
 impl TransformConfig for TagConfig {
     fn validate(&self) -> Result<()> {
         if self.column.is_empty() {
-            return Err(Error::config("tag: `column` is empty; name the column to add"));
+            return Err(Error::config(
+                "tag: `column` is empty; name the column to add",
+            ));
         }
         Ok(())
     }
 
     fn build(&self) -> Result<Box<dyn Transform>> {
-        Ok(Box::new(Tag { column: self.column.clone(), value: self.value.clone(), last: None }))
+        Ok(Box::new(Tag {
+            column: self.column.clone(),
+            value: self.value.clone(),
+            last: None,
+        }))
     }
 }
 
@@ -53,7 +59,11 @@ impl Tag {
             _ => {
                 let mut columns = schema.columns.clone();
                 columns.push(Column::new(self.column.clone(), "text"));
-                let output = Arc::new(TableSchema::new(schema.id.clone(), columns, schema.key.clone()));
+                let output = Arc::new(TableSchema::new(
+                    schema.id.clone(),
+                    columns,
+                    schema.key.clone(),
+                ));
                 self.last = Some((schema.clone(), output.clone()));
                 output
             }
@@ -72,7 +82,13 @@ impl Transform for Tag {
             }
             Op::Update { old, mut row } => {
                 row.push(tag());
-                Op::Update { old: old.map(|mut o| { o.push(tag()); o }), row }
+                Op::Update {
+                    old: old.map(|mut o| {
+                        o.push(tag());
+                        o
+                    }),
+                    row,
+                }
             }
             Op::Delete { mut old } => {
                 old.push(tag());
