@@ -1,0 +1,321 @@
+//! Snapshots: the start marker, inserts batched with several transactions in flight, and the
+//! end — keys of the snapshot's tables it did not rewrite are deleted, then the checkpoint.
+
+use super::*;
+
+impl Writer {
+    // ---- snapshot --------------------------------------------------------------------------
+
+    pub(super) async fn start_snapshot(&mut self, tables: Vec<TableId>) -> Result<(), EtcdError> {
+        if self.snapshot.is_some() {
+            return Err(EtcdError::Protocol(
+                "SnapshotStarted while a snapshot is running".into(),
+            ));
+        }
+        if self.open.has_data() {
+            return Err(EtcdError::Protocol(
+                "SnapshotStarted inside an open source transaction".into(),
+            ));
+        }
+        if !self.ready.is_empty() {
+            self.submit_ready().await?;
+        }
+        self.drain_in_flight().await?;
+        let key = self.settings.snapshot_key();
+        let response = self
+            .client
+            .get(
+                "read the revision a snapshot starts at",
+                key.as_str(),
+                Some(GetOptions::new().with_count_only()),
+                Some(&self.shutdown),
+                None,
+            )
+            .await?;
+        let start_revision = response
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| EtcdError::Task("etcd answered without a response header".into()))?;
+        let marker = SnapshotMarker::new(SnapshotState::Running, start_revision, &tables);
+        let started = Instant::now();
+        self.client
+            .txn(
+                "record the snapshot start",
+                &self.guards,
+                vec![TxnOp::put(key, marker.to_json(), None)],
+                &self.shutdown,
+            )
+            .await?;
+        events::txn_applied_since(TxnKind::Snapshot, 1, started);
+        tracing::info!(tables = tables.len(), start_revision, "snapshot started");
+        self.snapshot = Some(SnapshotRun::new(tables, start_revision));
+        Ok(())
+    }
+
+    pub(super) async fn snapshot_change(&mut self, change: Change) -> Result<(), EtcdError> {
+        if matches!(change.op, Op::Delete { .. } | Op::Truncate) {
+            return Err(EtcdError::Protocol(format!(
+                "a {} of {} arrived during a snapshot; a snapshot holds only inserts",
+                change.op_name(),
+                change.table.id
+            )));
+        }
+        let table = Arc::clone(&change.table);
+        let op = (!has_invalid_key(&change)).then(|| change.op_name());
+        let unit = self.change_ops(change).await?;
+        let limits = self.snapshot_limits;
+        let Some(snapshot) = self.snapshot.as_mut() else {
+            return Ok(());
+        };
+        let unit = match snapshot.batch.try_add(unit, limits) {
+            Ok(()) => {
+                if let Some(op) = op {
+                    snapshot.batch.count_change(&table.id, op);
+                }
+                return Ok(());
+            }
+            Err(unit) => unit,
+        };
+        let unit = if snapshot.batch.has_data() {
+            let full = std::mem::take(&mut snapshot.batch);
+            self.launch_snapshot_batch(full).await?;
+            let Some(snapshot) = self.snapshot.as_mut() else {
+                return Ok(());
+            };
+            match snapshot.batch.try_add(unit, limits) {
+                Ok(()) => {
+                    if let Some(op) = op {
+                        snapshot.batch.count_change(&table.id, op);
+                    }
+                    return Ok(());
+                }
+                Err(unit) => unit,
+            }
+        } else {
+            unit
+        };
+        let rest = self.oversize(&table.id, unit, limits)?;
+        if !rest.is_empty() {
+            if let Some(snapshot) = self.snapshot.as_mut() {
+                let _ = snapshot.batch.try_add(rest, limits);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts applying a snapshot batch, first waiting while `snapshot_txns_in_flight` run.
+    pub(super) async fn launch_snapshot_batch(&mut self, batch: Batch) -> Result<(), EtcdError> {
+        let max = self.settings.snapshot_txns_in_flight;
+        let Some(snapshot) = self.snapshot.as_mut() else {
+            return Ok(());
+        };
+        while snapshot.tasks.len() >= max {
+            if let Some(done) = snapshot.join_one().await {
+                done?;
+            }
+        }
+        let batch = Arc::new(batch);
+        let applying = Arc::clone(&batch);
+        let count = batch.len();
+        let client = self.client.clone();
+        let guards = Arc::clone(&self.guards);
+        let shutdown = self.shutdown.clone();
+        let task = snapshot.tasks.spawn(async move {
+            let started = Instant::now();
+            client
+                .txn_with(
+                    "apply a snapshot transaction",
+                    &guards,
+                    || applying.txn_ops(),
+                    &shutdown,
+                )
+                .await?;
+            events::txn_applied_since(TxnKind::Snapshot, count, started);
+            events::changes_applied(applying.tally());
+            Ok(())
+        });
+        snapshot.applying.push((task.id(), batch));
+        Ok(())
+    }
+
+    pub(super) async fn finish_snapshot(&mut self, position: Position) -> Result<(), EtcdError> {
+        if self.snapshot.as_ref().is_some_and(|s| s.batch.has_data()) {
+            let last = self
+                .snapshot
+                .as_mut()
+                .map(|s| std::mem::take(&mut s.batch))
+                .unwrap_or_default();
+            self.launch_snapshot_batch(last).await?;
+        }
+        let Some(mut snapshot) = self.snapshot.take() else {
+            return Err(EtcdError::Protocol(format!(
+                "SnapshotFinished (position {position}) without SnapshotStarted"
+            )));
+        };
+        snapshot.join_all().await?;
+        let cleanup_started = Instant::now();
+        for table in &snapshot.tables {
+            // Nothing can be stale under a prefix that held no key when the snapshot began
+            // (a first snapshot): no scan at all.
+            let data = table_prefix(&self.settings.prefix, table);
+            if self.held_keys_at(&data, snapshot.start_revision).await != Some(0) {
+                self.delete_stale(table, snapshot.start_revision).await?;
+            }
+            let entries = self.index.table_entries(table);
+            if self.held_keys_at(&entries, snapshot.start_revision).await != Some(0) {
+                let stale = self
+                    .delete_indexed(table, Some(snapshot.start_revision))
+                    .await?;
+                if stale > 0 {
+                    events::stale_keys_deleted(&table.to_string(), stale);
+                }
+            }
+        }
+        let mark = CommitMark {
+            position: position.clone(),
+            committed_at: None,
+        };
+        let marker = SnapshotMarker::new(
+            SnapshotState::Done,
+            snapshot.start_revision,
+            &snapshot.tables,
+        );
+        let mut ops = vec![
+            TxnOp::put(
+                self.settings.checkpoint_key(),
+                encode_checkpoint(&self.source_type, &mark),
+                None,
+            ),
+            TxnOp::put(self.settings.snapshot_key(), marker.to_json(), None),
+        ];
+        // A split-transaction marker outlives only a step at its own checkpoint (removing a
+        // dropped table's keys before the transaction replays); after a snapshot that moved
+        // the checkpoint it describes nothing any more.
+        let position_text = position.to_string();
+        if self
+            .replay
+            .as_ref()
+            .is_none_or(|replay| replay.after.as_deref() != Some(position_text.as_str()))
+        {
+            self.replay = None;
+            ops.push(TxnOp::delete(self.settings.partial_key(), None));
+        }
+        let started = Instant::now();
+        let ops_count = ops.len();
+        self.client
+            .txn(
+                "record the snapshot's end and checkpoint",
+                &self.guards,
+                ops,
+                &self.shutdown,
+            )
+            .await?;
+        events::txn_applied_since(TxnKind::Checkpoint, ops_count, started);
+        events::checkpoint_written();
+        self.last_checkpoint_write = Some(Instant::now());
+        self.last_position = Some(position.to_string());
+        self.last_committed_at = None;
+        tracing::info!(
+            %position,
+            tables = snapshot.tables.len(),
+            stale_scan = ?cleanup_started.elapsed(),
+            "snapshot finished"
+        );
+        self.acked.send_replace(Some(position));
+        Ok(())
+    }
+
+    /// How many keys `prefix` held at `revision` (a count, no keys read); `None` when etcd cannot
+    /// say (the revision was compacted): the caller scans.
+    pub(super) async fn held_keys_at(&self, prefix: &str, revision: i64) -> Option<i64> {
+        let options = GetOptions::new()
+            .with_range(prefix_range_end(prefix))
+            .with_count_only()
+            .with_revision(revision);
+        match self
+            .client
+            .get(
+                "count the keys a prefix held when the snapshot began",
+                prefix,
+                Some(options),
+                Some(&self.shutdown),
+                Some(1),
+            )
+            .await
+        {
+            Ok(response) => Some(response.count()),
+            Err(error) => {
+                tracing::debug!(%error, prefix, revision, "cannot count at the snapshot's start revision; scanning");
+                None
+            }
+        }
+    }
+
+    /// Deletes the keys under `table`'s prefix that the snapshot did not rewrite (mod_revision
+    /// at or below its start revision), a page at a time.
+    pub(super) async fn delete_stale(
+        &self,
+        table: &TableId,
+        start_revision: i64,
+    ) -> Result<(), EtcdError> {
+        let prefix = table_prefix(&self.settings.prefix, table);
+        let end = prefix_range_end(&prefix);
+        let mut from = prefix.into_bytes();
+        let mut stale: Vec<Vec<u8>> = Vec::new();
+        let mut deleted = 0;
+        let chunk = self.settings.max_txn_ops;
+        loop {
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_keys_only()
+                .with_limit(STALE_SCAN_PAGE);
+            let response = self
+                .client
+                .get(
+                    "list a snapshotted table's keys",
+                    from.clone(),
+                    Some(options),
+                    Some(&self.shutdown),
+                    None,
+                )
+                .await?;
+            let kvs = response.kvs();
+            stale.extend(
+                kvs.iter()
+                    .filter(|kv| kv.mod_revision() <= start_revision)
+                    .map(|kv| kv.key().to_vec()),
+            );
+            let more = response.more() && !kvs.is_empty();
+            if let Some(last) = kvs.last() {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            while stale.len() >= chunk || (!more && !stale.is_empty()) {
+                let take = stale.len().min(chunk);
+                let ops: Vec<TxnOp> = stale
+                    .drain(..take)
+                    .map(|key| TxnOp::delete(key, None))
+                    .collect();
+                deleted += ops.len();
+                let count = ops.len();
+                let started = Instant::now();
+                self.client
+                    .txn(
+                        "delete keys a snapshot did not rewrite",
+                        &self.guards,
+                        ops,
+                        &self.shutdown,
+                    )
+                    .await?;
+                events::txn_applied_since(TxnKind::Snapshot, count, started);
+            }
+            if !more {
+                break;
+            }
+        }
+        if deleted > 0 {
+            events::stale_keys_deleted(&table.to_string(), deleted);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,323 @@
+//! Streaming: changes grouped into transactions within etcd's limits (group commit, one
+//! transaction in flight), each closing with the checkpoint of the source transaction it ends;
+//! heartbeats, acknowledgements after durability, and the stop.
+
+use super::*;
+
+impl Writer {
+    // ---- streaming -------------------------------------------------------------------------
+
+    pub(super) async fn stream_change(&mut self, change: Change) -> Result<(), EtcdError> {
+        if let Some(replay) = &mut self.replay {
+            if replay.holds(change.seq) {
+                // Already in etcd: applied by a part before the restart.
+                replay.remaining = replay.remaining.saturating_sub(1);
+                self.open_changes += 1;
+                self.open_split = true;
+                self.open_last_seq = change.seq.or(self.open_last_seq);
+                return Ok(());
+            }
+            self.replay = None;
+        }
+        let seq = change.seq;
+        self.add_open_change(change).await?;
+        self.open_changes += 1;
+        self.open_last_seq = seq.or(self.open_last_seq);
+        Ok(())
+    }
+
+    /// Adds one change of the open source transaction, sending earlier parts when it does not
+    /// fit.
+    pub(super) async fn add_open_change(&mut self, change: Change) -> Result<(), EtcdError> {
+        if change.route.tracked && matches!(change.op, Op::Truncate) {
+            return self.truncate_tracked(&change.table.id).await;
+        }
+        let table = Arc::clone(&change.table);
+        // A skipped row (`on_invalid_key: skip`) is counted by its own metric, not as applied.
+        let op = (!has_invalid_key(&change)).then(|| change.op_name());
+        let unit = self.change_ops(change).await?;
+        let limits = self.stream_limits;
+        let unit = match self.open.try_add(unit, limits) {
+            Ok(()) => {
+                if let Some(op) = op {
+                    self.open.count_change(&table.id, op);
+                }
+                return Ok(());
+            }
+            Err(unit) => unit,
+        };
+        let unit = if self.open.has_data() {
+            // The source transaction is larger than one etcd transaction, or writes into a range
+            // it truncated: apply it in parts, in order; only its last part carries the checkpoint.
+            self.submit_open_part().await?;
+            match self.open.try_add(unit, limits) {
+                Ok(()) => {
+                    if let Some(op) = op {
+                        self.open.count_change(&table.id, op);
+                    }
+                    return Ok(());
+                }
+                Err(unit) => unit,
+            }
+        } else {
+            unit
+        };
+        let rest = self.oversize(&table.id, unit, limits)?;
+        if !rest.is_empty() {
+            // a skipped key change still deletes the old key
+            if let Err(rest) = self.open.try_add(rest, limits) {
+                self.submit_open_part().await?;
+                self.open.try_add(rest, limits).map_err(|_| {
+                    EtcdError::Task("a delete does not fit an empty etcd transaction".into())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what the open source transaction has so far as a part of it (no checkpoint), after
+    /// the committed transactions waiting before it.
+    pub(super) async fn submit_open_part(&mut self) -> Result<(), EtcdError> {
+        self.submit_ready().await?;
+        let part = std::mem::take(&mut self.open);
+        tracing::debug!(
+            ops = part.len(),
+            bytes = part.bytes(),
+            changes = self.open_changes,
+            "source transaction split across etcd transactions"
+        );
+        let marker = PartialMarker {
+            after: self.last_position.clone(),
+            changes: self.open_changes,
+            seq: self.open_last_seq.map(|seq| seq.to_string()),
+        };
+        self.open_split = true;
+        let put = TxnOp::put(self.settings.partial_key(), marker.encode(), None);
+        self.submit_with(part, Some(put)).await
+    }
+
+    /// Sends `ready` (with the marker's delete when it completes a split transaction).
+    pub(super) async fn submit_ready(&mut self) -> Result<(), EtcdError> {
+        if self.ready.is_empty() {
+            return Ok(());
+        }
+        let ready = std::mem::take(&mut self.ready);
+        let clear = std::mem::take(&mut self.ready_clears_partial)
+            .then(|| TxnOp::delete(self.settings.partial_key(), None));
+        self.submit_with(ready, clear).await
+    }
+
+    pub(super) async fn commit(&mut self, commit: Commit) -> Result<(), EtcdError> {
+        if self.snapshot.is_some() {
+            return Err(EtcdError::Protocol(format!(
+                "a Commit (position {}) arrived during a snapshot; a snapshot holds only inserts",
+                commit.position
+            )));
+        }
+        let committed_at = commit.commit_time.map(rfc3339);
+        if committed_at.is_some() {
+            self.last_committed_at.clone_from(&committed_at);
+        }
+        if let Some(replay) = self.replay.take() {
+            if replay.seq.is_none() && replay.remaining > 0 {
+                tracing::warn!(
+                    position = %commit.position,
+                    missing = replay.remaining,
+                    "the replayed transaction had fewer changes than its applied parts (was the configuration changed?)"
+                );
+            }
+        }
+        let split = std::mem::take(&mut self.open_split);
+        self.open_changes = 0;
+        self.open_last_seq = None;
+        let mut open = std::mem::take(&mut self.open);
+        open.record_commit(
+            CommitMark {
+                position: commit.position,
+                committed_at,
+            },
+            commit.commit_time,
+        );
+        if self.ready.is_empty() {
+            self.ready = open;
+        } else if let Err(open) = self.ready.try_merge(open, self.stream_limits) {
+            self.submit_ready().await?;
+            self.ready = open;
+        }
+        self.ready_clears_partial |= split;
+        self.submit_ready_if_due().await
+    }
+
+    /// Records an idle position: it rides with the data waiting (if any) or is written alone,
+    /// at most once per `heartbeat_interval`.
+    pub(super) async fn heartbeat(&mut self, position: Position) -> Result<(), EtcdError> {
+        if self.replay.is_some() {
+            // The partly applied transaction has not been replayed yet: a checkpoint now would
+            // leave its marker behind (it names the checkpoint it follows).
+            tracing::debug!(%position, "heartbeat ignored until the partly applied transaction replays");
+            return Ok(());
+        }
+        if self.snapshot.is_some() || self.open.has_data() {
+            tracing::debug!(%position, "heartbeat ignored inside a transaction or snapshot");
+            return Ok(());
+        }
+        self.ready.set_commit(CommitMark {
+            position,
+            committed_at: self.last_committed_at.clone(),
+        });
+        self.submit_ready_if_due().await
+    }
+
+    /// Sends `ready` when nothing is in flight: at once when it holds data, after
+    /// `heartbeat_interval` since the last checkpoint write when it holds only a checkpoint.
+    pub(super) async fn submit_ready_if_due(&mut self) -> Result<(), EtcdError> {
+        if self.in_flight.is_some() || self.ready.commit().is_none() {
+            return Ok(());
+        }
+        if !self.ready.has_data() {
+            let due = self
+                .last_checkpoint_write
+                .is_none_or(|at| at.elapsed() >= self.settings.heartbeat_interval);
+            if !due {
+                return Ok(());
+            }
+        }
+        self.submit_ready().await
+    }
+
+    /// When a checkpoint-only `ready` becomes due.
+    pub(super) fn checkpoint_flush_at(&self) -> Option<tokio::time::Instant> {
+        if self.in_flight.is_some() || self.ready.has_data() || self.ready.commit().is_none() {
+            return None;
+        }
+        let at = self.last_checkpoint_write? + self.settings.heartbeat_interval;
+        Some(tokio::time::Instant::from_std(at))
+    }
+
+    /// Waits for the in-flight transaction, then starts applying `batch` with its checkpoint and
+    /// `marker` (the split-transaction marker's put or delete).
+    pub(super) async fn submit_with(
+        &mut self,
+        batch: Batch,
+        marker: Option<TxnOp>,
+    ) -> Result<(), EtcdError> {
+        self.drain_in_flight().await?;
+        if batch.is_empty() && marker.is_none() {
+            return Ok(());
+        }
+        if let Some(mark) = batch.commit() {
+            self.last_position = Some(mark.position.to_string());
+        }
+        let data_ops = batch.len();
+        let has_data = batch.has_data();
+        let position = batch.commit().map(|mark| mark.position.clone());
+        let checkpoint = batch.commit().map(|mark| {
+            self.last_checkpoint_write = Some(Instant::now());
+            (
+                self.settings.checkpoint_key(),
+                encode_checkpoint(&self.source_type, mark),
+            )
+        });
+        tracing::debug!(ops = data_ops, bytes = batch.bytes(), position = ?position, "applying etcd transaction");
+        let batch = Arc::new(batch);
+        let applying = Arc::clone(&batch);
+        let client = self.client.clone();
+        let guards = Arc::clone(&self.guards);
+        let shutdown = self.shutdown.clone();
+        let handle = tokio::spawn(async move {
+            let build = || {
+                let mut ops = applying.txn_ops();
+                if let Some((key, value)) = &checkpoint {
+                    ops.push(TxnOp::put(key.as_str(), value.as_slice(), None));
+                }
+                ops.extend(marker.iter().cloned());
+                ops
+            };
+            let started = Instant::now();
+            client
+                .txn_with("apply a data transaction", &guards, build, &shutdown)
+                .await?;
+            let kind = if has_data {
+                TxnKind::Data
+            } else {
+                TxnKind::Checkpoint
+            };
+            let ops = data_ops + usize::from(checkpoint.is_some());
+            events::txn_applied_since(kind, ops, started);
+            events::changes_applied(applying.tally());
+            if checkpoint.is_some() {
+                events::checkpoint_written();
+            }
+            events::transactions_applied(applying.commits(), applying.commit_time());
+            Ok(position)
+        });
+        self.in_flight = Some(InFlight { batch, handle });
+        Ok(())
+    }
+
+    pub(super) async fn drain_in_flight(&mut self) -> Result<(), EtcdError> {
+        if let Some(flight) = self.in_flight.as_mut() {
+            let done = (&mut flight.handle).await;
+            self.complete_in_flight(done)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn complete_in_flight(
+        &mut self,
+        done: Result<Result<Option<Position>, EtcdError>, JoinError>,
+    ) -> Result<(), EtcdError> {
+        self.in_flight = None;
+        match done {
+            Ok(Ok(Some(position))) => {
+                tracing::trace!(%position, "acknowledged");
+                self.acked.send_replace(Some(position));
+                Ok(())
+            }
+            Ok(Ok(None)) => Ok(()),
+            Ok(Err(error)) => Err(error),
+            Err(error) => Err(EtcdError::Task(format!(
+                "the etcd transaction task failed: {error}"
+            ))),
+        }
+    }
+
+    /// Shutdown: stop reading, apply what is complete (no retries once stopping), return.
+    pub(super) async fn stop(&mut self) -> Result<(), EtcdError> {
+        tracing::info!("etcd sink stopping");
+        if self.snapshot.is_none() && self.ready.commit().is_some() {
+            self.submit_ready().await?;
+        }
+        self.drain_in_flight().await
+    }
+
+    /// Input closed: flush completed transactions, drop an unfinished trailing one.
+    pub(super) async fn finish(&mut self) -> Result<(), EtcdError> {
+        if let Some(mut snapshot) = self.snapshot.take() {
+            tracing::info!("input closed during a snapshot; it starts over on the next run");
+            snapshot.join_all().await?;
+        }
+        if self.open.has_data() {
+            tracing::debug!(
+                ops = self.open.len(),
+                "input closed inside a transaction; its tail is dropped and replays on restart"
+            );
+        }
+        self.open = Batch::new();
+        if self.ready.commit().is_some() {
+            self.submit_ready().await?;
+        }
+        self.drain_in_flight().await
+    }
+
+    /// Stops the in-flight and snapshot transactions where they are (also when the pipeline
+    /// aborts the sink's task: see `Drop`).
+    pub(super) fn abort(&mut self) {
+        if let Some(flight) = self.in_flight.take() {
+            flight.handle.abort();
+        }
+        if let Some(mut snapshot) = self.snapshot.take() {
+            snapshot.tasks.abort_all();
+        }
+    }
+}
