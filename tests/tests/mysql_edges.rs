@@ -421,3 +421,37 @@ async fn a_selected_table_the_user_cannot_read_is_refused_not_half_synced() {
         .await
         .expect("drop user");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_database_removes_the_keys_of_its_tables() {
+    let edge = Edge::new("dropdb", &["*"]).await;
+    let db = &edge.db;
+    let mut conn = connect().await;
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE `{db}`.a (id INT PRIMARY KEY);
+             CREATE TABLE `{db}`.b (id INT PRIMARY KEY);
+             INSERT INTO `{db}`.a VALUES (1), (2);
+             INSERT INTO `{db}`.b VALUES (1)"
+        ),
+    )
+    .await;
+    let running = start(&edge.yaml());
+    edge.converges().await;
+    assert_eq!(edge.keys("a").await.len() + edge.keys("b").await.len(), 3);
+    exec(&mut conn, &format!("DROP DATABASE `{db}`")).await;
+    let mut client = etcd().await;
+    let gone = etcdsync_tests::mysql::eventually(Duration::from_secs(60), || {
+        let mut client = client.clone();
+        let prefix = format!("{}/", edge.prefix);
+        async move { etcd_dump(&mut client, &prefix).await.is_empty() }
+    })
+    .await;
+    assert!(
+        gone,
+        "keys left: {:?}",
+        etcd_dump(&mut client, &format!("{}/", edge.prefix)).await
+    );
+    running.stop().await;
+}
