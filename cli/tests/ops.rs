@@ -662,6 +662,9 @@ async fn metrics_health_and_readiness_are_served() {
     assert!(get("etcdsync_sink_txn_duration_seconds_bucket{le=\"+Inf\"}") >= 1.0);
     assert!(get("etcdsync_sink_batch_ops_count{}") >= 1.0);
     assert!(get("etcdsync_replication_lag_seconds{}") >= 0.0);
+    // The stages of a streamed transaction's latency (the update and delete above).
+    assert!(get("etcdsync_commit_latency_seconds_count{stage=\"commit_to_applied\"}") >= 1.0);
+    assert!(get("etcdsync_commit_latency_seconds_count{stage=\"sink_batch_wait\"}") >= 1.0);
     let checkpoint_at = get("etcdsync_last_checkpoint_timestamp_seconds{}");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -25,6 +25,7 @@ pub const SNAPSHOT_ROWS: &str = "etcdsync_snapshot_rows_total";
 pub const SNAPSHOT_ROWS_ESTIMATED: &str = "etcdsync_snapshot_rows_estimated";
 /// Seconds between the last applied transaction's commit and its application.
 pub const REPLICATION_LAG: &str = "etcdsync_replication_lag_seconds";
+pub const COMMIT_LATENCY: &str = "etcdsync_commit_latency_seconds";
 /// Unix time of the last checkpoint written.
 pub const LAST_CHECKPOINT: &str = "etcdsync_last_checkpoint_timestamp_seconds";
 /// Errors, by `kind` (`config`, `transient`, `fatal`) and `stage` (`source`, `sink`, …).
@@ -69,6 +70,10 @@ pub struct Telemetry {
     pub snapshot_rows: IntCounterVec,
     pub snapshot_rows_estimated: IntGaugeVec,
     pub replication_lag: Gauge,
+    /// Where a source transaction's time goes, by `stage`: `sink_batch_wait` (from the sink
+    /// receiving its commit to sending the store transaction that holds it) and
+    /// `commit_to_applied` (from the source's commit time to the store applying it).
+    pub commit_latency: HistogramVec,
     pub last_checkpoint: Gauge,
     pub errors: IntCounterVec,
     pub retries: IntCounterVec,
@@ -150,6 +155,15 @@ impl Telemetry {
                         "Estimated rows of tables being snapshotted",
                     ),
                     &["table"],
+                )
+                .map(|m| registered(&registry, m))?,
+                commit_latency: HistogramVec::new(
+                    HistogramOpts::new(
+                        COMMIT_LATENCY,
+                        "Latency of source transactions by stage, in seconds",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
+                    &["stage"],
                 )
                 .map(|m| registered(&registry, m))?,
                 replication_lag: registered(
@@ -268,11 +282,21 @@ impl Telemetry {
         if let Some(commit) = commit_time {
             if let Ok(lag) = now.duration_since(commit) {
                 self.replication_lag.set(lag.as_secs_f64());
+                self.commit_latency
+                    .with_label_values(&["commit_to_applied"])
+                    .observe(lag.as_secs_f64());
             } else {
                 self.replication_lag.set(0.0);
             }
             self.state().last_commit = Some(commit);
         }
+    }
+
+    /// The sink held a received commit this long before sending the transaction that holds it.
+    pub fn batch_waited(&self, waited: std::time::Duration) {
+        self.commit_latency
+            .with_label_values(&["sink_batch_wait"])
+            .observe(waited.as_secs_f64());
     }
 
     /// A checkpoint was written now.

@@ -189,6 +189,8 @@ pub struct Batch {
     commits: u64,
     /// Commit time of the last of them, when the source knows it.
     commit_time: Option<SystemTime>,
+    /// When the sink received the first of them (the batch-wait metric).
+    first_received: Option<std::time::Instant>,
 }
 
 impl Batch {
@@ -228,6 +230,8 @@ impl Batch {
     pub fn record_commit(&mut self, mark: CommitMark, commit_time: Option<SystemTime>) {
         self.commit = Some(mark);
         self.commits += 1;
+        self.first_received
+            .get_or_insert_with(std::time::Instant::now);
         if commit_time.is_some() {
             self.commit_time = commit_time;
         }
@@ -250,6 +254,11 @@ impl Batch {
     /// Commit time of the last source transaction the batch completes.
     pub fn commit_time(&self) -> Option<SystemTime> {
         self.commit_time
+    }
+
+    /// When the sink received the first source commit the batch completes.
+    pub fn first_received(&self) -> Option<std::time::Instant> {
+        self.first_received
     }
 
     /// Every data operation: single-key ops, then delete ranges (order within one etcd
@@ -412,6 +421,7 @@ impl Batch {
             tally,
             commits,
             commit_time,
+            first_received,
             ..
         } = other;
         for prefix in ranges {
@@ -428,6 +438,10 @@ impl Batch {
         if commit_time.is_some() {
             self.commit_time = commit_time;
         }
+        self.first_received = match (self.first_received, first_received) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         debug_assert_eq!((self.len(), self.bytes), (count, bytes));
         Ok(())
     }

@@ -219,6 +219,9 @@ impl Writer {
             )
         });
         tracing::debug!(ops = data_ops, bytes = batch.bytes(), position = ?position, "applying etcd transaction");
+        if let Some(received) = batch.first_received() {
+            etcdsync_core::telemetry::get().batch_waited(received.elapsed());
+        }
         let batch = Arc::new(batch);
         let applying = Arc::clone(&batch);
         let client = self.client.clone();
