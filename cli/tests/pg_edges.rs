@@ -107,6 +107,26 @@ async fn publication_drift_is_repaired_and_the_table_copied_again() {
             "DELETE FROM t WHERE id BETWEEN 50 AND 60",
         ),
     ] {
+        // The repair of the previous drift copies the table again, out of the publication
+        // until the copy is done: drift only the repaired publication.
+        let client = pipe.db.client().await;
+        let published = etcdsync_tests::pg::eventually(WAIT, || async {
+            client
+                .query_opt(
+                    "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND tablename = 't'",
+                    &[&publication],
+                )
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        })
+        .await;
+        assert!(
+            published,
+            "t never came back into the publication: {}",
+            run.stderr()
+        );
         pipe.sql(&drift).await;
         pipe.sql(change).await;
         pipe.wait_synced("t", &drift).await;
