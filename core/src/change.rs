@@ -146,6 +146,17 @@ pub struct Change {
 }
 
 impl Change {
+    /// Roughly the memory the change's rows hold (see [`Value::approx_bytes`]).
+    pub fn approx_bytes(&self) -> usize {
+        let row = |row: &[Value]| row.iter().map(Value::approx_bytes).sum::<usize>();
+        match &self.op {
+            Op::Insert { row: new } => row(new),
+            Op::Update { old, row: new } => row(new) + old.as_deref().map_or(0, row),
+            Op::Delete { old } => row(old),
+            Op::Truncate => 0,
+        }
+    }
+
     pub fn new(table: Arc<TableSchema>, op: Op) -> Self {
         Self {
             table,

@@ -31,6 +31,42 @@ pub const CHANNEL_CAPACITY: usize = 16;
 /// Rows per `Changes` message that sources should aim for.
 pub const CHANGES_PER_MESSAGE: usize = 256;
 
+/// Bytes of row values per `Changes` message a source should not go past: with
+/// [`CHANGES_PER_MESSAGE`] and [`CHANNEL_CAPACITY`] it bounds what a stage buffers when rows are
+/// large (4 kB values, old and new rows: 256 changes would be 2 MiB a message).
+pub const BYTES_PER_MESSAGE: usize = 256 * 1024;
+
+/// Changes gathered for one `Changes` message, full at [`CHANGES_PER_MESSAGE`] changes or
+/// [`BYTES_PER_MESSAGE`] bytes, whichever comes first.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    changes: Vec<crate::Change>,
+    bytes: usize,
+}
+
+impl Chunk {
+    /// Adds a change; `true` when the chunk is now full and should be sent.
+    pub fn push(&mut self, change: crate::Change) -> bool {
+        self.bytes += change.approx_bytes();
+        self.changes.push(change);
+        self.changes.len() >= CHANGES_PER_MESSAGE || self.bytes >= BYTES_PER_MESSAGE
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// The changes gathered so far, leaving the chunk empty.
+    pub fn take(&mut self) -> Vec<crate::Change> {
+        self.bytes = 0;
+        std::mem::take(&mut self.changes)
+    }
+}
+
 /// Stage labels of `etcdsync_errors_total` and of the shutdown-timeout message.
 pub mod stage {
     pub const SOURCE: &str = "source";

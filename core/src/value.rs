@@ -38,6 +38,23 @@ pub enum Value {
 }
 
 impl Value {
+    /// Roughly the memory the value holds (its text or bytes; 8 for scalars), for bounding
+    /// buffers by size as well as by count.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            Value::Decimal(s)
+            | Value::Text(s)
+            | Value::Json(s)
+            | Value::Date(s)
+            | Value::Time(s)
+            | Value::Timestamp(s)
+            | Value::TimestampTz(s) => s.len() + 8,
+            Value::Bytes(b) => b.len() + 8,
+            Value::Array(items) => items.iter().map(Value::approx_bytes).sum::<usize>() + 8,
+            _ => 8,
+        }
+    }
+
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }

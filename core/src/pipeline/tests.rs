@@ -317,3 +317,27 @@ fn ha_needs_a_sink_that_elects() {
     .expect_err("refused");
     assert!(error.to_string().contains("at `ha.enabled`"), "{error}");
 }
+
+#[test]
+fn a_chunk_is_full_at_its_count_or_its_bytes() {
+    use crate::change::{Column, TableId, TableSchema};
+    use crate::{Change, Value};
+    let table = Arc::new(TableSchema::new(
+        TableId::new("s", "t"),
+        vec![Column::new("id", "int8"), Column::new("doc", "text")],
+        vec![0],
+    ));
+    let row = |size: usize| vec![Value::Int(1), Value::Text("x".repeat(size))];
+    let mut small = Chunk::default();
+    let full_at = (1..=CHANGES_PER_MESSAGE)
+        .find(|_| small.push(Change::insert(table.clone(), row(10))))
+        .expect("full by count");
+    assert_eq!(full_at, CHANGES_PER_MESSAGE);
+    assert_eq!(small.take().len(), CHANGES_PER_MESSAGE);
+    assert!(small.is_empty());
+    let mut large = Chunk::default();
+    let full_at = (1..=CHANGES_PER_MESSAGE)
+        .find(|_| large.push(Change::insert(table.clone(), row(64 * 1024))))
+        .expect("full by bytes");
+    assert_eq!(full_at, BYTES_PER_MESSAGE.div_ceil(64 * 1024 + 24));
+}

@@ -14,7 +14,7 @@ use crate::prereq::{Flavour, ServerInfo};
 use crate::source::connect;
 use crate::tablemap::key_column_excluded;
 use etcdsync_core::change::Column;
-use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
+use etcdsync_core::pipeline::Chunk;
 use etcdsync_core::tables::TableSelection;
 use etcdsync_core::{telemetry, Change, Message, TableId, TableSchema};
 use futures::StreamExt;
@@ -647,16 +647,16 @@ async fn copy_table(
         .exec_stream::<Row, _, _>(table.select.as_str(), ())
         .await
         .map_err(context)?;
-    let mut chunk = Vec::with_capacity(CHANGES_PER_MESSAGE);
+    let mut chunk = Chunk::default();
     let mut count: u64 = 0;
     while let Some(row) = rows.next().await {
         let row = row.map_err(context)?;
-        chunk.push(Change::insert(
+        let full = chunk.push(Change::insert(
             table.schema.clone(),
             convert_row(row, &table.kinds),
         ));
-        if chunk.len() >= CHANGES_PER_MESSAGE {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHANGES_PER_MESSAGE));
+        if full {
+            let full = chunk.take();
             let n = full.len() as u64;
             if output.send(Message::Changes(full)).await.is_err() {
                 return Ok(false);
@@ -667,7 +667,7 @@ async fn copy_table(
     }
     if !chunk.is_empty() {
         let n = chunk.len() as u64;
-        if output.send(Message::Changes(chunk)).await.is_err() {
+        if output.send(Message::Changes(chunk.take())).await.is_err() {
             return Ok(false);
         }
         count += n;

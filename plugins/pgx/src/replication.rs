@@ -16,7 +16,7 @@ use crate::relations::{
 use crate::snapshot::copy_tables;
 use crate::source::publication_tables;
 use crate::source::IdentityStart;
-use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
+use etcdsync_core::pipeline::Chunk;
 use etcdsync_core::{Change, Commit, Error, Message, Position, Result, TableId};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use std::collections::{HashMap, HashSet};
@@ -144,7 +144,7 @@ enum Flow {
 struct State {
     relations: HashMap<u32, Option<Relation>>,
     txn: Option<Txn>,
-    batch: Vec<Change>,
+    batch: Chunk,
     /// The last position handed to the pipeline (commit end, snapshot point or heartbeat).
     last: Lsn,
     pending_heartbeat: Option<Lsn>,
@@ -164,7 +164,7 @@ impl Streamer {
         let mut st = State {
             relations: HashMap::new(),
             txn: None,
-            batch: Vec::with_capacity(CHANGES_PER_MESSAGE),
+            batch: Chunk::default(),
             last: self.resume,
             pending_heartbeat: None,
             last_progress: Instant::now(),
@@ -272,9 +272,8 @@ impl Streamer {
                             });
                             open.changes += changes.len();
                             for change in changes {
-                                st.batch.push(change);
-                                if st.batch.len() >= CHANGES_PER_MESSAGE {
-                                    let full = std::mem::replace(&mut st.batch, Vec::with_capacity(CHANGES_PER_MESSAGE));
+                                if st.batch.push(change) {
+                                    let full = st.batch.take();
                                     if let Flow::Stop = out.send(Message::Changes(full)).await {
                                         break 'stream;
                                     }
@@ -286,7 +285,7 @@ impl Streamer {
                             let applied = open.as_ref().is_some_and(|t| !t.skip && t.changes > 0) && end_lsn > st.last;
                             if applied {
                                 if !st.batch.is_empty() {
-                                    let rest = std::mem::take(&mut st.batch);
+                                    let rest = st.batch.take();
                                     if let Flow::Stop = out.send(Message::Changes(rest)).await {
                                         break;
                                     }
@@ -302,7 +301,7 @@ impl Streamer {
                                 st.last_progress = Instant::now();
                                 st.pending_heartbeat = None;
                             } else {
-                                st.batch.clear();
+                                st.batch.take();
                                 if end_lsn > st.last {
                                     st.pending_heartbeat = Some(end_lsn);
                                 }

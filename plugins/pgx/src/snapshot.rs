@@ -9,7 +9,7 @@ use crate::error::pg;
 use crate::relations::{build_schema, quote_ident, quote_table, rows_of, TableInfo, Types};
 use crate::types::{parse_value, TypeKind};
 use etcdsync_core::change::Column;
-use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
+use etcdsync_core::pipeline::Chunk;
 use etcdsync_core::{telemetry, Change, Error, Message, Result, Row, TableSchema, Value};
 use futures::StreamExt;
 use std::collections::VecDeque;
@@ -319,17 +319,18 @@ async fn copy_table(
     );
     let mut copy =
         CopyRows::open(client, &sql, &shape.kinds, format!("copying {}", table.id)).await?;
-    let mut batch = Vec::with_capacity(CHANGES_PER_MESSAGE);
+    let mut batch = Chunk::default();
     let mut rows = 0u64;
     loop {
         let next = copy.next_row().await?;
         let end = next.is_none();
-        if let Some(row) = next {
-            batch.push(Change::insert(shape.schema.clone(), row));
-        }
-        if batch.len() >= CHANGES_PER_MESSAGE || (end && !batch.is_empty()) {
+        let full = match next {
+            Some(row) => batch.push(Change::insert(shape.schema.clone(), row)),
+            None => false,
+        };
+        if full || (end && !batch.is_empty()) {
             let count = batch.len() as u64;
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(CHANGES_PER_MESSAGE));
+            let full = batch.take();
             if output.send(Message::Changes(full)).await.is_err() {
                 return Ok(false);
             }
