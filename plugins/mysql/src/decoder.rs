@@ -14,7 +14,7 @@ use crate::prereq::{Flavour, ServerInfo};
 use crate::source::connect;
 use crate::statement::{classify, Dialect, Statement, Xid};
 use crate::tablemap::{column_names, map_table, Mapped, TableMapError};
-use etcdsync_core::pipeline::CHANGES_PER_MESSAGE;
+use etcdsync_core::pipeline::{BYTES_PER_MESSAGE, CHANGES_PER_MESSAGE};
 use etcdsync_core::tables::TableSelection;
 use etcdsync_core::{telemetry, Change, Commit, Message, Position, TableId, TableSchema};
 use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
@@ -149,6 +149,8 @@ pub(crate) struct Decoder<'a> {
     /// Changes of the current transaction already sent.
     sent: usize,
     pending: Vec<Change>,
+    /// Roughly the bytes `pending` holds (reset whenever it is found empty).
+    pending_bytes: usize,
     /// Open savepoints of the current transaction: name, changes before it.
     savepoints: Vec<(String, usize)>,
     /// The current event group is an XA transaction's prepared part: its rows wait for
@@ -212,6 +214,7 @@ impl<'a> Decoder<'a> {
             txn_start: 0,
             sent: 0,
             pending: Vec::new(),
+            pending_bytes: 0,
             savepoints: Vec::new(),
             xa: false,
             prepared: Vec::new(),
@@ -522,6 +525,10 @@ impl<'a> Decoder<'a> {
             let start = self.txn_start;
             let offset = log_pos.saturating_sub(start);
             let place = (offset.min((1 << 44) - 1) << 20) | (row.min((1 << 20) - 1) as u64);
+            if self.pending.is_empty() {
+                self.pending_bytes = 0;
+            }
+            self.pending_bytes += change.approx_bytes();
             self.pending.push(change.at(Change::seq_of(start, place)));
             if self.xa {
                 if self.pending.len() > HELD_ROWS_LIMIT {
@@ -535,8 +542,10 @@ impl<'a> Decoder<'a> {
             } else {
                 HELD_ROWS_LIMIT
             };
-            if self.pending.len() >= limit {
+            let big = self.savepoints.is_empty() && self.pending_bytes >= BYTES_PER_MESSAGE;
+            if self.pending.len() >= limit || big {
                 let chunk = std::mem::take(&mut self.pending);
+                self.pending_bytes = 0;
                 self.sent += chunk.len();
                 if self.output.send(Message::Changes(chunk)).await.is_err() {
                     return Ok(false);
