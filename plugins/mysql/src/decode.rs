@@ -577,25 +577,9 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Decimal text with its scale kept and leading zeros of the integer part removed
-/// (`-0012.30` → `-12.30`, `.5` → `0.5`).
+/// Decimal text with its scale kept and leading zeros of the integer part removed.
 pub fn decimal_text(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    let (sign, digits) = match text.strip_prefix('-') {
-        Some(rest) => ("-", rest),
-        None => ("", text.strip_prefix('+').unwrap_or(text)),
-    };
-    let (int, frac) = match digits.split_once('.') {
-        Some((i, f)) => (i, Some(f)),
-        None => (digits, None),
-    };
-    let int = int.trim_start_matches('0');
-    let int = if int.is_empty() { "0" } else { int };
-    match frac {
-        Some(frac) => format!("{sign}{int}.{frac}"),
-        None => format!("{sign}{int}"),
-    }
+    etcdsync_core::value::normalise_decimal(&String::from_utf8_lossy(bytes))
 }
 
 /// BIT(n) bytes, big-endian, as a number.

@@ -5,7 +5,6 @@
 //! as MySQL's `Json_wrapper::to_string` does (keys in stored order — by length, then bytes —,
 //! doubles via `my_gcvt` plus `.0`, dates and decimals from opaque values), compacted.
 
-use crate::decode::decimal_text;
 use base64::Engine as _;
 use etcdsync_core::encode::json::write_str;
 use etcdsync_core::Value;
@@ -286,7 +285,9 @@ fn write_opaque(out: &mut Vec<u8>, ty: ColumnType, data: &[u8]) -> io::Result<()
                 usize::from(*scale),
                 false,
             )?;
-            out.extend_from_slice(decimal_text(decimal.to_string().as_bytes()).as_bytes());
+            out.extend_from_slice(
+                etcdsync_core::value::normalise_decimal(&decimal.to_string()).as_bytes(),
+            );
         }
         ColumnType::MYSQL_TYPE_DATE
         | ColumnType::MYSQL_TYPE_DATETIME

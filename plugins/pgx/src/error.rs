@@ -167,3 +167,24 @@ mod tests {
         assert_eq!(replication_kind(&bad), ErrorKind::Fatal);
     }
 }
+
+/// A prerequisite that does not hold: what was found, and the change that fixes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub detail: String,
+    pub fix: String,
+}
+
+impl Problem {
+    pub fn new(detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+            fix: fix.into(),
+        }
+    }
+
+    /// The configuration error `build` fails with: the finding, then the fix.
+    pub fn into_error(self) -> etcdsync_core::Error {
+        etcdsync_core::Error::config(format!("{}: {}", self.detail, self.fix))
+    }
+}

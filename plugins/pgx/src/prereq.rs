@@ -9,26 +9,7 @@ use etcdsync_core::{Error, Result};
 use pgwire_replication::Lsn;
 use tokio_postgres::Client;
 
-/// A prerequisite that does not hold: what was found, and the change that fixes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub detail: String,
-    pub fix: String,
-}
-
-impl Problem {
-    pub fn new(detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            detail: detail.into(),
-            fix: fix.into(),
-        }
-    }
-
-    /// The configuration error `build` fails with: the finding, then the fix.
-    pub fn into_error(self) -> Error {
-        Error::config(format!("{}: {}", self.detail, self.fix))
-    }
-}
+pub use crate::error::Problem;
 
 /// Server settings and capacity as one catalog query reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 
 use crate::decode::{RelationMessage, TupleValue};
 use crate::error::pg;
-use crate::prereq::Problem;
+use crate::error::Problem;
 use crate::types::{builtin_kind, parse_value, TypeKind};
 use etcdsync_core::change::Column;
 use etcdsync_core::tables::TableSelection;
