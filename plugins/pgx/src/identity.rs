@@ -200,3 +200,16 @@ mod tests {
         assert_eq!(Registry::parse(&format!("{COMMENT_PREFIX}not json")), None);
     }
 }
+
+/// What the table registry found at start.
+#[derive(Debug, Default)]
+pub(crate) struct IdentityStart {
+    /// The registry to keep (`None`: the publication is not managed, nothing is kept).
+    pub registry: Option<Registry>,
+    /// Names whose keys are removed as soon as streaming starts.
+    pub retire_now: Vec<TableId>,
+    /// Old names of renamed tables, removed by the copy of their new names.
+    pub retire_with_copy: Vec<TableId>,
+    /// OIDs of dropped tables (or renamed out of the selection): their changes are ignored.
+    pub ignored: Vec<u32>,
+}

@@ -6,6 +6,7 @@
 use crate::error::pg;
 use crate::relations::quote_ident;
 use etcdsync_core::{Error, Result, TableId};
+use std::collections::BTreeSet;
 use tokio_postgres::Client;
 
 /// One way the publication would lose changes.
@@ -162,4 +163,30 @@ pub async fn enforce(
     affected.sort();
     affected.dedup();
     Ok(affected)
+}
+
+/// The tables a publication lists by name; `None` when it does not exist.
+pub(crate) async fn publication_tables(
+    client: &Client,
+    name: &str,
+) -> Result<Option<BTreeSet<TableId>>> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .map_err(pg("looking up the publication"))?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    let tables = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(pg("reading the publication's tables"))?
+        .into_iter()
+        .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    Ok(Some(tables))
 }

@@ -3,6 +3,7 @@
 //! arrays to their element type), and the stream's relation cache that turns pgoutput Relation
 //! messages into one `Arc<TableSchema>` per table version (DESIGN §1–3).
 
+use crate::config::Valid;
 use crate::decode::{RelationMessage, TupleValue};
 use crate::error::pg;
 use crate::error::Problem;
@@ -542,6 +543,37 @@ impl Relation {
         }
         Ok(row)
     }
+}
+
+/// The selected tables with their keys, in table-id order. A table without a primary key or
+/// identity index is left out with a warning (the table refresh picks it up once it has one);
+/// a configured key that cannot work is an error naming the fix.
+pub(crate) async fn resolve_tables(client: &Client, valid: &Valid) -> Result<Vec<TableInfo>> {
+    let mut tables = Vec::new();
+    for (oid, id, replident) in selected_tables(client, &valid.tables).await? {
+        let Some(key) = table_key(
+            client,
+            oid,
+            &id,
+            &replident,
+            &valid.key_columns,
+            &valid.tables,
+        )
+        .await?
+        else {
+            if !valid.manage_publication {
+                return Err(Error::config(format!(
+                    "table {id} has no usable key, and with `source.manage_publication: false` etcdsync \
+                     cannot copy it later once it has one: add a primary key, or exclude it with \
+                     `source.tables.exclude`"
+                )));
+            }
+            continue;
+        };
+        tables.push(TableInfo { oid, id, key });
+    }
+    tables.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(tables)
 }
 
 #[cfg(test)]

@@ -7,15 +7,15 @@
 use crate::config::Valid;
 use crate::decode::{decode, LogicalMessage, RelationMessage};
 use crate::error::{pg, wire, PgxError};
+use crate::identity::IdentityStart;
 use crate::identity::Registry;
 use crate::position;
+use crate::publication::publication_tables;
 use crate::relations::{
     message_table, partition_fingerprint, quote_ident, quote_table, selected_tables, table_by_oid,
     table_key, Relation, TableInfo, Types,
 };
 use crate::snapshot::copy_tables;
-use crate::source::publication_tables;
-use crate::source::IdentityStart;
 use etcdsync_core::pipeline::Chunk;
 use etcdsync_core::{Change, Commit, Error, Message, Position, Result, TableId};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};

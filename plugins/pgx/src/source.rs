@@ -5,11 +5,13 @@
 use crate::config::{PgxConfig, SnapshotMode, Valid};
 use crate::connect::{connect, replication_config};
 use crate::error::{pg, wire};
+use crate::identity::IdentityStart;
 use crate::identity::Registry;
 use crate::position;
 use crate::prereq::{server_facts, slot_state, SlotState};
 use crate::publication::enforce;
-use crate::relations::{quote_ident, quote_table, selected_tables, table_key, TableInfo, Types};
+use crate::publication::publication_tables;
+use crate::relations::{quote_ident, quote_table, resolve_tables, TableInfo, Types};
 use crate::replication::Streamer;
 use crate::snapshot::copy_tables;
 use etcdsync_core::leadership::Fence;
@@ -44,19 +46,6 @@ pub struct PgxSource {
     identity: IdentityStart,
     /// Each table's columns as read at build ([`crate::relations::table_columns`]).
     shapes: HashMap<TableId, Vec<(String, u32)>>,
-}
-
-/// What the table registry found at start.
-#[derive(Debug, Default)]
-pub(crate) struct IdentityStart {
-    /// The registry to keep (`None`: the publication is not managed, nothing is kept).
-    pub registry: Option<Registry>,
-    /// Names whose keys are removed as soon as streaming starts.
-    pub retire_now: Vec<TableId>,
-    /// Old names of renamed tables, removed by the copy of their new names.
-    pub retire_with_copy: Vec<TableId>,
-    /// OIDs of dropped tables (or renamed out of the selection): their changes are ignored.
-    pub ignored: Vec<u32>,
 }
 
 pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Source>> {
@@ -238,37 +227,6 @@ async fn start_identity(
     Ok((start, recopy))
 }
 
-/// The selected tables with their keys, in table-id order. A table without a primary key or
-/// identity index is left out with a warning (the table refresh picks it up once it has one);
-/// a configured key that cannot work is an error naming the fix.
-pub(crate) async fn resolve_tables(client: &Client, valid: &Valid) -> Result<Vec<TableInfo>> {
-    let mut tables = Vec::new();
-    for (oid, id, replident) in selected_tables(client, &valid.tables).await? {
-        let Some(key) = table_key(
-            client,
-            oid,
-            &id,
-            &replident,
-            &valid.key_columns,
-            &valid.tables,
-        )
-        .await?
-        else {
-            if !valid.manage_publication {
-                return Err(Error::config(format!(
-                    "table {id} has no usable key, and with `source.manage_publication: false` etcdsync \
-                     cannot copy it later once it has one: add a primary key, or exclude it with \
-                     `source.tables.exclude`"
-                )));
-            }
-            continue;
-        };
-        tables.push(TableInfo { oid, id, key });
-    }
-    tables.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(tables)
-}
-
 /// Server prerequisites (`prereq`): the first that fails stops the start with its fix.
 /// Returns `server_version_num`.
 async fn check_server(client: &Client, valid: &Valid) -> Result<i32> {
@@ -365,31 +323,6 @@ async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-pub(crate) async fn publication_tables(
-    client: &Client,
-    name: &str,
-) -> Result<Option<BTreeSet<TableId>>> {
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
-        .await
-        .map_err(pg("looking up the publication"))?
-        .is_some();
-    if !exists {
-        return Ok(None);
-    }
-    let tables = client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-            &[&name],
-        )
-        .await
-        .map_err(pg("reading the publication's tables"))?
-        .into_iter()
-        .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
-        .collect();
-    Ok(Some(tables))
 }
 
 /// Partitioned tables' changes are published under the partitioned table's name.

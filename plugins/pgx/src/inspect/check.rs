@@ -4,8 +4,8 @@
 use crate::config::Valid;
 use crate::error::pg;
 use crate::prereq::{server_facts, slot_state, Problem, SlotState};
+use crate::publication::publication_tables;
 use crate::relations::{quote_ident, quote_table, resolve_key, selected_tables};
-use crate::source::publication_tables;
 use etcdsync_core::inspect::{plural, table_list, CheckResult};
 use etcdsync_core::{Error, Result, TableId};
 use std::collections::BTreeSet;
