@@ -5,13 +5,13 @@
 //! column and key changes, partition and tablespace operations and `CREATE OR REPLACE` copy
 //! the affected tables again from a consistent read ([`crate::snapshot::copy_while_streaming`]).
 
-use crate::binlog::{decode_rows, rotate_file_name, Mode, ARTIFICIAL_EVENT};
 use crate::columns::{read_hints, ColumnHints};
 use crate::config::{OnDrop, ValidMysql};
+use crate::connect::connect;
 use crate::error::{MysqlError, Result};
+use crate::events::{decode_rows, rotate_file_name, Mode, ARTIFICIAL_EVENT};
 use crate::position::{uuid_text, BinlogPos, Gtids, SourcePosition};
 use crate::prereq::{Flavour, ServerInfo};
-use crate::source::connect;
 use crate::statement::{classify, Dialect, Statement, Xid};
 use crate::tablemap::{column_names, map_table, Mapped, TableMapError};
 use etcdsync_core::pipeline::{BYTES_PER_MESSAGE, CHANGES_PER_MESSAGE};
@@ -108,7 +108,7 @@ impl HintCache {
         };
         let probe = format!(
             "SELECT 1 FROM {} LIMIT 0",
-            crate::snapshot::quote_table(table)
+            crate::statement::quote_table(table)
         );
         match conn.query_drop(probe).await {
             Ok(()) => Ok(true),
@@ -454,7 +454,7 @@ impl<'a> Decoder<'a> {
                     "  - the etcdsync user cannot read {id}, which `source.tables` selects and the binlog \
                      changes: GRANT SELECT ON {}.* TO the etcdsync user (then take a fresh snapshot), or \
                      leave the table out with `source.tables.exclude`",
-                    crate::snapshot::quote_ident(&id.schema)
+                    crate::statement::quote_ident(&id.schema)
                 )));
             }
             self.synced.insert(id.clone());

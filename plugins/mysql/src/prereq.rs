@@ -384,7 +384,7 @@ async fn role_grants(conn: &mut Conn) -> Vec<String> {
     let statement = if roles.contains('@') {
         format!("SHOW GRANTS FOR CURRENT_USER() USING {roles}")
     } else {
-        format!("SHOW GRANTS FOR {}", crate::snapshot::quote_ident(&roles))
+        format!("SHOW GRANTS FOR {}", crate::statement::quote_ident(&roles))
     };
     match conn.query::<Row, _>(statement).await {
         Ok(rows) => rows

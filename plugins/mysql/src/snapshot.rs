@@ -7,11 +7,11 @@
 
 use crate::columns::{read_hints, ColumnHints};
 use crate::config::ValidMysql;
+use crate::connect::connect;
 use crate::decode::{kind_from_information_schema, snapshot_value, with_hint, Kind};
 use crate::error::{MysqlError, Result};
 use crate::position::{BinlogPos, GtidPos, GtidSet, Gtids, SourcePosition};
 use crate::prereq::{Flavour, ServerInfo};
-use crate::source::connect;
 use crate::tablemap::key_column_excluded;
 use etcdsync_core::change::Column;
 use etcdsync_core::pipeline::Chunk;
@@ -36,15 +36,7 @@ pub struct SnapshotTable {
     pub estimated_rows: Option<u64>,
 }
 
-/// Quotes an identifier with backticks.
-pub fn quote_ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
-}
-
-/// `` `db`.`table` ``.
-pub fn quote_table(id: &TableId) -> String {
-    format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.table))
-}
+pub use crate::statement::{quote_ident, quote_table};
 
 /// Whether a table's primary key can make etcd keys.
 #[derive(Debug, Clone, PartialEq, Eq)]

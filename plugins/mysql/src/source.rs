@@ -11,22 +11,11 @@ use crate::snapshot;
 use etcdsync_core::source::{Source, SourceIo};
 use etcdsync_core::{async_trait, telemetry, Checkpoint, Error, ErrorKind, Message, Position};
 use mysql_async::prelude::*;
-use mysql_async::{Conn, Opts};
+use mysql_async::Conn;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-/// Opens a connection with the session settings snapshot and stream rely on (utf8mb4 text,
-/// UTC TIMESTAMPs).
-pub async fn connect(opts: &Opts) -> Result<Conn> {
-    let target = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
-    let mut conn = Conn::new(opts.clone())
-        .await
-        .map_err(|e| MysqlError::driver(format!("connecting to {target}"), e))?;
-    conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
-        .await
-        .map_err(|e| MysqlError::driver(format!("setting up the session on {target}"), e))?;
-    Ok(conn)
-}
+pub use crate::connect::connect;
 
 /// Where streaming starts.
 #[derive(Debug, Clone)]

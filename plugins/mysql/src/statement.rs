@@ -62,6 +62,16 @@ impl std::fmt::Display for Xid {
     }
 }
 
+/// Quotes an identifier with backticks.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// `` `db`.`table` ``.
+pub fn quote_table(id: &TableId) -> String {
+    format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.table))
+}
+
 /// How names in statements compare with the names row events carry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Dialect {

@@ -365,7 +365,7 @@ pub fn map_table(
             table: id.clone(),
             column: name.clone(),
             charset: charset.name(),
-            fix: unsupported_fix(&crate::snapshot::quote_table(&id), &format!("`{name}`")),
+            fix: unsupported_fix(&crate::statement::quote_table(&id), &format!("`{name}`")),
         };
         let kind = if is_character_column(type_code, mariadb) {
             let collation = charset_at(char_i, &charsets, &default_charset);

@@ -4,7 +4,7 @@
 //! `net_write_timeout`, and the new dump does not start before it is gone. A second
 //! `KILL CONNECTION` ends it at once; only threads the server already killed are touched.
 
-use crate::source::connect;
+use crate::connect::connect;
 use mysql_async::prelude::*;
 use mysql_async::Opts;
 use std::time::Duration;

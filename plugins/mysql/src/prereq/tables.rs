@@ -94,8 +94,8 @@ pub fn charset_verdicts(columns: &[ColumnCharset], selection: &TableSelection) -
         if Charset::from_name(&c.charset).is_supported() {
             continue;
         }
-        let table = crate::snapshot::quote_table(&c.table);
-        let column = crate::snapshot::quote_ident(&c.column);
+        let table = crate::statement::quote_table(&c.table);
+        let column = crate::statement::quote_ident(&c.column);
         out.push(CheckResult::fail(
             format!("charset of {}.{}", c.table, c.column),
             format!(
@@ -176,9 +176,9 @@ pub fn cascade_verdicts(
                      and delete/update the child rows explicitly; or add \"{}\" to source.tables.exclude; or accept the loss with \
                      source.allow_unlogged_cascades: true (re-snapshot to repair)",
                     key.child,
-                    child = crate::snapshot::quote_table(&key.child),
-                    fk = crate::snapshot::quote_ident(&key.name),
-                    parent = crate::snapshot::quote_table(&key.parent),
+                    child = crate::statement::quote_table(&key.child),
+                    fk = crate::statement::quote_ident(&key.name),
+                    parent = crate::statement::quote_table(&key.parent),
                 ),
             )
         });
