@@ -70,7 +70,11 @@ async fn xa_transactions_arrive_once_at_commit_and_never_after_rollback() {
     let mut other = connect().await;
     exec(
         &mut xa,
-        &format!("CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT NOT NULL)"),
+        &format!(
+            "CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT NOT NULL);
+             CREATE TABLE `{db}`.u (id INT PRIMARY KEY);
+             INSERT INTO `{db}`.u VALUES (1), (2)"
+        ),
     )
     .await;
     let running = start(&edge.yaml());
@@ -87,9 +91,13 @@ async fn xa_transactions_arrive_once_at_commit_and_never_after_rollback() {
         ),
     )
     .await;
+    // Nothing else is held back while it waits: a transaction and a TRUNCATE of another table.
     exec(
         &mut other,
-        &format!("INSERT INTO `{db}`.t VALUES (1000, 1)"),
+        &format!(
+            "INSERT INTO `{db}`.t VALUES (1000, 1);
+             TRUNCATE TABLE `{db}`.u"
+        ),
     )
     .await;
     edge.converges().await;
@@ -98,6 +106,7 @@ async fn xa_transactions_arrive_once_at_commit_and_never_after_rollback() {
         1,
         "only the committed row before XA COMMIT"
     );
+    assert!(edge.keys("u").await.is_empty());
 
     // A restart while the XA transaction is prepared: its rows are read again.
     running.stop().await;
