@@ -464,3 +464,40 @@ async fn drop_database_removes_the_keys_of_its_tables() {
     );
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_data_logged_as_a_statement_stops_the_pipeline() {
+    let edge = Edge::new("load", &["t"]).await;
+    let db = &edge.db;
+    let admin_url = env("ETCDSYNC_TEST_MYSQL_ADMIN");
+    let opts = mysql_async::Opts::from_url(&admin_url).expect("admin url");
+    let mut admin = mysql_async::Conn::new(opts)
+        .await
+        .expect("admin connection");
+    admin
+        .query_drop(format!(
+            "CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT NOT NULL); INSERT INTO `{db}`.t VALUES (1, 1)"
+        ))
+        .await
+        .expect("table");
+    let file = std::env::temp_dir().join(format!("{}.csv", edge.name));
+    std::fs::write(&file, "2,2\n3,3\n").expect("csv");
+    let running = start(&edge.yaml());
+    edge.converges().await;
+    admin
+        .query_drop(format!(
+            "SET SESSION binlog_format = 'STATEMENT';
+             LOAD DATA INFILE '{}' INTO TABLE `{db}`.t FIELDS TERMINATED BY ','",
+            file.display()
+        ))
+        .await
+        .expect("LOAD DATA");
+    let error = running.failed(Duration::from_secs(60)).await.to_string();
+    assert!(
+        error.contains(&format!("{db}.t"))
+            && error.contains("INTO TABLE")
+            && error.contains("binlog_format=ROW"),
+        "{error}"
+    );
+    let _ = std::fs::remove_file(&file);
+}
