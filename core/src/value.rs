@@ -58,34 +58,6 @@ impl Value {
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }
-
-    /// The value as text, as used in key components and templates: the JSON rendering without
-    /// string quotes; bytes as lowercase hex.
-    pub fn to_text(&self) -> String {
-        match self {
-            Value::Null => "null".into(),
-            Value::Bool(b) => b.to_string(),
-            Value::Int(i) => i.to_string(),
-            Value::UInt(u) => u.to_string(),
-            Value::Float32(f) => crate::encode::json::float32_text(*f),
-            Value::Float64(f) => crate::encode::json::float64_text(*f),
-            Value::Decimal(s)
-            | Value::Text(s)
-            | Value::Date(s)
-            | Value::Time(s)
-            | Value::Timestamp(s)
-            | Value::TimestampTz(s) => s.clone(),
-            Value::Json(s) => crate::encode::json::compact_json(s),
-            Value::Bytes(b) => hex(b),
-            Value::Array(_) => {
-                let mut out = Vec::new();
-                crate::encode::json::write_value(&mut out, self);
-                String::from_utf8_lossy(&out).into_owned()
-            }
-            Value::Unchanged => "(unchanged)".into(),
-            Value::Missing => "(missing)".into(),
-        }
-    }
 }
 
 /// Decimal text as sources store it: the scale kept, a `+` and leading zeros of the integer part

@@ -172,6 +172,37 @@ pub fn compact_json(text: &str) -> String {
     out
 }
 
+/// The text of a value lives with its JSON rendering (it is that rendering, unquoted).
+impl Value {
+    /// The value as text, as used in key components and templates: the JSON rendering without
+    /// string quotes; bytes as lowercase hex.
+    pub fn to_text(&self) -> String {
+        match self {
+            Value::Null => "null".into(),
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::UInt(u) => u.to_string(),
+            Value::Float32(f) => float32_text(*f),
+            Value::Float64(f) => float64_text(*f),
+            Value::Decimal(s)
+            | Value::Text(s)
+            | Value::Date(s)
+            | Value::Time(s)
+            | Value::Timestamp(s)
+            | Value::TimestampTz(s) => s.clone(),
+            Value::Json(s) => compact_json(s),
+            Value::Bytes(b) => crate::value::hex(b),
+            Value::Array(_) => {
+                let mut out = Vec::new();
+                write_value(&mut out, self);
+                String::from_utf8_lossy(&out).into_owned()
+            }
+            Value::Unchanged => "(unchanged)".into(),
+            Value::Missing => "(missing)".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
