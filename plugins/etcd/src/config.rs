@@ -2,18 +2,11 @@
 //! `validate` does no I/O and resolves the options into [`Settings`]; only `build` connects.
 
 use crate::batch::Limits;
-use crate::client::EtcdClient;
-use crate::inspect::EtcdInspector;
-use crate::sink::EtcdSink;
 use etcdsync_core::encode::key::{normalise_prefix, prefixes_overlap};
-use etcdsync_core::inspect::SinkInspector;
-use etcdsync_core::leadership::{Campaign, Leadership};
 use etcdsync_core::secret::Secret;
-use etcdsync_core::sink::{Sink, SinkConfig, SinkContext};
 use etcdsync_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// The etcd sink's configuration (`sink:` with `type: etcd`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -440,50 +433,10 @@ fn check_tls(tls: &TlsConfig) -> Result<()> {
     }
 }
 
-#[async_trait::async_trait]
-#[typetag::serde(name = "etcd")]
-impl SinkConfig for EtcdConfig {
-    fn validate(&self, pipeline_name: &str) -> Result<()> {
-        self.settings(pipeline_name).map(|_| ())
-    }
-
-    async fn build(&self, cx: SinkContext) -> Result<Box<dyn Sink>> {
-        let settings = self.settings(&cx.name)?;
-        let sink = EtcdSink::connect(settings, cx.source_type)
-            .await?
-            .with_fence(cx.fence);
-        Ok(Box::new(sink))
-    }
-
-    async fn elect(
-        &self,
-        cx: &SinkContext,
-        campaign: &Campaign,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<Box<dyn Leadership>>> {
-        let settings = self.settings(&cx.name)?;
-        let client = EtcdClient::connect(&settings).await?;
-        let won = crate::leader::campaign(&client, &settings, &cx.name, campaign, shutdown).await?;
-        Ok(won.map(Into::into))
-    }
-
-    fn supports_leadership(&self) -> bool {
-        true
-    }
-
-    /// Does not connect: `check` reports connection problems as failed checks, the other
-    /// operations connect on first use.
-    async fn inspect(&self, cx: SinkContext) -> Result<Box<dyn SinkInspector>> {
-        let settings = self.settings(&cx.name)?;
-        Ok(Box::new(
-            EtcdInspector::new(settings, cx.source_type).with_fence(cx.fence),
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use etcdsync_core::sink::SinkConfig;
 
     fn parse(yaml: &str) -> Result<Box<dyn SinkConfig>, serde_yaml::Error> {
         serde_yaml::from_str(yaml)

@@ -20,7 +20,13 @@ pub use error::EtcdError;
 pub use inspect::EtcdInspector;
 pub use sink::EtcdSink;
 
+use client::EtcdClient;
+use etcdsync_core::inspect::SinkInspector;
+use etcdsync_core::leadership::{Campaign, Leadership};
 use etcdsync_core::registry::{PluginInfo, PluginKind};
+use etcdsync_core::sink::{Sink, SinkConfig, SinkContext};
+use etcdsync_core::Result;
+use tokio_util::sync::CancellationToken;
 
 inventory::submit!(PluginInfo {
     kind: PluginKind::Sink,
@@ -41,3 +47,45 @@ snapshot_txns_in_flight: 4
 request_timeout: 10s
 "#,
 });
+
+/// The wiring of the plugin: YAML `type: etcd` builds the sink, its election and its inspector.
+#[async_trait::async_trait]
+#[typetag::serde(name = "etcd")]
+impl SinkConfig for EtcdConfig {
+    fn validate(&self, pipeline_name: &str) -> Result<()> {
+        self.settings(pipeline_name).map(|_| ())
+    }
+
+    async fn build(&self, cx: SinkContext) -> Result<Box<dyn Sink>> {
+        let settings = self.settings(&cx.name)?;
+        let sink = EtcdSink::connect(settings, cx.source_type)
+            .await?
+            .with_fence(cx.fence);
+        Ok(Box::new(sink))
+    }
+
+    async fn elect(
+        &self,
+        cx: &SinkContext,
+        campaign: &Campaign,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Box<dyn Leadership>>> {
+        let settings = self.settings(&cx.name)?;
+        let client = EtcdClient::connect(&settings).await?;
+        let won = crate::leader::campaign(&client, &settings, &cx.name, campaign, shutdown).await?;
+        Ok(won.map(Into::into))
+    }
+
+    fn supports_leadership(&self) -> bool {
+        true
+    }
+
+    /// Does not connect: `check` reports connection problems as failed checks, the other
+    /// operations connect on first use.
+    async fn inspect(&self, cx: SinkContext) -> Result<Box<dyn SinkInspector>> {
+        let settings = self.settings(&cx.name)?;
+        Ok(Box::new(
+            EtcdInspector::new(settings, cx.source_type).with_fence(cx.fence),
+        ))
+    }
+}
