@@ -85,6 +85,10 @@ pub enum Command {
         /// Write missing and different values and delete extra keys
         #[arg(long)]
         repair: bool,
+        /// Also count as extra, and delete with --repair, the keys of tables this pipeline wrote
+        /// and no longer selects (off: they are listed as `unselected`, never deleted)
+        #[arg(long)]
+        delete_unselected: bool,
         /// How many keys of each kind (missing, different, extra) to list
         #[arg(long, value_name = "N", default_value_t = 20)]
         max_report: usize,

@@ -219,7 +219,17 @@ async fn an_unmanaged_publication_stops_at_a_rename_with_a_fix_that_works() {
 
     // The fix the error names: repair while stopped, then start again; the replay of the changes
     // from before the rename goes under the new name.
-    let output = etcdsync(&["verify", "-c", path(&config), "--repair"], &[]).await;
+    let output = etcdsync(
+        &[
+            "verify",
+            "-c",
+            path(&config),
+            "--repair",
+            "--delete-unselected",
+        ],
+        &[],
+    )
+    .await;
     assert!(
         output.status.success() && text(&output).contains("missing: 10"),
         "{}",

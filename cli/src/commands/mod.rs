@@ -29,12 +29,14 @@ pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Verify {
             config_file,
             repair,
+            delete_unselected,
             max_report,
             json,
         } => verify::verify(
             &config_file,
             verify::Options {
                 repair,
+                delete_unselected,
                 max_report,
                 json,
             },

@@ -31,6 +31,8 @@ const SHOWN_VALUE_CHARS: usize = 200;
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub repair: bool,
+    /// Keys of tables this pipeline wrote and no longer selects are extra (and repaired).
+    pub delete_unselected: bool,
     pub max_report: usize,
     pub json: bool,
 }
@@ -55,6 +57,10 @@ pub struct Report {
     /// Keys under the data prefix of tables this pipeline has not written (another pipeline
     /// sharing the prefix), or that no row layout explains: reported, never deleted.
     pub not_ours: Found,
+    /// Keys of tables this pipeline wrote and no longer selects, without `--delete-unselected`:
+    /// reported, not counted as drift, never deleted (another pipeline may have taken the table
+    /// over).
+    pub unselected: Found,
     /// What `--repair` did; `null` without `--repair`.
     pub repaired: Option<Repaired>,
 }
@@ -398,13 +404,23 @@ async fn find_extra(
                 }),
                 Some((table, row)) if !selected.contains_key(&table) => {
                     let name = table.to_string();
-                    if written.is_some_and(|w| w.contains(&table)) {
+                    let ours = written.is_some_and(|w| w.contains(&table));
+                    if ours && options.delete_unselected {
                         extra.push(extra_entry(
                             key,
                             Some(name),
                             Some(row),
                             "this pipeline wrote its table, which is no longer selected by `source.tables`",
                         ));
+                    } else if ours {
+                        report.unselected.add(max, || {
+                            extra_entry(
+                                key,
+                                Some(name),
+                                Some(row),
+                                "this pipeline wrote its table, which is no longer selected; `--delete-unselected` deletes it",
+                            )
+                        });
                     } else {
                         report.not_ours.add(max, || {
                             extra_entry(
@@ -541,6 +557,16 @@ pub fn render(report: &Report) -> String {
                 "  … and {} more",
                 found.count - found.keys.len() as u64
             );
+        }
+    }
+    if report.unselected.count > 0 {
+        let _ = writeln!(
+            out,
+            "unselected: {} key(s) of tables this pipeline wrote and no longer selects; `verify --repair --delete-unselected` deletes them (make sure no other pipeline took the tables over)",
+            report.unselected.count
+        );
+        for entry in &report.unselected.keys {
+            let _ = writeln!(out, "  {}", entry.key);
         }
     }
     if report.not_ours.count > 0 {

@@ -377,7 +377,7 @@ impl Streamer {
                     None => {
                         // Dropped since: its changes have nowhere to go; `verify --repair`
                         // removes the keys it left.
-                        tracing::warn!(table = %message_table(rel), "changes of a table dropped since are skipped; run `etcdsync verify --repair` to remove its keys");
+                        tracing::warn!(table = %message_table(rel), "changes of a table dropped since are skipped; run `etcdsync verify --repair --delete-unselected` to remove its keys");
                         return Ok(None);
                     }
                 }
@@ -596,7 +596,7 @@ fn warn_unfollowed(before: Option<&RelationMessage>, now: &RelationMessage, resh
     };
     tracing::warn!(
         table = %message_table(now),
-        "the table {what}; with `source.manage_publication: false` etcdsync does not copy it again, so etcd keeps keys or columns the table no longer has: run `etcdsync verify --repair`, or set `manage_publication: true`"
+        "the table {what}; with `source.manage_publication: false` etcdsync does not copy it again, so etcd keeps keys or columns the table no longer has: run `etcdsync verify --repair --delete-unselected`, or set `manage_publication: true`"
     );
 }
 

@@ -160,6 +160,7 @@ fn key(id: i64) -> String {
 async fn verify(source: &mut Source, sink: &mut Sink, repair: bool) -> Report {
     let options = Options {
         repair,
+        delete_unselected: true,
         max_report: 3,
         json: false,
     };
@@ -218,6 +219,22 @@ async fn finds_each_kind_of_drift_across_pages_and_repair_converges() {
         render(&found)
     );
 
+    // Without --delete-unselected the table this pipeline no longer selects is only listed.
+    let cautious = Options {
+        repair: false,
+        delete_unselected: false,
+        max_report: 3,
+        json: false,
+    };
+    let listed = run(&[], &mut source, &mut sink, cautious)
+        .await
+        .expect("verify");
+    assert_eq!(
+        (listed.extra.count, listed.unselected.count),
+        (1, 1),
+        "{listed:?}"
+    );
+
     let repaired = verify(&mut source, &mut sink, true).await;
     let done = repaired.repaired.as_ref().expect("repaired");
     assert_eq!((done.written, done.deleted), (5, 2));
@@ -239,6 +256,7 @@ async fn finds_each_kind_of_drift_across_pages_and_repair_converges() {
     };
     let options = Options {
         repair: true,
+        delete_unselected: false,
         max_report: 3,
         json: false,
     };
@@ -264,6 +282,7 @@ async fn a_row_whose_key_has_an_empty_component_is_not_expected_in_the_sink() {
     sink.kv.insert(key(1), value(1, "1"));
     let options = Options {
         repair: false,
+        delete_unselected: false,
         max_report: 3,
         json: false,
     };

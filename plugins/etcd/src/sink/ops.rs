@@ -10,17 +10,22 @@ impl Writer {
     /// range delete for a truncate. Transform routes (`route.key`, `route.old_key`) are relative
     /// to the data prefix.
     pub(super) async fn change_ops(&mut self, change: Change) -> Result<Vec<EtcdOp>, EtcdError> {
-        // The first write of a table in this session records that the pipeline owns its keys.
-        let table = change.table.id.clone();
-        let mut ops = self.table_change_ops(change).await?;
-        if !self.marked.contains(&table) {
-            ops.push(EtcdOp::Put {
-                key: self.settings.table_marker(&table),
-                value: b"1".to_vec(),
-            });
-            self.marked.insert(table);
+        // Before its first write in this run, a table's marker records that this pipeline
+        // writes its keys — in a transaction of its own, so the data transactions keep their
+        // limits; written first, it never misses keys that exist.
+        if !self.marked.contains(&change.table.id) {
+            let marker = self.settings.table_marker(&change.table.id);
+            self.client
+                .txn(
+                    "record that the pipeline writes a table",
+                    &self.guards,
+                    vec![TxnOp::put(marker, "1", None)],
+                    &self.shutdown,
+                )
+                .await?;
+            self.marked.insert(change.table.id.clone());
         }
-        Ok(ops)
+        self.table_change_ops(change).await
     }
 
     pub(super) async fn table_change_ops(

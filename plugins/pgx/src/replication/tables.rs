@@ -42,7 +42,7 @@ impl Streamer {
                 } else {
                     format!(
                         "table {first} was renamed or dropped; with `source.manage_publication: false` etcdsync \
-                         does not follow it: run `etcdsync verify --repair` now (it removes the old name's keys and \
+                         does not follow it: run `etcdsync verify --repair --delete-unselected` now (it removes the old name's keys and \
                          copies the table under its new name), then start etcdsync again; or set \
                          `manage_publication: true`, which follows renames and drops"
                     )
