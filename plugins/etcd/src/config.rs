@@ -375,20 +375,22 @@ impl EtcdConfig {
         let mut schemes = Vec::new();
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             let endpoint = endpoint.trim();
+            // Messages show the endpoint without anything that may be a credential.
+            let shown = etcdsync_core::secret::redact_url(endpoint);
             let Some((scheme, rest)) = endpoint.split_once("://") else {
                 return Err(Error::config(format!(
-                    "sink.endpoints[{i}] `{endpoint}` has no scheme; write http://host:port or https://host:port"
+                    "sink.endpoints[{i}] `{shown}` has no scheme; write http://host:port or https://host:port"
                 )));
             };
             if scheme != "http" && scheme != "https" {
                 return Err(Error::config(format!(
-                    "sink.endpoints[{i}] `{endpoint}`: scheme `{scheme}` is not supported; write http://host:port or https://host:port"
+                    "sink.endpoints[{i}] `{shown}`: scheme `{scheme}` is not supported; write http://host:port or https://host:port"
                 )));
             }
             let host = rest.split('/').next().unwrap_or("");
             if host.is_empty() || host.contains('@') || host.contains(char::is_whitespace) {
                 return Err(Error::config(format!(
-                    "sink.endpoints[{i}] `{endpoint}` needs a host and port without credentials, e.g. {scheme}://127.0.0.1:2379 \
+                    "sink.endpoints[{i}] `{shown}` needs a host and port without credentials, e.g. {scheme}://127.0.0.1:2379 \
                      (put credentials in sink.username and sink.password)"
                 )));
             }
@@ -449,6 +451,17 @@ mod tests {
                 Err(e) => e.to_string(),
             },
             Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn endpoint_errors_never_show_credentials() {
+        for endpoint in [
+            "http://root:Secret9@127.0.0.1:2379",
+            "ftp://root:Secret9@127.0.0.1:2379",
+        ] {
+            let error = err_of(&format!("type: etcd\nendpoints: [\"{endpoint}\"]\n"));
+            assert!(!error.contains("Secret9"), "{error}");
         }
     }
 

@@ -190,7 +190,22 @@ pub fn parse_url(url: &str) -> Result<Opts> {
     } else {
         format!("{base}?{}", passthrough.join("&"))
     };
-    let opts = Opts::from_url(&rebuilt).map_err(|e| bad(format!("is not a valid URL ({e})")))?;
+    // The url crate ends the user info at the first `/`, `?` or `#`: such characters in the
+    // password would be read as host, path or query (and shown in messages).
+    if let Some(userinfo) = url
+        .strip_prefix("mysql://")
+        .and_then(|rest| rest.rsplit_once('@'))
+        .map(|(userinfo, _)| userinfo)
+    {
+        if userinfo.contains(['/', '?', '#', '@']) {
+            return Err(bad(
+                "has `/`, `?`, `#` or `@` in its user or password; percent-encode them (%2F, %3F, %23, %40)"
+                    .into(),
+            ));
+        }
+    }
+    // Not the parser's text: it can quote the part of the URL it stopped at.
+    let opts = Opts::from_url(&rebuilt).map_err(|_| bad("is not a valid URL".into()))?;
     let ssl = match ssl_mode.as_deref() {
         None | Some("DISABLED") => None,
         Some("REQUIRED") => Some(
@@ -215,6 +230,11 @@ pub fn parse_url(url: &str) -> Result<Opts> {
         (None, Some(_)) => {
             return Err(bad(
                 "has ssl-ca but no ssl-mode; add ssl-mode=VERIFY_CA or VERIFY_IDENTITY".into(),
+            ))
+        }
+        (Some(_), None) if ssl_mode.as_deref() == Some("VERIFY_CA") => {
+            return Err(bad(
+                "has ssl-mode=VERIFY_CA without ssl-ca, which would accept a certificate any public CA issued, for any name; add ssl-ca=<the CA that signed the server's certificate>, or use VERIFY_IDENTITY".into(),
             ))
         }
         (ssl, None) => ssl,
@@ -242,6 +262,21 @@ mod tests {
     }
 
     const BASE: &str = "url: mysql://u:pw@db:3306/\ntables: { include: [\"app.*\"] }\n";
+
+    #[test]
+    fn special_characters_in_the_password_are_refused_without_showing_it() {
+        for url in [
+            "mysql://u:/Secret9@db:3306/",
+            "mysql://u:12?Secret9@db:3306/",
+            "mysql://u:Ab@Secret9@db:3306/",
+        ] {
+            let error = parse_url(url).expect_err(url).to_string();
+            assert!(
+                error.contains("percent-encode") && !error.contains("Secret9"),
+                "{error}"
+            );
+        }
+    }
 
     #[test]
     fn debug_never_shows_the_password() {
@@ -327,6 +362,8 @@ mod tests {
         let ssl = opts.ssl_opts().expect("tls on");
         assert!(ssl.disable_built_in_roots(), "only the given CA is trusted");
         assert!(ssl.skip_domain_validation() && !ssl.accept_invalid_certs());
+        let error = parse_url("mysql://u:p@h:3306/?ssl-mode=VERIFY_CA").expect_err("no ssl-ca");
+        assert!(error.to_string().contains("ssl-ca"), "{error}");
         let error = parse_url("mysql://u:p@h:3306/?ssl-mode=PREFERRED").expect_err("preferred");
         assert!(error.to_string().contains("PREFERRED"), "{error}");
     }

@@ -261,6 +261,16 @@ impl PgxConfig {
                 "at `source.url`: `{display_url}` names no host; write postgres://user:password@HOST:5432/dbname"
             )));
         }
+        // tokio-postgres ends the user info at the first `@`: a raw `@` in the password leaves the
+        // rest of it in the host name (where messages would show it).
+        let at_in_host = pg.get_hosts().iter().any(
+            |host| matches!(host, tokio_postgres::config::Host::Tcp(name) if name.contains('@')),
+        );
+        if at_in_host {
+            return Err(Error::config(format!(
+                "at `source.url`: `{display_url}` has `@` in its user or password; percent-encode it as %40"
+            )));
+        }
         // From here on the URL is shown from its parsed parts: nothing of the password text.
         let display_url = display_of(&pg);
         let sslmode = match (self.sslmode, url_mode) {
@@ -392,6 +402,17 @@ mod tests {
 
     const BASE: &str =
         "url: postgres://u:pw@localhost:5433/app\ntables: { include: [\"public.*\"] }\n";
+
+    #[test]
+    fn a_raw_at_in_the_password_is_refused_without_showing_it() {
+        let error = parse(
+            "url: postgres://u:Ab@Secret9@localhost/app\ntables: { include: [\"public.*\"] }\n",
+        )
+        .validated("demo")
+        .expect_err("a raw @");
+        let text = error.to_string();
+        assert!(text.contains("%40") && !text.contains("Secret9"), "{text}");
+    }
 
     #[test]
     fn debug_never_shows_the_password() {

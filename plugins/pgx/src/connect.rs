@@ -91,7 +91,10 @@ fn client_tls(valid: &Valid) -> Result<rustls::ClientConfig> {
             } else {
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly {
+                        webpki,
+                        server: server_key(valid),
+                    }))
                     .with_no_client_auth()
             }
         }
@@ -181,7 +184,11 @@ impl ServerCertVerifier for NoVerify {
 
 /// `sslmode=verify-ca`: the chain must lead to a trusted root; the host name is not checked.
 #[derive(Debug)]
-struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+struct ChainOnly {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    /// Which server (and trusted roots) a name it reads is remembered for ([`server_key`]).
+    server: String,
+}
 
 impl ServerCertVerifier for ChainOnly {
     fn verify_server_cert(
@@ -192,7 +199,7 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let verified = match self.0.verify_server_cert(
+        let verified = match self.webpki.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
@@ -206,7 +213,7 @@ impl ServerCertVerifier for ChainOnly {
             other => other,
         }?;
         if let Some(name) = certificate_name(end_entity) {
-            remember_certificate_name(server_name, name);
+            remember_certificate_name(&self.server, name);
         }
         Ok(verified)
     }
@@ -217,7 +224,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -226,11 +233,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.webpki.supported_verify_schemes()
     }
 }
 
@@ -239,21 +246,37 @@ impl ServerCertVerifier for ChainOnly {
 static CERTIFICATE_NAMES: std::sync::Mutex<Vec<(String, String)>> =
     std::sync::Mutex::new(Vec::new());
 
-fn remember_certificate_name(server_name: &ServerName<'_>, name: String) {
-    let asked = server_name.to_str().into_owned();
+fn remember_certificate_name(server: &str, name: String) {
     if let Ok(mut names) = CERTIFICATE_NAMES.lock() {
-        names.retain(|(host, _)| *host != asked);
-        names.push((asked, name));
+        names.retain(|(key, _)| key != server);
+        names.push((server.to_string(), name));
     }
 }
 
-fn known_certificate_name(host: &str) -> Option<String> {
+fn known_certificate_name(server: &str) -> Option<String> {
     CERTIFICATE_NAMES.lock().ok().and_then(|names| {
         names
             .iter()
-            .find(|(asked, _)| asked == host)
+            .find(|(key, _)| key == server)
             .map(|(_, name)| name.clone())
     })
+}
+
+/// The server a verify-ca name belongs to: first host, port and trusted roots of `valid`.
+fn server_key(valid: &Valid) -> String {
+    let host = match valid.pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => String::new(),
+    };
+    let port = valid.pg.get_ports().first().copied().unwrap_or(5432);
+    let roots = valid
+        .sslrootcert
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    format!("{host}:{port}|{roots}")
 }
 
 /// The first DNS name (else IP address) of a certificate's subject alternative names.
@@ -265,8 +288,16 @@ fn certificate_name(der: &CertificateDer<'_>) -> Option<String> {
     let extensions = cert.tbs_certificate.extensions?;
     let san = extensions.iter().find(|e| e.extn_id == SUBJECT_ALT_NAME)?;
     let names = x509_cert::ext::pkix::SubjectAltName::from_der(san.extn_value.as_bytes()).ok()?;
+    // A wildcard is no name to connect as: `*.example.com` becomes `x.example.com`, which it
+    // covers.
     let dns = names.0.iter().find_map(|n| match n {
-        GeneralName::DnsName(name) => Some(name.to_string()),
+        GeneralName::DnsName(name) => {
+            let name = name.to_string();
+            Some(match name.strip_prefix("*.") {
+                Some(rest) => format!("x.{rest}"),
+                None => name,
+            })
+        }
         _ => None,
     });
     dns.or_else(|| {
@@ -313,7 +344,7 @@ pub fn replication_config(valid: &Valid, start: Lsn, acked: Lsn) -> Result<Repli
         // against a name the certificate has: the one a query connection's verify-ca check
         // read from the same server's certificate after verifying its chain. That checks the
         // chain and not the host name: verify-ca.
-        SslMode::VerifyCa => match known_certificate_name(&host) {
+        SslMode::VerifyCa => match known_certificate_name(&server_key(valid)) {
             Some(name) => TlsConfig::verify_full(valid.sslrootcert.clone()).with_sni_hostname(name),
             None => TlsConfig::verify_ca(valid.sslrootcert.clone()),
         },
