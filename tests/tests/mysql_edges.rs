@@ -62,6 +62,14 @@ impl Edge {
     }
 }
 
+/// A root connection (session binlog settings, users).
+async fn admin() -> mysql_async::Conn {
+    let opts = mysql_async::Opts::from_url(&env("ETCDSYNC_TEST_MYSQL_ADMIN")).expect("admin url");
+    mysql_async::Conn::new(opts)
+        .await
+        .expect("admin connection")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xa_transactions_arrive_once_at_commit_and_never_after_rollback() {
     let edge = Edge::new("xa", &["*"]).await;
@@ -316,11 +324,7 @@ async fn partition_truncate_and_exchange_are_followed() {
 async fn statement_format_dml_naming_a_synced_table_stops_the_pipeline() {
     let edge = Edge::new("stmt", &["t"]).await;
     let db = &edge.db;
-    let admin_url = env("ETCDSYNC_TEST_MYSQL_ADMIN");
-    let opts = mysql_async::Opts::from_url(&admin_url).expect("admin url");
-    let mut admin = mysql_async::Conn::new(opts)
-        .await
-        .expect("admin connection");
+    let mut admin = admin().await;
     admin
         .query_drop(format!(
             "CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT NOT NULL);
@@ -379,11 +383,7 @@ async fn a_table_keyed_by_a_unique_not_null_index_is_copied_and_streamed() {
 async fn a_selected_table_the_user_cannot_read_is_refused_not_half_synced() {
     let edge = Edge::new("priv", &["*"]).await;
     let db = &edge.db;
-    let admin_url = env("ETCDSYNC_TEST_MYSQL_ADMIN");
-    let opts = mysql_async::Opts::from_url(&admin_url).expect("admin url");
-    let mut admin = mysql_async::Conn::new(opts)
-        .await
-        .expect("admin connection");
+    let mut admin = admin().await;
     let user = format!("ro{}", std::process::id());
     admin
         .query_drop(format!(
@@ -469,11 +469,7 @@ async fn drop_database_removes_the_keys_of_its_tables() {
 async fn load_data_logged_as_a_statement_stops_the_pipeline() {
     let edge = Edge::new("load", &["t"]).await;
     let db = &edge.db;
-    let admin_url = env("ETCDSYNC_TEST_MYSQL_ADMIN");
-    let opts = mysql_async::Opts::from_url(&admin_url).expect("admin url");
-    let mut admin = mysql_async::Conn::new(opts)
-        .await
-        .expect("admin connection");
+    let mut admin = admin().await;
     admin
         .query_drop(format!(
             "CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT NOT NULL); INSERT INTO `{db}`.t VALUES (1, 1)"

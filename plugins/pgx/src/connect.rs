@@ -262,15 +262,19 @@ fn known_certificate_name(server: &str) -> Option<String> {
     })
 }
 
+/// The first host of the URL (the one the replication session connects to) and its port.
+fn first_host(valid: &Valid) -> Option<(String, u16)> {
+    let host = match valid.pg.get_hosts().first()? {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    };
+    Some((host, valid.pg.get_ports().first().copied().unwrap_or(5432)))
+}
+
 /// The server a verify-ca name belongs to: first host, port and trusted roots of `valid`.
 fn server_key(valid: &Valid) -> String {
-    let host = match valid.pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-        None => String::new(),
-    };
-    let port = valid.pg.get_ports().first().copied().unwrap_or(5432);
+    let (host, port) = first_host(valid).unwrap_or_default();
     let roots = valid
         .sslrootcert
         .as_ref()
@@ -318,13 +322,8 @@ fn certificate_name(der: &CertificateDer<'_>) -> Option<String> {
 /// The replication session's settings: same server, credentials, TLS and session settings as
 /// the query connections; standby status every second so `confirmed_flush_lsn` follows etcd.
 pub fn replication_config(valid: &Valid, start: Lsn, acked: Lsn) -> Result<ReplicationConfig> {
-    let host = match valid.pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-        None => return Err(Error::config("at `source.url`: no host")),
-    };
-    let port = valid.pg.get_ports().first().copied().unwrap_or(5432);
+    let (host, port) =
+        first_host(valid).ok_or_else(|| Error::config("at `source.url`: no host"))?;
     let user = valid.pg.get_user().unwrap_or_default();
     let password = valid
         .pg
