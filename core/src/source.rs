@@ -99,19 +99,9 @@ pub(crate) async fn fill_unchanged(
             gone.push(at);
             continue;
         };
-        for (i, value) in row.iter_mut().enumerate() {
-            if !matches!(value, Value::Unchanged) {
-                continue;
-            }
-            let Some(column) = table.columns.get(i) else {
-                continue;
-            };
-            // A column the table no longer has (renamed, dropped) stays unchanged: the sink
-            // fills it from the value it stores, or stops naming the column.
-            if let Some((_, fresh)) = current.iter().find(|(name, _)| *name == column.name) {
-                *value = fresh.clone();
-            }
-        }
+        // A column the table no longer has (renamed, dropped) stays unchanged: the sink fills
+        // it from the value it stores, or stops naming the column.
+        let _ = fill_from_current(table, row, &current);
     }
     for at in gone.into_iter().rev() {
         let change = changes.remove(at);
@@ -134,6 +124,28 @@ pub(crate) async fn fill_unchanged(
         }
     }
     Ok(())
+}
+
+/// Fills `row`'s unchanged values from `current` (a row as [`RowFetcher::fetch`] returns it),
+/// matching columns by name; returns the first unchanged column `current` lacks (left as it was).
+pub fn fill_from_current<'a>(
+    table: &'a crate::TableSchema,
+    row: &mut [crate::Value],
+    current: &[(String, crate::Value)],
+) -> Option<&'a str> {
+    let mut missing = None;
+    for (value, column) in row.iter_mut().zip(&table.columns) {
+        if !matches!(value, crate::Value::Unchanged) {
+            continue;
+        }
+        match current.iter().find(|(name, _)| *name == column.name) {
+            Some((_, fresh)) => *value = fresh.clone(),
+            None => {
+                missing.get_or_insert(column.name.as_str());
+            }
+        }
+    }
+    missing
 }
 
 /// A running source.

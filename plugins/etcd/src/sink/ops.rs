@@ -285,20 +285,11 @@ impl Writer {
             // The row is gone at the source: a later change of this stream deletes it.
             return Ok(false);
         };
-        for (i, value) in row.iter_mut().enumerate() {
-            if !matches!(value, Value::Unchanged) {
-                continue;
-            }
-            let name = table.columns.get(i).map(|c| c.name.as_str()).unwrap_or("?");
-            match current.iter().find(|(column, _)| column == name) {
-                Some((_, fresh)) => *value = fresh.clone(),
-                None => {
-                    return Err(unresolved(
-                        name,
-                        format!("{reason}, and the source's row has no such column"),
-                    ))
-                }
-            }
+        if let Some(name) = etcdsync_core::source::fill_from_current(table, row, &current) {
+            return Err(unresolved(
+                name,
+                format!("{reason}, and the source's row has no such column"),
+            ));
         }
         tracing::debug!(table = %table.id, "filled unchanged TOAST columns from the source's current row");
         Ok(true)
