@@ -230,10 +230,20 @@ async fn an_unmanaged_publication_stops_at_a_rename_with_a_fix_that_works() {
         &[],
     )
     .await;
+    // The insert after the rename may have been streamed (under the old or the new name) before
+    // the refresh noticed the rename, or not at all: the repair copies t3 and deletes t2 either way.
+    let report = text(&output);
+    let counted = |label: &str| {
+        report
+            .lines()
+            .find_map(|line| line.strip_prefix(label))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+    };
     assert!(
-        output.status.success() && text(&output).contains("missing: 10"),
-        "{}",
-        text(&output)
+        output.status.success()
+            && matches!(counted("missing:"), Some(10 | 11))
+            && matches!(counted("extra:"), Some(10 | 11)),
+        "{report}"
     );
     assert_verify_clean(&config).await;
     let mut run = Run::start(&config, &[]);
