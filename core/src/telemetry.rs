@@ -40,6 +40,9 @@ pub const PHASE: &str = "etcdsync_phase";
 pub const OVERSIZE_SKIPPED: &str = "etcdsync_oversize_values_skipped_total";
 /// Rows skipped by `on_invalid_key: skip` (a key with an empty component).
 pub const INVALID_KEYS_SKIPPED: &str = "etcdsync_invalid_keys_skipped_total";
+/// Streaming sink transactions that reached the store before their predecessor and were sent
+/// again after it (ordered pipelining).
+pub const SINK_TXNS_RESENT: &str = "etcdsync_sink_txns_resent_total";
 
 /// Where the pipeline is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -81,6 +84,7 @@ pub struct Telemetry {
     pub leader: IntGauge,
     pub oversize_skipped: IntCounterVec,
     pub invalid_keys_skipped: IntCounterVec,
+    pub sink_txns_resent: IntCounterVec,
     state: Mutex<State>,
 }
 
@@ -196,6 +200,11 @@ impl Telemetry {
                     INVALID_KEYS_SKIPPED,
                     "Rows skipped by on_invalid_key: skip (a key with an empty component)",
                     &["table"],
+                )?,
+                sink_txns_resent: counter(
+                    SINK_TXNS_RESENT,
+                    "Streaming sink transactions that arrived before their predecessor and were sent again after it",
+                    &[],
                 )?,
                 registry: registry.clone(),
                 state: Mutex::new(State {

@@ -131,19 +131,35 @@ impl EtcdClient {
         shutdown: &CancellationToken,
     ) -> Result<TxnResponse, EtcdError> {
         let response = self
-            .retry(op, Some(shutdown), None, |mut kv| {
-                let mut txn = Txn::new();
-                if !compares.is_empty() {
-                    txn = txn.when(compares.to_vec());
-                }
-                let txn = txn.and_then(build());
-                async move { kv.txn(txn).await }
-            })
+            .txn_or_else(op, compares, build, Vec::new(), shutdown)
             .await?;
         if !response.succeeded() {
             return Err(EtcdError::CompareFailed(op.to_string()));
         }
         Ok(response)
+    }
+
+    /// `compares ? build() : otherwise` with retry; the caller reads whether it succeeded.
+    pub async fn txn_or_else(
+        &self,
+        op: &str,
+        compares: &[Compare],
+        build: impl Fn() -> Vec<TxnOp>,
+        otherwise: Vec<TxnOp>,
+        shutdown: &CancellationToken,
+    ) -> Result<TxnResponse, EtcdError> {
+        self.retry(op, Some(shutdown), None, |mut kv| {
+            let mut txn = Txn::new();
+            if !compares.is_empty() {
+                txn = txn.when(compares.to_vec());
+            }
+            let mut txn = txn.and_then(build());
+            if !otherwise.is_empty() {
+                txn = txn.or_else(otherwise.clone());
+            }
+            async move { kv.txn(txn).await }
+        })
+        .await
     }
 
     /// A get with retry.

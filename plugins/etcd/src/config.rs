@@ -49,9 +49,15 @@ pub struct EtcdConfig {
     /// on).
     #[serde(default)]
     pub on_invalid_key: OnInvalidKey,
-    /// etcd transactions a snapshot keeps in flight at once (streaming always keeps one, in order).
+    /// etcd transactions a snapshot keeps in flight at once (in any order).
     #[serde(default = "default_snapshot_txns_in_flight")]
     pub snapshot_txns_in_flight: usize,
+    /// Streaming etcd transactions in flight at once. etcd applies them in commit order whatever
+    /// order they arrive in: each compares the checkpoint key's version with the one its
+    /// predecessor leaves, and one that arrives first is sent again after its predecessor. `1`
+    /// sends one at a time.
+    #[serde(default = "default_stream_txns_in_flight")]
+    pub stream_txns_in_flight: usize,
     /// Timeout of each etcd request, as `10s`, `500ms`, `1m` or a number of seconds. A timed-out
     /// request is retried.
     #[serde(default = "default_request_timeout", with = "etcdsync_core::duration")]
@@ -135,6 +141,10 @@ fn default_snapshot_txns_in_flight() -> usize {
     4
 }
 
+fn default_stream_txns_in_flight() -> usize {
+    4
+}
+
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -165,6 +175,7 @@ impl Default for EtcdConfig {
             on_oversize: OnOversize::default(),
             on_invalid_key: OnInvalidKey::default(),
             snapshot_txns_in_flight: default_snapshot_txns_in_flight(),
+            stream_txns_in_flight: default_stream_txns_in_flight(),
             request_timeout: default_request_timeout(),
             connect_timeout: default_connect_timeout(),
             heartbeat_interval: default_heartbeat_interval(),
@@ -183,6 +194,10 @@ pub const MIN_REQUEST_BYTES: usize = 16 * 1024;
 /// Most snapshot transactions in flight accepted.
 pub const MAX_SNAPSHOT_TXNS_IN_FLIGHT: usize = 64;
 
+/// Most streaming transactions in flight: beyond a few, a reordered arrival costs more re-sends
+/// than the extra parallelism gains.
+pub const MAX_STREAM_TXNS_IN_FLIGHT: usize = 16;
+
 /// The checked, resolved configuration the running sink uses.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -200,6 +215,7 @@ pub struct Settings {
     pub on_oversize: OnOversize,
     pub on_invalid_key: OnInvalidKey,
     pub snapshot_txns_in_flight: usize,
+    pub stream_txns_in_flight: usize,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub heartbeat_interval: Duration,
@@ -335,6 +351,12 @@ impl EtcdConfig {
                 self.snapshot_txns_in_flight
             )));
         }
+        if !(1..=MAX_STREAM_TXNS_IN_FLIGHT).contains(&self.stream_txns_in_flight) {
+            return Err(Error::config(format!(
+                "sink.stream_txns_in_flight is {} but must be between 1 and {MAX_STREAM_TXNS_IN_FLIGHT} (default 4)",
+                self.stream_txns_in_flight
+            )));
+        }
         for (key, value) in [
             ("request_timeout", self.request_timeout),
             ("connect_timeout", self.connect_timeout),
@@ -359,6 +381,7 @@ impl EtcdConfig {
             on_oversize: self.on_oversize,
             on_invalid_key: self.on_invalid_key,
             snapshot_txns_in_flight: self.snapshot_txns_in_flight,
+            stream_txns_in_flight: self.stream_txns_in_flight,
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,
             heartbeat_interval: self.heartbeat_interval,

@@ -116,6 +116,19 @@ pub enum EtcdError {
     #[error("etcd refused to {0}: this instance no longer holds the pipeline's leadership; it stops writing")]
     CompareFailed(String),
 
+    /// The checkpoint key changed under the streaming chain (DESIGN §4): something else writes
+    /// this pipeline's metadata.
+    #[error(
+        "the checkpoint key `{key}` is at version {found} where this instance expected {expected}: something else \
+         writes this pipeline's metadata (another `etcdsync run` of the same pipeline, `etcdctl`, or a restore); \
+         stop the other writer and start again — the pipeline resumes from the checkpoint etcd holds"
+    )]
+    ChainBroken {
+        key: String,
+        expected: i64,
+        found: i64,
+    },
+
     /// Another instance leads the pipeline and `ha.enabled` is off: the message names it.
     #[error("{0}")]
     AlreadyRunning(String),
@@ -165,8 +178,9 @@ impl EtcdError {
             | EtcdError::Encode { .. }
             | EtcdError::Protocol(_)
             | EtcdError::AlreadyRunning(_)
+            | EtcdError::ChainBroken { .. }
             | EtcdError::Task(_) => ErrorKind::Fatal,
-            // The only compares are the leadership fence (DESIGN §7).
+            // The leadership fence (DESIGN §7); streaming order compares report ChainBroken.
             EtcdError::CompareFailed(_) => ErrorKind::Fenced,
             EtcdError::Shutdown => ErrorKind::Transient,
         }

@@ -104,6 +104,20 @@ pub fn retry(
     tracing::warn!(error = %error, op, attempt, retry_in = ?backoff, "etcd request failed; retrying");
 }
 
+/// A streaming transaction reached etcd before its predecessor: refused by its order compare, it
+/// is sent again now that the predecessor is applied.
+pub fn txn_resent(expected_version: i64, seen_version: i64) {
+    telemetry::get()
+        .sink_txns_resent
+        .with_label_values(NO_LABELS)
+        .inc();
+    tracing::debug!(
+        expected_version,
+        seen_version,
+        "a streaming transaction arrived before its predecessor; sent again after it"
+    );
+}
+
 /// A write of `{meta}/status` failed; the status writer tries again at its next interval and
 /// never returns the error, so it is counted here.
 pub fn status_write_failed(kind: ErrorKind) {

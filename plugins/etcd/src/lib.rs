@@ -14,6 +14,8 @@ pub mod inspect;
 pub mod leader;
 pub mod sink;
 pub mod status;
+#[doc(hidden)]
+pub mod test_hooks;
 
 pub use config::{EtcdConfig, OnInvalidKey, OnOversize, Settings, TlsConfig};
 pub use error::EtcdError;
@@ -44,6 +46,7 @@ max_request_bytes: 1572864
 on_oversize: error
 on_invalid_key: error
 snapshot_txns_in_flight: 4
+stream_txns_in_flight: 4
 request_timeout: 10s
 "#,
 });

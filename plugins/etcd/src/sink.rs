@@ -1,5 +1,6 @@
-//! The etcd sink's run loop (DESIGN §4–6): streaming keeps one ordered data transaction in flight
-//! while the next fills (group commit); a snapshot keeps several unordered ones. Every streaming
+//! The etcd sink's run loop (DESIGN §4–6): streaming keeps a few data transactions in flight,
+//! applied in order ([`chain`]), while the next fills (group commit); a snapshot keeps several
+//! unordered ones. Every streaming
 //! transaction carries the checkpoint; a position is acknowledged only after etcd applied it.
 //! It reports phase, transactions and changes to core's telemetry ([`crate::events`]) and keeps
 //! `{meta}/status` current while it runs ([`crate::status`]).
@@ -26,7 +27,7 @@ use etcdsync_core::{
     Change, Checkpoint, Commit, Message, Op, Position, Result, Row, TableId, TableSchema, Value,
 };
 use serde_json::value::RawValue;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
@@ -211,11 +212,15 @@ impl Replay {
     }
 }
 
-/// The one streaming transaction being applied.
+/// A streaming transaction being applied.
 struct InFlight {
     /// Kept for lookups of unchanged TOAST columns: its values are not in etcd yet.
     batch: Arc<Batch>,
     handle: JoinHandle<Result<Option<Position>, EtcdError>>,
+    /// Its outcome, for the transaction sent after it.
+    outcome: watch::Receiver<chain::Outcome>,
+    /// It does not put the checkpoint key, so nothing may be sent until it is applied.
+    alone: bool,
 }
 
 /// A snapshot between `SnapshotStarted` and `SnapshotFinished`.
@@ -279,7 +284,13 @@ struct Writer {
     shutdown: CancellationToken,
     stream_limits: Limits,
     snapshot_limits: Limits,
-    in_flight: Option<InFlight>,
+    /// Streaming transactions being applied, oldest first; acknowledged in this order.
+    in_flight: VecDeque<InFlight>,
+    /// The checkpoint key as the newest of them leaves it; `None` until read (at the start and
+    /// after a snapshot wrote the checkpoint).
+    chain: Option<chain::ChainEnd>,
+    /// The leader key and token when writes are fenced (a failed compare checks it).
+    leader: Option<(String, i64)>,
     /// Whole committed source transactions waiting for the in-flight one (group commit).
     ready: Batch,
     /// The current, not yet committed source transaction (or its latest part).
@@ -322,8 +333,9 @@ impl Writer {
             source_type,
             guards,
             resumed,
-            ..
+            fence,
         } = sink;
+        let leader = fence.map(|fence| (settings.leader_key(), fence.token));
         let index = KeyIndex::new(&settings);
         // Before the status writer starts, so its first write says so.
         telemetry::get().set_phase(Phase::Starting);
@@ -342,7 +354,9 @@ impl Writer {
             guards,
             acked,
             shutdown,
-            in_flight: None,
+            in_flight: VecDeque::new(),
+            chain: None,
+            leader,
             ready: Batch::new(),
             open: Batch::new(),
             open_changes: 0,
@@ -382,8 +396,8 @@ impl Writer {
             let flush_at = self.checkpoint_flush_at();
             tokio::select! {
                 biased;
-                done = wait_in_flight(&mut self.in_flight) => {
-                    self.complete_in_flight(done)?;
+                done = wait_oldest(&mut self.in_flight) => {
+                    self.complete_oldest(done)?;
                     self.submit_ready_if_due().await?;
                 }
                 done = join_snapshot_task(&mut self.snapshot) => done?,
@@ -499,10 +513,11 @@ fn default_key(prefix: &str, table: &TableSchema, row: &[Value]) -> Result<Strin
     Ok(row_key(prefix, &table.id, table.key_values(row)))
 }
 
-async fn wait_in_flight(
-    slot: &mut Option<InFlight>,
+/// The outcome of the oldest streaming transaction in flight (pending while none is).
+async fn wait_oldest(
+    in_flight: &mut VecDeque<InFlight>,
 ) -> Result<Result<Option<Position>, EtcdError>, JoinError> {
-    match slot {
+    match in_flight.front_mut() {
         Some(flight) => (&mut flight.handle).await,
         None => std::future::pending().await,
     }
@@ -522,6 +537,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+mod chain;
 mod ops;
 mod snapshot;
 mod stream;

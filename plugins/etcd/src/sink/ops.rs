@@ -297,15 +297,13 @@ impl Writer {
 
     /// The value `key` will hold once everything sent so far is applied.
     pub(super) async fn current_value(&self, key: &str) -> Result<Option<Vec<u8>>, EtcdError> {
-        let pending = [
-            Some(&self.open),
-            Some(&self.ready),
-            self.in_flight.as_ref().map(|f| f.batch.as_ref()),
-        ];
+        let pending = [&self.open, &self.ready]
+            .into_iter()
+            .chain(self.in_flight.iter().rev().map(|f| f.batch.as_ref()));
         let snapshot = self.snapshot.iter().flat_map(|s| {
             std::iter::once(&s.batch).chain(s.applying.iter().rev().map(|(_, b)| b.as_ref()))
         });
-        for batch in pending.into_iter().flatten().chain(snapshot) {
+        for batch in pending.chain(snapshot) {
             match batch.lookup(key) {
                 Lookup::Value(value) => return Ok(Some(value.to_vec())),
                 Lookup::Deleted => return Ok(None),

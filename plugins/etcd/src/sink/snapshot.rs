@@ -202,6 +202,8 @@ impl Writer {
         }
         let started = Instant::now();
         let ops_count = ops.len();
+        // The streaming chain reads the checkpoint's new version before its first transaction.
+        self.chain = None;
         self.client
             .txn(
                 "record the snapshot's end and checkpoint",

@@ -1,6 +1,7 @@
-//! Streaming: changes grouped into transactions within etcd's limits (group commit, one
-//! transaction in flight), each closing with the checkpoint of the source transaction it ends;
-//! heartbeats, acknowledgements after durability, and the stop.
+//! Streaming: changes grouped into transactions within etcd's limits (group commit while
+//! `stream_txns_in_flight` are being applied, in order: [`super::chain`]), each closing with the
+//! checkpoint of the source transaction it ends; heartbeats, acknowledgements after durability,
+//! in order, and the stop.
 
 use super::*;
 
@@ -168,16 +169,21 @@ impl Writer {
         self.submit_ready_if_due().await
     }
 
-    /// Sends `ready` when nothing is in flight: at once when it holds data, after
-    /// `heartbeat_interval` since the last checkpoint write when it holds only a checkpoint.
+    /// Sends `ready` when it holds data and a slot is free, or when it holds only a checkpoint,
+    /// nothing is in flight and `heartbeat_interval` passed since the last checkpoint write.
     pub(super) async fn submit_ready_if_due(&mut self) -> Result<(), EtcdError> {
-        if self.in_flight.is_some() || self.ready.commit().is_none() {
+        if self.ready.commit().is_none() {
             return Ok(());
         }
-        if !self.ready.has_data() {
-            let due = self
-                .last_checkpoint_write
-                .is_none_or(|at| at.elapsed() >= self.settings.heartbeat_interval);
+        if self.ready.has_data() {
+            if self.in_flight.len() >= self.settings.stream_txns_in_flight {
+                return Ok(());
+            }
+        } else {
+            let due = self.in_flight.is_empty()
+                && self
+                    .last_checkpoint_write
+                    .is_none_or(|at| at.elapsed() >= self.settings.heartbeat_interval);
             if !due {
                 return Ok(());
             }
@@ -187,38 +193,58 @@ impl Writer {
 
     /// When a checkpoint-only `ready` becomes due.
     pub(super) fn checkpoint_flush_at(&self) -> Option<tokio::time::Instant> {
-        if self.in_flight.is_some() || self.ready.has_data() || self.ready.commit().is_none() {
+        if !self.in_flight.is_empty() || self.ready.has_data() || self.ready.commit().is_none() {
             return None;
         }
         let at = self.last_checkpoint_write? + self.settings.heartbeat_interval;
         Some(tokio::time::Instant::from_std(at))
     }
 
-    /// Waits for the in-flight transaction, then starts applying `batch` with its checkpoint and
-    /// `marker` (the split-transaction marker's put or delete).
+    /// Starts applying `batch` with its checkpoint and `marker` (the split-transaction marker's
+    /// put or delete) after the transactions in flight, waiting while all slots are taken.
     pub(super) async fn submit_with(
         &mut self,
         batch: Batch,
         marker: Option<TxnOp>,
     ) -> Result<(), EtcdError> {
-        self.drain_in_flight().await?;
         if batch.is_empty() && marker.is_none() {
             return Ok(());
         }
-        if let Some(mark) = batch.commit() {
-            self.last_position = Some(mark.position.to_string());
+        while self.in_flight.len() >= self.settings.stream_txns_in_flight
+            || self.in_flight.back().is_some_and(|flight| flight.alone)
+        {
+            self.wait_and_complete_oldest().await?;
         }
+        let end = self.chain_end().await?;
+        let commits = batch.commit().is_some();
+        let checkpoint = match batch.commit() {
+            Some(mark) => {
+                self.last_position = Some(mark.position.to_string());
+                self.last_checkpoint_write = Some(Instant::now());
+                Some(encode_checkpoint(&self.source_type, mark))
+            }
+            // A part of a split source transaction puts the checkpoint it follows again.
+            None => end.checkpoint.clone(),
+        };
+        let alone = checkpoint.is_none();
+        if alone {
+            self.drain_in_flight().await?;
+        }
+        let link = chain::Link {
+            checkpoint_key: self.settings.checkpoint_key(),
+            expected_version: end.version,
+            puts_checkpoint: !alone,
+            leader: self.leader.clone(),
+            predecessor: self.in_flight.back().map(|flight| flight.outcome.clone()),
+        };
+        self.chain = Some(chain::ChainEnd {
+            version: end.version + i64::from(!alone),
+            checkpoint: checkpoint.clone(),
+        });
         let data_ops = batch.len();
         let has_data = batch.has_data();
         let position = batch.commit().map(|mark| mark.position.clone());
-        let checkpoint = batch.commit().map(|mark| {
-            self.last_checkpoint_write = Some(Instant::now());
-            (
-                self.settings.checkpoint_key(),
-                encode_checkpoint(&self.source_type, mark),
-            )
-        });
-        tracing::debug!(ops = data_ops, bytes = batch.bytes(), position = ?position, "applying etcd transaction");
+        tracing::debug!(ops = data_ops, bytes = batch.bytes(), position = ?position, in_flight = self.in_flight.len(), "applying etcd transaction");
         if let Some(received) = batch.first_received() {
             etcdsync_core::telemetry::get().batch_waited(received.elapsed());
         }
@@ -227,19 +253,33 @@ impl Writer {
         let client = self.client.clone();
         let guards = Arc::clone(&self.guards);
         let shutdown = self.shutdown.clone();
+        let checkpoint_key = link.checkpoint_key.clone();
+        let (done, outcome) = watch::channel(chain::Outcome::Pending);
         let handle = tokio::spawn(async move {
             let build = || {
                 let mut ops = applying.txn_ops();
-                if let Some((key, value)) = &checkpoint {
-                    ops.push(TxnOp::put(key.as_str(), value.as_slice(), None));
+                if let Some(value) = &checkpoint {
+                    ops.push(TxnOp::put(checkpoint_key.as_str(), value.as_slice(), None));
                 }
                 ops.extend(marker.iter().cloned());
                 ops
             };
             let started = Instant::now();
-            client
-                .txn_with("apply a data transaction", &guards, build, &shutdown)
-                .await?;
+            let applied = link
+                .apply(
+                    &client,
+                    "apply a data transaction",
+                    &guards,
+                    build,
+                    &shutdown,
+                )
+                .await;
+            done.send_replace(if applied.is_ok() {
+                chain::Outcome::Applied
+            } else {
+                chain::Outcome::Failed
+            });
+            applied?;
             let kind = if has_data {
                 TxnKind::Data
             } else {
@@ -248,29 +288,74 @@ impl Writer {
             let ops = data_ops + usize::from(checkpoint.is_some());
             events::txn_applied_since(kind, ops, started);
             events::changes_applied(applying.tally());
-            if checkpoint.is_some() {
+            if commits {
                 events::checkpoint_written();
             }
             events::transactions_applied(applying.commits(), applying.commit_time());
             Ok(position)
         });
-        self.in_flight = Some(InFlight { batch, handle });
+        self.in_flight.push_back(InFlight {
+            batch,
+            handle,
+            outcome,
+            alone,
+        });
         Ok(())
     }
 
+    /// The checkpoint key as the newest transaction in flight leaves it, read from etcd when
+    /// not known (nothing is in flight then).
+    async fn chain_end(&mut self) -> Result<chain::ChainEnd, EtcdError> {
+        if let Some(end) = &self.chain {
+            return Ok(end.clone());
+        }
+        self.drain_in_flight().await?;
+        let key = self.settings.checkpoint_key();
+        let response = self
+            .client
+            .get(
+                "read the checkpoint's version",
+                key.as_str(),
+                None,
+                Some(&self.shutdown),
+                None,
+            )
+            .await?;
+        let end = response
+            .kvs()
+            .first()
+            .map(|kv| chain::ChainEnd {
+                version: kv.version(),
+                checkpoint: Some(kv.value().to_vec()),
+            })
+            .unwrap_or_default();
+        self.chain = Some(end.clone());
+        Ok(end)
+    }
+
+    /// Waits for every streaming transaction in flight, acknowledging each in order.
     pub(super) async fn drain_in_flight(&mut self) -> Result<(), EtcdError> {
-        if let Some(flight) = self.in_flight.as_mut() {
-            let done = (&mut flight.handle).await;
-            self.complete_in_flight(done)?;
+        while !self.in_flight.is_empty() {
+            self.wait_and_complete_oldest().await?;
         }
         Ok(())
     }
 
-    pub(super) fn complete_in_flight(
+    async fn wait_and_complete_oldest(&mut self) -> Result<(), EtcdError> {
+        if let Some(flight) = self.in_flight.front_mut() {
+            let done = (&mut flight.handle).await;
+            self.complete_oldest(done)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the oldest transaction in flight out with its outcome and acknowledges its
+    /// position: every transaction before it is applied too.
+    pub(super) fn complete_oldest(
         &mut self,
         done: Result<Result<Option<Position>, EtcdError>, JoinError>,
     ) -> Result<(), EtcdError> {
-        self.in_flight = None;
+        self.in_flight.pop_front();
         match done {
             Ok(Ok(Some(position))) => {
                 tracing::trace!(%position, "acknowledged");
@@ -316,7 +401,7 @@ impl Writer {
     /// Stops the in-flight and snapshot transactions where they are (also when the pipeline
     /// aborts the sink's task: see `Drop`).
     pub(super) fn abort(&mut self) {
-        if let Some(flight) = self.in_flight.take() {
+        for flight in self.in_flight.drain(..) {
             flight.handle.abort();
         }
         if let Some(mut snapshot) = self.snapshot.take() {
