@@ -73,9 +73,11 @@ pub struct Telemetry {
     pub snapshot_rows: IntCounterVec,
     pub snapshot_rows_estimated: IntGaugeVec,
     pub replication_lag: Gauge,
-    /// Where a source transaction's time goes, by `stage`: `sink_batch_wait` (from the sink
-    /// receiving its commit to sending the store transaction that holds it) and
-    /// `commit_to_applied` (from the source's commit time to the store applying it).
+    /// Where a source transaction's time goes, by `stage`: `commit_to_received` (from the
+    /// source's commit time to the sink receiving the commit: decoding, transforms, queues),
+    /// `sink_batch_wait` (from the sink receiving its commit to sending the store transaction
+    /// that holds it) and `commit_to_applied` (from the source's commit time to the store
+    /// applying it).
     pub commit_latency: HistogramVec,
     pub last_checkpoint: Gauge,
     pub errors: IntCounterVec,
@@ -298,6 +300,16 @@ impl Telemetry {
                 self.replication_lag.set(0.0);
             }
             self.state().last_commit = Some(commit);
+        }
+    }
+
+    /// The sink received a commit of a transaction the source committed at `commit_time`: the
+    /// source's share of the latency (server to decoder, decoding, transforms, queues).
+    pub fn commit_received(&self, commit_time: Option<SystemTime>) {
+        if let Some(lag) = commit_time.and_then(|at| SystemTime::now().duration_since(at).ok()) {
+            self.commit_latency
+                .with_label_values(&["commit_to_received"])
+                .observe(lag.as_secs_f64());
         }
     }
 

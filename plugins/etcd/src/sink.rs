@@ -426,6 +426,7 @@ impl Writer {
                 Ok(())
             }
             Message::Commit(commit) => {
+                telemetry::get().commit_received(commit.commit_time);
                 self.streaming();
                 self.commit(commit).await
             }
