@@ -15,8 +15,10 @@ pub const OP_OVERHEAD: usize = 32;
 /// header and guard compares.
 pub const TXN_OVERHEAD: usize = 1024;
 
-/// Bytes kept free in streaming transactions for the checkpoint put (key and JSON).
-pub const CHECKPOINT_RESERVE: usize = 8 * 1024;
+/// Bytes kept free in streaming transactions for what names the position: the checkpoint put,
+/// the order compare on the predecessor's checkpoint, the `{meta}/partial` marker (positions such
+/// as long MariaDB GTID sets appear in each).
+pub const CHECKPOINT_RESERVE: usize = 32 * 1024;
 
 /// One etcd operation on data keys.
 #[derive(Debug, Clone, PartialEq, Eq)]

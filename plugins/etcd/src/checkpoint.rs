@@ -10,16 +10,41 @@ use etcdsync_core::{Checkpoint, TableId};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
-/// The checkpoint JSON for a commit, stamped with the time it is applied.
-pub fn encode_checkpoint(source: &str, mark: &CommitMark) -> Vec<u8> {
-    let checkpoint = Checkpoint {
-        source: source.to_string(),
-        position: mark.position.clone(),
-        committed_at: mark.committed_at.clone(),
-        applied_at: rfc3339(SystemTime::now()),
+/// The checkpoint JSON for a commit, stamped with the time it is sent. `writer` names the
+/// streaming session and transaction that puts it (`{session}:{seq}`, [`crate::sink`]'s chain);
+/// readers that know only DESIGN §5's fields ignore it.
+pub fn encode_checkpoint(source: &str, mark: &CommitMark, writer: Option<&str>) -> Vec<u8> {
+    let stored = StoredCheckpoint {
+        checkpoint: Checkpoint {
+            source: source.to_string(),
+            position: mark.position.clone(),
+            committed_at: mark.committed_at.clone(),
+            applied_at: rfc3339(SystemTime::now()),
+        },
+        writer: writer.map(str::to_string),
     };
     // A struct of strings always serializes.
-    serde_json::to_vec(&checkpoint).unwrap_or_default()
+    serde_json::to_vec(&stored).unwrap_or_default()
+}
+
+/// The checkpoint key's value: DESIGN §5's fields plus the chain's `writer`.
+#[derive(Serialize, Deserialize)]
+struct StoredCheckpoint {
+    #[serde(flatten)]
+    checkpoint: Checkpoint,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    writer: Option<String>,
+}
+
+/// The `writer` of a checkpoint value, as (session, seq); `None` when it has none or is not a
+/// checkpoint.
+pub fn checkpoint_writer(value: &[u8]) -> Option<(String, u64)> {
+    let stored: StoredCheckpoint = serde_json::from_slice(value).ok()?;
+    let (session, seq) = stored
+        .writer?
+        .rsplit_once(':')
+        .map(|(a, b)| (a.to_string(), b.to_string()))?;
+    Some((session, seq.parse().ok()?))
 }
 
 /// Parses the value of the checkpoint key; `key` is named in the error.
@@ -107,11 +132,17 @@ mod tests {
             position: Position::new("0/1A"),
             committed_at: Some("2024-01-01T00:00:00Z".into()),
         };
-        let json = encode_checkpoint("pgx", &mark);
+        let json = encode_checkpoint("pgx", &mark, Some("a1.b2.0:7"));
         let back = decode_checkpoint("/m/checkpoint", &json).expect("parse");
         assert_eq!(back.source, "pgx");
         assert_eq!(back.position, Position::new("0/1A"));
         assert_eq!(back.committed_at.as_deref(), Some("2024-01-01T00:00:00Z"));
+        assert_eq!(checkpoint_writer(&json), Some(("a1.b2.0".to_string(), 7)));
+        // A checkpoint of DESIGN §5's fields alone (a snapshot's end, an older version) has no
+        // writer.
+        let plain = encode_checkpoint("pgx", &mark, None);
+        assert_eq!(checkpoint_writer(&plain), None);
+        assert!(!String::from_utf8_lossy(&plain).contains("writer"));
         let err = decode_checkpoint("/m/checkpoint", b"garbage").expect_err("malformed");
         let msg = err.to_string();
         assert!(

@@ -116,18 +116,15 @@ pub enum EtcdError {
     #[error("etcd refused to {0}: this instance no longer holds the pipeline's leadership; it stops writing")]
     CompareFailed(String),
 
-    /// The checkpoint key changed under the streaming chain (DESIGN §4): something else writes
-    /// this pipeline's metadata.
+    /// The checkpoint key changed under the streaming chain (DESIGN §4): something else wrote
+    /// it. The pipeline starts again from the checkpoint etcd holds.
     #[error(
-        "the checkpoint key `{key}` is at version {found} where this instance expected {expected}: something else \
-         writes this pipeline's metadata (another `etcdsync run` of the same pipeline, `etcdctl`, or a restore); \
-         stop the other writer and start again — the pipeline resumes from the checkpoint etcd holds"
+        "the checkpoint key `{key}` holds {found}, not what this instance's previous transaction put: something \
+         else wrote it (a late retry of an earlier attempt of this instance, another `etcdsync run` of the same \
+         pipeline without ha, `etcdctl`, or a restore); the pipeline starts again from the checkpoint etcd holds — \
+         if this repeats, stop the other writer"
     )]
-    ChainBroken {
-        key: String,
-        expected: i64,
-        found: i64,
-    },
+    ChainBroken { key: String, found: String },
 
     /// Another instance leads the pipeline and `ha.enabled` is off: the message names it.
     #[error("{0}")]
@@ -178,8 +175,9 @@ impl EtcdError {
             | EtcdError::Encode { .. }
             | EtcdError::Protocol(_)
             | EtcdError::AlreadyRunning(_)
-            | EtcdError::ChainBroken { .. }
             | EtcdError::Task(_) => ErrorKind::Fatal,
+            // Read the chain again from a restart; a persistent other writer repeats it loudly.
+            EtcdError::ChainBroken { .. } => ErrorKind::Transient,
             // The leadership fence (DESIGN §7); streaming order compares report ChainBroken.
             EtcdError::CompareFailed(_) => ErrorKind::Fenced,
             EtcdError::Shutdown => ErrorKind::Transient,

@@ -106,14 +106,13 @@ pub fn retry(
 
 /// A streaming transaction reached etcd before its predecessor: refused by its order compare, it
 /// is sent again now that the predecessor is applied.
-pub fn txn_resent(expected_version: i64, seen_version: i64) {
+pub fn txn_resent(seq: u64) {
     telemetry::get()
         .sink_txns_resent
         .with_label_values(NO_LABELS)
         .inc();
     tracing::debug!(
-        expected_version,
-        seen_version,
+        seq,
         "a streaming transaction arrived before its predecessor; sent again after it"
     );
 }

@@ -289,6 +289,9 @@ struct Writer {
     /// The checkpoint key as the newest of them leaves it; `None` until read (at the start and
     /// after a snapshot wrote the checkpoint).
     chain: Option<chain::ChainEnd>,
+    /// This session's name in the checkpoints it puts, and the number of the last one.
+    session: Arc<str>,
+    chain_seq: u64,
     /// The leader key and token when writes are fenced (a failed compare checks it).
     leader: Option<(String, i64)>,
     /// Whole committed source transactions waiting for the in-flight one (group commit).
@@ -356,6 +359,8 @@ impl Writer {
             shutdown,
             in_flight: VecDeque::new(),
             chain: None,
+            session: chain::new_session(),
+            chain_seq: 0,
             leader,
             ready: Batch::new(),
             open: Batch::new(),

@@ -775,10 +775,22 @@ async fn history(
 /// across the parts of a split source transaction.
 #[tokio::test]
 async fn a_delayed_transaction_is_not_overtaken_by_the_ones_after_it() {
+    // The first transaction of a session (its predecessor is the checkpoint read at the start)
+    // and one in the middle of the chain.
+    for nth in [1, 3] {
+        overtaking_is_refused(nth).await;
+    }
+}
+
+async fn overtaking_is_refused(nth: u64) {
     const N: u64 = 40;
     let url = etcd_url();
-    let p = Prefixes::new("reorder", &url);
-    etcdsync_etcd::test_hooks::delay_stream_txn(&p.checkpoint_key(), 3, Duration::from_millis(300));
+    let p = Prefixes::new(&format!("reorder{nth}"), &url);
+    etcdsync_etcd::test_hooks::delay_stream_txn(
+        &p.checkpoint_key(),
+        nth,
+        Duration::from_millis(300),
+    );
     let resent_before = resent();
     let mut sink = start(&p.yaml("stream_txns_in_flight: 4\nmax_txn_ops: 16\n")).await;
     let mut etcd = client(&url).await;
@@ -835,4 +847,35 @@ async fn a_delayed_transaction_is_not_overtaken_by_the_ones_after_it() {
         "every row of the split transaction arrived"
     );
     sink.close().await.expect("clean stop");
+}
+
+/// A checkpoint written by anyone but this sink session (here `etcdctl`-like, between two
+/// transactions) is never taken for one of its own: the next transaction's order compare fails
+/// and the sink stops with an error naming the key (transient: the pipeline starts again from the
+/// checkpoint etcd holds), instead of acknowledging data it did not write.
+#[tokio::test]
+async fn a_checkpoint_written_by_someone_else_stops_the_stream_loudly() {
+    let url = etcd_url();
+    let p = Prefixes::new("chainbreak", &url);
+    let mut sink = start(&p.yaml("stream_txns_in_flight: 4\n")).await;
+    let mut etcd = client(&url).await;
+    let t = table("s", "t");
+    sink.txn(vec![insert(&t, 1, "a")], 1).await;
+    sink.wait_ack(&pos(1)).await;
+    let foreign = get(&mut etcd, &p.checkpoint_key())
+        .await
+        .expect("checkpoint")
+        .replace(pos(1).as_str(), pos(9).as_str());
+    etcd.put(p.checkpoint_key(), foreign, None)
+        .await
+        .expect("put");
+    sink.txn(vec![insert(&t, 2, "b")], 2).await;
+    let error = sink.result().await.expect_err("the chain is broken");
+    assert_eq!(error.kind(), ErrorKind::Transient, "{error}");
+    assert!(
+        error.to_string().contains(&p.checkpoint_key())
+            && error.to_string().contains("something else wrote it"),
+        "{error}"
+    );
+    assert_eq!(get(&mut etcd, &p.key("s", "t", 2)).await, None);
 }

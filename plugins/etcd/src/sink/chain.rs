@@ -1,26 +1,32 @@
-//! Ordered pipelining of streaming transactions (DESIGN §4): up to `stream_txns_in_flight` are
-//! applied at once and etcd still applies them in the order they were sent. Every streaming
-//! transaction puts the checkpoint key (a part of a split source transaction puts the value it
-//! already holds) and compares its version with the one its predecessor leaves, so one that
-//! reaches etcd first fails its compare, waits for its predecessor and is sent again. A failed
-//! compare reads the checkpoint and leader keys in the same transaction, which tells a lost
-//! leadership, a retry of a transaction etcd had already applied and an early arrival apart.
+//! Ordered pipelining of streaming transactions (DESIGN §4, §7): up to `stream_txns_in_flight`
+//! are applied at once and etcd still applies them in the order they were sent. Every streaming
+//! transaction puts the checkpoint key naming its writer — this sink session and the
+//! transaction's sequence number — and compares the key's value with exactly what its
+//! predecessor puts. One that reaches etcd first fails its compare, waits for its predecessor and
+//! is sent again; a write of anyone else (another session's late retry, another instance, an
+//! operator) breaks the chain loudly instead of passing for ours. A failed compare reads the
+//! checkpoint and leader keys in the same transaction, which tells a lost leadership, a retry of
+//! a transaction etcd had already applied and an early arrival apart.
 
+use crate::batch::CommitMark;
+use crate::checkpoint::checkpoint_writer;
 use crate::client::EtcdClient;
 use crate::error::EtcdError;
 use crate::events;
 use etcd_client::{Compare, CompareOp, TxnOp, TxnOpResponse, TxnResponse};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The checkpoint key as the last streaming transaction sent leaves it.
 #[derive(Debug, Clone, Default)]
 pub(super) struct ChainEnd {
-    /// Its version (0: absent).
-    pub version: i64,
-    /// Its value, which a part of a split source transaction puts again; `None` while there is
-    /// no checkpoint.
-    pub checkpoint: Option<Vec<u8>>,
+    /// Its exact value (`None`: absent), which the next transaction compares.
+    pub value: Option<Vec<u8>>,
+    /// The commit it names, which a part of a split source transaction puts again.
+    pub mark: Option<CommitMark>,
 }
 
 /// How a streaming transaction ended, for the one sent after it.
@@ -31,14 +37,26 @@ pub(super) enum Outcome {
     Failed,
 }
 
+/// A name for one sink session's chain, unlike any other session's (process id, time, counter).
+pub(super) fn new_session() -> Arc<str> {
+    static SESSIONS: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}.{nanos:x}.{n}", std::process::id()).into()
+}
+
 /// A streaming transaction's place in the chain.
 pub(super) struct Link {
     pub checkpoint_key: String,
-    /// The checkpoint key's version before this transaction.
-    pub expected_version: i64,
-    /// Whether it puts the checkpoint key. One that does not (a part of a split source
-    /// transaction before any checkpoint exists) is sent alone: nothing else is in flight.
-    pub puts_checkpoint: bool,
+    /// The checkpoint key's value before this transaction (`None`: absent).
+    pub expected: Option<Vec<u8>>,
+    /// This session and the transaction's number in it, when it puts the checkpoint key. One
+    /// that does not (a part of a split source transaction before any checkpoint exists) is
+    /// sent alone: nothing else is in flight.
+    pub writer: Option<(Arc<str>, u64)>,
     /// The leader key and this instance's token, when writes are fenced.
     pub leader: Option<(String, i64)>,
     /// The outcome of the transaction sent before it, if that was still in flight.
@@ -55,17 +73,17 @@ impl Link {
         build: impl Fn() -> Vec<TxnOp>,
         shutdown: &CancellationToken,
     ) -> Result<(), EtcdError> {
+        let key = self.checkpoint_key.as_str();
         let mut compares = guards.to_vec();
-        compares.push(Compare::version(
-            self.checkpoint_key.as_str(),
-            CompareOp::Equal,
-            self.expected_version,
-        ));
-        let mut otherwise = vec![TxnOp::get(self.checkpoint_key.as_str(), None)];
+        compares.push(match &self.expected {
+            Some(value) => Compare::value(key, CompareOp::Equal, value.as_slice()),
+            None => Compare::version(key, CompareOp::Equal, 0),
+        });
+        let mut otherwise = vec![TxnOp::get(key, None)];
         if let Some((leader_key, _)) = &self.leader {
             otherwise.push(TxnOp::get(leader_key.as_str(), None));
         }
-        crate::test_hooks::before_stream_txn(&self.checkpoint_key).await;
+        crate::test_hooks::before_stream_txn(key).await;
         let mut predecessor = self.predecessor;
         loop {
             let response = client
@@ -74,58 +92,66 @@ impl Link {
             if response.succeeded() {
                 return Ok(());
             }
-            let (version, leader_token) = seen(&response);
+            let (current, leader_token) = seen(&response);
             if let Some((_, token)) = &self.leader {
                 if leader_token != Some(*token) {
                     return Err(EtcdError::CompareFailed(op.to_string()));
                 }
             }
-            if self.puts_checkpoint && version > self.expected_version {
-                // Only this chain writes the checkpoint key, and nothing after this transaction
-                // applies before it: etcd applied it and the response was lost.
-                tracing::debug!(
-                    expected_version = self.expected_version,
-                    version,
-                    "a retried streaming transaction had been applied"
-                );
-                return Ok(());
-            }
-            if version < self.expected_version {
-                if let Some(mut before) = predecessor.take() {
-                    let outcome = before
-                        .wait_for(|outcome| *outcome != Outcome::Pending)
-                        .await
-                        .map(|outcome| *outcome)
-                        .unwrap_or(Outcome::Failed);
-                    if outcome == Outcome::Applied {
-                        events::txn_resent(self.expected_version, version);
-                        continue;
-                    }
-                    return Err(EtcdError::Task(
-                        "a streaming transaction was not applied because the one before it failed"
-                            .into(),
-                    ));
+            let found = current.as_deref().and_then(checkpoint_writer);
+            if let (Some((session, seq)), Some((found_session, found_seq))) = (&self.writer, &found)
+            {
+                if **session == *found_session.as_str() && found_seq >= seq {
+                    // This transaction (and maybe later ones) applied; the response to the
+                    // attempt that did it was lost.
+                    tracing::debug!(
+                        seq,
+                        found_seq,
+                        "a retried streaming transaction had been applied"
+                    );
+                    return Ok(());
                 }
+            }
+            // Not applied: if the one before it was still in flight, this one arrived first.
+            if let Some(mut before) = predecessor.take() {
+                let outcome = before
+                    .wait_for(|outcome| *outcome != Outcome::Pending)
+                    .await
+                    .map(|outcome| *outcome)
+                    .unwrap_or(Outcome::Failed);
+                if outcome == Outcome::Applied {
+                    events::txn_resent(self.writer.as_ref().map_or(0, |(_, seq)| *seq));
+                    continue;
+                }
+                return Err(EtcdError::Task(
+                    "a streaming transaction was not applied because the one before it failed"
+                        .into(),
+                ));
             }
             return Err(EtcdError::ChainBroken {
                 key: self.checkpoint_key,
-                expected: self.expected_version,
-                found: version,
+                found: match found {
+                    Some((session, seq)) => format!("transaction {seq} of session {session}"),
+                    None if current.is_some() => {
+                        "a value no streaming session of etcdsync wrote".into()
+                    }
+                    None => "no checkpoint".into(),
+                },
             });
         }
     }
 }
 
-/// The checkpoint key's version and the leader key's create revision a failed compare read.
-fn seen(response: &TxnResponse) -> (i64, Option<i64>) {
+/// The checkpoint key's value and the leader key's create revision a failed compare read.
+fn seen(response: &TxnResponse) -> (Option<Vec<u8>>, Option<i64>) {
     let mut reads = response.op_responses().into_iter().map(|read| match read {
         TxnOpResponse::Get(range) => range
             .kvs()
             .first()
-            .map(|kv| (kv.version(), kv.create_revision())),
+            .map(|kv| (kv.value().to_vec(), kv.create_revision())),
         _ => None,
     });
-    let version = reads.next().flatten().map_or(0, |(version, _)| version);
+    let checkpoint = reads.next().flatten().map(|(value, _)| value);
     let leader = reads.next().flatten().map(|(_, created)| created);
-    (version, leader)
+    (checkpoint, leader)
 }

@@ -183,7 +183,7 @@ impl Writer {
         let mut ops = vec![
             TxnOp::put(
                 self.settings.checkpoint_key(),
-                encode_checkpoint(&self.source_type, &mark),
+                encode_checkpoint(&self.source_type, &mark, None),
                 None,
             ),
             TxnOp::put(self.settings.snapshot_key(), marker.to_json(), None),

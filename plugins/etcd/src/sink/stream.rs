@@ -217,30 +217,39 @@ impl Writer {
         }
         let end = self.chain_end().await?;
         let commits = batch.commit().is_some();
-        let checkpoint = match batch.commit() {
-            Some(mark) => {
-                self.last_position = Some(mark.position.to_string());
-                self.last_checkpoint_write = Some(Instant::now());
-                Some(encode_checkpoint(&self.source_type, mark))
-            }
-            // A part of a split source transaction puts the checkpoint it follows again.
-            None => end.checkpoint.clone(),
-        };
-        let alone = checkpoint.is_none();
-        if alone {
+        // A part of a split source transaction puts the checkpoint it follows again.
+        let mark = batch.commit().or(end.mark.as_ref()).cloned();
+        if mark.is_none() {
             self.drain_in_flight().await?;
         }
+        let writer = mark.as_ref().map(|_| {
+            self.chain_seq += 1;
+            (Arc::clone(&self.session), self.chain_seq)
+        });
+        let checkpoint = mark.as_ref().map(|mark| {
+            let name = writer
+                .as_ref()
+                .map(|(session, seq)| format!("{session}:{seq}"));
+            encode_checkpoint(&self.source_type, mark, name.as_deref())
+        });
+        if let Some(mark) = batch.commit() {
+            self.last_position = Some(mark.position.to_string());
+            self.last_checkpoint_write = Some(Instant::now());
+        }
+        let alone = writer.is_none();
         let link = chain::Link {
             checkpoint_key: self.settings.checkpoint_key(),
-            expected_version: end.version,
-            puts_checkpoint: !alone,
+            expected: end.value,
+            writer,
             leader: self.leader.clone(),
             predecessor: self.in_flight.back().map(|flight| flight.outcome.clone()),
         };
-        self.chain = Some(chain::ChainEnd {
-            version: end.version + i64::from(!alone),
-            checkpoint: checkpoint.clone(),
-        });
+        if !alone {
+            self.chain = Some(chain::ChainEnd {
+                value: checkpoint.clone(),
+                mark,
+            });
+        }
         let data_ops = batch.len();
         let has_data = batch.has_data();
         let position = batch.commit().map(|mark| mark.position.clone());
@@ -304,31 +313,38 @@ impl Writer {
     }
 
     /// The checkpoint key as the newest transaction in flight leaves it, read from etcd when
-    /// not known (nothing is in flight then).
+    /// not known (nothing is in flight then). A chain read anew starts a new session.
     async fn chain_end(&mut self) -> Result<chain::ChainEnd, EtcdError> {
         if let Some(end) = &self.chain {
             return Ok(end.clone());
         }
         self.drain_in_flight().await?;
+        self.session = chain::new_session();
+        self.chain_seq = 0;
         let key = self.settings.checkpoint_key();
         let response = self
             .client
             .get(
-                "read the checkpoint's version",
+                "read the checkpoint the next transaction follows",
                 key.as_str(),
                 None,
                 Some(&self.shutdown),
                 None,
             )
             .await?;
-        let end = response
-            .kvs()
-            .first()
-            .map(|kv| chain::ChainEnd {
-                version: kv.version(),
-                checkpoint: Some(kv.value().to_vec()),
-            })
-            .unwrap_or_default();
+        let end = match response.kvs().first() {
+            None => chain::ChainEnd::default(),
+            Some(kv) => {
+                let checkpoint = decode_checkpoint(&key, kv.value())?;
+                chain::ChainEnd {
+                    value: Some(kv.value().to_vec()),
+                    mark: Some(CommitMark {
+                        position: checkpoint.position,
+                        committed_at: checkpoint.committed_at,
+                    }),
+                }
+            }
+        };
         self.chain = Some(end.clone());
         Ok(end)
     }
