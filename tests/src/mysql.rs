@@ -676,6 +676,7 @@ pub struct Running {
 }
 
 pub fn start(yaml: &str) -> Running {
+    crate::logs_from_env();
     let config = PipelineConfig::parse(yaml).unwrap_or_else(|e| panic!("config: {e}"));
     let stop = CancellationToken::new();
     let token = stop.clone();

@@ -457,11 +457,14 @@ async fn drop_database_removes_the_keys_of_its_tables() {
         async move { etcd_dump(&mut client, &prefix).await.is_empty() }
     })
     .await;
-    assert!(
-        gone,
-        "keys left: {:?}",
-        etcd_dump(&mut client, &format!("{}/", edge.prefix)).await
-    );
+    if !gone {
+        let left = etcd_dump(&mut client, &format!("{}/", edge.prefix)).await;
+        if running.is_running() {
+            panic!("keys left after 60 s, the pipeline still running: {left:?}");
+        }
+        let error = running.failed(Duration::from_secs(1)).await;
+        panic!("keys left: {left:?}; the pipeline stopped: {error}");
+    }
     running.stop().await;
 }
 

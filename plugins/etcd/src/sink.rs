@@ -54,6 +54,9 @@ pub struct EtcdSink {
 struct Resumed {
     position: Option<String>,
     partial: Option<PartialMarker>,
+    /// The checkpoint key exactly as read: the first transaction of the run compares it, so a
+    /// late write of an earlier attempt that lands afterwards is noticed, not built upon.
+    chain: Option<chain::ChainEnd>,
 }
 
 impl std::fmt::Debug for EtcdSink {
@@ -125,6 +128,13 @@ impl Sink for EtcdSink {
             None => None,
             Some(kv) => Some(decode_checkpoint(&key, kv.value())?),
         };
+        let chain = chain::ChainEnd {
+            value: response.kvs().first().map(|kv| kv.value().to_vec()),
+            mark: checkpoint.as_ref().map(|c| CommitMark {
+                position: c.position.clone(),
+                committed_at: c.committed_at.clone(),
+            }),
+        };
         let partial_key = self.settings.partial_key();
         let response = self
             .client
@@ -150,6 +160,7 @@ impl Sink for EtcdSink {
                 current
             }),
             position,
+            chain: Some(chain),
         };
         if let Some(partial) = &self.resumed.partial {
             tracing::info!(
@@ -358,7 +369,7 @@ impl Writer {
             acked,
             shutdown,
             in_flight: VecDeque::new(),
-            chain: None,
+            chain: resumed.chain,
             session: chain::new_session(),
             chain_seq: 0,
             leader,

@@ -879,3 +879,41 @@ async fn a_checkpoint_written_by_someone_else_stops_the_stream_loudly() {
     );
     assert_eq!(get(&mut etcd, &p.key("s", "t", 2)).await, None);
 }
+
+/// A late write of an earlier attempt that lands after the sink read its checkpoint (and before
+/// its first transaction) is not built upon: the first transaction compares the checkpoint as
+/// read, and the sink stops (transient) so the pipeline resumes from what etcd holds.
+#[tokio::test]
+async fn a_checkpoint_moved_after_it_was_read_is_not_built_upon() {
+    let url = etcd_url();
+    let p = Prefixes::new("lateleftover", &url);
+    let mut etcd = client(&url).await;
+    let t = table("s", "t");
+    let mut first = start(&p.yaml("")).await;
+    first.txn(vec![insert(&t, 1, "a")], 1).await;
+    first.wait_ack(&pos(1)).await;
+    first.close().await.expect("clean stop");
+
+    let mut sink = build(&p.yaml("")).await.expect("build the sink");
+    let resumed = sink.checkpoint().await.expect("read the checkpoint");
+    assert_eq!(resumed.map(|c| c.position), Some(pos(1)));
+    let late = get(&mut etcd, &p.checkpoint_key())
+        .await
+        .expect("checkpoint")
+        .replace(pos(1).as_str(), pos(5).as_str());
+    etcd.put(p.checkpoint_key(), late, None).await.expect("put");
+    let sink = run(sink);
+    sink.txn(vec![insert(&t, 2, "b")], 2).await;
+    let error = sink.result().await.expect_err("the chain is broken");
+    assert_eq!(error.kind(), ErrorKind::Transient, "{error}");
+    assert!(
+        error.to_string().contains("something else wrote it"),
+        "{error}"
+    );
+    assert_eq!(get(&mut etcd, &p.key("s", "t", 2)).await, None);
+    assert_eq!(
+        checkpoint_in_etcd(&mut etcd, &p).await.map(|c| c.position),
+        Some(pos(5)),
+        "the checkpoint did not go back"
+    );
+}

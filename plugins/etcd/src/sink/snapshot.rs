@@ -180,14 +180,11 @@ impl Writer {
             snapshot.start_revision,
             &snapshot.tables,
         );
-        let mut ops = vec![
-            TxnOp::put(
-                self.settings.checkpoint_key(),
-                encode_checkpoint(&self.source_type, &mark, None),
-                None,
-            ),
-            TxnOp::put(self.settings.snapshot_key(), marker.to_json(), None),
-        ];
+        let mut ops = vec![TxnOp::put(
+            self.settings.snapshot_key(),
+            marker.to_json(),
+            None,
+        )];
         // A split-transaction marker outlives only a step at its own checkpoint (removing a
         // dropped table's keys before the transaction replays); after a snapshot that moved
         // the checkpoint it describes nothing any more.
@@ -201,16 +198,8 @@ impl Writer {
             ops.push(TxnOp::delete(self.settings.partial_key(), None));
         }
         let started = Instant::now();
-        let ops_count = ops.len();
-        // The streaming chain reads the checkpoint's new version before its first transaction.
-        self.chain = None;
-        self.client
-            .txn(
-                "record the snapshot's end and checkpoint",
-                &self.guards,
-                ops,
-                &self.shutdown,
-            )
+        let ops_count = ops.len() + 1;
+        self.apply_chained("record the snapshot's end and checkpoint", mark, ops)
             .await?;
         events::txn_applied_since(TxnKind::Checkpoint, ops_count, started);
         events::checkpoint_written();

@@ -349,6 +349,46 @@ impl Writer {
         Ok(end)
     }
 
+    /// Applies `ops` with the checkpoint of `mark` as the next link of the chain, now (nothing
+    /// else in flight): a write outside streaming that moves the checkpoint (a snapshot's end).
+    pub(super) async fn apply_chained(
+        &mut self,
+        op: &str,
+        mark: CommitMark,
+        mut ops: Vec<TxnOp>,
+    ) -> Result<(), EtcdError> {
+        let end = self.chain_end().await?;
+        self.chain_seq += 1;
+        let writer = (Arc::clone(&self.session), self.chain_seq);
+        let checkpoint = encode_checkpoint(
+            &self.source_type,
+            &mark,
+            Some(&format!("{}:{}", writer.0, writer.1)),
+        );
+        let key = self.settings.checkpoint_key();
+        ops.push(TxnOp::put(key.as_str(), checkpoint.as_slice(), None));
+        let link = chain::Link {
+            checkpoint_key: key,
+            expected: end.value,
+            writer: Some(writer),
+            leader: self.leader.clone(),
+            predecessor: None,
+        };
+        link.apply(
+            &self.client,
+            op,
+            &self.guards,
+            || ops.clone(),
+            &self.shutdown,
+        )
+        .await?;
+        self.chain = Some(chain::ChainEnd {
+            value: Some(checkpoint),
+            mark: Some(mark),
+        });
+        Ok(())
+    }
+
     /// Waits for every streaming transaction in flight, acknowledging each in order.
     pub(super) async fn drain_in_flight(&mut self) -> Result<(), EtcdError> {
         while !self.in_flight.is_empty() {
