@@ -120,6 +120,16 @@ async fn example_plugin_binary_runs_against_postgres() {
     })
     .await;
     assert!(streamed, "streamed insert never reached the jsonl file");
+    client
+        .batch_execute("DELETE FROM items WHERE id = 1")
+        .await
+        .expect("delete");
+    let deleted = pg::eventually(Duration::from_secs(30), || {
+        let out = out.clone();
+        async move { lines(&out).len() >= 4 }
+    })
+    .await;
+    assert!(deleted, "the delete never reached the jsonl file");
 
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -130,20 +140,63 @@ async fn example_plugin_binary_runs_against_postgres() {
     assert!(status.success(), "etcdsync-jsonl exited with {status}");
 
     let written = lines(&out);
-    let mut labels: Vec<_> = written
+    let (inserts, deletes): (Vec<_>, Vec<_>) = written.iter().partition(|l| l["op"] == "insert");
+    let mut labels: Vec<_> = inserts
         .iter()
         .map(|l| l["row"]["label"].as_str().unwrap_or("").to_string())
         .collect();
     labels.sort();
     assert_eq!(labels, ["one", "three", "two"]);
-    assert!(written
+    assert!(inserts
         .iter()
         .all(|l| l["row"]["origin"] == "eu-1" && l["table"] == "public.items"));
+    // A delete carries the key of the row it removes.
+    assert_eq!(deletes.len(), 1, "{written:?}");
+    assert_eq!(deletes[0]["op"], "delete");
+    assert_eq!(deletes[0]["key"], serde_json::json!(["1"]));
+    assert_eq!(deletes[0]["row"], serde_json::Value::Null);
+    // The checkpoint records the file's length: nothing after it, nothing missing before it.
     let checkpoint: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join("changes.jsonl.checkpoint")).expect("checkpoint file"),
     )
     .expect("checkpoint JSON");
     assert_eq!(checkpoint["source"], "pgx");
+    let length = std::fs::metadata(&out).expect("data file").len();
+    assert_eq!(checkpoint["offset"].as_u64(), Some(length));
+
+    // Lines past the checkpoint (a crash between writing and checkpointing) are cut off at the
+    // next start; what follows arrives once.
+    let mut torn = std::fs::read(&out).expect("data file");
+    torn.extend_from_slice(b"{\"table\":\"public.items\",\"op\":\"insert\",\"torn\":true}\n");
+    std::fs::write(&out, torn).expect("append a torn line");
+    let mut child = Command::new(&binary)
+        .args(["run", "--config-file"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcdsync-jsonl run again");
+    client
+        .batch_execute("INSERT INTO items VALUES (4, 'four')")
+        .await
+        .expect("insert");
+    let resumed = pg::eventually(Duration::from_secs(30), || {
+        let out = out.clone();
+        async move { lines(&out).iter().any(|l| l["row"]["label"] == "four") }
+    })
+    .await;
+    assert!(resumed, "the insert after the restart never arrived");
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    assert!(child.wait().expect("wait").success());
+    let written = lines(&out);
+    assert!(
+        written.iter().all(|l| l.get("torn").is_none()),
+        "{written:?}"
+    );
+    assert_eq!(written.len(), 5, "each change once: {written:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
