@@ -185,6 +185,17 @@ impl EtcdError {
     }
 }
 
+impl From<etcdsync_sink_kit::KitError> for EtcdError {
+    fn from(error: etcdsync_sink_kit::KitError) -> Self {
+        match error {
+            etcdsync_sink_kit::KitError::Malformed { key, reason } => {
+                EtcdError::MalformedCheckpoint { key, reason }
+            }
+            etcdsync_sink_kit::KitError::Protocol(message) => EtcdError::Protocol(message),
+        }
+    }
+}
+
 impl From<EtcdError> for Error {
     fn from(error: EtcdError) -> Self {
         let kind = error.kind();

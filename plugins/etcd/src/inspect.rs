@@ -15,7 +15,7 @@
 //! written: `repair` applies everything else, then fails naming it and the fix (a fresh snapshot
 //! rebuilds the index), since the sink could never delete or move such a key.
 
-use crate::batch::{Batch, EtcdOp, Limits};
+use crate::batch::{Batch, KvOp, Limits};
 use crate::checkpoint::decode_checkpoint;
 use crate::client::EtcdClient;
 use crate::config::Settings;
@@ -93,7 +93,7 @@ impl EtcdInspector {
     /// An inspector for checked settings (nothing connects yet). `source_type` is the configured
     /// source's plugin name, compared with the checkpoint's.
     pub fn new(settings: Settings, source_type: impl Into<String>) -> Self {
-        let index = KeyIndex::new(&settings);
+        let index = KeyIndex::new(&settings.data_prefix, &settings.meta_prefix);
         Self {
             settings: Arc::new(settings),
             source_type: source_type.into(),
@@ -305,11 +305,11 @@ impl EtcdInspector {
 
         let limits =
             Limits::without_checkpoint(self.settings.max_txn_ops, self.settings.max_request_bytes);
-        let mut units: Vec<Vec<EtcdOp>> = Vec::with_capacity(deletes.len() + puts.len());
+        let mut units: Vec<Vec<KvOp>> = Vec::with_capacity(deletes.len() + puts.len());
         for (key, owner) in deletes.into_iter().zip(owned) {
-            let mut unit = vec![EtcdOp::Delete { key: key.clone() }];
+            let mut unit = vec![KvOp::Delete { key: key.clone() }];
             if let Some(row_id) = owner {
-                unit.push(EtcdOp::Delete {
+                unit.push(KvOp::Delete {
                     key: self.index.owner_key(&key),
                 });
                 let entry = self.index.entry_key(&row_id);
@@ -318,7 +318,7 @@ impl EtcdInspector {
                     .and_then(|v| v.as_deref())
                     .is_some_and(|v| v == self.index.relative(&key).as_bytes());
                 if points_here {
-                    unit.push(EtcdOp::Delete { key: entry });
+                    unit.push(KvOp::Delete { key: entry });
                 }
             }
             units.push(unit);
@@ -336,7 +336,7 @@ impl EtcdInspector {
             if owner.is_none() && !default_layout {
                 unexplained.push(key);
             } else {
-                units.push(vec![EtcdOp::Put { key, value }]);
+                units.push(vec![KvOp::Put { key, value }]);
             }
         }
 
@@ -353,7 +353,12 @@ impl EtcdInspector {
                 let full = std::mem::take(&mut batch);
                 written += full.len();
                 client
-                    .txn("repair keys", &self.guards, full.txn_ops(), &never)
+                    .txn(
+                        "repair keys",
+                        &self.guards,
+                        crate::txn::txn_ops(&full),
+                        &never,
+                    )
                     .await?;
                 if let Err(unit) = batch.try_add(unit, limits) {
                     return Err(repair_oversize(&unit, self.settings.max_request_bytes));
@@ -365,7 +370,12 @@ impl EtcdInspector {
         if batch.has_data() {
             written += batch.len();
             client
-                .txn("repair keys", &self.guards, batch.txn_ops(), &never)
+                .txn(
+                    "repair keys",
+                    &self.guards,
+                    crate::txn::txn_ops(&batch),
+                    &never,
+                )
                 .await?;
         }
         self.owners = None;
@@ -385,9 +395,9 @@ impl EtcdInspector {
 }
 
 /// The error of a repaired value too large for one request.
-fn repair_oversize(unit: &[EtcdOp], max_request_bytes: usize) -> Error {
-    let key = unit.iter().find_map(EtcdOp::key).unwrap_or_default();
-    let size: usize = unit.iter().map(EtcdOp::size).sum();
+fn repair_oversize(unit: &[KvOp], max_request_bytes: usize) -> Error {
+    let key = unit.iter().find_map(KvOp::key).unwrap_or_default();
+    let size: usize = unit.iter().map(KvOp::size).sum();
     Error::config(format!(
         "verify --repair: writing `{key}` needs {size} bytes, more than one etcd request may carry with \
          sink.max_request_bytes = {max_request_bytes}; raise sink.max_request_bytes (and etcd's --max-request-bytes to match)"

@@ -3,24 +3,26 @@
 //! with [`EtcdConfig::settings`] and [`EtcdSink::connect`]; [`EtcdInspector`] serves `check`,
 //! `status` and `verify`.
 
-pub mod batch;
-pub mod checkpoint;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;
-pub mod index;
 pub mod inspect;
 pub mod leader;
 pub mod sink;
 pub mod status;
 #[doc(hidden)]
 pub mod test_hooks;
+pub mod txn;
 
 pub use config::{EtcdConfig, OnInvalidKey, OnOversize, Settings, TlsConfig};
 pub use error::EtcdError;
 pub use inspect::EtcdInspector;
 pub use sink::EtcdSink;
+
+// The store-neutral parts, from the sink kit (paths kept for this crate's modules).
+pub use etcdsync_sink_kit::markers as checkpoint;
+pub use etcdsync_sink_kit::{batch, index};
 
 use client::EtcdClient;
 use etcdsync_core::inspect::SinkInspector;

@@ -5,7 +5,7 @@
 //! It reports phase, transactions and changes to core's telemetry ([`crate::events`]) and keeps
 //! `{meta}/status` current while it runs ([`crate::status`]).
 
-use crate::batch::{Batch, CommitMark, EtcdOp, Limits, Lookup};
+use crate::batch::{Batch, CommitMark, KvOp, Limits, Lookup};
 use crate::checkpoint::{
     decode_checkpoint, encode_checkpoint, PartialMarker, SnapshotMarker, SnapshotState,
 };
@@ -350,7 +350,7 @@ impl Writer {
             fence,
         } = sink;
         let leader = fence.map(|fence| (settings.leader_key(), fence.token));
-        let index = KeyIndex::new(&settings);
+        let index = KeyIndex::new(&settings.data_prefix, &settings.meta_prefix);
         // Before the status writer starts, so its first write says so.
         telemetry::get().set_phase(Phase::Starting);
         let status = StatusWriter::start(

@@ -9,7 +9,7 @@ impl Writer {
     /// The etcd operations of one change: a put, a delete, delete + put for a key change, or a
     /// range delete for a truncate. Transform routes (`route.key`, `route.old_key`) are relative
     /// to the data prefix.
-    pub(super) async fn change_ops(&mut self, change: Change) -> Result<Vec<EtcdOp>, EtcdError> {
+    pub(super) async fn change_ops(&mut self, change: Change) -> Result<Vec<KvOp>, EtcdError> {
         // Before its first write in this run, a table's marker records that this pipeline
         // writes its keys — in a transaction of its own, so the data transactions keep their
         // limits; written first, it never misses keys that exist.
@@ -31,7 +31,7 @@ impl Writer {
     pub(super) async fn table_change_ops(
         &mut self,
         change: Change,
-    ) -> Result<Vec<EtcdOp>, EtcdError> {
+    ) -> Result<Vec<KvOp>, EtcdError> {
         if has_invalid_key(&change) {
             return self.invalid_key_ops(change).await;
         }
@@ -49,7 +49,7 @@ impl Writer {
                 "a truncate of {} (keys from a transform) inside a snapshot",
                 table.id
             ))),
-            Op::Truncate => Ok(vec![EtcdOp::DeleteRange {
+            Op::Truncate => Ok(vec![KvOp::DeleteRange {
                 prefix: table_prefix(&prefix, &table.id),
             }]),
             Op::Delete { old } => {
@@ -57,7 +57,7 @@ impl Writer {
                     Some(key) => key,
                     None => default_key(&prefix, &table, &old)?,
                 };
-                Ok(vec![EtcdOp::Delete { key }])
+                Ok(vec![KvOp::Delete { key }])
             }
             Op::Insert { row } => self.put_ops(&table, key, None, row, route.value).await,
             Op::Update { old, row } => {
@@ -80,7 +80,7 @@ impl Writer {
         old_key: Option<String>,
         row: Row,
         value: Option<Vec<u8>>,
-    ) -> Result<Vec<EtcdOp>, EtcdError> {
+    ) -> Result<Vec<KvOp>, EtcdError> {
         let key = match key {
             Some(key) => key,
             None => default_key(&self.settings.prefix, table, &row)?,
@@ -96,11 +96,11 @@ impl Writer {
         };
         let mut unit = Vec::with_capacity(2);
         if let Some(old) = old_key {
-            unit.push(EtcdOp::Delete { key: old });
+            unit.push(KvOp::Delete { key: old });
         }
         // `None`: the source no longer has the row; a later change of the stream removes it.
         if let Some(value) = value {
-            unit.push(EtcdOp::Put { key, value });
+            unit.push(KvOp::Put { key, value });
         }
         Ok(unit)
     }
@@ -116,10 +116,7 @@ impl Writer {
     /// table, row and key, or, with `skip`, a warning and the deletes that leave no stale key:
     /// the row's previous key (the transform's old key, or the key index's) with its owner and
     /// index entries.
-    pub(super) async fn invalid_key_ops(
-        &mut self,
-        change: Change,
-    ) -> Result<Vec<EtcdOp>, EtcdError> {
+    pub(super) async fn invalid_key_ops(&mut self, change: Change) -> Result<Vec<KvOp>, EtcdError> {
         let Change {
             table, op, route, ..
         } = change;
@@ -153,7 +150,7 @@ impl Writer {
                 .unwrap_or_else(|| row_id.clone());
             let indexed = self.indexed_key(&previous_id).await?;
             if indexed.is_some() {
-                unit.push(EtcdOp::Delete {
+                unit.push(KvOp::Delete {
                     key: index.entry_key(&previous_id),
                 });
             }
@@ -162,15 +159,15 @@ impl Writer {
                 // Another row may have taken the key over (during a snapshot): it stays.
                 let owner = self.current_value(&index.owner_key(&previous)).await?;
                 if owner.is_none_or(|o| o == previous_id.as_bytes() || o == row_id.as_bytes()) {
-                    unit.push(EtcdOp::Delete {
+                    unit.push(KvOp::Delete {
                         key: index.owner_key(&previous),
                     });
-                    unit.push(EtcdOp::Delete { key: previous });
+                    unit.push(KvOp::Delete { key: previous });
                 }
             }
         } else if let Some(previous) = routed_old {
             self.check_key(&table.id, &previous)?;
-            unit.push(EtcdOp::Delete { key: previous });
+            unit.push(KvOp::Delete { key: previous });
         }
         let deleted = unit.iter().any(|op| {
             op.key()

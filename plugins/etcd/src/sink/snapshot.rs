@@ -126,7 +126,7 @@ impl Writer {
                 .txn_with(
                     "apply a snapshot transaction",
                     &guards,
-                    || applying.txn_ops(),
+                    || crate::txn::txn_ops(&applying),
                     &shutdown,
                 )
                 .await?;

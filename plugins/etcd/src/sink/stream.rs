@@ -266,7 +266,7 @@ impl Writer {
         let (done, outcome) = watch::channel(chain::Outcome::Pending);
         let handle = tokio::spawn(async move {
             let build = || {
-                let mut ops = applying.txn_ops();
+                let mut ops = crate::txn::txn_ops(&applying);
                 if let Some(value) = &checkpoint {
                     ops.push(TxnOp::put(checkpoint_key.as_str(), value.as_slice(), None));
                 }

@@ -8,7 +8,7 @@ impl Writer {
 
     /// The operations of a change of a tracked table: the data op plus the key index entry
     /// (`{meta}/index/{row}` → key) and owner (`{meta}/owner/{key}` → row), in one unit.
-    pub(super) async fn tracked_ops(&mut self, change: Change) -> Result<Vec<EtcdOp>, EtcdError> {
+    pub(super) async fn tracked_ops(&mut self, change: Change) -> Result<Vec<KvOp>, EtcdError> {
         let Change {
             table, op, route, ..
         } = change;
@@ -27,15 +27,15 @@ impl Writer {
                     Some(key) => Some(key),
                     None => self.indexed_key(&row_id).await?,
                 };
-                let mut unit = vec![EtcdOp::Delete {
+                let mut unit = vec![KvOp::Delete {
                     key: index.entry_key(&row_id),
                 }];
                 if let Some(key) = key {
                     self.check_key(&table.id, &key)?;
-                    unit.push(EtcdOp::Delete {
+                    unit.push(KvOp::Delete {
                         key: index.owner_key(&key),
                     });
-                    unit.push(EtcdOp::Delete { key });
+                    unit.push(KvOp::Delete { key });
                 }
                 return Ok(unit);
             }
@@ -95,15 +95,15 @@ impl Writer {
         let rewrite = self.snapshot.is_some();
         let mut unit = Vec::with_capacity(6);
         if let Some(old_key) = &old_key {
-            unit.push(EtcdOp::Delete {
+            unit.push(KvOp::Delete {
                 key: index.owner_key(old_key),
             });
-            unit.push(EtcdOp::Delete {
+            unit.push(KvOp::Delete {
                 key: old_key.clone(),
             });
         }
         if let Some(old_row_id) = &old_row_id {
-            unit.push(EtcdOp::Delete {
+            unit.push(KvOp::Delete {
                 key: index.entry_key(old_row_id),
             });
         }
@@ -112,18 +112,18 @@ impl Writer {
             return Ok(unit);
         };
         if rewrite || owner.as_deref() != Some(row_id.as_str()) {
-            unit.push(EtcdOp::Put {
+            unit.push(KvOp::Put {
                 key: index.owner_key(&key),
                 value: row_id.clone().into_bytes(),
             });
         }
         if rewrite || old_row_id.is_some() || indexed.as_deref() != Some(key.as_str()) {
-            unit.push(EtcdOp::Put {
+            unit.push(KvOp::Put {
                 key: index.entry_key(&row_id),
                 value: index.relative(&key).as_bytes().to_vec(),
             });
         }
-        unit.push(EtcdOp::Put { key, value });
+        unit.push(KvOp::Put { key, value });
         Ok(unit)
     }
 
@@ -271,15 +271,15 @@ impl Writer {
     pub(super) fn oversize(
         &self,
         table: &TableId,
-        unit: Vec<EtcdOp>,
+        unit: Vec<KvOp>,
         limits: Limits,
-    ) -> Result<Vec<EtcdOp>, EtcdError> {
-        let size: usize = unit.iter().map(EtcdOp::size).sum();
+    ) -> Result<Vec<KvOp>, EtcdError> {
+        let size: usize = unit.iter().map(KvOp::size).sum();
         let key = unit
             .iter()
             .rev()
             .find_map(|op| match op {
-                EtcdOp::Put { key, .. } => Some(key.clone()),
+                KvOp::Put { key, .. } => Some(key.clone()),
                 _ => None,
             })
             .or_else(|| unit.iter().find_map(|op| op.key().map(str::to_string)))
@@ -296,7 +296,7 @@ impl Writer {
                 events::oversize_skipped(&table.to_string(), &key, size, limits.max_bytes);
                 Ok(unit
                     .into_iter()
-                    .filter(|op| !matches!(op, EtcdOp::Put { .. }))
+                    .filter(|op| !matches!(op, KvOp::Put { .. }))
                     .collect())
             }
         }

@@ -1,8 +1,7 @@
-//! Packs source transactions into etcd transactions (DESIGN §4): one op per key (last change
-//! wins), within `max_txn_ops`/`max_request_bytes`, and never a put inside a range deleted in the
-//! same etcd transaction (a truncate closes its table's range for the rest of the batch).
+//! Packs source transactions into store transactions (DESIGN §4): one op per key (last change
+//! wins), within an op count and a byte size, and never a put inside a range deleted in the same
+//! transaction (a truncate closes its table's range for the rest of the batch).
 
-use etcdsync_core::encode::key::prefix_range_end;
 use etcdsync_core::{Position, TableId};
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -20,9 +19,9 @@ pub const TXN_OVERHEAD: usize = 1024;
 /// as long MariaDB GTID sets appear in each).
 pub const CHECKPOINT_RESERVE: usize = 32 * 1024;
 
-/// One etcd operation on data keys.
+/// One store operation on data keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EtcdOp {
+pub enum KvOp {
     Put {
         key: String,
         value: Vec<u8>,
@@ -36,50 +35,36 @@ pub enum EtcdOp {
     },
 }
 
-impl EtcdOp {
+impl KvOp {
     /// The bytes this op adds to a request.
     pub fn size(&self) -> usize {
         match self {
-            EtcdOp::Put { key, value } => key.len() + value.len() + OP_OVERHEAD,
-            EtcdOp::Delete { key } => key.len() + OP_OVERHEAD,
+            KvOp::Put { key, value } => key.len() + value.len() + OP_OVERHEAD,
+            KvOp::Delete { key } => key.len() + OP_OVERHEAD,
             // key plus range_end, which is as long as the prefix
-            EtcdOp::DeleteRange { prefix } => 2 * prefix.len() + OP_OVERHEAD,
+            KvOp::DeleteRange { prefix } => 2 * prefix.len() + OP_OVERHEAD,
         }
     }
 
     /// The key of a single-key op.
     pub fn key(&self) -> Option<&str> {
         match self {
-            EtcdOp::Put { key, .. } | EtcdOp::Delete { key } => Some(key),
-            EtcdOp::DeleteRange { .. } => None,
+            KvOp::Put { key, .. } | KvOp::Delete { key } => Some(key),
+            KvOp::DeleteRange { .. } => None,
         }
     }
 
     fn is_put(&self) -> bool {
-        matches!(self, EtcdOp::Put { .. })
-    }
-
-    /// The etcd-client operation.
-    pub fn to_txn_op(&self) -> etcd_client::TxnOp {
-        match self {
-            EtcdOp::Put { key, value } => {
-                etcd_client::TxnOp::put(key.as_bytes(), value.as_slice(), None)
-            }
-            EtcdOp::Delete { key } => etcd_client::TxnOp::delete(key.as_bytes(), None),
-            EtcdOp::DeleteRange { prefix } => etcd_client::TxnOp::delete(
-                prefix.as_bytes(),
-                Some(etcd_client::DeleteOptions::new().with_range(prefix_range_end(prefix))),
-            ),
-        }
+        matches!(self, KvOp::Put { .. })
     }
 }
 
 /// What one batch may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Data operations per etcd transaction.
+    /// Data operations per store transaction.
     pub max_ops: usize,
-    /// Bytes of data operations ([`EtcdOp::size`]) per etcd transaction.
+    /// Bytes of data operations ([`KvOp::size`]) per store transaction.
     pub max_bytes: usize,
 }
 
@@ -111,7 +96,7 @@ pub struct CommitMark {
 }
 
 /// Source changes a batch carries, by table and op: what `etcdsync_changes_applied_total` counts
-/// once the batch is applied (changes, not coalesced etcd operations).
+/// once the batch is applied (changes, not coalesced store operations).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ChangeTally {
     counts: HashMap<TableId, [u64; 4]>,
@@ -174,13 +159,13 @@ pub enum Lookup<'a> {
     Unknown,
 }
 
-/// One etcd transaction being built: single-key ops coalesced by key, delete ranges, and the
+/// One store transaction being built: single-key ops coalesced by key, delete ranges, and the
 /// checkpoint of the last source transaction it completes.
 ///
 /// Invariant: no single-key op lies inside one of the batch's delete ranges.
 #[derive(Debug, Default)]
 pub struct Batch {
-    ops: Vec<EtcdOp>,
+    ops: Vec<KvOp>,
     index: HashMap<String, usize>,
     ranges: Vec<String>,
     bytes: usize,
@@ -214,7 +199,7 @@ impl Batch {
         !self.ops.is_empty() || !self.ranges.is_empty()
     }
 
-    /// Bytes of the data operations ([`EtcdOp::size`]).
+    /// Bytes of the data operations ([`KvOp::size`]).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -263,36 +248,23 @@ impl Batch {
         self.first_received
     }
 
-    /// Every data operation: single-key ops, then delete ranges (order within one etcd
+    /// Every data operation: single-key ops, then delete ranges (order within one store
     /// transaction does not matter: no key appears twice and no put lies in a deleted range).
-    pub fn ops(&self) -> impl Iterator<Item = std::borrow::Cow<'_, EtcdOp>> + '_ {
+    pub fn ops(&self) -> impl Iterator<Item = std::borrow::Cow<'_, KvOp>> + '_ {
         self.ops
             .iter()
             .map(std::borrow::Cow::Borrowed)
             .chain(self.ranges.iter().map(|prefix| {
-                std::borrow::Cow::Owned(EtcdOp::DeleteRange {
+                std::borrow::Cow::Owned(KvOp::DeleteRange {
                     prefix: prefix.clone(),
                 })
             }))
     }
 
-    /// The etcd-client operations of the data.
-    pub fn txn_ops(&self) -> Vec<etcd_client::TxnOp> {
-        let mut out = Vec::with_capacity(self.len() + 1);
-        out.extend(self.ops.iter().map(EtcdOp::to_txn_op));
-        out.extend(self.ranges.iter().map(|prefix| {
-            EtcdOp::DeleteRange {
-                prefix: prefix.clone(),
-            }
-            .to_txn_op()
-        }));
-        out
-    }
-
     /// What this batch does to `key`.
     pub fn lookup(&self, key: &str) -> Lookup<'_> {
         match self.index.get(key).and_then(|&i| self.ops.get(i)) {
-            Some(EtcdOp::Put { value, .. }) => Lookup::Value(value),
+            Some(KvOp::Put { value, .. }) => Lookup::Value(value),
             Some(_) => Lookup::Deleted,
             None if self.in_range(key) => Lookup::Deleted,
             None => Lookup::Unknown,
@@ -307,18 +279,18 @@ impl Batch {
         self.index
             .get(key)
             .and_then(|&i| self.ops.get(i))
-            .map(EtcdOp::size)
+            .map(KvOp::size)
     }
 
     /// Adds one unit — a single op, or the delete + put of a key change, which must share a
     /// transaction — if the result stays within `limits`; otherwise hands the unit back
     /// unchanged. On an empty batch a refusal means the unit alone exceeds the limits.
-    pub fn try_add(&mut self, unit: Vec<EtcdOp>, limits: Limits) -> Result<(), Vec<EtcdOp>> {
+    pub fn try_add(&mut self, unit: Vec<KvOp>, limits: Limits) -> Result<(), Vec<KvOp>> {
         let mut count = self.len();
         let mut bytes = self.bytes;
         for (i, op) in unit.iter().enumerate() {
             match op {
-                EtcdOp::DeleteRange { prefix } => {
+                KvOp::DeleteRange { prefix } => {
                     if self.ranges.iter().any(|p| p == prefix) {
                         continue;
                     }
@@ -334,7 +306,7 @@ impl Batch {
                     count += 1;
                     bytes += op.size();
                 }
-                EtcdOp::Put { key, .. } | EtcdOp::Delete { key } => {
+                KvOp::Put { key, .. } | KvOp::Delete { key } => {
                     if self.in_range(key) {
                         if op.is_put() {
                             return Err(unit);
@@ -346,7 +318,7 @@ impl Batch {
                         .iter()
                         .rev()
                         .find(|o| o.key() == Some(key.as_str()))
-                        .map(EtcdOp::size)
+                        .map(KvOp::size)
                         .or_else(|| self.size_of(key));
                     match previous {
                         Some(size) => bytes = bytes - size + op.size(),
@@ -427,7 +399,7 @@ impl Batch {
             ..
         } = other;
         for prefix in ranges {
-            self.apply(EtcdOp::DeleteRange { prefix });
+            self.apply(KvOp::DeleteRange { prefix });
         }
         for op in ops {
             self.apply(op);
@@ -449,9 +421,9 @@ impl Batch {
     }
 
     /// Applies one op unconditionally (limits already checked), keeping the invariant.
-    fn apply(&mut self, op: EtcdOp) {
+    fn apply(&mut self, op: KvOp) {
         match op {
-            EtcdOp::DeleteRange { prefix } => {
+            KvOp::DeleteRange { prefix } => {
                 if self.ranges.contains(&prefix) {
                     return;
                 }
@@ -479,7 +451,7 @@ impl Batch {
                 self.bytes += 2 * prefix.len() + OP_OVERHEAD;
                 self.ranges.push(prefix);
             }
-            EtcdOp::Put { ref key, .. } | EtcdOp::Delete { ref key } => {
+            KvOp::Put { ref key, .. } | KvOp::Delete { ref key } => {
                 if self.in_range(key) {
                     // a delete inside a deleted range is a no-op (puts never get here)
                     return;

@@ -1,18 +1,18 @@
 use super::*;
 
-fn put(key: &str, value: &str) -> EtcdOp {
-    EtcdOp::Put {
+fn put(key: &str, value: &str) -> KvOp {
+    KvOp::Put {
         key: key.into(),
         value: value.as_bytes().to_vec(),
     }
 }
 
-fn del(key: &str) -> EtcdOp {
-    EtcdOp::Delete { key: key.into() }
+fn del(key: &str) -> KvOp {
+    KvOp::Delete { key: key.into() }
 }
 
-fn range(prefix: &str) -> EtcdOp {
-    EtcdOp::DeleteRange {
+fn range(prefix: &str) -> KvOp {
+    KvOp::DeleteRange {
         prefix: prefix.into(),
     }
 }
@@ -22,7 +22,7 @@ const WIDE: Limits = Limits {
     max_bytes: 1 << 20,
 };
 
-fn ops_of(batch: &Batch) -> Vec<EtcdOp> {
+fn ops_of(batch: &Batch) -> Vec<KvOp> {
     batch.ops().map(|op| op.into_owned()).collect()
 }
 
@@ -271,7 +271,7 @@ fn a_checkpoint_only_batch_is_not_data() {
     b.set_commit(mark("9"));
     assert!(!b.is_empty());
     assert!(!b.has_data());
-    assert_eq!(b.txn_ops().len(), 0);
+    assert_eq!(b.ops().count(), 0);
 }
 
 #[test]

@@ -4,14 +4,14 @@
 //! revision).
 
 use crate::batch::CommitMark;
-use crate::error::EtcdError;
+use crate::KitError;
 use etcdsync_core::change::rfc3339;
 use etcdsync_core::{Checkpoint, TableId};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
 /// The checkpoint JSON for a commit, stamped with the time it is sent. `writer` names the
-/// streaming session and transaction that puts it (`{session}:{seq}`, [`crate::sink`]'s chain);
+/// streaming session and transaction that puts it (`{session}:{seq}`, the sink's ordered chain);
 /// readers that know only DESIGN §5's fields ignore it.
 pub fn encode_checkpoint(source: &str, mark: &CommitMark, writer: Option<&str>) -> Vec<u8> {
     let stored = StoredCheckpoint {
@@ -48,8 +48,8 @@ pub fn checkpoint_writer(value: &[u8]) -> Option<(String, u64)> {
 }
 
 /// Parses the value of the checkpoint key; `key` is named in the error.
-pub fn decode_checkpoint(key: &str, value: &[u8]) -> Result<Checkpoint, EtcdError> {
-    serde_json::from_slice(value).map_err(|e| EtcdError::MalformedCheckpoint {
+pub fn decode_checkpoint(key: &str, value: &[u8]) -> Result<Checkpoint, KitError> {
+    serde_json::from_slice(value).map_err(|e| KitError::Malformed {
         key: key.to_string(),
         reason: e.to_string(),
     })
@@ -77,8 +77,8 @@ impl PartialMarker {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    pub fn decode(key: &str, value: &[u8]) -> Result<Self, EtcdError> {
-        serde_json::from_slice(value).map_err(|e| EtcdError::MalformedCheckpoint {
+    pub fn decode(key: &str, value: &[u8]) -> Result<Self, KitError> {
+        serde_json::from_slice(value).map_err(|e| KitError::Malformed {
             key: key.to_string(),
             reason: e.to_string(),
         })
@@ -149,7 +149,7 @@ mod tests {
             msg.contains("/m/checkpoint") && msg.contains("delete"),
             "{msg}"
         );
-        assert_eq!(err.kind(), etcdsync_core::ErrorKind::Config);
+        assert!(matches!(err, KitError::Malformed { .. }));
     }
 
     #[test]

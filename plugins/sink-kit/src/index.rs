@@ -1,10 +1,9 @@
 //! The key index of tables whose keys come from a transform (`Route::tracked`, DESIGN §2):
 //! `{meta}/index/{schema}/{table}/{pk…}` holds the row's data key (relative to the data prefix),
 //! `{meta}/owner/{data key}` the row that owns it (its row id, which names the table and the key
-//! components: [`parse_row_id`]). Written in the same etcd transactions as the data.
+//! components: [`parse_row_id`]). Written in the same store transactions as the data.
 
-use crate::config::Settings;
-use crate::error::EtcdError;
+use crate::KitError;
 use etcdsync_core::encode::key::{row_key, table_prefix, unescape_component};
 use etcdsync_core::{TableId, TableSchema, Value};
 
@@ -19,18 +18,19 @@ pub struct KeyIndex {
 }
 
 impl KeyIndex {
-    pub fn new(settings: &Settings) -> Self {
+    /// `data_prefix` and `meta_prefix` end with `/`.
+    pub fn new(data_prefix: &str, meta_prefix: &str) -> Self {
         Self {
-            data_prefix: settings.data_prefix.clone(),
-            entries: format!("{}index", settings.meta_prefix),
-            owners: format!("{}owner/", settings.meta_prefix),
+            data_prefix: data_prefix.to_string(),
+            entries: format!("{meta_prefix}index"),
+            owners: format!("{meta_prefix}owner/"),
         }
     }
 
     /// `{schema}/{table}/{pk1}[/{pk2}…]`: names a row in index values and messages.
-    pub fn row_id(&self, table: &TableSchema, row: &[Value]) -> Result<String, EtcdError> {
+    pub fn row_id(&self, table: &TableSchema, row: &[Value]) -> Result<String, KitError> {
         if table.key.is_empty() {
-            return Err(EtcdError::Protocol(format!(
+            return Err(KitError::Protocol(format!(
                 "table {} has no key columns",
                 table.id
             )));
@@ -39,7 +39,7 @@ impl KeyIndex {
             |&i| !matches!(row.get(i), Some(v) if !matches!(v, Value::Missing | Value::Unchanged)),
         ) {
             let column = table.columns.get(i).map(|c| c.name.as_str()).unwrap_or("?");
-            return Err(EtcdError::Protocol(format!(
+            return Err(KitError::Protocol(format!(
                 "a change of {} lacks the value of key column {column}",
                 table.id
             )));
@@ -108,13 +108,11 @@ pub fn parse_row_id(row_id: &str) -> Option<(TableId, Vec<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EtcdConfig;
     use etcdsync_core::change::Column;
 
     #[test]
     fn names() {
-        let settings = EtcdConfig::default().settings("demo").expect("settings");
-        let index = KeyIndex::new(&settings);
+        let index = KeyIndex::new("/etcdsync/", "/etcdsync-meta/demo/");
         let table = TableSchema::new(
             TableId::new("public", "settings"),
             vec![
