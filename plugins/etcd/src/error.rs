@@ -101,12 +101,9 @@ pub enum EtcdError {
         source: EncodeError,
     },
 
-    /// The checkpoint key holds something that is not a checkpoint.
-    #[error(
-        "`{key}` holds a malformed checkpoint ({reason}); delete it (etcdctl del '{key}') to start over \
-         with a fresh snapshot, or point sink.meta_prefix elsewhere"
-    )]
-    MalformedCheckpoint { key: String, reason: String },
+    /// A marker that does not parse, a change the kit cannot key ([`etcdsync_sink_kit`]).
+    #[error(transparent)]
+    Kit(#[from] etcdsync_sink_kit::KitError),
 
     /// The message stream broke the source contract (e.g. a `Commit` inside a snapshot).
     #[error("unexpected message from the source: {0}")]
@@ -165,7 +162,8 @@ impl EtcdError {
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            EtcdError::TlsFile { .. } | EtcdError::MalformedCheckpoint { .. } => ErrorKind::Config,
+            EtcdError::TlsFile { .. } => ErrorKind::Config,
+            EtcdError::Kit(error) => error.kind(),
             EtcdError::Request { kind, .. } | EtcdError::Fetch { kind, .. } => *kind,
             EtcdError::Oversize { .. }
             | EtcdError::InvalidKey { .. }
@@ -181,17 +179,6 @@ impl EtcdError {
             // The leadership fence (DESIGN §7); streaming order compares report ChainBroken.
             EtcdError::CompareFailed(_) => ErrorKind::Fenced,
             EtcdError::Shutdown => ErrorKind::Transient,
-        }
-    }
-}
-
-impl From<etcdsync_sink_kit::KitError> for EtcdError {
-    fn from(error: etcdsync_sink_kit::KitError) -> Self {
-        match error {
-            etcdsync_sink_kit::KitError::Malformed { key, reason } => {
-                EtcdError::MalformedCheckpoint { key, reason }
-            }
-            etcdsync_sink_kit::KitError::Protocol(message) => EtcdError::Protocol(message),
         }
     }
 }
