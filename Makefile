@@ -1,5 +1,5 @@
 # Developer entry points; see tools/*.sh.
-.PHONY: all test testenv testenv-stop demo bench lint fmt clippy
+.PHONY: all test testenv testenv-stop demo bench bench-sink lint fmt clippy
 
 all: test
 
@@ -15,7 +15,11 @@ testenv-stop:
 demo:
 	tools/demo.sh
 
+# By hand only (never from tools/test.sh or CI): sizes from BENCH_* variables, see tools/bench.sh.
 bench:
+	tools/bench.sh
+
+bench-sink:
 	tools/bench-etcd-sink.sh
 
 lint: fmt clippy

@@ -48,12 +48,14 @@ impl Setup {
         let name = unique("crash").replace('_', "-");
         let data = format!("/c-{name}");
         let meta = format!("/cm-{name}");
-        // Small etcd transactions, one in flight: the snapshot takes long enough to be killed in.
+        // Small etcd transactions, one snapshot transaction in flight: the snapshot takes long
+        // enough to be killed in. Streaming keeps four in flight (ordered by their compare), so
+        // the kills land with several transactions on their way.
         let yaml = format!(
             "name: {name}\nsource:\n  type: pgx\n  url: \"{url}\"\n  sslmode: disable\n  heartbeat_interval: 1s\n  \
              tables:\n    include: [\"public.*\"]\n\
              sink:\n  type: etcd\n  endpoints: [\"{etcd}\"]\n  prefix: {data}\n  meta_prefix: {meta}\n  \
-             max_txn_ops: 16\n  snapshot_txns_in_flight: 1\n",
+             max_txn_ops: 16\n  snapshot_txns_in_flight: 1\n  stream_txns_in_flight: 4\n",
             url = db.url,
             etcd = env("ETCDSYNC_TEST_ETCD"),
         );

@@ -48,7 +48,7 @@ max_request_bytes: 1572864
 on_oversize: error
 on_invalid_key: error
 snapshot_txns_in_flight: 4
-stream_txns_in_flight: 4
+stream_txns_in_flight: 1
 request_timeout: 10s
 "#,
 });

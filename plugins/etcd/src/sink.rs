@@ -228,8 +228,8 @@ struct InFlight {
     /// Kept for lookups of unchanged TOAST columns: its values are not in etcd yet.
     batch: Arc<Batch>,
     handle: JoinHandle<Result<Option<Position>, EtcdError>>,
-    /// Its outcome, for the transaction sent after it.
-    outcome: watch::Receiver<chain::Outcome>,
+    /// Its stage, for the transaction sent after it.
+    stage: watch::Receiver<chain::Stage>,
     /// It does not put the checkpoint key, so nothing may be sent until it is applied.
     alone: bool,
 }

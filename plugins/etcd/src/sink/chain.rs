@@ -29,12 +29,27 @@ pub(super) struct ChainEnd {
     pub mark: Option<CommitMark>,
 }
 
-/// How a streaming transaction ended, for the one sent after it.
+/// Where a streaming transaction stands, for the one sent after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Outcome {
-    Pending,
+pub(super) enum Stage {
+    /// Not on its way to etcd: before its first send, or refused for arriving before its
+    /// predecessor and waiting for it. The next one holds back too — sent now, it would
+    /// arrive before this one and be refused as well.
+    Waiting,
+    /// Its latest attempt is on its way: the next one may follow.
+    Sending,
     Applied,
     Failed,
+}
+
+/// Waits until the transaction before reaches `ready` (or is applied); `Failed` when it failed
+/// or its task is gone.
+async fn reached(before: &mut watch::Receiver<Stage>, ready: &[Stage]) -> Stage {
+    before
+        .wait_for(|stage| ready.contains(stage) || matches!(stage, Stage::Applied | Stage::Failed))
+        .await
+        .map(|stage| *stage)
+        .unwrap_or(Stage::Failed)
 }
 
 /// A name for one sink session's chain, unlike any other session's (process id, time, counter).
@@ -59,13 +74,35 @@ pub(super) struct Link {
     pub writer: Option<(Arc<str>, u64)>,
     /// The leader key and this instance's token, when writes are fenced.
     pub leader: Option<(String, i64)>,
-    /// The outcome of the transaction sent before it, if that was still in flight.
-    pub predecessor: Option<watch::Receiver<Outcome>>,
+    /// The stage of the transaction sent before it, if that was still in flight.
+    pub predecessor: Option<watch::Receiver<Stage>>,
+    /// This transaction's stage (starts `Waiting`; `Applied` or `Failed` when `apply` ends).
+    pub stage: watch::Sender<Stage>,
 }
 
 impl Link {
     /// Applies `build()` under `guards` in its place: after every transaction sent before it.
     pub(super) async fn apply(
+        self,
+        client: &EtcdClient,
+        op: &str,
+        guards: &[Compare],
+        build: impl Fn() -> Vec<TxnOp>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), EtcdError> {
+        let stage = self.stage.clone();
+        let result = self
+            .apply_in_order(client, op, guards, build, shutdown)
+            .await;
+        stage.send_replace(if result.is_ok() {
+            Stage::Applied
+        } else {
+            Stage::Failed
+        });
+        result
+    }
+
+    async fn apply_in_order(
         self,
         client: &EtcdClient,
         op: &str,
@@ -84,8 +121,19 @@ impl Link {
             otherwise.push(TxnOp::get(leader_key.as_str(), None));
         }
         crate::test_hooks::before_stream_txn(key).await;
+        let failed_before = || {
+            EtcdError::Task(
+                "a streaming transaction was not applied because the one before it failed".into(),
+            )
+        };
         let mut predecessor = self.predecessor;
+        if let Some(before) = predecessor.as_mut() {
+            if reached(before, &[Stage::Sending]).await == Stage::Failed {
+                return Err(failed_before());
+            }
+        }
         loop {
+            self.stage.send_replace(Stage::Sending);
             let response = client
                 .txn_or_else(op, &compares, &build, otherwise.clone(), shutdown)
                 .await?;
@@ -114,22 +162,15 @@ impl Link {
             }
             // Not applied: if the one before it was still in flight, this one arrived first.
             if let Some(mut before) = predecessor.take() {
-                let outcome = before
-                    .wait_for(|outcome| *outcome != Outcome::Pending)
-                    .await
-                    .map(|outcome| *outcome)
-                    .unwrap_or(Outcome::Failed);
-                if outcome == Outcome::Applied {
+                self.stage.send_replace(Stage::Waiting);
+                if reached(&mut before, &[]).await == Stage::Applied {
                     events::txn_resent(self.writer.as_ref().map_or(0, |(_, seq)| *seq));
                     continue;
                 }
-                return Err(EtcdError::Task(
-                    "a streaming transaction was not applied because the one before it failed"
-                        .into(),
-                ));
+                return Err(failed_before());
             }
             return Err(EtcdError::ChainBroken {
-                key: self.checkpoint_key,
+                key: self.checkpoint_key.clone(),
                 found: match found {
                     Some((session, seq)) => format!("transaction {seq} of session {session}"),
                     None if current.is_some() => {

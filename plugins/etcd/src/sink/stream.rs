@@ -237,12 +237,14 @@ impl Writer {
             self.last_checkpoint_write = Some(Instant::now());
         }
         let alone = writer.is_none();
+        let (stage, stage_seen) = watch::channel(chain::Stage::Waiting);
         let link = chain::Link {
             checkpoint_key: self.settings.checkpoint_key(),
             expected: end.value,
             writer,
             leader: self.leader.clone(),
-            predecessor: self.in_flight.back().map(|flight| flight.outcome.clone()),
+            predecessor: self.in_flight.back().map(|flight| flight.stage.clone()),
+            stage,
         };
         if !alone {
             self.chain = Some(chain::ChainEnd {
@@ -263,8 +265,7 @@ impl Writer {
         let guards = Arc::clone(&self.guards);
         let shutdown = self.shutdown.clone();
         let checkpoint_key = link.checkpoint_key.clone();
-        let (done, outcome) = watch::channel(chain::Outcome::Pending);
-        let handle = tokio::spawn(async move {
+        let apply = async move {
             let build = || {
                 let mut ops = crate::txn::txn_ops(&applying);
                 if let Some(value) = &checkpoint {
@@ -283,11 +284,6 @@ impl Writer {
                     &shutdown,
                 )
                 .await;
-            done.send_replace(if applied.is_ok() {
-                chain::Outcome::Applied
-            } else {
-                chain::Outcome::Failed
-            });
             applied?;
             let kind = if has_data {
                 TxnKind::Data
@@ -302,11 +298,12 @@ impl Writer {
             }
             events::transactions_applied(applying.commits(), applying.commit_time());
             Ok(position)
-        });
+        };
+        let handle = spawn_started(apply);
         self.in_flight.push_back(InFlight {
             batch,
             handle,
-            outcome,
+            stage: stage_seen,
             alone,
         });
         Ok(())
@@ -373,6 +370,7 @@ impl Writer {
             writer: Some(writer),
             leader: self.leader.clone(),
             predecessor: None,
+            stage: watch::channel(chain::Stage::Waiting).0,
         };
         link.apply(
             &self.client,
@@ -463,5 +461,21 @@ impl Writer {
         if let Some(mut snapshot) = self.snapshot.take() {
             snapshot.tasks.abort_all();
         }
+    }
+}
+
+/// Spawns `task` after polling it once here, which hands its request to the connection now: the
+/// transactions go out in the order they were submitted. A task spawned without that first poll
+/// may run after one spawned later (the runtime runs the newest task first), so its successors
+/// would reach etcd first, fail their order compare and cost a second round trip each.
+fn spawn_started<T: Send + 'static>(
+    task: impl std::future::Future<Output = T> + Send + 'static,
+) -> JoinHandle<T> {
+    let mut task = Box::pin(task);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match task.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(done) => tokio::spawn(async move { done }),
+        // The spawned task polls it again at once, with a waker that wakes it.
+        std::task::Poll::Pending => tokio::spawn(task),
     }
 }
