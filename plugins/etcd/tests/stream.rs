@@ -917,3 +917,69 @@ async fn a_checkpoint_moved_after_it_was_read_is_not_built_upon() {
         "the checkpoint did not go back"
     );
 }
+
+/// Issue #14 item 4: unchanged TOAST values are filled one key at a time into the etcd
+/// transaction being built, which stays within `max_request_bytes` — a source transaction of
+/// many such updates is applied in parts as large as one request, each value filled right (no
+/// cache of the whole transaction's values: the filled values live in the part being built).
+#[tokio::test]
+async fn many_unchanged_toast_updates_fill_into_parts_within_the_request_limit() {
+    const ROWS: i64 = 300;
+    const LIMIT: usize = 65_536;
+    let url = etcd_url();
+    let p = Prefixes::new("toastmany", &url);
+    let mut sink = start(&p.yaml(&format!("max_request_bytes: {LIMIT}\n"))).await;
+    let mut etcd = client(&url).await;
+    let docs = doc_table();
+    let body = |id: i64| format!("{id:04}{}", "b".repeat(4096));
+    let row = |id: i64, n: &str, body: Value| {
+        vec![Value::Int(id), Value::Null, Value::Decimal(n.into()), body]
+    };
+    for chunk in 0..ROWS / 10 {
+        let inserts = (chunk * 10 + 1..=chunk * 10 + 10)
+            .map(|id| Change::insert(docs.clone(), row(id, "1", Value::Text(body(id)))))
+            .collect();
+        sink.txn(inserts, chunk as u64 + 1).await;
+    }
+    sink.wait_ack(&pos(ROWS as u64 / 10)).await;
+    let before = etcd
+        .get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    let updates = (1..=ROWS)
+        .map(|id| Change::update(docs.clone(), None, row(id, "2", Value::Unchanged)))
+        .collect();
+    sink.txn(updates, 1000).await;
+    sink.wait_ack(&pos(1000)).await;
+
+    let response = etcd
+        .get(
+            format!("{}/", p.data),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("get");
+    assert_eq!(response.kvs().len() as i64, ROWS);
+    for kv in response.kvs() {
+        let value: serde_json::Value = serde_json::from_slice(kv.value()).expect("JSON value");
+        let id = value["id"].as_i64().expect("id");
+        assert_eq!(value["n"], "2", "{id}");
+        assert_eq!(value["body"].as_str(), Some(body(id).as_str()), "{id}");
+    }
+    let parts: BTreeSet<i64> = response
+        .kvs()
+        .iter()
+        .map(|kv| kv.mod_revision())
+        .filter(|&revision| revision > before)
+        .collect();
+    let filled_bytes = ROWS as usize * 4096;
+    assert!(
+        parts.len() >= filled_bytes / LIMIT,
+        "{} parts for {filled_bytes} filled bytes at {LIMIT} bytes per request",
+        parts.len()
+    );
+    sink.close().await.expect("clean stop");
+}
