@@ -432,6 +432,18 @@ SQL
     fi
 }
 
+# finish_throughput SOURCE TABLE PREFIX COUNT SECONDS FIGURE UNIT GOAL: stops etcdsync, checks
+# its COUNT keys, times raw writes of as many keys of the same sizes and records the row.
+finish_throughput() {
+    local source=$1 table=$2 prefix=$3 count=$4 seconds=$5 figure=$6 unit=$7 goal=$8 value_size raw
+    stop_etcdsync
+    expect_keys "$SYNC_ETCD" "$prefix" "$count"
+    value_size=$(python3 "$HELPER" value-size "$SYNC_ETCD" "$prefix$(((count + 1) / 2))")
+    raw=$(raw_time "$count" "$prefix" "$value_size")
+    throughput_row "$figure" "$unit" "$count" "$seconds" "$raw" "$goal"
+    drop_tables "$source" "$table"
+}
+
 # drop_tables SOURCE TABLE...: drops the tables, the pipelines' slots and old binlogs.
 drop_tables() {
     local source=$1 table
@@ -450,7 +462,7 @@ drop_tables() {
 # Figures (each runs in a subshell of its own: see run_figure)
 # ---------------------------------------------------------------------------------------------
 fig_a() {
-    local source=$1 table=bench_snap name=bench_${1}_a prefix seconds raw value_size
+    local source=$1 table=bench_snap name=bench_${1}_a seconds
     log "$source (a): $SNAPSHOT_ROWS-row snapshot"
     make_table "$source" "$table" "$SNAPSHOT_ROWS"
     fresh_etcds
@@ -459,17 +471,12 @@ fig_a() {
     seconds=$(calc "%.6f" "$SEEN - $SYNC_T0")
     grep -E 'table copied|snapshot finished' "$SYNC_LOG" | sed 's/^/[bench]   /' >&2 || true
     metrics_summary "$source (a) snapshot"
-    stop_etcdsync
-    prefix=$(key_prefix "$source" "$table")
-    expect_keys "$SYNC_ETCD" "$prefix" "$SNAPSHOT_ROWS"
-    value_size=$(python3 "$HELPER" value-size "$SYNC_ETCD" "$prefix$(((SNAPSHOT_ROWS + 1) / 2))")
-    raw=$(raw_time "$SNAPSHOT_ROWS" "$prefix" "$value_size")
-    throughput_row "$source (a) snapshot, $SNAPSHOT_ROWS rows" rows "$SNAPSHOT_ROWS" "$seconds" "$raw" 0.90
-    drop_tables "$source" "$table"
+    finish_throughput "$source" "$table" "$(key_prefix "$source" "$table")" "$SNAPSHOT_ROWS" "$seconds" \
+        "$source (a) snapshot, $SNAPSHOT_ROWS rows" rows 0.90
 }
 
 fig_b() {
-    local source=$1 table=bench_txn name=bench_${1}_b prefix committed seconds raw value_size
+    local source=$1 table=bench_txn name=bench_${1}_b prefix committed seconds
     log "$source (b): one $TXN_ROWS-row transaction, streamed"
     make_table "$source" "$table" 0
     fresh_etcds
@@ -484,12 +491,8 @@ fig_b() {
     seen_at first
     log "  commit → first key $(calc "%.2f" "$SEEN - $committed") s, → last key $(calc "%.2f" "$seconds") s"
     metrics_summary "$source (b) one $TXN_ROWS-row transaction"
-    stop_etcdsync
-    expect_keys "$SYNC_ETCD" "$prefix" "$TXN_ROWS"
-    value_size=$(python3 "$HELPER" value-size "$SYNC_ETCD" "$prefix$(((TXN_ROWS + 1) / 2))")
-    raw=$(raw_time "$TXN_ROWS" "$prefix" "$value_size")
-    throughput_row "$source (b) one $TXN_ROWS-row transaction" rows "$TXN_ROWS" "$seconds" "$raw" 0.85
-    drop_tables "$source" "$table"
+    finish_throughput "$source" "$table" "$prefix" "$TXN_ROWS" "$seconds" \
+        "$source (b) one $TXN_ROWS-row transaction" rows 0.85
 }
 
 # commit_one_row_txns SOURCE TABLE N: N single-row transactions, as fast as a client can.
@@ -515,7 +518,7 @@ commit_one_row_txns() {
 }
 
 fig_c() {
-    local source=$1 table=bench_catchup name=bench_${1}_c prefix marker seconds raw value_size total
+    local source=$1 table=bench_catchup name=bench_${1}_c prefix marker seconds total
     log "$source (c): catch-up over $CATCHUP_TXNS one-row transactions"
     make_table "$source" "$table" 0 serial
     fresh_etcds
@@ -539,12 +542,8 @@ fig_c() {
     seen_at first
     log "  start → first key $(calc "%.2f" "$SEEN - $SYNC_T0") s, → marker $(calc "%.2f" "$seconds") s"
     metrics_summary "$source (c) catch-up"
-    stop_etcdsync
-    expect_keys "$SYNC_ETCD" "$prefix" "$total"
-    value_size=$(python3 "$HELPER" value-size "$SYNC_ETCD" "$prefix$(((total + 1) / 2))")
-    raw=$(raw_time "$total" "$prefix" "$value_size")
-    throughput_row "$source (c) catch-up, $total one-row txns" txns "$total" "$seconds" "$raw" 0.60
-    drop_tables "$source" "$table"
+    finish_throughput "$source" "$table" "$prefix" "$total" "$seconds" \
+        "$source (c) catch-up, $total one-row txns" txns 0.60
 }
 
 fig_d() {
