@@ -666,6 +666,7 @@ async fn metrics_health_and_readiness_are_served() {
     assert!(get("etcdsync_commit_latency_seconds_count{stage=\"commit_to_applied\"}") >= 1.0);
     assert!(get("etcdsync_commit_latency_seconds_count{stage=\"sink_batch_wait\"}") >= 1.0);
     assert!(get("etcdsync_commit_latency_seconds_count{stage=\"commit_to_received\"}") >= 1.0);
+    assert!(get("etcdsync_commit_latency_seconds_count{stage=\"commit_to_decoded\"}") >= 1.0);
     let checkpoint_at = get("etcdsync_last_checkpoint_timestamp_seconds{}");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

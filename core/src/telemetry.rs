@@ -73,8 +73,9 @@ pub struct Telemetry {
     pub snapshot_rows: IntCounterVec,
     pub snapshot_rows_estimated: IntGaugeVec,
     pub replication_lag: Gauge,
-    /// Where a source transaction's time goes, by `stage`: `commit_to_received` (from the
-    /// source's commit time to the sink receiving the commit: decoding, transforms, queues),
+    /// Where a source transaction's time goes, by `stage`: `commit_to_decoded` (from the
+    /// source's commit time to the source decoding the commit), `commit_to_received` (to the sink
+    /// receiving it: also transforms and queues),
     /// `sink_batch_wait` (from the sink receiving its commit to sending the store transaction
     /// that holds it) and `commit_to_applied` (from the source's commit time to the store
     /// applying it).
@@ -303,8 +304,18 @@ impl Telemetry {
         }
     }
 
-    /// The sink received a commit of a transaction the source committed at `commit_time`: the
-    /// source's share of the latency (server to decoder, decoding, transforms, queues).
+    /// The source decoded the commit of a transaction committed at `commit_time`: the server's
+    /// and the network's share of the latency (WAL sender or binlog dump, decoding).
+    pub fn commit_decoded(&self, commit_time: Option<SystemTime>) {
+        if let Some(lag) = commit_time.and_then(|at| SystemTime::now().duration_since(at).ok()) {
+            self.commit_latency
+                .with_label_values(&["commit_to_decoded"])
+                .observe(lag.as_secs_f64());
+        }
+    }
+
+    /// The sink received a commit of a transaction the source committed at `commit_time`: with
+    /// [`Self::commit_decoded`] before it, the rest is the pipeline's queues and transforms.
     pub fn commit_received(&self, commit_time: Option<SystemTime>) {
         if let Some(lag) = commit_time.and_then(|at| SystemTime::now().duration_since(at).ok()) {
             self.commit_latency

@@ -616,6 +616,7 @@ impl<'a> Decoder<'a> {
             position: Position::new(position),
             commit_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(timestamp))),
         };
+        etcdsync_core::telemetry::get().commit_decoded(commit.commit_time);
         self.output.send(Message::Commit(commit)).await.is_ok()
     }
 

@@ -294,6 +294,7 @@ impl Streamer {
                                     position: position::format(end_lsn),
                                     commit_time: position::pg_time(commit_time_micros),
                                 };
+                                etcdsync_core::telemetry::get().commit_decoded(commit.commit_time);
                                 if let Flow::Stop = out.send(Message::Commit(commit)).await {
                                     break;
                                 }
