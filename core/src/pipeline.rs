@@ -316,14 +316,19 @@ async fn run_attempt(
     let sink_type = config.sink.typetag_name().to_string();
 
     let building = activity.enter(format!("connecting the sink ({sink_type})"));
-    let (sink, resume) = until_lost(&fence, async {
+    let (sink, resume, written_tables) = until_lost(&fence, async {
         let mut sink = config
             .sink
             .build(config.sink_context(fence.clone()))
             .await
             .map_err(counted(stage::SINK))?;
         let resume = sink.checkpoint().await.map_err(counted(stage::SINK))?;
-        Ok((sink, resume))
+        let written = sink
+            .written_tables()
+            .await
+            .map_err(counted(stage::SINK))?
+            .unwrap_or_default();
+        Ok((sink, resume, written))
     })
     .await?;
     drop(building);
@@ -344,6 +349,7 @@ async fn run_attempt(
             name: config.name.clone(),
             resume,
             fence: fence.clone(),
+            written_tables,
         }),
     )
     .await

@@ -42,6 +42,15 @@ pub trait Sink: Send {
     /// The checkpoint stored with the data, if any.
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>>;
 
+    /// The tables this pipeline has written rows of, as the store records them; `None` (the
+    /// default): the sink does not record them. Sources learn of tables dropped while the
+    /// pipeline was stopped from it ([`crate::source::SourceContext::written_tables`]).
+    async fn written_tables(
+        &mut self,
+    ) -> Result<Option<std::collections::HashSet<crate::TableId>>> {
+        Ok(None)
+    }
+
     async fn run(self: Box<Self>, io: SinkIo) -> Result<()>;
 }
 

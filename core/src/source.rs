@@ -21,6 +21,9 @@ pub struct SourceContext {
     /// over upstream resources an earlier instance of the pipeline still holds, after
     /// [`Fence::check`]. `None`: no election; never disturb another session.
     pub fence: Option<Fence>,
+    /// The tables the sink holds rows of ([`crate::sink::Sink::written_tables`]), including ones
+    /// dropped while the pipeline was stopped; empty when the sink does not record them.
+    pub written_tables: std::collections::HashSet<crate::TableId>,
 }
 
 /// Reads a row's current values from the source, for a sink that has no stored value to fill an

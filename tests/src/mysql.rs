@@ -137,6 +137,7 @@ pub async fn build(
             name: name.into(),
             resume,
             fence: None,
+            written_tables: Default::default(),
         })
         .await
 }

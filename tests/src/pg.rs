@@ -205,6 +205,7 @@ impl SourceRun {
                 name: name.into(),
                 resume,
                 fence,
+                written_tables: Default::default(),
             })
             .await
             .unwrap_or_else(|e| panic!("build source: {e}"));

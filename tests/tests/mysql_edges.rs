@@ -500,3 +500,39 @@ async fn load_data_logged_as_a_statement_stops_the_pipeline() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// A database dropped while etcdsync is stopped: the replayed `DROP DATABASE` still removes the
+/// keys of its tables, which the server no longer lists — the sink's table markers name them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_dropped_while_stopped_loses_its_keys_at_the_next_start() {
+    let edge = Edge::new("dropstopped", &["*"]).await;
+    let db = &edge.db;
+    let mut conn = connect().await;
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE `{db}`.a (id INT PRIMARY KEY);
+             INSERT INTO `{db}`.a VALUES (1), (2)"
+        ),
+    )
+    .await;
+    let running = start(&edge.yaml());
+    edge.converges().await;
+    assert_eq!(edge.keys("a").await.len(), 2);
+    running.stop().await;
+    exec(&mut conn, &format!("DROP DATABASE `{db}`")).await;
+    let running = start(&edge.yaml());
+    let mut client = etcd().await;
+    let gone = etcdsync_tests::mysql::eventually(Duration::from_secs(60), || {
+        let mut client = client.clone();
+        let prefix = format!("{}/", edge.prefix);
+        async move { etcd_dump(&mut client, &prefix).await.is_empty() }
+    })
+    .await;
+    assert!(
+        gone,
+        "keys left: {:?}",
+        etcd_dump(&mut client, &format!("{}/", edge.prefix)).await
+    );
+    running.stop().await;
+}

@@ -249,6 +249,7 @@ async fn check_names_the_fixes_for_a_restricted_role() {
             name: name.clone(),
             resume: None,
             fence: None,
+            written_tables: Default::default(),
         })
         .await
     {
@@ -303,6 +304,7 @@ async fn check_reports_wal_level_and_capacity_on_a_server_without_logical_decodi
             name: name.clone(),
             resume: None,
             fence: None,
+            written_tables: Default::default(),
         })
         .await
     {

@@ -442,6 +442,7 @@ async fn a_table_without_a_key_is_left_out_until_it_has_one() {
                 name: unique("p"),
                 resume: None,
                 fence: None,
+                written_tables: Default::default(),
             })
             .await
         {
@@ -640,6 +641,7 @@ async fn a_lost_replication_connection_is_a_transient_error() {
             name: name.clone(),
             resume: None,
             fence: None,
+            written_tables: Default::default(),
         })
         .await
         .expect("build");

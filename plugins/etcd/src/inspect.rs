@@ -488,38 +488,10 @@ impl SinkInspector for EtcdInspector {
     }
 
     async fn written_tables(&mut self) -> Result<Option<std::collections::HashSet<TableId>>> {
-        let markers = self.settings.table_markers();
-        let end = prefix_range_end(&markers);
-        let mut from = markers.clone().into_bytes();
-        let mut tables = std::collections::HashSet::new();
-        loop {
-            let options = GetOptions::new()
-                .with_range(end.clone())
-                .with_keys_only()
-                .with_limit(i64::try_from(SCAN_PAGE).unwrap_or(i64::MAX));
-            let response = self
-                .range("read the table markers", from.clone(), options)
-                .await?;
-            let kvs = response.kvs();
-            for kv in kvs {
-                let key = String::from_utf8_lossy(kv.key());
-                let named = key.strip_prefix(markers.as_str()).and_then(|relative| {
-                    let (schema, table) = relative.split_once('/')?;
-                    Some(TableId::new(
-                        etcdsync_core::encode::key::unescape_component(schema)?,
-                        etcdsync_core::encode::key::unescape_component(table)?,
-                    ))
-                });
-                tables.extend(named);
-            }
-            let Some(last) = kvs.last() else { break };
-            if kvs.len() < SCAN_PAGE {
-                break;
-            }
-            from = last.key().to_vec();
-            from.push(0);
-        }
-        Ok(Some(tables))
+        let client = self.client().await?;
+        Ok(Some(
+            crate::table_markers::read(&client, &self.settings, Some(READ_ATTEMPTS)).await?,
+        ))
     }
 
     async fn scan(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {

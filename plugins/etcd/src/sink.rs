@@ -171,6 +171,12 @@ impl Sink for EtcdSink {
         Ok(checkpoint)
     }
 
+    async fn written_tables(&mut self) -> Result<Option<HashSet<TableId>>> {
+        Ok(Some(
+            crate::table_markers::read(&self.client, &self.settings, Some(3)).await?,
+        ))
+    }
+
     async fn run(self: Box<Self>, io: SinkIo) -> Result<()> {
         let SinkIo {
             input,

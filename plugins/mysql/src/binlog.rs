@@ -12,11 +12,12 @@ use crate::position::{Gtids, SourcePosition};
 use crate::prereq::{Flavour, ServerInfo};
 use crate::snapshot::with_mariadb_gtid;
 use crate::statement::Dialect;
-use etcdsync_core::Message;
+use etcdsync_core::{Message, TableId};
 use futures::StreamExt;
 use mysql_async::prelude::*;
 use mysql_async::BinlogStreamRequest;
 use mysql_async::Conn;
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,7 @@ pub async fn stream(
     config: &ValidMysql,
     server: &ServerInfo,
     start: SourcePosition,
+    written_tables: &HashSet<TableId>,
     output: &mpsc::Sender<Message>,
     shutdown: &CancellationToken,
 ) -> Result<()> {
@@ -107,7 +109,16 @@ pub async fn stream(
         .map_err(|e| stream_error(e, config, &start, true))?;
     tracing::info!(position = %start, mode = ?mode, server_id = config.server_id, "binlog streaming started");
     let mut decoder = Decoder::new(config, server, dialect, mode, start.clone(), output.clone());
-    decoder.synced_at_start(listed.into_iter().map(|(id, _)| id));
+    // Also the tables the sink holds rows of: one dropped while etcdsync was stopped is no longer
+    // listed, yet a replayed `DROP DATABASE` must remove its keys.
+    decoder.synced_at_start(
+        listed.into_iter().map(|(id, _)| id).chain(
+            written_tables
+                .iter()
+                .filter(|t| config.tables.matches(t))
+                .cloned(),
+        ),
+    );
     let mut first = true;
     // Until the first event: end a deposed instance's dump thread that blocks this one.
     let reaper = crate::takeover::end_stuck_dumps(&config.opts);

@@ -227,7 +227,8 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    /// The selected tables that exist where streaming starts (for `DROP DATABASE`).
+    /// The selected tables that exist where streaming starts and those the sink holds rows of
+    /// (for `DROP DATABASE`).
     pub(crate) fn synced_at_start(&mut self, tables: impl IntoIterator<Item = TableId>) {
         self.synced.extend(tables);
     }

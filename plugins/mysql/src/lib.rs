@@ -39,7 +39,9 @@ impl SourceConfig for MysqlConfig {
     async fn build(&self, cx: SourceContext) -> Result<Box<dyn Source>> {
         let config = self.validate_config(&cx.name)?;
         Ok(Box::new(
-            source::MysqlSource::build(config, cx.resume).await?,
+            source::MysqlSource::build(config, cx.resume)
+                .await?
+                .knowing(cx.written_tables),
         ))
     }
 

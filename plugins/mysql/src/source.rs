@@ -9,9 +9,12 @@ use crate::position::SourcePosition;
 use crate::prereq::{self, ServerInfo};
 use crate::snapshot;
 use etcdsync_core::source::{Source, SourceIo};
-use etcdsync_core::{async_trait, telemetry, Checkpoint, Error, ErrorKind, Message, Position};
+use etcdsync_core::{
+    async_trait, telemetry, Checkpoint, Error, ErrorKind, Message, Position, TableId,
+};
 use mysql_async::prelude::*;
 use mysql_async::Conn;
+use std::collections::HashSet;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +35,9 @@ pub struct MysqlSource {
     config: ValidMysql,
     server: ServerInfo,
     start: Start,
+    /// Tables the sink holds rows of: a `DROP DATABASE` replayed after they are gone from the
+    /// server still finds them.
+    written_tables: HashSet<TableId>,
 }
 
 impl MysqlSource {
@@ -76,7 +82,14 @@ impl MysqlSource {
             config,
             server,
             start,
+            written_tables: HashSet::new(),
         })
+    }
+
+    /// The tables the sink holds rows of ([`etcdsync_core::source::SourceContext::written_tables`]).
+    pub fn knowing(mut self, written_tables: HashSet<TableId>) -> Self {
+        self.written_tables = written_tables;
+        self
     }
 
     pub fn start(&self) -> &Start {
@@ -135,8 +148,16 @@ impl Source for MysqlSource {
             },
         };
         let conn = connect(&self.config.opts).await?;
-        let streamed =
-            binlog::stream(conn, &self.config, &self.server, start, &output, &shutdown).await;
+        let streamed = binlog::stream(
+            conn,
+            &self.config,
+            &self.server,
+            start,
+            &self.written_tables,
+            &output,
+            &shutdown,
+        )
+        .await;
         match streamed {
             // The checkpoint's GTIDs are gone from the server's binlogs (found only when
             // streaming starts, as the GTID state names no file).
@@ -154,6 +175,7 @@ impl Source for MysqlSource {
                     &self.config,
                     &self.server,
                     position,
+                    &self.written_tables,
                     &output,
                     &shutdown,
                 )
