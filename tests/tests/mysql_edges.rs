@@ -450,15 +450,8 @@ async fn drop_database_removes_the_keys_of_its_tables() {
     edge.converges().await;
     assert_eq!(edge.keys("a").await.len() + edge.keys("b").await.len(), 3);
     exec(&mut conn, &format!("DROP DATABASE `{db}`")).await;
-    let mut client = etcd().await;
-    let gone = etcdsync_tests::mysql::eventually(Duration::from_secs(60), || {
-        let mut client = client.clone();
-        let prefix = format!("{}/", edge.prefix);
-        async move { etcd_dump(&mut client, &prefix).await.is_empty() }
-    })
-    .await;
-    if !gone {
-        let left = etcd_dump(&mut client, &format!("{}/", edge.prefix)).await;
+    let left = keys_left_after(&edge, Duration::from_secs(60)).await;
+    if !left.is_empty() {
         if running.is_running() {
             panic!("keys left after 60 s, the pipeline still running: {left:?}");
         }
@@ -522,17 +515,24 @@ async fn a_database_dropped_while_stopped_loses_its_keys_at_the_next_start() {
     running.stop().await;
     exec(&mut conn, &format!("DROP DATABASE `{db}`")).await;
     let running = start(&edge.yaml());
-    let mut client = etcd().await;
-    let gone = etcdsync_tests::mysql::eventually(Duration::from_secs(60), || {
+    let left = keys_left_after(&edge, Duration::from_secs(60)).await;
+    assert!(left.is_empty(), "keys left: {left:?}");
+    running.stop().await;
+}
+
+/// What the pipeline's data prefix still holds once it emptied or `patience` passed.
+async fn keys_left_after(
+    edge: &Edge,
+    patience: Duration,
+) -> std::collections::BTreeMap<String, String> {
+    let client = etcd().await;
+    let prefix = format!("{}/", edge.prefix);
+    etcdsync_tests::mysql::eventually(patience, || {
         let mut client = client.clone();
-        let prefix = format!("{}/", edge.prefix);
+        let prefix = prefix.clone();
         async move { etcd_dump(&mut client, &prefix).await.is_empty() }
     })
     .await;
-    assert!(
-        gone,
-        "keys left: {:?}",
-        etcd_dump(&mut client, &format!("{}/", edge.prefix)).await
-    );
-    running.stop().await;
+    let mut client = client;
+    etcd_dump(&mut client, &prefix).await
 }
