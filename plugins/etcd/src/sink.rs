@@ -47,6 +47,8 @@ pub struct EtcdSink {
     guards: Arc<Vec<Compare>>,
     /// What [`Sink::checkpoint`] found: the position and a split transaction's progress.
     resumed: Resumed,
+    /// Tables whose marker [`Sink::written_tables`] found: not written again this run.
+    marked: HashSet<TableId>,
 }
 
 /// Where the previous run stopped, as the sink's metadata says.
@@ -90,6 +92,7 @@ impl EtcdSink {
             fence: None,
             guards: Arc::new(Vec::new()),
             resumed: Resumed::default(),
+            marked: HashSet::new(),
         })
     }
 
@@ -172,9 +175,9 @@ impl Sink for EtcdSink {
     }
 
     async fn written_tables(&mut self) -> Result<Option<HashSet<TableId>>> {
-        Ok(Some(
-            crate::table_markers::read(&self.client, &self.settings, Some(3)).await?,
-        ))
+        let tables = crate::table_markers::read(&self.client, &self.settings, Some(3)).await?;
+        self.marked.clone_from(&tables);
+        Ok(Some(tables))
     }
 
     async fn run(self: Box<Self>, io: SinkIo) -> Result<()> {
@@ -354,6 +357,7 @@ impl Writer {
             guards,
             resumed,
             fence,
+            marked,
         } = sink;
         let leader = fence.map(|fence| (settings.leader_key(), fence.token));
         let index = KeyIndex::new(&settings.data_prefix, &settings.meta_prefix);
@@ -387,7 +391,7 @@ impl Writer {
             last_position: resumed.position,
             open_last_seq: None,
             fetcher: None,
-            marked: HashSet::new(),
+            marked,
             replay: resumed.partial.map(|partial| Replay {
                 after: partial.after,
                 seq: partial.seq.and_then(|seq| seq.parse().ok()),

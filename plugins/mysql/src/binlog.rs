@@ -109,15 +109,14 @@ pub async fn stream(
         .map_err(|e| stream_error(e, config, &start, true))?;
     tracing::info!(position = %start, mode = ?mode, server_id = config.server_id, "binlog streaming started");
     let mut decoder = Decoder::new(config, server, dialect, mode, start.clone(), output.clone());
-    // Also the tables the sink holds rows of: one dropped while etcdsync was stopped is no longer
-    // listed, yet a replayed `DROP DATABASE` must remove its keys.
-    decoder.synced_at_start(
-        listed.into_iter().map(|(id, _)| id).chain(
-            written_tables
-                .iter()
-                .filter(|t| config.tables.matches(t))
-                .cloned(),
-        ),
+    decoder.synced_at_start(listed.into_iter().map(|(id, _)| id));
+    // A table dropped while etcdsync was stopped is no longer listed, yet a replayed
+    // `DROP DATABASE` must remove its keys.
+    decoder.written_by_sink(
+        written_tables
+            .iter()
+            .filter(|t| config.tables.matches(t))
+            .cloned(),
     );
     let mut first = true;
     // Until the first event: end a deposed instance's dump thread that blocks this one.

@@ -165,6 +165,10 @@ pub(crate) struct Decoder<'a> {
     copied: HashMap<TableId, BinlogPos>,
     /// Tables known to be synced (listed at start, mapped, copied), for `DROP DATABASE`.
     synced: HashSet<TableId>,
+    /// Selected tables the sink holds rows of (its table markers), also for `DROP DATABASE`: a
+    /// database dropped while etcdsync was stopped is no longer listed. Kept apart from
+    /// `synced`, which also decides whether a table was ever readable (and so copied).
+    written: HashSet<TableId>,
     /// A DDL inside a transaction that needs a copy: done once the transaction is committed.
     deferred: Vec<Statement>,
     gtid: Option<TxnGtid>,
@@ -220,6 +224,7 @@ impl<'a> Decoder<'a> {
             prepared: Vec::new(),
             copied: HashMap::new(),
             synced: HashSet::new(),
+            written: HashSet::new(),
             deferred: Vec::new(),
             gtid: None,
             last_report: Instant::now(),
@@ -227,10 +232,14 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    /// The selected tables that exist where streaming starts and those the sink holds rows of
-    /// (for `DROP DATABASE`).
+    /// The selected tables that exist where streaming starts (for `DROP DATABASE`).
     pub(crate) fn synced_at_start(&mut self, tables: impl IntoIterator<Item = TableId>) {
         self.synced.extend(tables);
+    }
+
+    /// The selected tables the sink holds rows of (for `DROP DATABASE`).
+    pub(crate) fn written_by_sink(&mut self, tables: impl IntoIterator<Item = TableId>) {
+        self.written.extend(tables);
     }
 
     /// Handles one event; `false` when the sink has gone away.
@@ -717,7 +726,7 @@ impl<'a> Decoder<'a> {
             Statement::Drop(tables) if self.on_drop == OnDrop::Delete => tables.clone(),
             Statement::DropSchema(schema) if self.on_drop == OnDrop::Delete => self
                 .synced
-                .iter()
+                .union(&self.written)
                 .filter(|t| t.schema == *schema)
                 .cloned()
                 .collect(),
@@ -728,6 +737,9 @@ impl<'a> Decoder<'a> {
             .filter(|t| self.selection.matches(t))
             .map(|t| Change::truncate(Arc::new(TableSchema::name_only(t))))
             .collect();
+        if !changes.is_empty() || matches!(statement, Statement::DropSchema(_)) {
+            tracing::debug!(statement = ?statement, truncates = changes.len(), in_txn = self.in_txn, at = log_pos, "DDL removes tables' keys");
+        }
         if let Statement::Rename(_) | Statement::Recopy(_) = statement {
             self.deferred.push(statement);
         }

@@ -61,6 +61,7 @@ impl Decoder<'_> {
         };
         for id in done.retired {
             self.synced.remove(&id);
+            self.written.remove(&id);
             self.copied.remove(&id);
         }
         for id in done.copied {
