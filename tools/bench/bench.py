@@ -51,6 +51,8 @@ def cmd_port():
 def cmd_wait_key(endpoint, key, timeout, out):
     cmd, env = etcdctl(endpoint, "watch", "--rev=1", key)
     watch = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # Stopped by the script (a figure ends early): the watch must not outlive us.
+    signal.signal(signal.SIGTERM, lambda *_: (watch.kill(), sys.exit(1)))
     timer = threading.Timer(float(timeout), watch.kill)
     timer.start()
     seen = None
