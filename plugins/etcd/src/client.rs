@@ -13,6 +13,57 @@ use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The keys under a prefix, a page at a time, in key order.
+#[derive(Debug)]
+pub struct Pages {
+    from: Option<Vec<u8>>,
+    options: GetOptions,
+}
+
+impl Pages {
+    /// Pages of `limit` keys under `prefix`; `keys_only` leaves the values out.
+    ///
+    /// No revision filter: etcd reads the whole remaining range for every page of a request
+    /// that filters by revision (it drops the limit), so callers filter what a page returns.
+    pub fn of_prefix(prefix: &str, limit: i64, keys_only: bool) -> Self {
+        let options = GetOptions::new()
+            .with_range(etcdsync_core::encode::key::prefix_range_end(prefix))
+            .with_limit(limit);
+        Self {
+            from: Some(prefix.as_bytes().to_vec()),
+            options: if keys_only {
+                options.with_keys_only()
+            } else {
+                options
+            },
+        }
+    }
+
+    /// The next page; `None` after the last.
+    pub async fn next(
+        &mut self,
+        client: &EtcdClient,
+        op: &str,
+        shutdown: Option<&CancellationToken>,
+        max_attempts: Option<u32>,
+    ) -> Result<Option<GetResponse>, EtcdError> {
+        let Some(from) = self.from.take() else {
+            return Ok(None);
+        };
+        let response = client
+            .get(op, from, Some(self.options.clone()), shutdown, max_attempts)
+            .await?;
+        if response.more() {
+            self.from = response.kvs().last().map(|kv| {
+                let mut next = kv.key().to_vec();
+                next.push(0);
+                next
+            });
+        }
+        Ok(Some(response))
+    }
+}
+
 /// Largest response accepted (pages of keys, a row's value); etcd-client's default is 4 MiB.
 pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 

@@ -6,10 +6,8 @@
 //! `{meta}/status` current while it runs ([`crate::status`]).
 
 use crate::batch::{Batch, CommitMark, KvOp, Limits, Lookup};
-use crate::checkpoint::{
-    decode_checkpoint, encode_checkpoint, PartialMarker, SnapshotMarker, SnapshotState,
-};
-use crate::client::EtcdClient;
+use crate::checkpoint::{encode_checkpoint, PartialMarker, SnapshotMarker, SnapshotState};
+use crate::client::{EtcdClient, Pages};
 use crate::config::{OnInvalidKey, OnOversize, Settings};
 use crate::error::EtcdError;
 use crate::events::{self, TxnKind};
@@ -127,17 +125,8 @@ impl Sink for EtcdSink {
             .client
             .get("read the checkpoint", key.as_str(), None, None, Some(3))
             .await?;
-        let checkpoint = match response.kvs().first() {
-            None => None,
-            Some(kv) => Some(decode_checkpoint(&key, kv.value())?),
-        };
-        let chain = chain::ChainEnd {
-            value: response.kvs().first().map(|kv| kv.value().to_vec()),
-            mark: checkpoint.as_ref().map(|c| CommitMark {
-                position: c.position.clone(),
-                committed_at: c.committed_at.clone(),
-            }),
-        };
+        let (chain, checkpoint) =
+            chain::ChainEnd::stored(&key, response.kvs().first().map(|kv| kv.value()))?;
         let partial_key = self.settings.partial_key();
         let response = self
             .client

@@ -2,11 +2,10 @@
 //! rows of, written before the table's first write of a run ([`crate::sink`]) and read by
 //! `verify` (which tables are ours) and at start (which tables a source should know of).
 
-use crate::client::EtcdClient;
+use crate::client::{EtcdClient, Pages};
 use crate::config::Settings;
 use crate::error::EtcdError;
-use etcd_client::GetOptions;
-use etcdsync_core::encode::key::{prefix_range_end, unescape_component};
+use etcdsync_core::encode::key::unescape_component;
 use etcdsync_core::TableId;
 use std::collections::HashSet;
 
@@ -20,41 +19,20 @@ pub async fn read(
     attempts: Option<u32>,
 ) -> Result<HashSet<TableId>, EtcdError> {
     let markers = settings.table_markers();
-    let end = prefix_range_end(&markers);
-    let mut from = markers.clone().into_bytes();
+    let mut pages = Pages::of_prefix(&markers, PAGE, true);
     let mut tables = HashSet::new();
-    loop {
-        let options = GetOptions::new()
-            .with_range(end.clone())
-            .with_keys_only()
-            .with_limit(PAGE);
-        let response = client
-            .get(
-                "read the table markers",
-                from.clone(),
-                Some(options),
-                None,
-                attempts,
-            )
-            .await?;
-        let kvs = response.kvs();
-        for kv in kvs {
+    while let Some(page) = pages
+        .next(client, "read the table markers", None, attempts)
+        .await?
+    {
+        tables.extend(page.kvs().iter().filter_map(|kv| {
             let key = String::from_utf8_lossy(kv.key());
-            let named = key.strip_prefix(markers.as_str()).and_then(|relative| {
-                let (schema, table) = relative.split_once('/')?;
-                Some(TableId::new(
-                    unescape_component(schema)?,
-                    unescape_component(table)?,
-                ))
-            });
-            tables.extend(named);
-        }
-        let Some(last) = kvs.last() else { break };
-        if kvs.len() < usize::try_from(PAGE).unwrap_or(usize::MAX) {
-            break;
-        }
-        from = last.key().to_vec();
-        from.push(0);
+            let (schema, table) = key.strip_prefix(markers.as_str())?.split_once('/')?;
+            Some(TableId::new(
+                unescape_component(schema)?,
+                unescape_component(table)?,
+            ))
+        }));
     }
     Ok(tables)
 }

@@ -794,13 +794,7 @@ async fn overtaking_is_refused(nth: u64) {
     let resent_before = resent();
     let mut sink = start(&p.yaml("stream_txns_in_flight: 4\nmax_txn_ops: 16\n")).await;
     let mut etcd = client(&url).await;
-    let start = etcd
-        .get("/", None)
-        .await
-        .expect("get")
-        .header()
-        .expect("header")
-        .revision();
+    let start = revision_now(&mut etcd).await;
     let t = table("s", "t");
     let label = |i: u64| format!("v{i:03}");
     for i in 1..=N {
@@ -862,14 +856,25 @@ async fn a_checkpoint_written_by_someone_else_stops_the_stream_loudly() {
     let t = table("s", "t");
     sink.txn(vec![insert(&t, 1, "a")], 1).await;
     sink.wait_ack(&pos(1)).await;
-    let foreign = get(&mut etcd, &p.checkpoint_key())
+    move_checkpoint(&mut etcd, &p, 1, 9).await;
+    sink.txn(vec![insert(&t, 2, "b")], 2).await;
+    assert_chain_broken(sink, &mut etcd, &p).await;
+}
+
+/// Rewrites the checkpoint in etcd from position `from` to `to`, as another writer would.
+async fn move_checkpoint(etcd: &mut etcd_client::Client, p: &Prefixes, from: u64, to: u64) {
+    let moved = get(etcd, &p.checkpoint_key())
         .await
         .expect("checkpoint")
-        .replace(pos(1).as_str(), pos(9).as_str());
-    etcd.put(p.checkpoint_key(), foreign, None)
+        .replace(pos(from).as_str(), pos(to).as_str());
+    etcd.put(p.checkpoint_key(), moved, None)
         .await
         .expect("put");
-    sink.txn(vec![insert(&t, 2, "b")], 2).await;
+}
+
+/// The sink stopped with a transient error naming the checkpoint key, and the transaction sent
+/// after the checkpoint moved (row 2 of s.t) is not in etcd.
+async fn assert_chain_broken(sink: Running, etcd: &mut etcd_client::Client, p: &Prefixes) {
     let error = sink.result().await.expect_err("the chain is broken");
     assert_eq!(error.kind(), ErrorKind::Transient, "{error}");
     assert!(
@@ -877,7 +882,17 @@ async fn a_checkpoint_written_by_someone_else_stops_the_stream_loudly() {
             && error.to_string().contains("something else wrote it"),
         "{error}"
     );
-    assert_eq!(get(&mut etcd, &p.key("s", "t", 2)).await, None);
+    assert_eq!(get(etcd, &p.key("s", "t", 2)).await, None);
+}
+
+/// etcd's current revision.
+async fn revision_now(etcd: &mut etcd_client::Client) -> i64 {
+    etcd.get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision()
 }
 
 /// A late write of an earlier attempt that lands after the sink read its checkpoint (and before
@@ -897,20 +912,10 @@ async fn a_checkpoint_moved_after_it_was_read_is_not_built_upon() {
     let mut sink = build(&p.yaml("")).await.expect("build the sink");
     let resumed = sink.checkpoint().await.expect("read the checkpoint");
     assert_eq!(resumed.map(|c| c.position), Some(pos(1)));
-    let late = get(&mut etcd, &p.checkpoint_key())
-        .await
-        .expect("checkpoint")
-        .replace(pos(1).as_str(), pos(5).as_str());
-    etcd.put(p.checkpoint_key(), late, None).await.expect("put");
+    move_checkpoint(&mut etcd, &p, 1, 5).await;
     let sink = run(sink);
     sink.txn(vec![insert(&t, 2, "b")], 2).await;
-    let error = sink.result().await.expect_err("the chain is broken");
-    assert_eq!(error.kind(), ErrorKind::Transient, "{error}");
-    assert!(
-        error.to_string().contains("something else wrote it"),
-        "{error}"
-    );
-    assert_eq!(get(&mut etcd, &p.key("s", "t", 2)).await, None);
+    assert_chain_broken(sink, &mut etcd, &p).await;
     assert_eq!(
         checkpoint_in_etcd(&mut etcd, &p).await.map(|c| c.position),
         Some(pos(5)),
@@ -942,13 +947,7 @@ async fn many_unchanged_toast_updates_fill_into_parts_within_the_request_limit()
         sink.txn(inserts, chunk as u64 + 1).await;
     }
     sink.wait_ack(&pos(ROWS as u64 / 10)).await;
-    let before = etcd
-        .get("/", None)
-        .await
-        .expect("get")
-        .header()
-        .expect("header")
-        .revision();
+    let before = revision_now(&mut etcd).await;
     let updates = (1..=ROWS)
         .map(|id| Change::update(docs.clone(), None, row(id, "2", Value::Unchanged)))
         .collect();

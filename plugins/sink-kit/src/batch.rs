@@ -229,6 +229,22 @@ impl Batch {
         self.tally.add(table, op);
     }
 
+    /// [`Self::try_add`] of one source change's operations, counting the change (`op`, when it
+    /// counts as applied) once they are in.
+    pub fn try_add_change(
+        &mut self,
+        unit: Vec<KvOp>,
+        limits: Limits,
+        table: &TableId,
+        op: Option<&str>,
+    ) -> Result<(), Vec<KvOp>> {
+        self.try_add(unit, limits)?;
+        if let Some(op) = op {
+            self.count_change(table, op);
+        }
+        Ok(())
+    }
+
     pub fn tally(&self) -> &ChangeTally {
         &self.tally
     }

@@ -9,11 +9,12 @@
 //! a transaction etcd had already applied and an early arrival apart.
 
 use crate::batch::CommitMark;
-use crate::checkpoint::checkpoint_writer;
+use crate::checkpoint::{checkpoint_writer, decode_checkpoint};
 use crate::client::EtcdClient;
 use crate::error::EtcdError;
 use crate::events;
 use etcd_client::{Compare, CompareOp, TxnOp, TxnOpResponse, TxnResponse};
+use etcdsync_core::Checkpoint;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,6 +28,25 @@ pub(super) struct ChainEnd {
     pub value: Option<Vec<u8>>,
     /// The commit it names, which a part of a split source transaction puts again.
     pub mark: Option<CommitMark>,
+}
+
+impl ChainEnd {
+    /// The chain's end as the checkpoint key `key` holds `value` (`None`: absent), and the
+    /// checkpoint it names.
+    pub(super) fn stored(
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(Self, Option<Checkpoint>), EtcdError> {
+        let checkpoint = value.map(|v| decode_checkpoint(key, v)).transpose()?;
+        let end = ChainEnd {
+            value: value.map(<[u8]>::to_vec),
+            mark: checkpoint.as_ref().map(|c| CommitMark {
+                position: c.position.clone(),
+                committed_at: c.committed_at.clone(),
+            }),
+        };
+        Ok((end, checkpoint))
+    }
 }
 
 /// Where a streaming transaction stands, for the one sent after it.
@@ -82,19 +102,19 @@ pub(super) struct Link {
 
 impl Link {
     /// Applies `build()` under `guards` in its place: after every transaction sent before it.
+    /// Its stage ends `Applied` or `Failed` with it.
     pub(super) async fn apply(
-        self,
+        mut self,
         client: &EtcdClient,
         op: &str,
         guards: &[Compare],
         build: impl Fn() -> Vec<TxnOp>,
         shutdown: &CancellationToken,
     ) -> Result<(), EtcdError> {
-        let stage = self.stage.clone();
         let result = self
             .apply_in_order(client, op, guards, build, shutdown)
             .await;
-        stage.send_replace(if result.is_ok() {
+        self.stage.send_replace(if result.is_ok() {
             Stage::Applied
         } else {
             Stage::Failed
@@ -103,7 +123,7 @@ impl Link {
     }
 
     async fn apply_in_order(
-        self,
+        &mut self,
         client: &EtcdClient,
         op: &str,
         guards: &[Compare],
@@ -126,7 +146,7 @@ impl Link {
                 "a streaming transaction was not applied because the one before it failed".into(),
             )
         };
-        let mut predecessor = self.predecessor;
+        let mut predecessor = self.predecessor.take();
         if let Some(before) = predecessor.as_mut() {
             if reached(before, &[Stage::Sending]).await == Stage::Failed {
                 return Err(failed_before());

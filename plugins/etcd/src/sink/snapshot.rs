@@ -67,14 +67,8 @@ impl Writer {
         let Some(snapshot) = self.snapshot.as_mut() else {
             return Ok(());
         };
-        let unit = match snapshot.batch.try_add(unit, limits) {
-            Ok(()) => {
-                if let Some(op) = op {
-                    snapshot.batch.count_change(&table.id, op);
-                }
-                return Ok(());
-            }
-            Err(unit) => unit,
+        let Err(unit) = snapshot.batch.try_add_change(unit, limits, &table.id, op) else {
+            return Ok(());
         };
         let unit = if snapshot.batch.has_data() {
             let full = std::mem::take(&mut snapshot.batch);
@@ -82,15 +76,10 @@ impl Writer {
             let Some(snapshot) = self.snapshot.as_mut() else {
                 return Ok(());
             };
-            match snapshot.batch.try_add(unit, limits) {
-                Ok(()) => {
-                    if let Some(op) = op {
-                        snapshot.batch.count_change(&table.id, op);
-                    }
-                    return Ok(());
-                }
-                Err(unit) => unit,
-            }
+            let Err(unit) = snapshot.batch.try_add_change(unit, limits, &table.id, op) else {
+                return Ok(());
+            };
+            unit
         } else {
             unit
         };
@@ -249,39 +238,33 @@ impl Writer {
         table: &TableId,
         start_revision: i64,
     ) -> Result<(), EtcdError> {
-        let prefix = table_prefix(&self.settings.prefix, table);
-        let end = prefix_range_end(&prefix);
-        let mut from = prefix.into_bytes();
+        let mut pages = Pages::of_prefix(
+            &table_prefix(&self.settings.prefix, table),
+            STALE_SCAN_PAGE,
+            true,
+        );
         let mut stale: Vec<Vec<u8>> = Vec::new();
         let mut deleted = 0;
         let chunk = self.settings.max_txn_ops;
         loop {
-            let options = GetOptions::new()
-                .with_range(end.clone())
-                .with_keys_only()
-                .with_limit(STALE_SCAN_PAGE);
-            let response = self
-                .client
-                .get(
+            let page = pages
+                .next(
+                    &self.client,
                     "list a snapshotted table's keys",
-                    from.clone(),
-                    Some(options),
                     Some(&self.shutdown),
                     None,
                 )
                 .await?;
-            let kvs = response.kvs();
-            stale.extend(
-                kvs.iter()
-                    .filter(|kv| kv.mod_revision() <= start_revision)
-                    .map(|kv| kv.key().to_vec()),
-            );
-            let more = response.more() && !kvs.is_empty();
-            if let Some(last) = kvs.last() {
-                from = last.key().to_vec();
-                from.push(0);
+            let last = page.is_none();
+            if let Some(page) = page {
+                stale.extend(
+                    page.kvs()
+                        .iter()
+                        .filter(|kv| kv.mod_revision() <= start_revision)
+                        .map(|kv| kv.key().to_vec()),
+                );
             }
-            while stale.len() >= chunk || (!more && !stale.is_empty()) {
+            while stale.len() >= chunk || (last && !stale.is_empty()) {
                 let take = stale.len().min(chunk);
                 let ops: Vec<TxnOp> = stale
                     .drain(..take)
@@ -300,7 +283,7 @@ impl Writer {
                     .await?;
                 events::txn_applied_since(TxnKind::Snapshot, count, started);
             }
-            if !more {
+            if last {
                 break;
             }
         }

@@ -38,28 +38,17 @@ impl Writer {
         let op = (!has_invalid_key(&change)).then(|| change.op_name());
         let unit = self.change_ops(change).await?;
         let limits = self.stream_limits;
-        let unit = match self.open.try_add(unit, limits) {
-            Ok(()) => {
-                if let Some(op) = op {
-                    self.open.count_change(&table.id, op);
-                }
-                return Ok(());
-            }
-            Err(unit) => unit,
+        let Err(unit) = self.open.try_add_change(unit, limits, &table.id, op) else {
+            return Ok(());
         };
         let unit = if self.open.has_data() {
             // The source transaction is larger than one etcd transaction, or writes into a range
             // it truncated: apply it in parts, in order; only its last part carries the checkpoint.
             self.submit_open_part().await?;
-            match self.open.try_add(unit, limits) {
-                Ok(()) => {
-                    if let Some(op) = op {
-                        self.open.count_change(&table.id, op);
-                    }
-                    return Ok(());
-                }
-                Err(unit) => unit,
-            }
+            let Err(unit) = self.open.try_add_change(unit, limits, &table.id, op) else {
+                return Ok(());
+            };
+            unit
         } else {
             unit
         };
@@ -329,19 +318,7 @@ impl Writer {
                 None,
             )
             .await?;
-        let end = match response.kvs().first() {
-            None => chain::ChainEnd::default(),
-            Some(kv) => {
-                let checkpoint = decode_checkpoint(&key, kv.value())?;
-                chain::ChainEnd {
-                    value: Some(kv.value().to_vec()),
-                    mark: Some(CommitMark {
-                        position: checkpoint.position,
-                        committed_at: checkpoint.committed_at,
-                    }),
-                }
-            }
-        };
+        let (end, _) = chain::ChainEnd::stored(&key, response.kvs().first().map(|kv| kv.value()))?;
         self.chain = Some(end.clone());
         Ok(end)
     }

@@ -180,28 +180,20 @@ impl Writer {
         table: &TableId,
         stale_at: Option<i64>,
     ) -> Result<usize, EtcdError> {
-        let prefix = self.index.table_entries(table);
-        let end = prefix_range_end(&prefix);
-        let mut from = prefix.into_bytes();
+        let mut pages = Pages::of_prefix(&self.index.table_entries(table), STALE_SCAN_PAGE, false);
         let mut ops: Vec<TxnOp> = Vec::new();
         let mut deleted = 0;
         let chunk = self.settings.max_txn_ops;
-        loop {
-            let options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(STALE_SCAN_PAGE);
-            let response = self
-                .client
-                .get(
-                    "list a table's key index",
-                    from.clone(),
-                    Some(options),
-                    Some(&self.shutdown),
-                    None,
-                )
-                .await?;
-            let kvs = response.kvs();
-            for kv in kvs {
+        while let Some(page) = pages
+            .next(
+                &self.client,
+                "list a table's key index",
+                Some(&self.shutdown),
+                None,
+            )
+            .await?
+        {
+            for kv in page.kvs() {
                 if stale_at.is_some_and(|revision| kv.mod_revision() > revision) {
                     continue;
                 }
@@ -230,14 +222,6 @@ impl Writer {
                     let batch = std::mem::take(&mut ops);
                     self.delete_indexed_txn(stale_at, batch).await?;
                 }
-            }
-            let more = response.more() && !kvs.is_empty();
-            if let Some(last) = kvs.last() {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            if !more {
-                break;
             }
         }
         if !ops.is_empty() {
