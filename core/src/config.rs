@@ -118,6 +118,12 @@ impl PipelineConfig {
         SinkContext {
             name: self.name.clone(),
             source_type: self.source.plugin_name().to_string(),
+            former_source_names: self
+                .source
+                .former_names()
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
             fence,
         }
     }

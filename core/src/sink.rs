@@ -17,9 +17,19 @@ pub struct SinkContext {
     pub name: String,
     /// The source's plugin name, recorded in checkpoints.
     pub source_type: String,
+    /// Names earlier versions recorded for the same source (an alias's own name, say): a
+    /// checkpoint with one of them resumes as if it had `source_type`.
+    pub former_source_names: Vec<String>,
     /// The leadership this sink writes under: every write must be conditional on it
     /// (DESIGN §7). `None` for sinks built outside an election (`check`, tests).
     pub fence: Option<Fence>,
+}
+
+impl SinkContext {
+    /// Whether a checkpoint recorded by source `recorded` belongs to this pipeline's source.
+    pub fn is_own_source(&self, recorded: &str) -> bool {
+        recorded == self.source_type || self.former_source_names.iter().any(|name| name == recorded)
+    }
 }
 
 /// The sink's ends of the pipeline.

@@ -179,6 +179,12 @@ pub trait SourceConfig: Debug + Send + Sync {
         self.typetag_name()
     }
 
+    /// Names earlier versions of the plugin recorded in checkpoints instead of
+    /// [`Self::plugin_name`]; a checkpoint with one of them is resumed, not refused.
+    fn former_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Checks the configuration without I/O; errors name the key and the fix.
     fn validate(&self, pipeline_name: &str) -> Result<()>;
 

@@ -271,6 +271,16 @@ impl Run {
     pub fn still_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Asserts the process has not exited (the pipeline keeps running), showing its stderr.
+    pub fn assert_running(&mut self) {
+        let exited = self.child.try_wait().expect("try_wait");
+        assert!(
+            exited.is_none(),
+            "etcdsync run exited ({exited:?}); stderr:\n{}",
+            self.stderr()
+        );
+    }
 }
 
 impl Drop for Run {

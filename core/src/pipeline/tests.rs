@@ -1,6 +1,6 @@
 //! Error counting and the shutdown timeout, with in-process fake plugins.
 use super::*;
-use crate::change::Checkpoint;
+use crate::change::{Checkpoint, Position};
 use crate::sink::{Sink, SinkConfig, SinkContext};
 use crate::source::{Source, SourceConfig};
 use async_trait::async_trait;
@@ -20,6 +20,9 @@ struct Running(Option<String>);
 impl SourceConfig for TestSource {
     fn validate(&self, _name: &str) -> Result<()> {
         Ok(())
+    }
+    fn former_names(&self) -> &'static [&'static str] {
+        &["pipeline_test_former"]
     }
     async fn build(&self, _cx: SourceContext) -> Result<Box<dyn Source>> {
         Ok(Box::new(Running(self.fail.clone())))
@@ -45,10 +48,17 @@ impl Source for Running {
     }
 }
 
+/// `checkpoint_source`: the sink holds a checkpoint that source wrote.
 #[derive(Debug, Serialize, Deserialize)]
-struct TestSink {}
+struct TestSink {
+    #[serde(default)]
+    checkpoint_source: Option<String>,
+}
 
-struct Draining;
+#[derive(Default)]
+struct Draining {
+    checkpoint_source: Option<String>,
+}
 
 #[async_trait]
 #[typetag::serde(name = "pipeline_test_sink")]
@@ -57,14 +67,21 @@ impl SinkConfig for TestSink {
         Ok(())
     }
     async fn build(&self, _cx: SinkContext) -> Result<Box<dyn Sink>> {
-        Ok(Box::new(Draining))
+        Ok(Box::new(Draining {
+            checkpoint_source: self.checkpoint_source.clone(),
+        }))
     }
 }
 
 #[async_trait]
 impl Sink for Draining {
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
-        Ok(None)
+        Ok(self.checkpoint_source.clone().map(|source| Checkpoint {
+            source,
+            position: Position::new("p1"),
+            committed_at: None,
+            applied_at: "2026-01-01T00:00:00Z".into(),
+        }))
     }
     async fn run(self: Box<Self>, mut io: SinkIo) -> Result<()> {
         while io.input.recv().await.is_some() {}
@@ -183,7 +200,7 @@ impl SinkConfig for LeadingSink {
     }
     async fn build(&self, cx: SinkContext) -> Result<Box<dyn Sink>> {
         assert!(cx.fence.is_some(), "built without the won fence");
-        Ok(Box::new(Draining))
+        Ok(Box::new(Draining::default()))
     }
     async fn elect(
         &self,
@@ -340,4 +357,39 @@ fn a_chunk_is_full_at_its_count_or_its_bytes() {
         .find(|_| large.push(Change::insert(table.clone(), row(64 * 1024))))
         .expect("full by bytes");
     assert_eq!(full_at, BYTES_PER_MESSAGE.div_ceil(64 * 1024 + 24));
+}
+
+#[tokio::test]
+async fn a_checkpoint_of_a_former_source_name_resumes_and_a_foreign_one_is_refused() {
+    let with_checkpoint_of = |source: &str| {
+        PipelineConfig::parse(&format!(
+            "name: t\nsource: {{ type: pipeline_test_source, fail: polite }}\n\
+             sink: {{ type: pipeline_test_sink, checkpoint_source: {source} }}\nshutdown_timeout: 200ms\n"
+        ))
+        .expect("config")
+    };
+    let error = run(&with_checkpoint_of("mysql"), CancellationToken::new())
+        .await
+        .expect_err("another source's checkpoint");
+    assert_eq!(error.kind(), ErrorKind::Config);
+    assert!(
+        error.to_string().contains("written by source `mysql`"),
+        "{error}"
+    );
+
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let config = with_checkpoint_of("pipeline_test_former");
+    let task = tokio::spawn(async move { run(&config, stop).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !task.is_finished(),
+        "a former name's checkpoint was refused"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops")
+        .expect("join")
+        .expect("a clean stop");
 }

@@ -226,6 +226,7 @@ async fn start_sink(url: &str, prefix: &str, meta: &str) -> BenchResult<Running>
         .build(SinkContext {
             name: "bench".into(),
             source_type: "bench".into(),
+            former_source_names: Vec::new(),
             fence: None,
         })
         .await?;

@@ -53,6 +53,8 @@ pub const METADATA_KEYS: [&str; 4] = ["checkpoint", "snapshot", "status", "leade
 pub struct EtcdInspector {
     settings: Arc<Settings>,
     source_type: String,
+    /// Names earlier versions recorded for the same source; their checkpoints are ours too.
+    former_source_names: Vec<String>,
     client: Option<EtcdClient>,
     index: KeyIndex,
     owners: Option<OwnerCache>,
@@ -97,11 +99,23 @@ impl EtcdInspector {
         Self {
             settings: Arc::new(settings),
             source_type: source_type.into(),
+            former_source_names: Vec::new(),
             client: None,
             index,
             owners: None,
             guards: Vec::new(),
         }
+    }
+
+    /// Also takes checkpoints recorded under these names as this source's
+    /// ([`etcdsync_core::sink::SinkContext::former_source_names`]).
+    pub fn with_former_source_names(mut self, names: Vec<String>) -> Self {
+        self.former_source_names = names;
+        self
+    }
+
+    fn is_own_source(&self, recorded: &str) -> bool {
+        recorded == self.source_type || self.former_source_names.iter().any(|name| name == recorded)
     }
 
     /// Makes `repair`'s writes conditional on this leadership (taken by `verify --repair`).

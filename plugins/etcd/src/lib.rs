@@ -91,7 +91,9 @@ impl SinkConfig for EtcdConfig {
     async fn inspect(&self, cx: SinkContext) -> Result<Box<dyn SinkInspector>> {
         let settings = self.settings(&cx.name)?;
         Ok(Box::new(
-            EtcdInspector::new(settings, cx.source_type).with_fence(cx.fence),
+            EtcdInspector::new(settings, cx.source_type)
+                .with_former_source_names(cx.former_source_names)
+                .with_fence(cx.fence),
         ))
     }
 }

@@ -39,6 +39,7 @@ async fn inspector(yaml: &str) -> Box<dyn SinkInspector> {
         .inspect(SinkContext {
             name: PIPELINE.into(),
             source_type: SOURCE.into(),
+            former_source_names: Vec::new(),
             fence: None,
         })
         .await
@@ -162,6 +163,24 @@ async fn check_passes_on_the_test_etcd_and_leaves_no_probe_behind() {
         "{}",
         report(&results)
     );
+
+    // A name an earlier version recorded for the same source (an alias's) is this source's.
+    etcd.put(p.checkpoint_key(), checkpoint("former-name"), None)
+        .await
+        .expect("put");
+    let results = parse(&p.yaml(""))
+        .expect("valid config")
+        .inspect(SinkContext {
+            name: PIPELINE.into(),
+            source_type: SOURCE.into(),
+            former_source_names: vec!["former-name".into()],
+            fence: None,
+        })
+        .await
+        .expect("inspector")
+        .check(CheckOptions::default())
+        .await;
+    assert!(named(&results, "checkpoint").ok, "{}", report(&results));
 }
 
 #[tokio::test]

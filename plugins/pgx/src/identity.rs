@@ -16,11 +16,15 @@ use std::collections::BTreeMap;
 use tokio_postgres::Client;
 
 /// OID → the name its keys are under, and the columns (name, type) its rows were copied with:
-/// the synced ones, so a change of `exclude_columns` counts as a change of columns too.
+/// the synced ones, so a change of `exclude_columns` counts as a change of columns too. For a
+/// partitioned table also its leaf partitions as copied
+/// ([`crate::relations::partition_fingerprint`]), so a partition attached, detached or
+/// truncated while etcdsync was stopped is found at the next start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
     pub tables: BTreeMap<u32, TableId>,
     pub columns: BTreeMap<u32, Vec<(String, u32)>>,
+    pub partitions: BTreeMap<u32, Vec<(u32, u32)>>,
 }
 
 /// One registry entry as the comment holds it.
@@ -31,6 +35,9 @@ struct Entry {
     /// Columns as (name, type OID); absent in entries written before columns were kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     c: Option<Vec<(String, u32)>>,
+    /// Leaf partitions as (OID, relfilenode), for a partitioned table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<Vec<(u32, u32)>>,
 }
 
 /// What the catalog says about the registered tables.
@@ -76,6 +83,9 @@ impl Registry {
             if let Some(columns) = entry.c {
                 registry.columns.insert(oid, columns);
             }
+            if let Some(partitions) = entry.p {
+                registry.partitions.insert(oid, partitions);
+            }
         }
         Some(registry)
     }
@@ -90,6 +100,7 @@ impl Registry {
                     Entry {
                         t: format!("{}\u{1f}{}", id.schema, id.table),
                         c: self.columns.get(oid).cloned(),
+                        p: self.partitions.get(oid).cloned(),
                     },
                 )
             })
@@ -146,6 +157,13 @@ impl Registry {
                         let columns = crate::relations::table_columns(client, *oid).await?;
                         if *copied != synced_columns(selection, now, columns) {
                             out.reshaped.push(now.clone());
+                            continue;
+                        }
+                    }
+                    if let Some(copied) = self.partitions.get(oid) {
+                        let leaves = crate::relations::partition_fingerprint(client, *oid).await?;
+                        if leaves.as_ref() != Some(copied) {
+                            out.reshaped.push(now.clone());
                         }
                     }
                 }
@@ -195,6 +213,9 @@ mod tests {
         registry
             .columns
             .insert(16390, vec![("id".into(), 23), ("note".into(), 25)]);
+        registry
+            .partitions
+            .insert(16390, vec![(16400, 16400), (16405, 16410)]);
         assert_eq!(Registry::parse(&registry.render()), Some(registry));
         assert_eq!(Registry::parse("written by a person"), None);
         assert_eq!(Registry::parse(&format!("{COMMENT_PREFIX}not json")), None);

@@ -56,9 +56,16 @@ inventory::submit!(PluginInfo {
     example: ALIAS_EXAMPLE,
 });
 
+/// Before the alias recorded `pgx`, a pipeline configured with `type: postgres` recorded that.
+const FORMER_NAMES: &[&str] = &["postgres"];
+
 #[async_trait]
 #[typetag::serde(name = "pgx")]
 impl SourceConfig for PgxConfig {
+    fn former_names(&self) -> &'static [&'static str] {
+        FORMER_NAMES
+    }
+
     fn validate(&self, pipeline_name: &str) -> Result<()> {
         self.validated(pipeline_name).map(|_| ())
     }
@@ -83,6 +90,10 @@ pub struct PostgresAlias(pub PgxConfig);
 impl SourceConfig for PostgresAlias {
     fn plugin_name(&self) -> &'static str {
         "pgx"
+    }
+
+    fn former_names(&self) -> &'static [&'static str] {
+        FORMER_NAMES
     }
 
     fn validate(&self, pipeline_name: &str) -> Result<()> {
@@ -114,6 +125,14 @@ mod tests {
             "pgx",
             "checkpoints name the plugin, not the alias"
         );
+        // Checkpoints the alias recorded before it named the plugin resume under either type.
+        let pgx: Box<dyn SourceConfig> = serde_yaml::from_str(
+            "type: pgx\nurl: postgres://u@h/db\ntables: { include: [\"public.*\"] }\n",
+        )
+        .expect("parses");
+        for config in [&config, &pgx] {
+            assert!(config.former_names().contains(&"postgres"));
+        }
     }
 
     #[test]

@@ -158,7 +158,7 @@ async fn start_identity(
     }
     let mut current = Registry {
         tables: tables.iter().map(|t| (t.oid, t.id.clone())).collect(),
-        columns: Default::default(),
+        ..Registry::default()
     };
     for table in tables {
         let columns = shapes.get(&table.id).cloned().unwrap_or_default();

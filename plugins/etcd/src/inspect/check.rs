@@ -604,7 +604,7 @@ impl EtcdInspector {
                 format!("`{key}` holds a malformed checkpoint"),
                 error.to_string(),
             ),
-            Ok(checkpoint) if checkpoint.source != self.source_type => CheckResult::fail(
+            Ok(checkpoint) if !self.is_own_source(&checkpoint.source) => CheckResult::fail(
                 name,
                 format!(
                     "`{key}` was written by source `{}` but this config's source is `{}`",

@@ -283,10 +283,15 @@ impl Writer {
             return Ok(false);
         };
         if let Some(name) = etcdsync_core::source::fill_from_current(table, row, &current) {
-            return Err(unresolved(
-                name,
-                format!("{reason}, and the source's row has no such column"),
-            ));
+            // The column was renamed, dropped or retyped after this change: the source copies
+            // the table again when it meets that change (or, where it cannot, says to repair).
+            tracing::warn!(
+                table = %table.id,
+                column = name,
+                "an update left a TOASTed column unchanged that the table no longer has ({reason}); \
+                 its put is left out — the column change that follows copies the table again"
+            );
+            return Ok(false);
         }
         tracing::debug!(table = %table.id, "filled unchanged TOAST columns from the source's current row");
         Ok(true)

@@ -218,6 +218,7 @@ pub async fn build(yaml: &str) -> etcdsync_core::Result<Box<dyn Sink>> {
         .build(SinkContext {
             name: PIPELINE.into(),
             source_type: SOURCE.into(),
+            former_source_names: Vec::new(),
             fence: None,
         })
         .await

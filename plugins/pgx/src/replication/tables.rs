@@ -199,7 +199,13 @@ impl Streamer {
             && self.pending.is_empty()
             && st.copy.is_none()
             && st.promote.is_none();
-        if let (true, Some(registry)) = (settled, &identity.registry) {
+        if let (true, Some(registry)) = (settled, &mut self.identity.registry) {
+            registry.partitions = self
+                .partitions
+                .values()
+                .filter(|(oid, _)| registry.tables.contains_key(oid))
+                .map(|(oid, leaves)| (*oid, leaves.clone()))
+                .collect();
             registry
                 .write(&self.catalog, &self.valid.publication)
                 .await?;
