@@ -1016,29 +1016,81 @@ async fn hostile_passwords_are_never_shown() {
         shown_nowhere(command, &text(&output));
     }
 
-    // Connection retries against a closed port, percent-encoded password.
+    // Connection retries against a closed port: a percent-encoded password, one given as a
+    // `password=` parameter, and one with a raw `#` and `%`.
     let encoded = format!("Enc%23Pw%2F{tag}%3F%40%25");
-    let closed = format!("postgres://etcdsync:{encoded}@127.0.0.1:1/nowhere");
-    let config = pipe.config(
-        "retry.yaml",
-        Parts {
-            url: Some(&closed),
-            top: "log:\n  format: text\n  level: trace\nshutdown_timeout: 5s\n",
-            ..Parts::default()
-        },
-    );
-    let mut run = Run::start(&config, &envs);
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    run.signal("TERM");
-    let _ = run.wait(WAIT).await;
-    let stderr = run.stderr();
-    assert!(
-        stderr.contains("127.0.0.1:1"),
-        "retries expected:\n{stderr}"
-    );
-    shown_nowhere("connection retries", &stderr);
-    let output = etcdsync(&["check", "-c", path(&config)], &envs).await;
-    shown_nowhere("check of an unreachable server", &text(&output));
+    for (file, closed) in [
+        (
+            "retry.yaml",
+            format!("postgres://etcdsync:{encoded}@127.0.0.1:1/nowhere"),
+        ),
+        (
+            "retry-param.yaml",
+            format!("postgres://etcdsync@127.0.0.1:1/nowhere?sslmode=disable&password=Pa{tag}"),
+        ),
+        (
+            "retry-raw.yaml",
+            format!("postgres://etcdsync:A#b%{tag}@127.0.0.1:1/nowhere"),
+        ),
+    ] {
+        let config = pipe.config(
+            file,
+            Parts {
+                url: Some(&closed),
+                top: "log:\n  format: text\n  level: trace\nshutdown_timeout: 5s\n",
+                ..Parts::default()
+            },
+        );
+        let mut run = Run::start(&config, &envs);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        run.signal("TERM");
+        let _ = run.wait(WAIT).await;
+        let stderr = run.stderr();
+        assert!(
+            stderr.contains("127.0.0.1:1"),
+            "retries expected:\n{stderr}"
+        );
+        shown_nowhere("connection retries", &stderr);
+        let output = etcdsync(&["check", "-c", path(&config)], &envs).await;
+        shown_nowhere("check of an unreachable server", &text(&output));
+    }
+
+    // Passwords the URL parser would split, refused without being shown: a raw `@` (then `/`),
+    // a raw `&` inside a `password=` value; and a literal numeric etcd password next to a config
+    // error.
+    let numeric_literal =
+        format!("  username: etcdsync\n  password: {numeric_etcd}\n  max_txn_ops: -5\n");
+    for (file, url, sink_extra) in [
+        (
+            "raw-at.yaml",
+            format!("postgres://etcdsync:Ab@Se/{tag}@127.0.0.1:1/x"),
+            "",
+        ),
+        (
+            "raw-amp.yaml",
+            format!("postgres://etcdsync@127.0.0.1:1/x?password=Ab&{tag}"),
+            "",
+        ),
+        (
+            "numeric.yaml",
+            "postgres://etcdsync@127.0.0.1:1/x".to_string(),
+            numeric_literal.as_str(),
+        ),
+    ] {
+        let config = pipe.config(
+            file,
+            Parts {
+                url: Some(&url),
+                sink_extra,
+                ..Parts::default()
+            },
+        );
+        for command in ["check", "run"] {
+            let output = etcdsync(&[command, "-c", path(&config)], &envs).await;
+            assert!(!output.status.success(), "{file}: {}", text(&output));
+            shown_nowhere(&format!("{command} of {file}"), &text(&output));
+        }
+    }
 
     // Config errors: a URL that does not parse, and a bad key next to a numeric etcd password.
     let unparsable = format!("postgres://etcdsync:Bad%zz{tag}@127.0.0.1:1/x?port=notaport");

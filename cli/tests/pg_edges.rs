@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A table-rewriting `ALTER` on a table the snapshot has not copied yet waits for the snapshot
@@ -260,26 +261,8 @@ async fn an_unmanaged_publication_stops_at_a_rename_with_a_fix_that_works() {
 /// `snapshot: never`: the row was never copied).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_is_filled_from_the_full_old_tuple() {
-    let pipe = Pipe::new("toastf").await;
-    pipe.sql(
-        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, big text);
-         ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL;
-         ALTER TABLE t REPLICA IDENTITY FULL;
-         INSERT INTO t SELECT g, g, repeat(md5(g::text), 100) FROM generate_series(1, 20) g;",
-    )
-    .await;
-    let config = pipe.config(
-        "toastf.yaml",
-        Parts {
-            include: "\"public.t\"",
-            source_extra: "  snapshot: never\n",
-            ..Parts::default()
-        },
-    );
-    let run = Run::start(&config, &[]);
-    let streaming =
-        etcdsync_tests::pg::eventually(WAIT, || async { pipe.checkpoint().await.is_some() }).await;
-    assert!(streaming, "never streamed: {}", run.stderr());
+    let setup = format!("{}ALTER TABLE t REPLICA IDENTITY FULL;", toast_sql("t", 20));
+    let (pipe, config, _run) = never_copied("toastf", "t", &setup, "").await;
     pipe.sql("UPDATE t SET v = v + 1").await;
     pipe.wait_synced("t", "updates with unchanged TOAST").await;
     assert_verify_clean(&config).await;
@@ -293,42 +276,39 @@ fn table_sql(name: &str, rows: i64) -> String {
     )
 }
 
-/// Waits until etcd's data prefix holds exactly the rows of `tables`, nothing else.
-async fn wait_exactly(pipe: &Pipe, tables: &[&str], what: &str) {
-    let synced = etcdsync_tests::pg::eventually(WAIT, || async {
-        let mut want = std::collections::BTreeMap::new();
-        for table in tables {
-            want.extend(pipe.expected(table).await);
-        }
-        pipe.etcd_data().await == want
-    })
-    .await;
-    if synced {
-        return;
-    }
-    let mut want = std::collections::BTreeMap::new();
-    for table in tables {
-        want.extend(pipe.expected(table).await);
-    }
-    let have = pipe.etcd_data().await;
-    let missing: Vec<&String> = want
-        .keys()
-        .filter(|k| !have.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<&String> = have
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .take(5)
-        .collect();
-    let different: Vec<(&String, &String)> = want
-        .iter()
-        .filter(|(k, v)| have.get(*k).is_some_and(|h| h != *v))
-        .take(5)
-        .collect();
-    panic!(
-        "{what}: etcd does not hold exactly {tables:?}: missing {missing:?}, extra {extra:?}, different {different:?}"
+/// The key of the tables [`table_sql`] and [`toast_sql`] create.
+const ID: &[&str] = &["id"];
+
+/// Creates `public.{name}` `(id, v, big)` with `big` stored out of line and `rows` rows.
+fn toast_sql(name: &str, rows: i64) -> String {
+    format!(
+        "CREATE TABLE {name} (id int PRIMARY KEY, v int NOT NULL, big text);
+         ALTER TABLE {name} ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO {name} SELECT g, g, repeat(md5(g::text), 100) FROM generate_series(1, {rows}) g;"
+    )
+}
+
+/// A pipeline `tag` on `public.{table}` (created by `setup`) that never copies it (`snapshot:
+/// never`, then `source_extra`), started and streaming.
+async fn never_copied(
+    tag: &str,
+    table: &str,
+    setup: &str,
+    source_extra: &str,
+) -> (Pipe, PathBuf, Run) {
+    let pipe = Pipe::new(tag).await;
+    pipe.sql(setup).await;
+    let config = pipe.config(
+        &format!("{tag}.yaml"),
+        Parts {
+            include: &format!("\"public.{table}\""),
+            source_extra: &format!("  snapshot: never\n{source_extra}"),
+            ..Parts::default()
+        },
     );
+    let run = Run::start(&config, &[]);
+    pipe.wait_streaming(&run).await;
+    (pipe, config, run)
 }
 
 /// Table identity is the OID (DESIGN §2): renamed within the selection, the keys move; renamed
@@ -360,9 +340,16 @@ async fn renames_and_drops_follow_the_table_identity() {
         },
     );
     let mut run = Run::start(&config, &[]);
-    wait_exactly(
-        &pipe,
-        &["keep_a", "keep_c", "keep_e", "keep_f", "keep_g", "keep_h"],
+    pipe.wait_exactly(
+        &run,
+        &[
+            ("keep_a", ID),
+            ("keep_c", ID),
+            ("keep_e", ID),
+            ("keep_f", ID),
+            ("keep_g", ID),
+            ("keep_h", ID),
+        ],
         "snapshot",
     )
     .await;
@@ -378,32 +365,34 @@ async fn renames_and_drops_follow_the_table_identity() {
          INSERT INTO keep_f VALUES (100, 'recreated');",
     )
     .await;
-    wait_exactly(
-        &pipe,
-        &["keep_b", "keep_d", "keep_f", "keep_g", "keep_h"],
-        "after renames and drops while running",
-    )
-    .await;
+    let renamed: &[(&str, &[&str])] = &[
+        ("keep_b", ID),
+        ("keep_d", ID),
+        ("keep_f", ID),
+        ("keep_g", ID),
+        ("keep_h", ID),
+    ];
+    pipe.wait_exactly(&run, renamed, "after renames and drops while running")
+        .await;
     pipe.sql("INSERT INTO keep_b VALUES (1000, 'streamed under the new name'); INSERT INTO keep_f VALUES (101, 'x');")
         .await;
-    wait_exactly(
-        &pipe,
-        &["keep_b", "keep_d", "keep_f", "keep_g", "keep_h"],
-        "streaming after them",
-    )
-    .await;
+    pipe.wait_exactly(&run, renamed, "streaming after them")
+        .await;
     assert_verify_clean(&config).await;
 
     // While stopped.
-    run.signal("TERM");
-    let status = run.wait(WAIT).await.expect("stops");
-    assert!(status.success(), "{}", run.stderr());
+    run.stop().await;
     pipe.sql("ALTER TABLE keep_g RENAME TO keep_g2; DROP TABLE keep_h;")
         .await;
-    let _run = Run::start(&config, &[]);
-    wait_exactly(
-        &pipe,
-        &["keep_b", "keep_d", "keep_f", "keep_g2"],
+    let run = Run::start(&config, &[]);
+    pipe.wait_exactly(
+        &run,
+        &[
+            ("keep_b", ID),
+            ("keep_d", ID),
+            ("keep_f", ID),
+            ("keep_g2", ID),
+        ],
         "after a rename and a drop while stopped",
     )
     .await;
@@ -416,14 +405,8 @@ async fn renames_and_drops_follow_the_table_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_without_a_stored_value_is_read_from_postgres() {
     let pipe = Pipe::new("toastr").await;
-    pipe.sql(
-        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, big text);
-         ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL;
-         INSERT INTO t SELECT g, g, repeat(md5(g::text), 100) FROM generate_series(1, 20) g;
-         CREATE TABLE n (id int PRIMARY KEY, v int NOT NULL, big text);
-         ALTER TABLE n ALTER COLUMN big SET STORAGE EXTERNAL;",
-    )
-    .await;
+    pipe.sql(&format!("{}{}", toast_sql("t", 20), toast_sql("n", 0)))
+        .await;
     let config = pipe.config(
         "toastr.yaml",
         Parts {
@@ -440,25 +423,7 @@ async fn unchanged_toast_without_a_stored_value_is_read_from_postgres() {
     drop(run);
 
     // A row never copied: `snapshot: never`, and no REPLICA IDENTITY FULL.
-    let pipe = Pipe::new("toastn").await;
-    pipe.sql(
-        "CREATE TABLE n (id int PRIMARY KEY, v int NOT NULL, big text);
-         ALTER TABLE n ALTER COLUMN big SET STORAGE EXTERNAL;
-         INSERT INTO n SELECT g, g, repeat(md5(g::text), 100) FROM generate_series(1, 10) g;",
-    )
-    .await;
-    let config = pipe.config(
-        "toastn.yaml",
-        Parts {
-            include: "\"public.n\"",
-            source_extra: "  snapshot: never\n",
-            ..Parts::default()
-        },
-    );
-    let run = Run::start(&config, &[]);
-    let streaming =
-        etcdsync_tests::pg::eventually(WAIT, || async { pipe.checkpoint().await.is_some() }).await;
-    assert!(streaming, "never streamed: {}", run.stderr());
+    let (pipe, config, _run) = never_copied("toastn", "n", &toast_sql("n", 10), "").await;
     pipe.sql("UPDATE n SET v = v + 1").await;
     pipe.wait_synced("n", "updates of rows never copied").await;
     assert_verify_clean(&config).await;
@@ -470,25 +435,13 @@ async fn unchanged_toast_without_a_stored_value_is_read_from_postgres() {
 /// again — no stall.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_of_a_column_dropped_since_is_left_to_the_copy() {
-    let pipe = Pipe::new("toastdrop").await;
-    pipe.sql(
-        "CREATE TABLE n (id int PRIMARY KEY, v int NOT NULL, big text);
-         ALTER TABLE n ALTER COLUMN big SET STORAGE EXTERNAL;
-         INSERT INTO n SELECT g, g, repeat(md5(g::text), 100) FROM generate_series(1, 10) g;",
+    let (pipe, config, mut run) = never_copied(
+        "toastdrop",
+        "n",
+        &toast_sql("n", 10),
+        "  table_refresh_interval: 1s\n",
     )
     .await;
-    let config = pipe.config(
-        "toastdrop.yaml",
-        Parts {
-            include: "\"public.n\"",
-            source_extra: "  snapshot: never\n  table_refresh_interval: 1s\n",
-            ..Parts::default()
-        },
-    );
-    let mut run = Run::start(&config, &[]);
-    let streaming =
-        etcdsync_tests::pg::eventually(WAIT, || async { pipe.checkpoint().await.is_some() }).await;
-    assert!(streaming, "never streamed: {}", run.stderr());
     // One implicit transaction: the update and the drop commit together.
     pipe.sql("UPDATE n SET v = v + 1 WHERE id <= 3; ALTER TABLE n DROP COLUMN big;")
         .await;
@@ -542,12 +495,10 @@ async fn a_toasted_primary_key_value_is_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transforms_see_toasted_columns_of_updates() {
     let pipe = Pipe::new("toastx").await;
-    pipe.sql(
-        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, big text);
-         ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL;
-         INSERT INTO t SELECT g, g, repeat(md5(g::text), 100) FROM generate_series(1, 20) g;
-         UPDATE t SET big = NULL WHERE id > 15;",
-    )
+    pipe.sql(&format!(
+        "{}UPDATE t SET big = NULL WHERE id > 15;",
+        toast_sql("t", 20)
+    ))
     .await;
     let config = pipe.config(
         "toastx.yaml",
@@ -624,9 +575,7 @@ async fn columns_changed_while_stopped_are_noticed_at_start() {
     pipe.wait_synced("keep_t", "snapshot").await;
     // Let the registry (written once etcd holds the snapshot) settle, then stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    run.signal("TERM");
-    let status = run.wait(WAIT).await.expect("stops");
-    assert!(status.success(), "{}", run.stderr());
+    run.stop().await;
     pipe.sql("ALTER TABLE keep_t ADD COLUMN extra int DEFAULT 7; ALTER TABLE keep_t RENAME COLUMN v TO label;")
         .await;
     let run = Run::start(&config, &[]);
@@ -663,12 +612,7 @@ async fn a_column_no_longer_excluded_is_copied_in() {
     assert!(copied, "{}", run.stderr());
     assert_verify_clean(&excluded).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    run.signal("TERM");
-    assert!(
-        run.wait(WAIT).await.expect("stops").success(),
-        "{}",
-        run.stderr()
-    );
+    run.stop().await;
 
     let whole = pipe.config(
         "whole.yaml",

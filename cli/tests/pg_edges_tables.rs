@@ -7,53 +7,8 @@
 mod common;
 
 use common::*;
-use etcdsync_core::TableId;
 use etcdsync_tests::pg::{etcd, etcd_dump, eventually};
 use std::collections::BTreeMap;
-
-/// What etcd must hold for `tables`: (name, key columns) of `public` tables, default layout.
-async fn expected_of(pipe: &Pipe, tables: &[(&str, &[&str])]) -> BTreeMap<String, String> {
-    let client = pipe.db.client().await;
-    let mut want = BTreeMap::new();
-    for (table, key) in tables {
-        want.extend(
-            etcdsync_tests::pg::expected(&client, &pipe.data, &TableId::new("public", *table), key)
-                .await,
-        );
-    }
-    want
-}
-
-/// Waits until etcd's data prefix holds exactly `tables`; panics naming the differing keys.
-async fn wait_exactly(pipe: &Pipe, run: &Run, tables: &[(&str, &[&str])], what: &str) {
-    let ok = eventually(WAIT, || async {
-        pipe.etcd_data().await == expected_of(pipe, tables).await
-    })
-    .await;
-    if ok {
-        return;
-    }
-    let (want, have) = (expected_of(pipe, tables).await, pipe.etcd_data().await);
-    let missing: Vec<&String> = want
-        .keys()
-        .filter(|k| !have.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<&String> = have
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .take(5)
-        .collect();
-    let different: Vec<(&String, &String)> = have
-        .iter()
-        .filter(|(k, v)| want.get(*k).is_some_and(|w| w != *v))
-        .take(5)
-        .collect();
-    panic!(
-        "{what}: missing {missing:?}, extra {extra:?}, different (etcd) {different:?}; stderr:\n{}",
-        run.stderr()
-    );
-}
 
 /// A table matching the selection created without a primary key while running is left out with
 /// one warning naming the fix; its updates and deletes still work (it is not in the
@@ -110,8 +65,7 @@ async fn a_new_table_without_a_key_is_picked_up_once_it_has_one() {
     );
 
     pipe.sql("ALTER TABLE nk ADD PRIMARY KEY (id)").await;
-    wait_exactly(
-        &pipe,
+    pipe.wait_exactly(
         &run,
         &[("a", &["id"]), ("nk", &["id"])],
         "after ADD PRIMARY KEY",
@@ -119,13 +73,8 @@ async fn a_new_table_without_a_key_is_picked_up_once_it_has_one() {
     .await;
     pipe.sql("UPDATE nk SET v = 'streamed' WHERE id = 1; DELETE FROM nk WHERE id = 2; INSERT INTO nk VALUES (9, 'nk9');")
         .await;
-    wait_exactly(
-        &pipe,
-        &run,
-        &[("a", &["id"]), ("nk", &["id"])],
-        "streaming nk",
-    )
-    .await;
+    pipe.wait_exactly(&run, &[("a", &["id"]), ("nk", &["id"])], "streaming nk")
+        .await;
     assert_verify_clean(&config).await;
     run.assert_running();
 }
@@ -148,6 +97,12 @@ async fn publication_repaired(pipe: &Pipe, tables: &[&str]) -> bool {
     };
     let listed: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     tables.iter().all(|t| listed.iter().any(|l| l == t))
+}
+
+/// Waits until [`publication_repaired`] holds for `t` and `ev`; panics with `what` and stderr.
+async fn wait_repaired(pipe: &Pipe, run: &Run, what: &str) {
+    let repaired = eventually(WAIT, || publication_repaired(pipe, &["t", "ev"])).await;
+    assert!(repaired, "{what}: {}", run.stderr());
 }
 
 /// Drift of the managed publication in the two ways issue 11 §6 names beyond the publish flags:
@@ -178,10 +133,9 @@ async fn publication_drift_of_column_lists_and_partition_root_is_repaired() {
     );
     let tables: &[(&str, &[&str])] = &[("ev", &["id", "region"]), ("t", &["id"])];
     let mut run = Run::start(&config, &[]);
-    wait_exactly(&pipe, &run, tables, "snapshot").await;
+    pipe.wait_exactly(&run, tables, "snapshot").await;
     let publication = pipe.slot();
-    let repaired = eventually(WAIT, || publication_repaired(&pipe, &["t", "ev"])).await;
-    assert!(repaired, "publication not as expected: {}", run.stderr());
+    wait_repaired(&pipe, &run, "publication not as expected").await;
 
     // A column list leaving out `w`, and no change of `t`: the refresh's drift check repairs it.
     pipe.sql(&format!(
@@ -193,9 +147,9 @@ async fn publication_drift_of_column_lists_and_partition_root_is_repaired() {
     })
     .await;
     assert!(warned, "column list not noticed: {}", run.stderr());
-    let repaired = eventually(WAIT, || publication_repaired(&pipe, &["t", "ev"])).await;
-    assert!(repaired, "column list not repaired: {}", run.stderr());
-    wait_exactly(&pipe, &run, tables, "after the repair of a column list").await;
+    wait_repaired(&pipe, &run, "column list not repaired").await;
+    pipe.wait_exactly(&run, tables, "after the repair of a column list")
+        .await;
 
     // Again, with changes right after it (the first update's Relation message lacks `w`).
     pipe.sql(&format!(
@@ -208,9 +162,9 @@ async fn publication_drift_of_column_lists_and_partition_root_is_repaired() {
          INSERT INTO t VALUES (51, 51, 'inserted');",
     )
     .await;
-    wait_exactly(&pipe, &run, tables, "after the column-list drift").await;
-    let repaired = eventually(WAIT, || publication_repaired(&pipe, &["t", "ev"])).await;
-    assert!(repaired, "column list not repaired: {}", run.stderr());
+    pipe.wait_exactly(&run, tables, "after the column-list drift")
+        .await;
+    wait_repaired(&pipe, &run, "column list not repaired").await;
 
     // Changes of `ev` published under its partitions' names.
     pipe.sql(&format!(
@@ -223,9 +177,9 @@ async fn publication_drift_of_column_lists_and_partition_root_is_repaired() {
          DELETE FROM ev WHERE id BETWEEN 7 AND 9;",
     )
     .await;
-    wait_exactly(&pipe, &run, tables, "after the partition-root drift").await;
-    let repaired = eventually(WAIT, || publication_repaired(&pipe, &["t", "ev"])).await;
-    assert!(repaired, "partition root not repaired: {}", run.stderr());
+    pipe.wait_exactly(&run, tables, "after the partition-root drift")
+        .await;
+    wait_repaired(&pipe, &run, "partition root not repaired").await;
     assert!(
         run.stderr().contains("without publish_via_partition_root"),
         "{}",
@@ -233,15 +187,9 @@ async fn publication_drift_of_column_lists_and_partition_root_is_repaired() {
     );
     pipe.sql("UPDATE ev SET v = 'after the repair' WHERE id = 10; UPDATE t SET w = 'after' WHERE id = 1;")
         .await;
-    wait_exactly(&pipe, &run, tables, "streaming after the repairs").await;
-    assert!(
-        !pipe
-            .etcd_data()
-            .await
-            .keys()
-            .any(|k| k.contains("/ev_eu/") || k.contains("/ev_us/")),
-        "a partition was synced under its own name"
-    );
+    pipe.wait_exactly(&run, tables, "streaming after the repairs")
+        .await;
+    pipe.assert_no_partition_keys(&["ev_eu", "ev_us"]).await;
     assert_verify_clean(&config).await;
     run.assert_running();
 }
@@ -262,25 +210,13 @@ async fn index_of(pipe: &Pipe, table: &str) -> (usize, usize) {
 /// The etcd content of the two template-key tables: `settings` under `{service}/{name}`,
 /// `flags` under `flags/{name}`, values the JSON rows.
 async fn templated(pipe: &Pipe, with_settings: bool) -> BTreeMap<String, String> {
-    let client = pipe.db.client().await;
     let mut sql = "SELECT 'flags/' || name, row_to_json(f)::text FROM flags f".to_string();
     if with_settings {
         sql.push_str(
             " UNION ALL SELECT service || '/' || name, row_to_json(s)::text FROM settings s",
         );
     }
-    client
-        .query(&sql, &[])
-        .await
-        .expect("read the tables")
-        .into_iter()
-        .map(|r| {
-            (
-                format!("{}/{}", pipe.data, r.get::<_, String>(0)),
-                r.get::<_, String>(1),
-            )
-        })
-        .collect()
+    pipe.expected_from_sql(&sql).await
 }
 
 /// `DROP TABLE` of a table synced with a key template while running: its data keys, key-index
@@ -306,19 +242,13 @@ async fn drop_table_removes_template_keys_and_their_index() {
         },
     );
     let mut run = Run::start(&config, &[]);
-    let synced = eventually(WAIT, || async {
-        pipe.etcd_data().await == templated(&pipe, true).await
-    })
-    .await;
-    assert!(synced, "snapshot: {}", run.stderr());
+    pipe.wait_data(&run, "snapshot", || templated(&pipe, true))
+        .await;
     // A key move, so the index holds more than what the snapshot wrote.
     pipe.sql("UPDATE settings SET service = 'moved' WHERE id = 1; UPDATE flags SET name = 'renamed' WHERE id = 1;")
         .await;
-    let synced = eventually(WAIT, || async {
-        pipe.etcd_data().await == templated(&pipe, true).await
-    })
-    .await;
-    assert!(synced, "key moves: {}", run.stderr());
+    pipe.wait_data(&run, "key moves", || templated(&pipe, true))
+        .await;
     assert_eq!(index_of(&pipe, "settings").await, (12, 12));
     assert_eq!(index_of(&pipe, "flags").await, (6, 6));
 
@@ -349,11 +279,8 @@ async fn drop_table_removes_template_keys_and_their_index() {
 
     pipe.sql("INSERT INTO flags VALUES (7, 'flag7', true); UPDATE flags SET enabled = NOT enabled WHERE id = 2;")
         .await;
-    let streamed = eventually(WAIT, || async {
-        pipe.etcd_data().await == templated(&pipe, false).await
-    })
-    .await;
-    assert!(streamed, "flags after the drop: {}", run.stderr());
+    pipe.wait_data(&run, "flags after the drop", || templated(&pipe, false))
+        .await;
     assert_eq!(index_of(&pipe, "flags").await, (7, 7));
     assert_verify_clean(&config).await;
     run.assert_running();

@@ -36,57 +36,10 @@ async fn assert_toasted(pipe: &Pipe, table: &str) {
 
 /// What etcd must hold for the rows of `public.{table}` (key `id`) matching `cond`.
 async fn expected_where(pipe: &Pipe, table: &str, cond: &str) -> BTreeMap<String, String> {
-    let sql = format!("SELECT id::text, row_to_json(t)::text FROM public.{table} t WHERE {cond}");
-    pipe.db
-        .client()
-        .await
-        .query(&sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .map(|r| {
-            (
-                format!("{}/public/{table}/{}", pipe.data, r.get::<_, String>(0)),
-                r.get::<_, String>(1),
-            )
-        })
-        .collect()
-}
-
-/// Waits until etcd's data prefix holds exactly `want()`; panics naming the differing keys.
-async fn wait_data<F, Fut>(pipe: &Pipe, run: &Run, what: &str, want: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = BTreeMap<String, String>>,
-{
-    let ok = eventually(WAIT, || async { pipe.etcd_data().await == want().await }).await;
-    if ok {
-        return;
-    }
-    let (want, have) = (want().await, pipe.etcd_data().await);
-    let short = |k: &String| k.chars().take(120).collect::<String>();
-    let missing: Vec<String> = want
-        .keys()
-        .filter(|k| !have.contains_key(*k))
-        .take(5)
-        .map(short)
-        .collect();
-    let extra: Vec<String> = have
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .take(5)
-        .map(short)
-        .collect();
-    let different: Vec<String> = want
-        .iter()
-        .filter(|(k, v)| have.get(*k).is_some_and(|h| h != *v))
-        .take(5)
-        .map(|(k, _)| short(k))
-        .collect();
-    panic!(
-        "{what}: etcd differs: missing {missing:?}, extra {extra:?}, different {different:?}; stderr:\n{}",
-        run.stderr()
-    );
+    pipe.expected_from_sql(&format!(
+        "SELECT 'public/{table}/' || id::text, row_to_json(t)::text FROM public.{table} t WHERE {cond}"
+    ))
+    .await
 }
 
 /// `ALTER COLUMN … TYPE` of a TOASTed column while running — binary-coercible (text →
@@ -136,9 +89,7 @@ async fn unchanged_toast_after_alter_type_of_the_column() {
     run.assert_running();
 
     // The same while stopped: the replay starts with the updates under the new type.
-    run.signal("TERM");
-    let stopped = run.wait(WAIT).await.expect("stops");
-    assert!(stopped.success(), "{}", run.stderr());
+    run.stop().await;
     pipe.sql(
         "ALTER TABLE t ALTER COLUMN big TYPE varchar(100000);
          UPDATE t SET v = v + 1 WHERE id <= 5;",
@@ -251,7 +202,7 @@ async fn unchanged_toast_of_a_row_skipped_as_oversize() {
          UPDATE t SET v = v + 10 WHERE id = 3;",
     )
     .await;
-    wait_data(&pipe, &run, "row 2 fits after the update", || {
+    pipe.wait_data(&run, "row 2 fits after the update", || {
         expected_where(&pipe, "t", "id <> 3")
     })
     .await;
@@ -312,18 +263,20 @@ async fn a_filter_letting_a_row_in_by_an_update_stores_its_toasted_value() {
     );
     let mut run = Run::start(&config, &[]);
     let kept = || expected_where(&pipe, "t", "v >= 100");
-    wait_data(&pipe, &run, "snapshot through the filter", kept).await;
+    pipe.wait_data(&run, "snapshot through the filter", kept)
+        .await;
     assert_eq!(pipe.etcd_data().await.len(), 10);
 
     pipe.sql("UPDATE t SET v = v + 100 WHERE id > 15").await;
-    wait_data(&pipe, &run, "rows let in by an update", kept).await;
+    pipe.wait_data(&run, "rows let in by an update", kept).await;
     assert_eq!(pipe.etcd_data().await.len(), 15);
     pipe.sql(
         "UPDATE t SET v = 0 WHERE id IN (1, 16);
          UPDATE t SET v = v + 200 WHERE id IN (11, 16);",
     )
     .await;
-    wait_data(&pipe, &run, "out of the filter and in again", kept).await;
+    pipe.wait_data(&run, "out of the filter and in again", kept)
+        .await;
     assert_eq!(pipe.etcd_data().await.len(), 15);
     assert_verify_clean(&config).await;
     run.assert_running();
@@ -331,20 +284,8 @@ async fn a_filter_letting_a_row_in_by_an_update_stores_its_toasted_value() {
 
 /// The etcd content of `cfg` under `{name}/{id}` with `body` as the raw value.
 async fn templated(pipe: &Pipe) -> BTreeMap<String, String> {
-    pipe.db
-        .client()
+    pipe.expected_from_sql("SELECT name || '/' || id, body FROM cfg")
         .await
-        .query("SELECT name || '/' || id, body FROM cfg", &[])
-        .await
-        .expect("read cfg")
-        .into_iter()
-        .map(|r| {
-            (
-                format!("{}/{}", pipe.data, r.get::<_, String>(0)),
-                r.get::<_, String>(1),
-            )
-        })
-        .collect()
 }
 
 /// A key template and a raw value that use TOASTed columns: updates leaving them alone keep the
@@ -373,25 +314,22 @@ async fn key_template_and_value_from_toasted_columns() {
         },
     );
     let mut run = Run::start(&config, &[]);
-    wait_data(&pipe, &run, "snapshot", || templated(&pipe)).await;
+    pipe.wait_data(&run, "snapshot", || templated(&pipe)).await;
 
     pipe.sql("UPDATE cfg SET v = v + 1").await;
-    wait_data(&pipe, &run, "updates leaving both alone", || {
-        templated(&pipe)
-    })
-    .await;
+    pipe.wait_data(&run, "updates leaving both alone", || templated(&pipe))
+        .await;
     pipe.sql(
         "UPDATE cfg SET name = big_text(id + 100, 75) WHERE id <= 3;
          UPDATE cfg SET body = big_text(id + 200, 150), v = v + 1 WHERE id BETWEEN 4 AND 6;
          DELETE FROM cfg WHERE id = 12;",
     )
     .await;
-    wait_data(&pipe, &run, "key moves and value changes", || {
-        templated(&pipe)
-    })
-    .await;
+    pipe.wait_data(&run, "key moves and value changes", || templated(&pipe))
+        .await;
     pipe.sql("UPDATE cfg SET v = v + 1").await;
-    wait_data(&pipe, &run, "updates after the moves", || templated(&pipe)).await;
+    pipe.wait_data(&run, "updates after the moves", || templated(&pipe))
+        .await;
     // One index entry per row, one owner entry per key.
     let mut client = etcdsync_tests::pg::etcd().await;
     let index =

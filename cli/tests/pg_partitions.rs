@@ -18,23 +18,8 @@ const PARTITIONED: &str =
      CREATE TABLE ev_asia (id int NOT NULL, region text NOT NULL, v text, PRIMARY KEY (id, region));
      INSERT INTO ev_asia VALUES (1000, 'asia', 'attached later');";
 
-/// Whether etcd holds exactly the rows of `tables` (keys: id, region).
-async fn holds_exactly(pipe: &Pipe, tables: &[&str]) -> bool {
-    let client = pipe.db.client().await;
-    let mut want = std::collections::BTreeMap::new();
-    for table in tables {
-        want.extend(
-            etcdsync_tests::pg::expected(
-                &client,
-                &pipe.data,
-                &etcdsync_core::TableId::new("public", *table),
-                &["id", "region"],
-            )
-            .await,
-        );
-    }
-    pipe.etcd_data().await == want
-}
+/// The key columns of `ev` and of its partitions.
+const EV_KEY: &[&str] = &["id", "region"];
 
 fn partitions_config(pipe: &Pipe, file: &str) -> std::path::PathBuf {
     pipe.config(
@@ -57,22 +42,21 @@ async fn a_partitioned_table_syncs_under_its_root_name() {
     let config = partitions_config(&pipe, "parts.yaml");
     let run = Run::start(&config, &[]);
     // `ev_asia` is an ordinary table until it is attached.
-    let ok =
-        etcdsync_tests::pg::eventually(WAIT, || holds_exactly(&pipe, &["ev", "ev_asia"])).await;
-    assert!(ok, "snapshot of the root: {}", run.stderr());
+    pipe.wait_exactly(
+        &run,
+        &[("ev", EV_KEY), ("ev_asia", EV_KEY)],
+        "snapshot of the root",
+    )
+    .await;
     pipe.sql("INSERT INTO ev VALUES (41, 'eu', 'streamed'); UPDATE ev SET v = 'moved' WHERE id = 1; DELETE FROM ev WHERE id = 2;")
         .await;
-    let ok =
-        etcdsync_tests::pg::eventually(WAIT, || holds_exactly(&pipe, &["ev", "ev_asia"])).await;
-    assert!(ok, "streamed through the root: {}", run.stderr());
-    assert!(
-        !pipe
-            .etcd_data()
-            .await
-            .keys()
-            .any(|k| k.contains("/ev_eu/") || k.contains("/ev_us/")),
-        "a partition was synced under its own name"
-    );
+    pipe.wait_exactly(
+        &run,
+        &[("ev", EV_KEY), ("ev_asia", EV_KEY)],
+        "streamed through the root",
+    )
+    .await;
+    pipe.assert_no_partition_keys(&["ev_eu", "ev_us"]).await;
 
     pipe.sql(
         "ALTER TABLE ev ATTACH PARTITION ev_asia FOR VALUES IN ('asia');
@@ -81,12 +65,12 @@ async fn a_partitioned_table_syncs_under_its_root_name() {
     )
     .await;
     // ev_asia is now a partition (its own keys go), ev_eu an ordinary table of the selection.
-    let ok = etcdsync_tests::pg::eventually(WAIT, || holds_exactly(&pipe, &["ev", "ev_eu"])).await;
-    assert!(
-        ok,
-        "after attach, truncate of a partition, detach: {}",
-        run.stderr()
-    );
+    pipe.wait_exactly(
+        &run,
+        &[("ev", EV_KEY), ("ev_eu", EV_KEY)],
+        "after attach, truncate of a partition, detach",
+    )
+    .await;
     assert_verify_clean(&config).await;
 }
 
@@ -98,33 +82,31 @@ async fn partitions_changed_while_stopped_are_noticed_at_start() {
     pipe.sql(PARTITIONED).await;
     let config = partitions_config(&pipe, "partstop.yaml");
     let mut run = Run::start(&config, &[]);
-    let ok =
-        etcdsync_tests::pg::eventually(WAIT, || holds_exactly(&pipe, &["ev", "ev_asia"])).await;
-    assert!(ok, "snapshot of the root: {}", run.stderr());
+    pipe.wait_exactly(
+        &run,
+        &[("ev", EV_KEY), ("ev_asia", EV_KEY)],
+        "snapshot of the root",
+    )
+    .await;
     // Let the registry (written once etcd holds the snapshot) settle, then stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    run.signal("TERM");
-    let status = run.wait(WAIT).await.expect("stops");
-    assert!(status.success(), "{}", run.stderr());
+    run.stop().await;
 
     pipe.sql("TRUNCATE ev_us;").await;
     let mut run = Run::start(&config, &[]);
-    let ok =
-        etcdsync_tests::pg::eventually(WAIT, || holds_exactly(&pipe, &["ev", "ev_asia"])).await;
-    assert!(
-        ok,
-        "after a partition was truncated while stopped: {}",
-        run.stderr()
-    );
+    pipe.wait_exactly(
+        &run,
+        &[("ev", EV_KEY), ("ev_asia", EV_KEY)],
+        "after a partition was truncated while stopped",
+    )
+    .await;
     assert!(
         run.stderr().contains("copying it again"),
         "{}",
         run.stderr()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    run.signal("TERM");
-    let status = run.wait(WAIT).await.expect("stops");
-    assert!(status.success(), "{}", run.stderr());
+    run.stop().await;
 
     pipe.sql(
         "ALTER TABLE ev DETACH PARTITION ev_eu;
@@ -132,12 +114,12 @@ async fn partitions_changed_while_stopped_are_noticed_at_start() {
     )
     .await;
     let mut run = Run::start(&config, &[]);
-    let ok = etcdsync_tests::pg::eventually(WAIT, || holds_exactly(&pipe, &["ev", "ev_eu"])).await;
-    assert!(
-        ok,
-        "after detach and attach while stopped: {}",
-        run.stderr()
-    );
+    pipe.wait_exactly(
+        &run,
+        &[("ev", EV_KEY), ("ev_eu", EV_KEY)],
+        "after detach and attach while stopped",
+    )
+    .await;
     assert!(run.still_running(), "{}", run.stderr());
     assert_verify_clean(&config).await;
 }

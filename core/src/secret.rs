@@ -90,7 +90,8 @@ pub fn redact_url(url: &str) -> String {
     hide_password_params(&shown)
 }
 
-/// `password=…` (any case) up to the next `&` becomes `password=***`.
+/// `password=…` (any case) becomes `password=***`, up to the next `&` that starts another
+/// `name=value` parameter: a raw `&` in the password is followed by text without `=`.
 fn hide_password_params(url: &str) -> String {
     let lower = url.to_ascii_lowercase();
     let mut out = String::with_capacity(url.len());
@@ -99,9 +100,20 @@ fn hide_password_params(url: &str) -> String {
         let value_start = i + found + "password=".len();
         out.push_str(&url[i..value_start]);
         out.push_str("***");
-        i = url[value_start..]
-            .find('&')
-            .map_or(url.len(), |end| value_start + end);
+        let mut end = value_start;
+        i = loop {
+            match url[end..].find('&') {
+                None => break url.len(),
+                Some(amp) => {
+                    let next = end + amp + 1;
+                    let segment = url[next..].split('&').next().unwrap_or("");
+                    if segment.contains('=') {
+                        break end + amp;
+                    }
+                    end = next;
+                }
+            }
+        };
     }
     out.push_str(&url[i..]);
     out
@@ -148,6 +160,10 @@ mod tests {
             (
                 "postgres://h/db?password=secret",
                 "postgres://h/db?password=***",
+            ),
+            (
+                "postgres://h/db?password=Ab&Sec&ret9&sslmode=require",
+                "postgres://h/db?password=***&sslmode=require",
             ),
         ] {
             assert_eq!(redact_url(raw), shown, "{raw}");

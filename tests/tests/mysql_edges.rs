@@ -2,8 +2,8 @@
 //! with etcd equal to the tables as a fresh snapshot reads them: XA transactions (committed,
 //! rolled back, one phase, prepared across a restart), `ROLLBACK TO SAVEPOINT`, DDL that changes
 //! rows or names without row events (comment, cut-over rename, column change, rename out,
-//! `CREATE OR REPLACE`, partition truncate/exchange), statement-format DML, and a table keyed by
-//! a UNIQUE NOT NULL index.
+//! `CREATE OR REPLACE`, partition truncate/exchange/drop, tablespace discard/import),
+//! statement-format DML, and a table keyed by a UNIQUE NOT NULL index.
 #![cfg(feature = "integration-tests")]
 
 use etcdsync_etcd as _;
@@ -318,6 +318,178 @@ async fn partition_truncate_and_exchange_are_followed() {
     edge.converges().await;
     assert_eq!(edge.keys("p").await.len(), 21);
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_drop_is_followed() {
+    let edge = Edge::new("droppart", &["p"]).await;
+    let db = &edge.db;
+    let mut conn = connect().await;
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE `{db}`.p (id INT PRIMARY KEY, v INT NOT NULL)
+               PARTITION BY RANGE (id) (PARTITION p0 VALUES LESS THAN (100),
+                 PARTITION p1 VALUES LESS THAN (200), PARTITION p2 VALUES LESS THAN MAXVALUE);
+             INSERT INTO `{db}`.p SELECT seq, seq FROM `{db}`.seq_1_to_250"
+        ),
+    )
+    .await;
+    let running = start(&edge.yaml());
+    edge.converges().await;
+    assert_eq!(edge.keys("p").await.len(), 250);
+    // The partition's rows go without row events; p1 takes the ids below 100 from then on.
+    exec(
+        &mut conn,
+        &format!(
+            "ALTER TABLE `{db}`.p DROP PARTITION p0;
+             INSERT INTO `{db}`.p VALUES (5, 5)"
+        ),
+    )
+    .await;
+    edge.converges().await;
+    assert_eq!(edge.keys("p").await.len(), 152);
+    running.stop().await;
+}
+
+/// `ALTER TABLE … DISCARD TABLESPACE` keeps the table's keys (its rows are expected back, and
+/// none can change meanwhile) without holding up the stream, also across a restart; `IMPORT
+/// TABLESPACE` copies the table again. The imported tablespace is another table's (`FLUSH
+/// TABLES … FOR EXPORT`, its files copied within the server's data directory); when that
+/// directory cannot be reached from the test, the table is dropped and created instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discarded_tablespace_keeps_its_keys_until_it_is_imported() {
+    let edge = Edge::new("discard", &["t", "m"]).await;
+    let db = &edge.db;
+    let mut admin = admin().await;
+    exec(
+        &mut admin,
+        &format!(
+            "CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB;
+             INSERT INTO `{db}`.t SELECT seq, seq FROM `{db}`.seq_1_to_20;
+             CREATE TABLE `{db}`.src (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB;
+             INSERT INTO `{db}`.src SELECT seq, seq * 2 FROM `{db}`.seq_100_to_130;
+             CREATE TABLE `{db}`.m (id INT PRIMARY KEY)"
+        ),
+    )
+    .await;
+    let running = start(&edge.yaml());
+    edge.converges().await;
+    let mut client = etcd().await;
+    let t_prefix = format!("{}/{db}/t/", edge.prefix);
+    let kept = etcd_dump(&mut client, &t_prefix).await;
+    assert_eq!(kept.len(), 20);
+
+    exec(
+        &mut admin,
+        &format!(
+            "ALTER TABLE `{db}`.t DISCARD TABLESPACE;
+             INSERT INTO `{db}`.m VALUES (1)"
+        ),
+    )
+    .await;
+    marker_arrives(&edge, 1).await;
+    assert!(running.is_running(), "the pipeline stopped at DISCARD");
+    assert_eq!(etcd_dump(&mut client, &t_prefix).await, kept);
+    running.stop().await;
+
+    let running = start(&edge.yaml());
+    exec(&mut admin, &format!("INSERT INTO `{db}`.m VALUES (2)")).await;
+    marker_arrives(&edge, 2).await;
+    assert!(running.is_running(), "the pipeline stopped after a restart");
+    assert_eq!(etcd_dump(&mut client, &t_prefix).await, kept);
+    // `etcdsync check` names the discarded table and the import.
+    let source = etcdsync_tests::mysql::source_section(&url(), &edge.include);
+    let checks = etcdsync_tests::mysql::inspector(&source, &edge.name)
+        .await
+        .check()
+        .await;
+    let line = checks
+        .iter()
+        .find(|c| c.name == format!("SELECT on {db}.t"))
+        .unwrap_or_else(|| panic!("no SELECT line for the discarded table: {checks:?}"));
+    assert!(
+        !line.ok
+            && line
+                .fix
+                .as_deref()
+                .is_some_and(|f| f.contains("IMPORT TABLESPACE")),
+        "{line:?}"
+    );
+
+    let imported = import_copy(&mut admin, db, "src", "t").await;
+    if !imported {
+        eprintln!(
+            "the server's data directory is not reachable: DROP and CREATE instead of IMPORT"
+        );
+        exec(
+            &mut admin,
+            &format!(
+                "DROP TABLE `{db}`.t;
+                 CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB;
+                 INSERT INTO `{db}`.t SELECT id, v FROM `{db}`.src"
+            ),
+        )
+        .await;
+    }
+    edge.converges().await;
+    assert_eq!(edge.keys("t").await.len(), 31);
+    running.stop().await;
+}
+
+/// Waits until the marker table `m` has `count` keys.
+async fn marker_arrives(edge: &Edge, count: usize) {
+    let prefix = format!("{}/{}/m/", edge.prefix, edge.db);
+    let client = etcd().await;
+    let arrived = etcdsync_tests::mysql::eventually(Duration::from_secs(60), || {
+        let mut client = client.clone();
+        let prefix = prefix.clone();
+        async move { etcd_dump(&mut client, &prefix).await.len() == count }
+    })
+    .await;
+    assert!(arrived, "marker row {count} did not arrive");
+}
+
+/// Replaces `to`'s discarded tablespace with a copy of `from`'s (same columns) and imports it;
+/// `false` when the server's data directory cannot be reached from here.
+async fn import_copy(admin: &mut mysql_async::Conn, db: &str, from: &str, to: &str) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let datadir: String = admin
+        .query_first("SELECT @@datadir")
+        .await
+        .expect("datadir")
+        .expect("datadir");
+    let dir = std::path::Path::new(&datadir).join(db);
+    let Ok(owner) = std::fs::metadata(dir.join(format!("{from}.ibd"))) else {
+        return false;
+    };
+    exec(admin, &format!("FLUSH TABLES `{db}`.`{from}` FOR EXPORT")).await;
+    let targets: Vec<_> = ["ibd", "cfg"]
+        .iter()
+        .map(|ext| dir.join(format!("{to}.{ext}")))
+        .collect();
+    let copied = ["ibd", "cfg"]
+        .iter()
+        .zip(&targets)
+        .try_for_each(|(ext, target)| {
+            std::fs::copy(dir.join(format!("{from}.{ext}")), target)?;
+            // The server opens the file read-write as its own user.
+            std::os::unix::fs::chown(target, Some(owner.uid()), Some(owner.gid()))
+        });
+    exec(admin, "UNLOCK TABLES").await;
+    if let Err(e) = copied {
+        eprintln!("copying the tablespace failed: {e}");
+        for target in &targets {
+            let _ = std::fs::remove_file(target);
+        }
+        return false;
+    }
+    exec(
+        admin,
+        &format!("ALTER TABLE `{db}`.`{to}` IMPORT TABLESPACE"),
+    )
+    .await;
+    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

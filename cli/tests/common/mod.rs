@@ -118,6 +118,95 @@ impl Pipe {
         );
     }
 
+    /// What etcd must hold for `tables`: (name, key columns) of `public` tables, default layout.
+    pub async fn expected_of(&self, tables: &[(&str, &[&str])]) -> BTreeMap<String, String> {
+        let client = self.db.client().await;
+        let mut want = BTreeMap::new();
+        for (table, key) in tables {
+            want.extend(expected(&client, &self.data, &TableId::new("public", *table), key).await);
+        }
+        want
+    }
+
+    /// What etcd must hold by `sql`, a `SELECT key_text, value_text …`: each row's key below the
+    /// data prefix and its value.
+    pub async fn expected_from_sql(&self, sql: &str) -> BTreeMap<String, String> {
+        self.db
+            .client()
+            .await
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .into_iter()
+            .map(|r| {
+                (
+                    format!("{}/{}", self.data, r.get::<_, String>(0)),
+                    r.get::<_, String>(1),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until etcd's data prefix holds exactly `want()`; panics naming the missing, extra
+    /// and differing keys (cut to 120 characters) and showing `run`'s stderr.
+    pub async fn wait_data<F, Fut>(&self, run: &Run, what: &str, want: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = BTreeMap<String, String>>,
+    {
+        let ok = eventually(WAIT, || async { self.etcd_data().await == want().await }).await;
+        if ok {
+            return;
+        }
+        let (want, have) = (want().await, self.etcd_data().await);
+        let short = |s: &String| s.chars().take(120).collect::<String>();
+        let missing: Vec<String> = want
+            .keys()
+            .filter(|k| !have.contains_key(*k))
+            .take(5)
+            .map(short)
+            .collect();
+        let extra: Vec<String> = have
+            .keys()
+            .filter(|k| !want.contains_key(*k))
+            .take(5)
+            .map(short)
+            .collect();
+        let different: Vec<(String, String)> = have
+            .iter()
+            .filter(|(k, v)| want.get(*k).is_some_and(|w| w != *v))
+            .take(5)
+            .map(|(k, v)| (short(k), short(v)))
+            .collect();
+        panic!(
+            "{what}: etcd differs: missing {missing:?}, extra {extra:?}, different (etcd) {different:?}; stderr:\n{}",
+            run.stderr()
+        );
+    }
+
+    /// Waits until etcd's data prefix holds exactly the rows of `tables` ([`Pipe::expected_of`]).
+    pub async fn wait_exactly(&self, run: &Run, tables: &[(&str, &[&str])], what: &str) {
+        self.wait_data(run, what, || self.expected_of(tables)).await;
+    }
+
+    /// Asserts no data key is under one of `partitions`' own names (they sync through the root).
+    pub async fn assert_no_partition_keys(&self, partitions: &[&str]) {
+        let data = self.etcd_data().await;
+        let own = data
+            .keys()
+            .find(|k| partitions.iter().any(|p| k.contains(&format!("/{p}/"))));
+        assert!(
+            own.is_none(),
+            "a partition was synced under its own name: {own:?}"
+        );
+    }
+
+    /// Waits until the pipeline has recorded a checkpoint (it streams).
+    pub async fn wait_streaming(&self, run: &Run) {
+        let streaming = eventually(WAIT, || async { self.checkpoint().await.is_some() }).await;
+        assert!(streaming, "never streamed: {}", run.stderr());
+    }
+
     pub async fn checkpoint(&self) -> Option<Json> {
         let response = etcd()
             .await
@@ -262,6 +351,13 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         None
+    }
+
+    /// Stops the process with SIGTERM and asserts it exits successfully.
+    pub async fn stop(&mut self) {
+        self.signal("TERM");
+        let status = self.wait(WAIT).await.expect("stops");
+        assert!(status.success(), "{}", self.stderr());
     }
 
     pub fn stderr(&self) -> String {

@@ -11,7 +11,7 @@ pub use crate::events::Mode;
 use crate::position::{Gtids, SourcePosition};
 use crate::prereq::{Flavour, ServerInfo};
 use crate::snapshot::with_mariadb_gtid;
-use crate::statement::Dialect;
+use crate::statement::{Dialect, NameCase};
 use etcdsync_core::{Message, TableId};
 use futures::StreamExt;
 use mysql_async::prelude::*;
@@ -100,7 +100,7 @@ pub async fn stream(
         .unwrap_or(0);
     let dialect = Dialect {
         ansi_quotes: false,
-        lower_case_names: lower_case_names != 0,
+        names: NameCase::from_setting(lower_case_names),
         no_backslash_escapes: false,
     };
     let mut events = conn

@@ -5,21 +5,19 @@
 //! column and key changes, partition and tablespace operations and `CREATE OR REPLACE` copy
 //! the affected tables again from a consistent read ([`crate::snapshot::copy_while_streaming`]).
 
-use crate::columns::{read_hints, ColumnHints};
+use crate::columns::ColumnHints;
 use crate::config::{OnDrop, ValidMysql};
-use crate::connect::connect;
 use crate::error::{MysqlError, Result};
 use crate::events::{decode_rows, rotate_file_name, Mode, ARTIFICIAL_EVENT};
 use crate::position::{uuid_text, BinlogPos, Gtids, SourcePosition};
 use crate::prereq::{Flavour, ServerInfo};
-use crate::statement::{classify, Dialect, Statement, Xid};
+use crate::statement::{classify, Dialect, NameCase, Statement, Xid};
 use crate::tablemap::{column_names, map_table, Mapped, TableMapError};
 use etcdsync_core::pipeline::{BYTES_PER_MESSAGE, CHANGES_PER_MESSAGE};
 use etcdsync_core::tables::TableSelection;
-use etcdsync_core::{telemetry, Change, Commit, Message, Position, TableId, TableSchema};
+use etcdsync_core::{Change, Commit, Message, Position, TableId, TableSchema};
+use hints::HintCache;
 use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
-use mysql_async::prelude::Queryable as _;
-use mysql_async::{Conn, Opts};
 use mysql_common::binlog::consts::StatusVarKey;
 use mysql_common::binlog::events::StatusVarVal;
 use mysql_common::constants::SqlMode;
@@ -52,77 +50,6 @@ const TABLE_MAP_CACHE: usize = 1024;
 pub(crate) enum TxnGtid {
     MariaDb { domain: u32, server: u32, seq: u64 },
     MySql { source: String, gno: u64 },
-}
-
-/// MariaDB column hints per table, read on a side connection and cached until the table's
-/// column list changes or a DDL statement passes (see `columns`).
-struct HintCache {
-    opts: Opts,
-    conn: Option<Conn>,
-    tables: HashMap<TableId, (Vec<String>, ColumnHints)>,
-}
-
-impl HintCache {
-    async fn get(&mut self, table: &TableId, names: &[String]) -> Result<ColumnHints> {
-        if let Some((known, hints)) = self.tables.get(table) {
-            if known.as_slice() == names {
-                return Ok(hints.clone());
-            }
-        }
-        // The side connection idles between DDLs and may have been closed by the server
-        // (wait_timeout): one fresh attempt before giving up.
-        let mut attempt = 0;
-        let hints = loop {
-            attempt += 1;
-            let conn = match &mut self.conn {
-                Some(conn) => conn,
-                None => self.conn.insert(connect(&self.opts).await?),
-            };
-            match read_hints(conn, table).await {
-                Ok(hints) => break hints,
-                Err(e) => {
-                    self.conn = None;
-                    if attempt > 1 || !matches!(e, MysqlError::Connection { .. }) {
-                        return Err(e);
-                    }
-                    tracing::debug!(error = %e, table = %table, "reconnecting the side connection to read column hints");
-                    telemetry::get().retry("source");
-                }
-            }
-        };
-        self.tables
-            .insert(table.clone(), (names.to_vec(), hints.clone()));
-        Ok(hints)
-    }
-
-    fn clear(&mut self) {
-        self.tables.clear();
-    }
-
-    /// Whether the user may read `table`: `false` only when the server says so (error 1142);
-    /// a table dropped since the event is readable as far as this goes.
-    async fn readable(&mut self, table: &TableId) -> Result<bool> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => self.conn.insert(connect(&self.opts).await?),
-        };
-        let probe = format!(
-            "SELECT 1 FROM {} LIMIT 0",
-            crate::statement::quote_table(table)
-        );
-        match conn.query_drop(probe).await {
-            Ok(()) => Ok(true),
-            Err(e) if crate::error::server_code(&e) == Some(1142) => Ok(false),
-            Err(e) if crate::error::server_code(&e).is_some() => Ok(true),
-            Err(e) => {
-                self.conn = None;
-                Err(MysqlError::driver(
-                    format!("checking that {table} can be read"),
-                    e,
-                ))
-            }
-        }
-    }
 }
 
 pub(crate) struct Decoder<'a> {
@@ -289,7 +216,7 @@ impl<'a> Decoder<'a> {
                         no_backslash_escapes: mode.contains(SqlMode::MODE_NO_BACKSLASH_ESCAPES),
                         ..self.dialect
                     };
-                    let statement = classify(trimmed, &schema, dialect);
+                    let statement = self.stored_names(classify(trimmed, &schema, dialect));
                     self.handle_statement(statement, trimmed, log_pos, header.timestamp())
                         .await
                 }
@@ -297,7 +224,7 @@ impl<'a> Decoder<'a> {
             EventData::ExecuteLoadQueryEvent(load) => {
                 let schema = load.schema().into_owned();
                 let sql = load.query().into_owned();
-                let statement = match classify(&sql, &schema, self.dialect) {
+                let statement = match self.stored_names(classify(&sql, &schema, self.dialect)) {
                     Statement::Dml(tables) => Statement::Dml(tables),
                     // A LOAD whose table cannot be read is taken to touch a synced one.
                     _ => Statement::Dml(Vec::new()),
@@ -359,6 +286,32 @@ impl<'a> Decoder<'a> {
                 Ok(true)
             }
         }
+    }
+
+    /// The statement with existing tables named as the server stores them (matters under
+    /// `lower_case_table_names=2` only; see [`Statement::with_stored_names`]).
+    fn stored_names(&self, statement: Statement) -> Statement {
+        let names_tables = matches!(
+            statement,
+            Statement::Truncate(_)
+                | Statement::Drop(_)
+                | Statement::Recopy(_)
+                | Statement::Dml(_)
+                | Statement::Rename(_)
+        );
+        if self.dialect.names != NameCase::Insensitive || !names_tables {
+            return statement;
+        }
+        let mapped = self
+            .tables
+            .values()
+            .map(|(tme, _)| TableId::new(tme.database_name(), tme.table_name()));
+        let known: Vec<TableId> = (self.synced.iter().chain(&self.written))
+            .chain(self.copied.keys())
+            .cloned()
+            .chain(mapped)
+            .collect();
+        statement.with_stored_names(self.dialect.names, &known)
     }
 
     /// Outside a transaction, moves the position forward to `log_pos` of the current file.
@@ -680,6 +633,13 @@ impl<'a> Decoder<'a> {
                 return Ok(true);
             }
             Statement::XaEnd => return Ok(true),
+            // Inside the XA group that is still open (not prepared): `XA COMMIT … ONE PHASE`
+            // commits its rows now (MySQL and MariaDB log a one-phase commit otherwise, as an
+            // XA_PREPARE event with one_phase set or as an ordinary commit).
+            Statement::XaCommit(_) if self.in_txn && self.xa => {
+                self.xa = false;
+                return self.commit(log_pos, timestamp).await;
+            }
             Statement::XaCommit(xid) => {
                 return self.xa_decided(xid, true, log_pos, timestamp).await
             }
@@ -712,8 +672,10 @@ impl<'a> Decoder<'a> {
         for named in copies::statement_tables(&statement) {
             self.copied.remove(named);
         }
+        let names = self.dialect.names;
         if let Statement::DropSchema(schema) = &statement {
-            self.copied.retain(|table, _| table.schema != *schema);
+            self.copied
+                .retain(|table, _| !names.same(&table.schema, schema));
         }
         // Any DDL may change a CHECK constraint or a column type: map tables afresh and re-read
         // their hints on next use (every transaction repeats its TABLE_MAP events).
@@ -727,7 +689,7 @@ impl<'a> Decoder<'a> {
             Statement::DropSchema(schema) if self.on_drop == OnDrop::Delete => self
                 .synced
                 .union(&self.written)
-                .filter(|t| t.schema == *schema)
+                .filter(|t| names.same(&t.schema, schema))
                 .cloned()
                 .collect(),
             _ => Vec::new(),
@@ -771,6 +733,7 @@ fn record_gtid(state: &mut Gtids, gtid: TxnGtid) {
 }
 
 mod copies;
+mod hints;
 mod undo;
 
 #[cfg(test)]

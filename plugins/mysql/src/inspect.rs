@@ -364,9 +364,20 @@ async fn check_tables(
                 format!("remove `{column}` from source.tables.exclude_columns (or exclude the table {id})"),
             )),
         }
-        let probe = format!("{} LIMIT 0", table.select);
+        // One row is read: a discarded tablespace fails only then.
+        let probe = format!("{} LIMIT 1", table.select);
         match conn.query_drop(probe).await {
             Ok(()) => readable += 1,
+            Err(e) if server_code(&e) == Some(crate::error::TABLESPACE_DISCARDED) => {
+                out.push(CheckResult::fail(
+                    format!("SELECT on {id}"),
+                    format!("its tablespace is discarded, so a snapshot waits (retrying) until it is imported: {e}"),
+                    format!(
+                        "ALTER TABLE {} IMPORT TABLESPACE; (or drop the table, or add \"{id}\" to source.tables.exclude)",
+                        quote_table(id)
+                    ),
+                ))
+            }
             Err(e) if matches!(server_code(&e), Some(1142 | 1143)) => out.push(CheckResult::fail(
                 format!("SELECT on {id}"),
                 format!("{user} may not read {id}, so the snapshot cannot copy it: {e}"),

@@ -502,6 +502,12 @@ pub async fn copy_while_streaming(
     for id in copy {
         let (table, key) = describe(&mut conn, id, &config.tables, server.flavour, None).await?;
         match key {
+            // A discarded tablespace (`ALTER TABLE … DISCARD TABLESPACE`) keeps its keys as they
+            // are until `IMPORT TABLESPACE` copies it (its rows are expected back, and none
+            // change meanwhile): neither copied nor removed, and the stream is not held up.
+            KeyState::Usable if discarded(&mut conn, id).await? => {
+                tracing::info!(table = %id, "the table's tablespace is discarded; its keys are kept until IMPORT TABLESPACE copies it again");
+            }
             KeyState::Usable => tables.push(table),
             KeyState::Missing => {
                 if !table.schema.columns.is_empty() {
@@ -516,6 +522,13 @@ pub async fn copy_while_streaming(
     }
     let copied: Vec<TableId> = tables.iter().map(|t| t.schema.id.clone()).collect();
     let step: Vec<TableId> = copied.iter().chain(&retired).cloned().collect();
+    if step.is_empty() {
+        return Ok(Some(Copied {
+            position,
+            copied,
+            retired,
+        }));
+    }
     if output
         .send(Message::SnapshotStarted { tables: step })
         .await
@@ -572,6 +585,21 @@ pub async fn copy_while_streaming(
     }))
 }
 
+/// Whether `id`'s tablespace is discarded, in the connection's snapshot (reading a row fails
+/// with error 1814; `LIMIT 0` would not read one).
+async fn discarded(conn: &mut Conn, id: &TableId) -> Result<bool> {
+    match conn
+        .query_drop(format!("SELECT 1 FROM {} LIMIT 1", quote_table(id)))
+        .await
+    {
+        Ok(()) => Ok(false),
+        Err(e) if crate::error::server_code(&e) == Some(crate::error::TABLESPACE_DISCARDED) => {
+            Ok(true)
+        }
+        Err(e) => Err(crate::error::read_error(id, e)),
+    }
+}
+
 /// Tries a copy while streaming makes before giving up (error 1412 each time).
 const COPY_ATTEMPTS: usize = 5;
 
@@ -621,20 +649,7 @@ async fn copy_table(
     let id = &table.schema.id;
     let telemetry = telemetry::get();
     telemetry.snapshot_table_started(id, table.estimated_rows);
-    let context = |e| {
-        let error = MysqlError::driver(format!("reading {id}"), e);
-        match error {
-            MysqlError::Server { context, source }
-                if crate::error::server_code(&source) == Some(1142) =>
-            {
-                MysqlError::Prerequisite(format!(
-                    "  - {context}: {source}; GRANT SELECT ON {}.* TO the etcdsync user",
-                    quote_ident(&id.schema)
-                ))
-            }
-            other => other,
-        }
-    };
+    let context = |e| crate::error::read_error(id, e);
     let mut rows = conn
         .exec_stream::<Row, _, _>(table.select.as_str(), ())
         .await

@@ -62,6 +62,50 @@ impl std::fmt::Display for Xid {
     }
 }
 
+impl Statement {
+    /// The statement with the names of existing tables as the server stores them. Under
+    /// `lower_case_table_names=2` a statement may name a table in any case, while row events,
+    /// the selection and etcd keys carry the stored one: a name equal (ignoring case) to one of
+    /// `known` (tables seen listed, mapped or copied) becomes that name. New names — rename
+    /// targets, and rename sources that are targets earlier in the same statement — stay as
+    /// given, as the server stores them. Other settings: unchanged.
+    pub fn with_stored_names(self, case: NameCase, known: &[TableId]) -> Statement {
+        if case != NameCase::Insensitive {
+            return self;
+        }
+        let stored = |t: TableId| {
+            known
+                .iter()
+                .find(|k| case.same_table(k, &t))
+                .cloned()
+                .unwrap_or(t)
+        };
+        let all = |tables: Vec<TableId>| tables.into_iter().map(stored).collect();
+        match self {
+            Statement::Truncate(tables) => Statement::Truncate(all(tables)),
+            Statement::Drop(tables) => Statement::Drop(all(tables)),
+            Statement::Recopy(tables) => Statement::Recopy(all(tables)),
+            Statement::Dml(tables) => Statement::Dml(all(tables)),
+            Statement::Rename(pairs) => {
+                let mut out: Vec<(TableId, TableId)> = Vec::with_capacity(pairs.len());
+                for (from, to) in pairs {
+                    let earlier = out
+                        .iter()
+                        .map(|(_, t)| t)
+                        .find(|t| case.same_table(t, &from));
+                    let from = match earlier {
+                        Some(t) => t.clone(),
+                        None => stored(from),
+                    };
+                    out.push((from, to));
+                }
+                Statement::Rename(out)
+            }
+            other => other,
+        }
+    }
+}
+
 /// Quotes an identifier with backticks.
 pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
@@ -72,13 +116,52 @@ pub fn quote_table(id: &TableId) -> String {
     format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.table))
 }
 
+/// How the server stores and compares database and table names (`lower_case_table_names`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NameCase {
+    /// 0: stored as given, compared exactly.
+    #[default]
+    Sensitive,
+    /// 1: stored and compared in lower case (statements' names are lowercased here too).
+    Lower,
+    /// 2: stored as given (row events carry that case), compared case-insensitively: a
+    /// statement may name an existing table in any case.
+    Insensitive,
+}
+
+impl NameCase {
+    /// From the value of `@@lower_case_table_names`.
+    pub fn from_setting(value: u8) -> Self {
+        match value {
+            0 => NameCase::Sensitive,
+            1 => NameCase::Lower,
+            _ => NameCase::Insensitive,
+        }
+    }
+
+    /// Whether two database (or two table) names name the same thing on this server.
+    pub fn same(self, a: &str, b: &str) -> bool {
+        match self {
+            NameCase::Sensitive => a == b,
+            NameCase::Lower | NameCase::Insensitive => {
+                a == b || a.to_lowercase() == b.to_lowercase()
+            }
+        }
+    }
+
+    /// Whether two tables are the same table on this server.
+    pub fn same_table(self, a: &TableId, b: &TableId) -> bool {
+        self.same(&a.schema, &b.schema) && self.same(&a.table, &b.table)
+    }
+}
+
 /// How names in statements compare with the names row events carry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Dialect {
     /// `sql_mode` has `ANSI_QUOTES`: `"…"` is a name, not a string.
     pub ansi_quotes: bool,
-    /// `lower_case_table_names` ≠ 0: the server stores and compares names in lower case.
-    pub lower_case_names: bool,
+    /// `lower_case_table_names`.
+    pub names: NameCase,
     /// `sql_mode` has `NO_BACKSLASH_ESCAPES`: `\` in a string is an ordinary character.
     pub no_backslash_escapes: bool,
 }
@@ -110,10 +193,9 @@ impl Parser<'_> {
     }
 
     fn name_text(&self, text: &str) -> String {
-        if self.dialect.lower_case_names {
-            text.to_lowercase()
-        } else {
-            text.to_string()
+        match self.dialect.names {
+            NameCase::Lower => text.to_lowercase(),
+            NameCase::Sensitive | NameCase::Insensitive => text.to_string(),
         }
     }
 

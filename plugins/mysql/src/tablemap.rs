@@ -1,6 +1,7 @@
 //! TABLE_MAP events → [`TableInfo`] (column names, key, kinds from `binlog_row_metadata=FULL`,
-//! no schema cache: every TABLE_MAP carries the table's current shape, so ALTER TABLE needs no
-//! special handling; only MariaDB's JSON/INET/UUID columns take a hint from `columns`), and row
+//! no schema cache: every TABLE_MAP carries the table's current shape, so row events decode
+//! without one — DDL that changes rows is followed by the decoder; only MariaDB's
+//! JSON/INET/UUID columns take a hint from `columns`), and row
 //! images → core rows through `decode`. Column types and metadata are read from the event's
 //! bytes here (mysql_common stops at MariaDB's COMPRESSED types 140/141), charsets are matched
 //! to columns as the server lays them out (MariaDB counts GEOMETRY and COMPRESSED columns among

@@ -244,7 +244,14 @@ impl PgxConfig {
         }
         let (url, url_mode, url_root) = split_tls_params(raw);
         let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
-            Error::config(format!("at `source.url`: cannot parse `{display_url}`: {e}; write postgres://user:password@host:5432/dbname"))
+            // The parser names an unknown option by its text: after a raw `&` in a `password=`
+            // value that is the rest of the password.
+            let cause = if raw.contains("password=") {
+                String::new()
+            } else {
+                format!(": {e}")
+            };
+            Error::config(format!("at `source.url`: cannot parse `{display_url}`{cause}; write postgres://user:password@host:5432/dbname (percent-encode special characters of the password)"))
         })?;
         if pg.get_user().is_none() {
             return Err(Error::config(format!(
@@ -262,11 +269,11 @@ impl PgxConfig {
             )));
         }
         // tokio-postgres ends the user info at the first `@`: a raw `@` in the password leaves the
-        // rest of it in the host name (where messages would show it).
+        // rest of it in the host or (after a raw `/`) the database name, where messages show it.
         let at_in_host = pg.get_hosts().iter().any(
             |host| matches!(host, tokio_postgres::config::Host::Tcp(name) if name.contains('@')),
         );
-        if at_in_host {
+        if at_in_host || pg.get_dbname().is_some_and(|db| db.contains('@')) {
             return Err(Error::config(format!(
                 "at `source.url`: `{display_url}` has `@` in its user or password; percent-encode it as %40"
             )));
@@ -412,6 +419,22 @@ mod tests {
         .expect_err("a raw @");
         let text = error.to_string();
         assert!(text.contains("%40") && !text.contains("Secret9"), "{text}");
+        // A raw `/` after the `@` would put the rest in the database name.
+        let error = parse(
+            "url: postgres://u:Ab@Sec/ret9@localhost/app\ntables: { include: [\"public.*\"] }\n",
+        )
+        .validated("demo")
+        .expect_err("a raw @ then /");
+        let text = error.to_string();
+        assert!(text.contains("%40") && !text.contains("ret9"), "{text}");
+        // A raw `&` in a `password=` value: the parser names the rest as an unknown option.
+        let error = parse(
+            "url: postgres://u@localhost/app?password=Ab&Secret9\ntables: { include: [\"public.*\"] }\n",
+        )
+        .validated("demo")
+        .expect_err("a raw &");
+        let text = error.to_string();
+        assert!(!text.contains("Secret9"), "{text}");
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! (PostgreSQL 15+). Drift is repaired when etcdsync manages the publication and is an error
 //! naming the fix when it does not.
 
-use crate::error::pg;
-use crate::relations::quote_ident;
+use crate::error::{pg, Problem};
+use crate::relations::{quote_ident, quote_table};
+use etcdsync_core::inspect::table_list;
 use etcdsync_core::{Error, Result, TableId};
 use std::collections::BTreeSet;
 use tokio_postgres::Client;
@@ -163,6 +164,30 @@ pub async fn enforce(
     affected.sort();
     affected.dedup();
     Ok(affected)
+}
+
+/// With `source.manage_publication: false`: the selected tables `publication` does not list —
+/// their changes would never arrive. `check` reports it and `run` refuses to start.
+pub fn unpublished(
+    publication: &str,
+    wanted: &BTreeSet<TableId>,
+    listed: &BTreeSet<TableId>,
+) -> Option<Problem> {
+    let missing: Vec<&TableId> = wanted.difference(listed).collect();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(Problem::new(
+        format!(
+            "publication {publication} does not publish {}, so their changes would never arrive (`source.manage_publication: false`)",
+            table_list(missing.iter().copied())
+        ),
+        format!(
+            "run ALTER PUBLICATION {} ADD TABLE {};",
+            quote_ident(publication),
+            missing.iter().map(|id| quote_table(id)).collect::<Vec<_>>().join(", ")
+        ),
+    ))
 }
 
 /// The tables a publication lists by name; `None` when it does not exist.

@@ -377,6 +377,11 @@ async fn sync_publications(
         match publication_tables(client, &valid.publication).await? {
             None => set_publication(client, &valid.publication, &wanted).await?,
             Some(current) => {
+                if let Some(problem) =
+                    crate::publication::unpublished(&valid.publication, &wanted, &current)
+                {
+                    return Err(problem.into_error());
+                }
                 let published: Vec<TableId> = current.into_iter().collect();
                 enforce(
                     client,

@@ -59,6 +59,10 @@ impl Decoder<'_> {
         else {
             return Ok(false);
         };
+        if done.copied.is_empty() && done.retired.is_empty() {
+            // Nothing to copy (tablespaces discarded): no step was sent.
+            return Ok(true);
+        }
         for id in done.retired {
             self.synced.remove(&id);
             self.written.remove(&id);

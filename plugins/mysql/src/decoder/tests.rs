@@ -258,3 +258,276 @@ async fn mariadb_gtid_events_advance_the_domain_and_file_mode_skips_by_offset() 
     .await;
     assert_eq!(position.to_string(), "mysql-bin.000001:1200");
 }
+
+/// A TABLE_MAP event (`binlog_row_metadata=FULL`) of `schema.table (id INT PRIMARY KEY,
+/// v INT NOT NULL)`.
+fn table_map(table_id: u64, schema: &str, table: &str, log_pos: u32) -> Event {
+    let mut data = table_id.to_le_bytes()[..6].to_vec();
+    data.extend_from_slice(&1u16.to_le_bytes());
+    for name in [schema, table] {
+        data.push(name.len() as u8);
+        data.extend_from_slice(name.as_bytes());
+        data.push(0);
+    }
+    // Two columns, both LONG, no metadata, neither nullable.
+    data.extend_from_slice(&[2, 3, 3, 0, 0]);
+    // Optional metadata: SIGNEDNESS (both signed), COLUMN_NAME, SIMPLE_PRIMARY_KEY (column 0).
+    data.extend_from_slice(&[1, 1, 0]);
+    data.extend_from_slice(&[4, 5, 2, b'i', b'd', 1, b'v']);
+    data.extend_from_slice(&[8, 1, 0]);
+    event(EventType::TABLE_MAP_EVENT as u8, log_pos, 0, 1, &data)
+}
+
+/// A WRITE_ROWS (v2) event of the table `table_id` maps, one row `(id, id * 10)` per id.
+fn write_rows(table_id: u64, ids: std::ops::RangeInclusive<i32>, log_pos: u32) -> Event {
+    let mut data = table_id.to_le_bytes()[..6].to_vec();
+    // Flags (end of statement), extra data length (2: none), 2 columns, both present.
+    data.extend_from_slice(&1u16.to_le_bytes());
+    data.extend_from_slice(&2u16.to_le_bytes());
+    data.extend_from_slice(&[2, 0b11]);
+    for id in ids {
+        data.push(0);
+        data.extend_from_slice(&id.to_le_bytes());
+        data.extend_from_slice(&(id * 10).to_le_bytes());
+    }
+    event(EventType::WRITE_ROWS_EVENT as u8, log_pos, 0, 1, &data)
+}
+
+fn xid_event(log_pos: u32) -> Event {
+    event(
+        EventType::XID_EVENT as u8,
+        log_pos,
+        0,
+        1,
+        &1u64.to_le_bytes(),
+    )
+}
+
+/// A decoder of MySQL events that knows `db.t` as synced (no server is asked).
+fn mysql_decoder<'a>(
+    config: &'a ValidMysql,
+    server: &'a ServerInfo,
+    start: &str,
+    tx: mpsc::Sender<Message>,
+) -> Decoder<'a> {
+    let start = SourcePosition::parse(start).expect("start");
+    let mut decoder = Decoder::new(config, server, Dialect::default(), Mode::Gtid, start, tx);
+    decoder.synced_at_start([TableId::new("db", "t")]);
+    decoder
+}
+
+fn mysql_server() -> ServerInfo {
+    ServerInfo {
+        flavour: Flavour::MySql,
+        version: String::new(),
+        server_id: 1,
+    }
+}
+
+/// Feeds `events` one by one and returns the ids of the rows inserted after each event.
+async fn inserted_per_event(events: &[Event]) -> Vec<Vec<i64>> {
+    let config = config();
+    let server = mysql_server();
+    let (tx, mut rx) = mpsc::channel(64);
+    let mut decoder = mysql_decoder(
+        &config,
+        &server,
+        &format!("binlog.000003:50 gtid={U}:1"),
+        tx,
+    );
+    let mut out = Vec::new();
+    for e in events {
+        assert!(decoder.handle(e).await.expect("handle"));
+        let mut ids = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let Message::Changes(changes) = m {
+                for c in changes {
+                    match &c.op {
+                        etcdsync_core::Op::Insert { row } => match row[0] {
+                            etcdsync_core::Value::Int(id) => ids.push(id),
+                            ref other => panic!("id {other:?}"),
+                        },
+                        other => panic!("unexpected change {other:?}"),
+                    }
+                }
+            }
+        }
+        out.push(ids);
+    }
+    out
+}
+
+/// MySQL's XA shape with rows: GTID, `XA START` (a query event, no BEGIN), TABLE_MAP, a
+/// WRITE_ROWS of more rows than one message holds, `XA END`, XA_PREPARE; the decision comes
+/// in a later group of its own.
+fn mysql_xa_prepared(gtrid: &[u8], one_phase: bool) -> Vec<Event> {
+    let name = String::from_utf8_lossy(gtrid);
+    vec![
+        rotate("binlog.000003", 4, true),
+        mysql_gtid(2, 100),
+        query(&format!("XA START '{name}'"), 150),
+        table_map(70, "db", "t", 200),
+        write_rows(70, 1..=300, 3000),
+        query(&format!("XA END '{name}'"), 3050),
+        xa_prepare(gtrid, one_phase, 3100),
+    ]
+}
+
+#[tokio::test]
+async fn mysql_xa_rows_arrive_all_at_the_commit_and_never_after_a_rollback() {
+    const {
+        assert!(
+            CHANGES_PER_MESSAGE < 300,
+            "more rows than one message holds"
+        )
+    };
+    let all: Vec<i64> = (1..=300).collect();
+
+    // XA COMMIT: nothing before it, every row at it, in order.
+    let mut events = mysql_xa_prepared(b"x", false);
+    events.extend([mysql_gtid(3, 3200), query("XA COMMIT 'x'", 3250)]);
+    let per_event = inserted_per_event(&events).await;
+    let (commit, before) = per_event.split_last().expect("events");
+    assert!(before.iter().all(Vec::is_empty), "{before:?}");
+    assert_eq!(*commit, all);
+
+    // XA ROLLBACK: none ever; an ordinary transaction after it arrives alone.
+    let mut events = mysql_xa_prepared(b"x", false);
+    events.extend([
+        mysql_gtid(3, 3200),
+        query("XA ROLLBACK 'x'", 3250),
+        mysql_gtid(4, 3300),
+        query("BEGIN", 3350),
+        table_map(70, "db", "t", 3400),
+        write_rows(70, 999..=999, 3450),
+        xid_event(3500),
+    ]);
+    let per_event = inserted_per_event(&events).await;
+    let (last, before) = per_event.split_last().expect("events");
+    assert!(before.iter().all(Vec::is_empty), "{before:?}");
+    assert_eq!(*last, vec![999]);
+
+    // XA COMMIT … ONE PHASE as MySQL logs it: the XA_PREPARE event has one_phase set.
+    let per_event = inserted_per_event(&mysql_xa_prepared(b"x", true)).await;
+    let (commit, before) = per_event.split_last().expect("events");
+    assert!(before.iter().all(Vec::is_empty), "{before:?}");
+    assert_eq!(*commit, all);
+
+    // … and as a query event inside the group still open.
+    let mut events = mysql_xa_prepared(b"x", false);
+    events.pop();
+    events.push(query("XA COMMIT 'x' ONE PHASE", 3100));
+    let per_event = inserted_per_event(&events).await;
+    let (commit, before) = per_event.split_last().expect("events");
+    assert!(before.iter().all(Vec::is_empty), "{before:?}");
+    assert_eq!(*commit, all);
+}
+
+#[tokio::test]
+async fn savepoint_and_xa_statements_keep_the_column_hints_and_ddl_clears_them() {
+    let config = config();
+    let server = mysql_server();
+    let (tx, _rx) = mpsc::channel(64);
+    let mut decoder = mysql_decoder(
+        &config,
+        &server,
+        &format!("binlog.000003:50 gtid={U}:1"),
+        tx,
+    );
+    decoder.hints.tables.insert(
+        TableId::new("db", "t"),
+        (vec!["id".into(), "v".into()], ColumnHints::default()),
+    );
+    let statements = [
+        "BEGIN",
+        "SAVEPOINT s1",
+        "ROLLBACK TO SAVEPOINT s1",
+        "ROLLBACK TO s1",
+        "SAVEPOINT `s 2`",
+        "COMMIT",
+        "XA START 'x'",
+        "XA END 'x'",
+    ];
+    let mut log_pos = 100;
+    for sql in statements {
+        log_pos += 50;
+        assert!(decoder.handle(&query(sql, log_pos)).await.expect(sql));
+        assert_eq!(decoder.hints.tables.len(), 1, "cleared by `{sql}`");
+    }
+    assert!(decoder
+        .handle(&xa_prepare(b"x", false, log_pos + 50))
+        .await
+        .expect("prepare"));
+    assert!(decoder
+        .handle(&query("XA ROLLBACK 'x'", log_pos + 100))
+        .await
+        .expect("rollback"));
+    assert_eq!(decoder.hints.tables.len(), 1, "cleared by the XA steps");
+    // A DDL statement (even one that changes no rows) may change a CHECK or a column type.
+    assert!(decoder
+        .handle(&query("ALTER TABLE t ADD INDEX i (v)", log_pos + 150))
+        .await
+        .expect("ddl"));
+    assert!(decoder.hints.tables.is_empty(), "kept over a DDL");
+}
+
+#[tokio::test]
+async fn the_table_map_cache_is_bounded() {
+    let config = config();
+    let server = mysql_server();
+    let (tx, mut rx) = mpsc::channel(64);
+    let mut decoder = mysql_decoder(
+        &config,
+        &server,
+        &format!("binlog.000003:50 gtid={U}:1"),
+        tx,
+    );
+    let mut most = 0;
+    // Each transaction maps a table (not selected: no server is asked) under a new table id.
+    for i in 0..(2 * TABLE_MAP_CACHE as u64 + 10) {
+        let log_pos = 100 + 100 * i as u32;
+        for e in [
+            query("BEGIN", log_pos),
+            table_map(1000 + i, "other", &format!("t{i}"), log_pos + 20),
+            xid_event(log_pos + 40),
+        ] {
+            assert!(decoder.handle(&e).await.expect("handle"));
+            most = most.max(decoder.tables.len());
+        }
+        while rx.try_recv().is_ok() {}
+    }
+    assert!(most <= TABLE_MAP_CACHE + 1, "{most} table maps kept");
+    assert!(decoder.tables.len() <= TABLE_MAP_CACHE + 1);
+}
+
+#[tokio::test]
+async fn under_lower_case_table_names_2_a_ddl_names_the_table_as_stored() {
+    let config = config();
+    let server = mysql_server();
+    let (tx, mut rx) = mpsc::channel(64);
+    let start = SourcePosition::parse(&format!("binlog.000003:50 gtid={U}:1")).expect("start");
+    let dialect = Dialect {
+        names: NameCase::Insensitive,
+        ..Dialect::default()
+    };
+    let mut decoder = Decoder::new(&config, &server, dialect, Mode::Gtid, start, tx);
+    decoder.synced_at_start([TableId::new("db", "Orders"), TableId::new("DB2", "Other")]);
+    for e in [
+        rotate("binlog.000003", 4, true),
+        mysql_gtid(2, 100),
+        query("TRUNCATE TABLE ORDERS", 150),
+        mysql_gtid(3, 200),
+        query("DROP DATABASE db", 250),
+    ] {
+        assert!(decoder.handle(&e).await.expect("handle"));
+    }
+    drop(decoder);
+    let mut truncated = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        if let Message::Changes(changes) = m {
+            truncated.extend(changes.iter().map(|c| c.table.id.to_string()));
+        }
+    }
+    // The keys are under the stored name (`db.Orders`), which row events carry too.
+    assert_eq!(truncated, ["db.Orders", "db.Orders"]);
+}

@@ -146,7 +146,9 @@ impl Decoder<'_> {
     pub(super) fn too_many_held(&self, log_pos: u64) -> MysqlError {
         MysqlError::Other(format!(
             "the XA transaction at {}:{} (now at {log_pos}) has more than {HELD_ROWS_LIMIT} rows; they are held in \
-             memory until XA COMMIT and the limit protects the process: commit it in smaller XA transactions",
+             memory until XA COMMIT and the limit protects the process, so the stream cannot pass it: once it is \
+             committed or rolled back (`XA RECOVER` no longer lists it), take a fresh snapshot (delete the checkpoint \
+             key under the sink's meta prefix), and write XA transactions of fewer rows",
             self.file, self.txn_start
         ))
     }

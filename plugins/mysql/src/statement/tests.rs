@@ -106,7 +106,7 @@ fn a_corpus_of_ddl_means_what_it_says() {
 #[test]
 fn names_follow_lower_case_table_names_and_ansi_quotes() {
     let lower = Dialect {
-        lower_case_names: true,
+        names: NameCase::Lower,
         ..Dialect::default()
     };
     assert_eq!(
@@ -115,6 +115,12 @@ fn names_follow_lower_case_table_names_and_ansi_quotes() {
     );
     assert_eq!(
         classify("TRUNCATE Orders", "Shop", lower),
+        Statement::Truncate(vec![t("shop", "orders")])
+    );
+    // Lowercased names are names already: nothing more to resolve.
+    assert_eq!(
+        classify("TRUNCATE Orders", "Shop", lower)
+            .with_stored_names(NameCase::Lower, &[t("Shop", "Orders")]),
         Statement::Truncate(vec![t("shop", "orders")])
     );
     let ansi = Dialect {
@@ -234,4 +240,80 @@ fn savepoints_and_xa_are_recognised() {
             bqual: b"b".to_vec()
         })
     );
+}
+
+/// `lower_case_table_names=2`: names are stored as given and compared ignoring case, so a
+/// statement's names are neither lowercased nor taken literally — an existing table is named
+/// as stored (as row events carry it), a new name as given.
+#[test]
+fn under_lower_case_table_names_2_names_compare_ignoring_case_and_keep_the_stored_case() {
+    let insensitive = Dialect {
+        names: NameCase::Insensitive,
+        ..Dialect::default()
+    };
+    let read = |sql: &str| classify(sql, "Shop", insensitive);
+    // Not lowercased when read.
+    assert_eq!(
+        read("TRUNCATE ORDERS"),
+        Statement::Truncate(vec![t("Shop", "ORDERS")])
+    );
+    let known = [t("Shop", "Orders"), t("Shop", "Lines"), t("Other", "X")];
+    let stored = |sql: &str| read(sql).with_stored_names(NameCase::Insensitive, &known);
+    assert_eq!(
+        stored("TRUNCATE ORDERS"),
+        Statement::Truncate(vec![t("Shop", "Orders")])
+    );
+    assert_eq!(
+        stored("DROP TABLE IF EXISTS shop.orders, SHOP.lines, shop.unknown_One"),
+        Statement::Drop(vec![
+            t("Shop", "Orders"),
+            t("Shop", "Lines"),
+            t("shop", "unknown_One")
+        ])
+    );
+    assert_eq!(
+        stored("ALTER TABLE orders EXCHANGE PARTITION p0 WITH TABLE other.x"),
+        Statement::Recopy(vec![t("Shop", "Orders"), t("Other", "X")])
+    );
+    assert_eq!(
+        stored("UPDATE orders o JOIN LINES l ON o.id = l.id SET o.v = 1"),
+        Statement::Dml(vec![t("Shop", "Orders"), t("Shop", "Lines")])
+    );
+    // A cut-over in another case: the old name as stored goes, the new one is stored as given.
+    assert_eq!(
+        stored("RENAME TABLE orders TO orders_OLD, _orders_gho TO ORDERS"),
+        Statement::Rename(vec![
+            (t("Shop", "Orders"), t("Shop", "orders_OLD")),
+            (t("Shop", "_orders_gho"), t("Shop", "ORDERS")),
+        ])
+    );
+    // A name renamed to earlier in the statement is that new name, not the stored one.
+    assert_eq!(
+        stored("RENAME TABLE lines TO Tmp, orders TO LINES, TMP TO Orders2"),
+        Statement::Rename(vec![
+            (t("Shop", "Lines"), t("Shop", "Tmp")),
+            (t("Shop", "Orders"), t("Shop", "LINES")),
+            (t("Shop", "Tmp"), t("Shop", "Orders2")),
+        ])
+    );
+    assert_eq!(
+        stored("DROP DATABASE shop"),
+        Statement::DropSchema("shop".into())
+    );
+    // Names compare by the setting: exactly under 0, ignoring case under 1 and 2.
+    assert!(NameCase::Insensitive.same("Shop", "sHOP"));
+    assert!(NameCase::Insensitive.same("Straße", "STRAßE"));
+    assert!(NameCase::Lower.same("shop", "Shop"));
+    assert!(!NameCase::Sensitive.same("Shop", "shop"));
+    assert!(NameCase::Insensitive.same_table(&t("Shop", "Orders"), &t("shop", "ORDERS")));
+    assert!(!NameCase::Insensitive.same_table(&t("Shop", "Orders"), &t("Shop", "Orders2")));
+    // Case-sensitive servers resolve nothing: `orders` and `Orders` are two tables.
+    assert_eq!(
+        classify("TRUNCATE orders", "Shop", Dialect::default())
+            .with_stored_names(NameCase::Sensitive, &known),
+        Statement::Truncate(vec![t("Shop", "orders")])
+    );
+    assert_eq!(NameCase::from_setting(0), NameCase::Sensitive);
+    assert_eq!(NameCase::from_setting(1), NameCase::Lower);
+    assert_eq!(NameCase::from_setting(2), NameCase::Insensitive);
 }

@@ -346,19 +346,11 @@ pub(super) async fn check_publication(
                 format!("run {};", drift.fix(&valid.publication, &listed)),
             ));
         }
-        let missing: Vec<&TableId> = wanted.difference(current).collect();
-        if !missing.is_empty() {
-            problems.push(Problem::new(
-                format!(
-                    "does not publish {}, so their changes would never arrive (`source.manage_publication: false`)",
-                    table_list(missing.iter().copied())
-                ),
-                format!(
-                    "run ALTER PUBLICATION {quoted} ADD TABLE {};",
-                    missing.iter().map(|id| quote_table(id)).collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
+        problems.extend(crate::publication::unpublished(
+            &valid.publication,
+            &wanted,
+            current,
+        ));
     }
     if !problems.is_empty() {
         for problem in problems {
