@@ -182,6 +182,41 @@ async fn an_unmanaged_publication_that_would_lose_changes_is_refused() {
         "{}",
         text(&output)
     );
+
+    // Flags fixed, but a selected table the publication does not list: its changes would never
+    // arrive, so `run` refuses before copying anything, as `check` does.
+    pipe.sql(&format!(
+        "ALTER PUBLICATION {publication} SET (publish = 'insert, update, delete, truncate');
+         CREATE TABLE u (id int PRIMARY KEY);"
+    ))
+    .await;
+    let config = pipe.config(
+        "pubun-all.yaml",
+        Parts {
+            include: "\"public.*\"",
+            source_extra: &format!("  manage_publication: false\n  publication: {publication}\n"),
+            ..Parts::default()
+        },
+    );
+    let output = etcdsync(&["run", "-c", path(&config)], &[]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let fix = format!(r#"ALTER PUBLICATION "{publication}" ADD TABLE "public"."u""#);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&fix),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        pipe.etcd_data().await.is_empty(),
+        "run copied rows before refusing"
+    );
+    let output = etcdsync(&["check", "-c", path(&config)], &[]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(&fix),
+        "{}",
+        text(&output)
+    );
 }
 
 /// With `manage_publication: false` a rename is not followed: `run` stops naming the table and
