@@ -708,3 +708,57 @@ async fn keys_left_after(
     let mut client = client;
     etcd_dump(&mut client, &prefix).await
 }
+
+/// The selection widened while etcdsync was stopped: a table it now selects that the sink never
+/// wrote is copied before its changes stream (its earlier rows are in no binlog event the
+/// restart reads); an empty one needs no copy; one created while running streams from its
+/// creation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_selected_while_stopped_is_copied_first() {
+    let mut edge = Edge::new("widen", &["a"]).await;
+    let db = edge.db.clone();
+    let mut conn = connect().await;
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE `{db}`.a (id INT PRIMARY KEY, v INT NOT NULL);
+             INSERT INTO `{db}`.a SELECT seq, seq FROM `{db}`.seq_1_to_20;
+             CREATE TABLE `{db}`.b (id INT PRIMARY KEY, v INT NOT NULL);
+             INSERT INTO `{db}`.b SELECT seq, seq FROM `{db}`.seq_1_to_30;
+             CREATE TABLE `{db}`.e (id INT PRIMARY KEY)"
+        ),
+    )
+    .await;
+    let running = start(&edge.yaml());
+    edge.converges().await;
+    running.stop().await;
+    assert!(edge.keys("b").await.is_empty());
+
+    exec(
+        &mut conn,
+        &format!(
+            "INSERT INTO `{db}`.b VALUES (31, 31); UPDATE `{db}`.b SET v = 0 WHERE id = 1;
+             INSERT INTO `{db}`.a VALUES (21, 21)"
+        ),
+    )
+    .await;
+    edge.include = ["a", "b", "e", "c"]
+        .iter()
+        .map(|t| format!("{db}.{t}"))
+        .collect();
+    let running = start(&edge.yaml());
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE `{db}`.c (id INT PRIMARY KEY, v INT NOT NULL);
+             INSERT INTO `{db}`.c SELECT seq, seq FROM `{db}`.seq_1_to_5;
+             UPDATE `{db}`.b SET v = 2 WHERE id = 2"
+        ),
+    )
+    .await;
+    edge.converges().await;
+    assert_eq!(edge.keys("b").await.len(), 31);
+    assert_eq!(edge.keys("c").await.len(), 5);
+    assert_eq!(edge.keys("a").await.len(), 21);
+    running.stop().await;
+}

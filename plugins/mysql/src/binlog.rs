@@ -29,12 +29,16 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// `@mariadb_slave_capability` value announcing MariaDB GTID support (MARIA_SLAVE_CAPABILITY_GTID).
 const MARIADB_CAPABILITY_GTID: u8 = 4;
 /// Streams from `start` until shutdown, the sink going away, or an error. A purged start
-/// position is reported as [`MysqlError::Purged`] before anything is sent.
+/// position is reported as [`MysqlError::Purged`] before anything is sent. `resumed`: `start` is
+/// a checkpoint, so selected tables the sink never wrote (the selection grew while etcdsync was
+/// stopped) are copied before their changes stream.
+#[allow(clippy::too_many_arguments)]
 pub async fn stream(
     conn: Conn,
     config: &ValidMysql,
     server: &ServerInfo,
     start: SourcePosition,
+    resumed: bool,
     written_tables: &HashSet<TableId>,
     output: &mpsc::Sender<Message>,
     shutdown: &CancellationToken,
@@ -93,6 +97,14 @@ pub async fn stream(
         }
     };
     let listed = crate::snapshot::selected_tables(&mut conn, &config.tables).await?;
+    let mut never_written = Vec::new();
+    if resumed && config.snapshot != crate::config::SnapshotMode::Never {
+        for (id, _) in listed.iter().filter(|(id, _)| !written_tables.contains(id)) {
+            if has_rows(&mut conn, id).await? {
+                never_written.push(id.clone());
+            }
+        }
+    }
     let lower_case_names: u8 = conn
         .query_first("SELECT @@lower_case_table_names")
         .await
@@ -118,6 +130,15 @@ pub async fn stream(
             .filter(|t| config.tables.matches(t))
             .cloned(),
     );
+    if !never_written.is_empty() {
+        tracing::warn!(tables = ?never_written.iter().map(ToString::to_string).collect::<Vec<_>>(), "selected tables the sink holds no row of (the selection grew while etcdsync was stopped); copying them first");
+        if !decoder
+            .copy_for(crate::statement::Statement::Recopy(never_written))
+            .await?
+        {
+            return Ok(());
+        }
+    }
     let mut first = true;
     // Until the first event: end a deposed instance's dump thread that blocks this one.
     let reaper = crate::takeover::end_stuck_dumps(&config.opts);
@@ -158,6 +179,18 @@ pub async fn stream(
     // Dropping the stream closes the connection; an unfinished transaction is not sent.
     drop(events);
     Ok(())
+}
+
+/// Whether `table` has a row: one the sink never wrote (it writes a table's marker before its
+/// first key) has rows etcd lacks; an empty one has nothing to copy.
+async fn has_rows(conn: &mut Conn, table: &TableId) -> Result<bool> {
+    conn.query_first::<u8, _>(format!(
+        "SELECT 1 FROM {} LIMIT 1",
+        crate::statement::quote_table(table)
+    ))
+    .await
+    .map(|row| row.is_some())
+    .map_err(|e| crate::error::read_error(table, e))
 }
 
 /// Maps a binlog stream error: purged binlog and server-id clashes get their own messages.

@@ -11,7 +11,7 @@ impl Decoder<'_> {
     /// Copies the tables a rename or a row-changing DDL affected, and removes the keys of names
     /// that are gone, from a consistent read taken now; their row events up to that read are
     /// in the copy.
-    pub(super) async fn copy_for(&mut self, statement: Statement) -> Result<bool> {
+    pub(crate) async fn copy_for(&mut self, statement: Statement) -> Result<bool> {
         let (copy, retire): (Vec<TableId>, Vec<TableId>) = match statement {
             Statement::Rename(pairs) => {
                 let mut exists: Vec<(TableId, bool)> = Vec::new();
