@@ -42,9 +42,10 @@ pub async fn connect(valid: &Valid, purpose: &str) -> Result<Client> {
     Ok(client)
 }
 
-/// `sslmode: prefer` falls back to plaintext when the server has no TLS: said once per process.
+/// `sslmode: prefer` falls back to plaintext when the server has no TLS: said once per server
+/// (address and port) and process, however many connections find it so.
 async fn warn_once_if_plaintext(client: &Client, valid: &Valid) {
-    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let encrypted = client
         .query_opt(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -54,7 +55,20 @@ async fn warn_once_if_plaintext(client: &Client, valid: &Valid) {
         .ok()
         .flatten()
         .map(|row| row.get::<_, bool>(0));
-    if encrypted == Some(false) && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    if encrypted != Some(false) {
+        return;
+    }
+    let server = first_host(valid)
+        .map(|e| format!("{}:{}", e.addr, e.port))
+        .unwrap_or_default();
+    let first = match WARNED.lock() {
+        Ok(mut warned) if !warned.contains(&server) => {
+            warned.push(server);
+            true
+        }
+        _ => false,
+    };
+    if first {
         tracing::warn!(server = %valid.display_url, "sslmode: prefer fell back to an unencrypted connection (the server offers no TLS): passwords and rows cross the network in clear; set sslmode: verify-full (or require) to refuse that");
     }
 }
@@ -183,6 +197,17 @@ impl ServerCertVerifier for NoVerify {
 }
 
 /// `sslmode=verify-ca`: the chain must lead to a trusted root; the host name is not checked.
+///
+/// On query connections (tokio-postgres) this is the whole check. The replication session
+/// cannot use it: pgwire-replication 0.5 builds its rustls configuration itself (from
+/// [`TlsConfig`]'s mode, CA file, SNI name and client certificate; it takes no
+/// `ClientConfig`, verifier or stream of ours), and its own verify-ca lets only rustls'
+/// `NotValidForName` through, while rustls 0.23 reports every name mismatch as
+/// `NotValidForNameContext`: a server whose certificate does not name the host it is reached
+/// by is refused there. So each check here also remembers a name the accepted certificate
+/// carries, by server ([`server_key`]), and [`replication_config`] has the session verify in
+/// full against that name: the chain against the same roots, and a name the server's own
+/// certificate has, which is verify-ca.
 #[derive(Debug)]
 struct ChainOnly {
     webpki: Arc<rustls::client::WebPkiServerVerifier>,
@@ -206,15 +231,14 @@ impl ServerCertVerifier for ChainOnly {
             ocsp_response,
             now,
         ) {
+            // Only the name failed: every other check (chain, validity, usage) passed first.
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
             | Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }?;
-        if let Some(name) = certificate_name(end_entity) {
-            remember_certificate_name(&self.server, name);
-        }
+        remember_certificate_name(&self.server, certificate_name(end_entity));
         Ok(verified)
     }
 
@@ -241,19 +265,21 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// Names read from certificates whose chain a verify-ca check accepted, by the server name the
-/// connection asked for (`host`), for the replication session of the same server.
-static CERTIFICATE_NAMES: std::sync::Mutex<Vec<(String, String)>> =
-    std::sync::Mutex::new(Vec::new());
+/// What the last verify-ca check of each server ([`server_key`]) read from the certificate it
+/// accepted: a name to verify the replication session against, or `None` when the
+/// certificate has no usable subject alternative name.
+type CertificateNames = Vec<(String, Option<String>)>;
+static CERTIFICATE_NAMES: std::sync::Mutex<CertificateNames> = std::sync::Mutex::new(Vec::new());
 
-fn remember_certificate_name(server: &str, name: String) {
+fn remember_certificate_name(server: &str, name: Option<String>) {
     if let Ok(mut names) = CERTIFICATE_NAMES.lock() {
         names.retain(|(key, _)| key != server);
         names.push((server.to_string(), name));
     }
 }
 
-fn known_certificate_name(server: &str) -> Option<String> {
+/// `None`: no certificate of `server` was checked yet; `Some(None)`: the last one had no name.
+fn known_certificate_name(server: &str) -> Option<Option<String>> {
     CERTIFICATE_NAMES.lock().ok().and_then(|names| {
         names
             .iter()
@@ -262,28 +288,51 @@ fn known_certificate_name(server: &str) -> Option<String> {
     })
 }
 
-/// The first host of the URL (the one the replication session connects to) and its port.
-fn first_host(valid: &Valid) -> Option<(String, u16)> {
-    let host = match valid.pg.get_hosts().first()? {
+/// Where a session connects, and the name TLS checks there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    /// The address to connect to: `hostaddr` when the URL has one, else the host.
+    addr: String,
+    /// The host (as libpq: the name TLS verifies, even when `hostaddr` says where to connect).
+    name: String,
+    port: u16,
+}
+
+/// The first host of the URL (the one the replication session connects to): its address (the
+/// first `hostaddr`, when given), name and port.
+fn first_host(valid: &Valid) -> Option<Endpoint> {
+    let name = valid.pg.get_hosts().first().map(|host| match host {
         tokio_postgres::config::Host::Tcp(host) => host.clone(),
         #[cfg(unix)]
         tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    });
+    let addr = valid.pg.get_hostaddrs().first().map(|ip| ip.to_string());
+    let (addr, name) = match (addr, name) {
+        (Some(addr), Some(name)) => (addr, name),
+        (Some(one), None) | (None, Some(one)) => (one.clone(), one),
+        (None, None) => return None,
     };
-    Some((host, valid.pg.get_ports().first().copied().unwrap_or(5432)))
+    let port = valid.pg.get_ports().first().copied().unwrap_or(5432);
+    Some(Endpoint { addr, name, port })
 }
 
-/// The server a verify-ca name belongs to: first host, port and trusted roots of `valid`.
+/// The server a verify-ca name belongs to: first host, address, port and trusted roots.
 fn server_key(valid: &Valid) -> String {
-    let (host, port) = first_host(valid).unwrap_or_default();
+    let Endpoint { addr, name, port } = first_host(valid).unwrap_or(Endpoint {
+        addr: String::new(),
+        name: String::new(),
+        port: 0,
+    });
     let roots = valid
         .sslrootcert
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    format!("{host}:{port}|{roots}")
+    format!("{name}|{addr}:{port}|{roots}")
 }
 
-/// The first DNS name (else IP address) of a certificate's subject alternative names.
+/// The first DNS name (else IP address) of a certificate's subject alternative names that
+/// rustls can verify a connection against.
 fn certificate_name(der: &CertificateDer<'_>) -> Option<String> {
     use x509_cert::der::{oid::ObjectIdentifier, Decode};
     use x509_cert::ext::pkix::name::GeneralName;
@@ -292,12 +341,13 @@ fn certificate_name(der: &CertificateDer<'_>) -> Option<String> {
     let extensions = cert.tbs_certificate.extensions?;
     let san = extensions.iter().find(|e| e.extn_id == SUBJECT_ALT_NAME)?;
     let names = x509_cert::ext::pkix::SubjectAltName::from_der(san.extn_value.as_bytes()).ok()?;
+    let usable = |name: String| ServerName::try_from(name.clone()).is_ok().then_some(name);
     // A wildcard is no name to connect as: `*.example.com` becomes `x.example.com`, which it
     // covers.
     let dns = names.0.iter().find_map(|n| match n {
         GeneralName::DnsName(name) => {
             let name = name.to_string();
-            Some(match name.strip_prefix("*.") {
+            usable(match name.strip_prefix("*.") {
                 Some(rest) => format!("x.{rest}"),
                 None => name,
             })
@@ -319,11 +369,64 @@ fn certificate_name(der: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
+/// The replication session's TLS settings: the query connections' `sslmode`, checked as they
+/// check it (see [`ChainOnly`] for verify-ca).
+fn replication_tls(valid: &Valid, endpoint: &Endpoint) -> Result<TlsConfig> {
+    // With `hostaddr` the session connects to the address and verifies (and sends as SNI) the
+    // host name, as libpq and the query connections do.
+    let sni = (endpoint.addr != endpoint.name).then(|| endpoint.name.clone());
+    let tls = match valid.sslmode {
+        SslMode::Disable => TlsConfig::disabled(),
+        SslMode::Prefer => TlsConfig {
+            mode: pgwire_replication::SslMode::Prefer,
+            sni_hostname: sni,
+            ..TlsConfig::default()
+        },
+        SslMode::Require => TlsConfig {
+            sni_hostname: sni,
+            ..TlsConfig::require()
+        },
+        // Never pgwire-replication's own verify-ca, which refuses every certificate that does
+        // not name the host (see [`ChainOnly`]): verify-full against a name the server's
+        // certificate carries, read by the verify-ca check of a query connection (the
+        // catalog connection always opens before the replication session).
+        SslMode::VerifyCa => match known_certificate_name(&server_key(valid)) {
+            Some(Some(name)) => {
+                TlsConfig::verify_full(valid.sslrootcert.clone()).with_sni_hostname(name)
+            }
+            Some(None) => {
+                return Err(Error::config(format!(
+                    "at `source.sslmode`: verify-ca cannot be checked on the replication session to {}: \
+                     the server's certificate has no subject alternative name (DNS name or IP address), \
+                     and the replication client verifies a certificate against one of its names; \
+                     reissue the certificate with a subjectAltName, or use `sslmode: verify-full` \
+                     with a certificate naming the host",
+                    valid.display_url
+                )))
+            }
+            None => {
+                return Err(Error::fatal(format!(
+                    "sslmode verify-ca: no query connection to {} has verified the server's \
+                     certificate yet, so the replication session has no name to check it against",
+                    valid.display_url
+                )))
+            }
+        },
+        SslMode::VerifyFull => {
+            let tls = TlsConfig::verify_full(valid.sslrootcert.clone());
+            match sni {
+                Some(name) => tls.with_sni_hostname(name),
+                None => tls,
+            }
+        }
+    };
+    Ok(tls)
+}
+
 /// The replication session's settings: same server, credentials, TLS and session settings as
 /// the query connections; standby status every second so `confirmed_flush_lsn` follows etcd.
 pub fn replication_config(valid: &Valid, start: Lsn, acked: Lsn) -> Result<ReplicationConfig> {
-    let (host, port) =
-        first_host(valid).ok_or_else(|| Error::config("at `source.url`: no host"))?;
+    let endpoint = first_host(valid).ok_or_else(|| Error::config("at `source.url`: no host"))?;
     let user = valid.pg.get_user().unwrap_or_default();
     let password = valid
         .pg
@@ -331,33 +434,16 @@ pub fn replication_config(valid: &Valid, start: Lsn, acked: Lsn) -> Result<Repli
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
     let database = valid.pg.get_dbname().unwrap_or_default();
-    let tls = match valid.sslmode {
-        SslMode::Disable => TlsConfig::disabled(),
-        SslMode::Prefer => TlsConfig {
-            mode: pgwire_replication::SslMode::Prefer,
-            ..TlsConfig::default()
-        },
-        SslMode::Require => TlsConfig::require(),
-        // pgwire-replication's own verify-ca lets only rustls' older name error pass (rustls
-        // 0.23 reports a DNS name mismatch with a newer one), so the session verifies in full
-        // against a name the certificate has: the one a query connection's verify-ca check
-        // read from the same server's certificate after verifying its chain. That checks the
-        // chain and not the host name: verify-ca.
-        SslMode::VerifyCa => match known_certificate_name(&server_key(valid)) {
-            Some(name) => TlsConfig::verify_full(valid.sslrootcert.clone()).with_sni_hostname(name),
-            None => TlsConfig::verify_ca(valid.sslrootcert.clone()),
-        },
-        SslMode::VerifyFull => TlsConfig::verify_full(valid.sslrootcert.clone()),
-    };
+    let tls = replication_tls(valid, &endpoint)?;
     let mut config = ReplicationConfig::new(
-        host,
+        endpoint.addr,
         user,
         password,
         database,
         valid.slot.clone(),
         valid.publications(),
     )
-    .with_port(port)
+    .with_port(endpoint.port)
     .with_tls(tls)
     .with_start_lsn(start)
     .with_ack_lsn(acked)
@@ -368,4 +454,223 @@ pub fn replication_config(valid: &Valid, start: Lsn, acked: Lsn) -> Result<Repli
         config = config.with_options(options);
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PgxConfig;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// A throwaway PKI made with the openssl command (as tools/testenv.sh makes its own).
+    struct Pki(PathBuf);
+
+    impl Pki {
+        fn new() -> Pki {
+            static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("etcdsync-pgx-connect-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            Pki(dir)
+        }
+
+        fn path(&self, file: &str) -> PathBuf {
+            self.0.join(file)
+        }
+
+        /// Runs `openssl` with `command` split at white space.
+        fn openssl(&self, command: &str) {
+            let args: Vec<&str> = command.split_whitespace().collect();
+            let out = Command::new("openssl")
+                .current_dir(&self.0)
+                .args(&args)
+                .output()
+                .expect("the openssl command (as tools/testenv.sh needs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        /// A self-signed CA: `<name>.pem`, `<name>-key.pem`.
+        fn ca(&self, name: &str) -> &Self {
+            self.openssl(&format!(
+                "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -sha256 \
+                 -keyout {name}-key.pem -out {name}.pem -subj /CN={name} \
+                 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+            ));
+            self
+        }
+
+        /// A server certificate `<name>.pem` signed by `ca`, with these subject alternative
+        /// names (none: the subject CN only).
+        fn leaf(&self, name: &str, ca: &str, san: Option<&str>) -> &Self {
+            let mut ext = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                           extendedKeyUsage=serverAuth\n"
+                .to_string();
+            if let Some(san) = san {
+                ext.push_str(&format!("subjectAltName={san}\n"));
+            }
+            std::fs::write(self.path(&format!("{name}.cnf")), ext).expect("write ext");
+            self.openssl(&format!(
+                "req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 \
+                 -keyout {name}-key.pem -out {name}.csr -subj /CN=db.example.com"
+            ));
+            self.openssl(&format!(
+                "x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}-key.pem -CAcreateserial \
+                 -days 2 -sha256 -extfile {name}.cnf -out {name}.pem"
+            ));
+            self
+        }
+
+        fn cert(&self, file: &str) -> CertificateDer<'static> {
+            use rustls::pki_types::pem::PemObject;
+            CertificateDer::from_pem_file(self.path(file)).expect("certificate")
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn valid(url: &str, tls: &str, ca: &Path) -> Valid {
+        let yaml = format!(
+            "url: \"{url}\"\ntables: {{ include: [\"public.*\"] }}\n{tls}\nsslrootcert: \"{}\"\n",
+            ca.display()
+        );
+        serde_yaml::from_str::<PgxConfig>(&yaml)
+            .expect("yaml")
+            .validated("connect-test")
+            .expect("valid")
+    }
+
+    /// The query connections' verify-ca verifier of `valid`.
+    fn chain_only(valid: &Valid) -> ChainOnly {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(root_store(valid).expect("roots"));
+        ChainOnly {
+            webpki: rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .expect("verifier"),
+            server: server_key(valid),
+        }
+    }
+
+    fn check(
+        verifier: &ChainOnly,
+        cert: &CertificateDer<'_>,
+        name: &str,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let name = ServerName::try_from(name.to_string()).expect("server name");
+        verifier.verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+    }
+
+    #[test]
+    fn chain_only_skips_the_name_and_nothing_else() {
+        let pki = Pki::new();
+        pki.ca("ca").ca("other-ca");
+        pki.leaf("server", "ca", Some("DNS:db.example.com,IP:10.1.2.3"))
+            .leaf(
+                "stranger",
+                "other-ca",
+                Some("DNS:db.example.com,IP:10.1.2.3"),
+            );
+        let valid = valid(
+            "postgres://u@wrong.example.net:5433/app",
+            "sslmode: verify-ca",
+            &pki.path("ca.pem"),
+        );
+        let verifier = chain_only(&valid);
+        let server = pki.cert("server.pem");
+
+        // The CA's certificate for another name, by DNS name or IP address: accepted, and its
+        // name remembered for the replication session.
+        check(&verifier, &server, "wrong.example.net").expect("wrong DNS name, right CA");
+        assert_eq!(
+            known_certificate_name(&server_key(&valid)),
+            Some(Some("db.example.com".to_string()))
+        );
+        check(&verifier, &server, "127.0.0.2").expect("wrong IP address, right CA");
+        check(&verifier, &server, "db.example.com").expect("right name, right CA");
+
+        // Another CA's certificate, even for the right name: refused.
+        for name in ["db.example.com", "wrong.example.net"] {
+            let error = check(&verifier, &pki.cert("stranger.pem"), name)
+                .expect_err("a certificate of another CA");
+            assert!(
+                matches!(
+                    error,
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+                ),
+                "{error:?}"
+            );
+        }
+        // The CA itself is no server certificate either.
+        check(&verifier, &pki.cert("ca.pem"), "wrong.example.net").expect_err("a CA certificate");
+
+        // The replication session then checks the chain and that remembered name, connecting
+        // to the configured host.
+        let config = replication_config(&valid, Lsn::ZERO, Lsn::ZERO).expect("config");
+        assert_eq!(config.host, "wrong.example.net");
+        assert_eq!(config.tls.mode, pgwire_replication::SslMode::VerifyFull);
+        assert_eq!(config.tls.sni_hostname.as_deref(), Some("db.example.com"));
+        assert_eq!(config.tls.ca_pem_path, Some(pki.path("ca.pem")));
+    }
+
+    #[test]
+    fn verify_ca_without_a_name_is_an_error_not_pgwire_verify_ca() {
+        let pki = Pki::new();
+        pki.ca("ca").leaf("nameless", "ca", None);
+        let valid = valid(
+            "postgres://u@nameless.example.net:5433/app",
+            "sslmode: verify-ca",
+            &pki.path("ca.pem"),
+        );
+        // Before any query connection checked the certificate: no silent fallback.
+        let error = replication_config(&valid, Lsn::ZERO, Lsn::ZERO).expect_err("no name yet");
+        assert_eq!(error.kind(), etcdsync_core::ErrorKind::Fatal, "{error}");
+        assert!(error.to_string().contains("verify-ca"), "{error}");
+
+        // A certificate with no subject alternative name passes the chain check, and leaves the
+        // replication session nothing to verify against: a config error naming the fix.
+        let verifier = chain_only(&valid);
+        check(&verifier, &pki.cert("nameless.pem"), "nameless.example.net").expect("chain");
+        assert_eq!(known_certificate_name(&server_key(&valid)), Some(None));
+        let error = replication_config(&valid, Lsn::ZERO, Lsn::ZERO).expect_err("no name");
+        assert_eq!(error.kind(), etcdsync_core::ErrorKind::Config, "{error}");
+        assert!(
+            error.to_string().contains("subject alternative name"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn hostaddr_is_where_the_replication_session_connects_and_host_what_it_verifies() {
+        let pki = Pki::new();
+        pki.ca("ca");
+        let valid = valid(
+            "postgres://u@db.example.com:5433/app?hostaddr=10.1.2.3",
+            "sslmode: verify-full",
+            &pki.path("ca.pem"),
+        );
+        let config = replication_config(&valid, Lsn::ZERO, Lsn::ZERO).expect("config");
+        assert_eq!((config.host.as_str(), config.port), ("10.1.2.3", 5433));
+        assert_eq!(config.tls.mode, pgwire_replication::SslMode::VerifyFull);
+        assert_eq!(config.tls.sni_hostname.as_deref(), Some("db.example.com"));
+
+        let valid = self::valid(
+            "postgres://u@db.example.com:5433/app",
+            "sslmode: verify-full",
+            &pki.path("ca.pem"),
+        );
+        let config = replication_config(&valid, Lsn::ZERO, Lsn::ZERO).expect("config");
+        assert_eq!(config.host, "db.example.com");
+        assert_eq!(config.tls.sni_hostname, None);
+    }
 }
