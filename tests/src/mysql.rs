@@ -97,6 +97,11 @@ impl Drop for TestDbs {
     }
 }
 
+/// `tables.include` globs selecting every table of the test's databases.
+pub fn includes(dbs: &TestDbs) -> Vec<String> {
+    dbs.names.iter().map(|n| format!("{n}.*")).collect()
+}
+
 /// `source:` YAML of a `mysql` source over the test server.
 pub fn source_yaml(include: &[String], extra: &str) -> String {
     let include = include

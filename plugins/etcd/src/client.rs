@@ -338,7 +338,7 @@ fn classify_text(
     user: Option<&str>,
 ) -> (ErrorKind, String) {
     use etcd_client::Error as E;
-    use tonic_code::Code;
+    use tonic::Code;
     let config = |hint: &str| (ErrorKind::Config, format!("; {hint}"));
     if text.contains("request is too large") || text.contains("larger than max") {
         return config("lower sink.max_request_bytes to at most etcd's --max-request-bytes");
@@ -370,7 +370,7 @@ fn classify_text(
     }
     let transient = (ErrorKind::Transient, String::new());
     match error {
-        E::GRpcStatus(status) => match tonic_code::from_number(status.code() as i32) {
+        E::GRpcStatus(status) => match status.code() {
             Code::ResourceExhausted if text.contains("space exceeded") => (
                 ErrorKind::Transient,
                 "; etcd's NOSPACE alarm is raised: compact and defragment etcd (or raise --quota-backend-bytes), \
@@ -391,38 +391,6 @@ fn classify_text(
         E::TransportError(_) | E::IoError(_) => transient,
         E::InvalidArgs(_) | E::InvalidUri(_) | E::EndpointError(_) => config("check sink.endpoints"),
         _ => (ErrorKind::Fatal, String::new()),
-    }
-}
-
-/// gRPC status codes by number (etcd-client re-exports `tonic::Status` but not its `Code`).
-mod tonic_code {
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Code {
-        Cancelled,
-        Unknown,
-        InvalidArgument,
-        DeadlineExceeded,
-        ResourceExhausted,
-        Aborted,
-        Internal,
-        Unavailable,
-        Unauthenticated,
-        Other,
-    }
-
-    pub fn from_number(code: i32) -> Code {
-        match code {
-            1 => Code::Cancelled,
-            2 => Code::Unknown,
-            3 => Code::InvalidArgument,
-            4 => Code::DeadlineExceeded,
-            8 => Code::ResourceExhausted,
-            10 => Code::Aborted,
-            13 => Code::Internal,
-            14 => Code::Unavailable,
-            16 => Code::Unauthenticated,
-            _ => Code::Other,
-        }
     }
 }
 

@@ -24,6 +24,7 @@ use etcdsync_core::telemetry::{self, Phase};
 use etcdsync_core::{
     Change, Checkpoint, Commit, Message, Op, Position, Result, Row, TableId, TableSchema, Value,
 };
+use etcdsync_sink_kit::KitError;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -164,8 +165,34 @@ impl Sink for EtcdSink {
     }
 
     async fn written_tables(&mut self) -> Result<Option<HashSet<TableId>>> {
-        let tables = crate::table_markers::read(&self.client, &self.settings, Some(3)).await?;
+        let mut tables = crate::table_markers::read(&self.client, &self.settings, Some(3)).await?;
         self.marked.clone_from(&tables);
+        // A copy that did not finish wrote some of its tables' rows: they count as not written,
+        // so a source that copies never-written tables copies them again.
+        let key = self.settings.snapshot_key();
+        let response = self
+            .client
+            .get(
+                "read the snapshot marker",
+                key.as_str(),
+                None,
+                None,
+                Some(3),
+            )
+            .await?;
+        if let Some(kv) = response.kvs().first() {
+            let marker: SnapshotMarker = serde_json::from_slice(kv.value()).map_err(|e| {
+                EtcdError::Kit(KitError::Malformed {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })
+            })?;
+            if marker.state == SnapshotState::Running {
+                for table in &marker.tables {
+                    tables.remove(table);
+                }
+            }
+        }
         Ok(Some(tables))
     }
 

@@ -115,11 +115,6 @@ pub async fn stream(
         names: NameCase::from_setting(lower_case_names),
         no_backslash_escapes: false,
     };
-    let mut events = conn
-        .get_binlog_stream(request)
-        .await
-        .map_err(|e| stream_error(e, config, &start, true))?;
-    tracing::info!(position = %start, mode = ?mode, server_id = config.server_id, "binlog streaming started");
     let mut decoder = Decoder::new(config, server, dialect, mode, start.clone(), output.clone());
     decoder.synced_at_start(listed.into_iter().map(|(id, _)| id));
     // A table dropped while etcdsync was stopped is no longer listed, yet a replayed
@@ -139,6 +134,11 @@ pub async fn stream(
             return Ok(());
         }
     }
+    let mut events = conn
+        .get_binlog_stream(request)
+        .await
+        .map_err(|e| stream_error(e, config, &start, true))?;
+    tracing::info!(position = %start, mode = ?mode, server_id = config.server_id, "binlog streaming started");
     let mut first = true;
     // Until the first event: end a deposed instance's dump thread that blocks this one.
     let reaper = crate::takeover::end_stuck_dumps(&config.opts);
@@ -182,15 +182,20 @@ pub async fn stream(
 }
 
 /// Whether `table` has a row: one the sink never wrote (it writes a table's marker before its
-/// first key) has rows etcd lacks; an empty one has nothing to copy.
+/// first key) has rows etcd lacks; an empty one has nothing to copy, nor has a table whose
+/// tablespace is discarded (`IMPORT TABLESPACE` copies it).
 async fn has_rows(conn: &mut Conn, table: &TableId) -> Result<bool> {
-    conn.query_first::<u8, _>(format!(
+    let probe = format!(
         "SELECT 1 FROM {} LIMIT 1",
         crate::statement::quote_table(table)
-    ))
-    .await
-    .map(|row| row.is_some())
-    .map_err(|e| crate::error::read_error(table, e))
+    );
+    match conn.query_first::<u8, _>(probe).await {
+        Ok(row) => Ok(row.is_some()),
+        Err(e) if crate::error::server_code(&e) == Some(crate::error::TABLESPACE_DISCARDED) => {
+            Ok(false)
+        }
+        Err(e) => Err(crate::error::read_error(table, e)),
+    }
 }
 
 /// Maps a binlog stream error: purged binlog and server-id clashes get their own messages.

@@ -3,7 +3,7 @@
 //! snapshot's session), so snapshot and stream agree byte for byte (DESIGN §3). A charset that
 //! cannot be converted exactly is [`Charset::Unsupported`] and refused at start, never decoded
 //! lossily. What "exactly" means is checked against a live MariaDB byte by byte
-//! (`tests/tests/mysql_source.rs`, every charset the server ships).
+//! (`tests/tests/mysql_types.rs`, every charset the server ships).
 
 use encoding_rs::Encoding;
 
@@ -575,7 +575,7 @@ pub fn unsupported_fix(table: &str, column: &str) -> String {
 }
 
 // The server's table where it differs from `encoding_rs`, read from MariaDB 10.11 by converting
-// every byte sequence (see the charset test in tests/tests/mysql_source.rs).
+// every byte sequence (see the charset test in tests/tests/mysql_types.rs).
 const UNMAPPED_CP1250: &[u32] = &[0x81, 0x83, 0x88, 0x90, 0x98];
 const UNMAPPED_CP1251: &[u32] = &[0x98];
 const UNMAPPED_CP1256: &[u32] = &[0x8A, 0x8F, 0x98, 0x9A, 0x9F, 0xAA, 0xC0, 0xFF];

@@ -306,10 +306,9 @@ impl<'a> Decoder<'a> {
             .tables
             .values()
             .map(|(tme, _)| TableId::new(tme.database_name(), tme.table_name()));
-        let known: Vec<TableId> = (self.synced.iter().chain(&self.written))
-            .chain(self.copied.keys())
-            .cloned()
-            .chain(mapped)
+        let known: Vec<TableId> = mapped
+            .chain(self.copied.keys().cloned())
+            .chain(self.synced.iter().chain(&self.written).cloned())
             .collect();
         statement.with_stored_names(self.dialect.names, &known)
     }
@@ -532,7 +531,20 @@ impl<'a> Decoder<'a> {
         }
         self.xa = false;
         self.savepoints.clear();
-        let pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::take(&mut self.pending);
+        // Held rows (an XA transaction's) of a table copied after this commit: the copy read
+        // them already, and applying them now would undo later changes the copy also read.
+        if !self.copied.is_empty() {
+            let here = &self.position.binlog;
+            pending.retain(|change| {
+                !self.copied.get(&change.table.id).is_some_and(|copied_at| {
+                    matches!(
+                        here.compare(copied_at),
+                        Some(Ordering::Less | Ordering::Equal)
+                    )
+                })
+            });
+        }
         let sent = std::mem::take(&mut self.sent);
         let deferred = std::mem::take(&mut self.deferred);
         if skip {

@@ -22,184 +22,15 @@ pub fn json_or_text(text: String) -> Value {
     }
 }
 
-/// Strict RFC 8259 syntax check, without recursion (any depth) and without building values.
-/// Not `serde_json::from_str::<IgnoredAny>`: serde_json refuses nesting beyond 128 levels and
-/// numbers beyond f64's range (`1e400`), both valid JSON a MariaDB JSON column stores, which
-/// would turn such a value into text on one side only.
+/// Strict RFC 8259 syntax check of one document, without building values. serde_json reads a
+/// `&RawValue` (documented as checked but not parsed) through `Deserializer::ignore_value`,
+/// which keeps its own stack of open brackets instead of recursing (no 128-level limit) and
+/// skips numbers by their digits without converting them, so `1e400` passes. Parsing into
+/// `serde_json::Value` would refuse both ("recursion limit exceeded", "number out of range"),
+/// though both are valid JSON a MariaDB JSON column stores, and turn such a value into text on
+/// one side only. Trailing input other than whitespace is refused.
 pub fn is_valid_json(text: &str) -> bool {
-    let b = text.as_bytes();
-    let mut i = 0;
-    let mut stack: Vec<u8> = Vec::new();
-    loop {
-        // A value starts at `i`.
-        skip_ws(b, &mut i);
-        match b.get(i) {
-            Some(b'{') => {
-                i += 1;
-                skip_ws(b, &mut i);
-                if b.get(i) == Some(&b'}') {
-                    i += 1;
-                } else {
-                    stack.push(b'{');
-                    if !member_key(b, &mut i) {
-                        return false;
-                    }
-                    continue;
-                }
-            }
-            Some(b'[') => {
-                i += 1;
-                skip_ws(b, &mut i);
-                if b.get(i) == Some(&b']') {
-                    i += 1;
-                } else {
-                    stack.push(b'[');
-                    continue;
-                }
-            }
-            Some(b'"') => {
-                if !string(b, &mut i) {
-                    return false;
-                }
-            }
-            Some(b't') => {
-                if !literal(b, &mut i, b"true") {
-                    return false;
-                }
-            }
-            Some(b'f') => {
-                if !literal(b, &mut i, b"false") {
-                    return false;
-                }
-            }
-            Some(b'n') => {
-                if !literal(b, &mut i, b"null") {
-                    return false;
-                }
-            }
-            Some(b'-' | b'0'..=b'9') => {
-                if !number(b, &mut i) {
-                    return false;
-                }
-            }
-            _ => return false,
-        }
-        // A value ended: close containers until a comma asks for the next value.
-        loop {
-            skip_ws(b, &mut i);
-            match stack.last() {
-                None => return i == b.len(),
-                Some(&open) => {
-                    let close = if open == b'{' { b'}' } else { b']' };
-                    match b.get(i) {
-                        Some(&b',') => {
-                            i += 1;
-                            if open == b'{' && !member_key(b, &mut i) {
-                                return false;
-                            }
-                            break;
-                        }
-                        Some(&c) if c == close => {
-                            i += 1;
-                            stack.pop();
-                        }
-                        _ => return false,
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn skip_ws(b: &[u8], i: &mut usize) {
-    while matches!(b.get(*i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        *i += 1;
-    }
-}
-
-/// `"key" :` of an object member.
-fn member_key(b: &[u8], i: &mut usize) -> bool {
-    skip_ws(b, i);
-    if b.get(*i) != Some(&b'"') || !string(b, i) {
-        return false;
-    }
-    skip_ws(b, i);
-    if b.get(*i) != Some(&b':') {
-        return false;
-    }
-    *i += 1;
-    true
-}
-
-fn literal(b: &[u8], i: &mut usize, word: &[u8]) -> bool {
-    if b.get(*i..*i + word.len()) == Some(word) {
-        *i += word.len();
-        true
-    } else {
-        false
-    }
-}
-
-fn string(b: &[u8], i: &mut usize) -> bool {
-    *i += 1; // opening quote
-    while let Some(&c) = b.get(*i) {
-        match c {
-            b'"' => {
-                *i += 1;
-                return true;
-            }
-            b'\\' => match b.get(*i + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => *i += 2,
-                Some(b'u') => {
-                    let hex = b.get(*i + 2..*i + 6);
-                    if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                        return false;
-                    }
-                    *i += 6;
-                }
-                _ => return false,
-            },
-            0x00..=0x1f => return false,
-            _ => *i += 1,
-        }
-    }
-    false
-}
-
-fn number(b: &[u8], i: &mut usize) -> bool {
-    let digits = |b: &[u8], i: &mut usize| {
-        let start = *i;
-        while b.get(*i).is_some_and(u8::is_ascii_digit) {
-            *i += 1;
-        }
-        *i > start
-    };
-    if b.get(*i) == Some(&b'-') {
-        *i += 1;
-    }
-    match b.get(*i) {
-        Some(b'0') => *i += 1,
-        Some(b'1'..=b'9') => {
-            digits(b, i);
-        }
-        _ => return false,
-    }
-    if b.get(*i) == Some(&b'.') {
-        *i += 1;
-        if !digits(b, i) {
-            return false;
-        }
-    }
-    if matches!(b.get(*i), Some(b'e' | b'E')) {
-        *i += 1;
-        if matches!(b.get(*i), Some(b'+' | b'-')) {
-            *i += 1;
-        }
-        if !digits(b, i) {
-            return false;
-        }
-    }
-    true
+    serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok()
 }
 
 /// Renders MySQL binary JSON as MySQL prints it, without the blanks after `:` and `,` (the
@@ -455,6 +286,10 @@ mod tests {
         }
         let deep = "[".repeat(100_000) + &"]".repeat(100_000);
         assert!(is_valid_json(&deep), "no recursion limit");
+        let deep = "{\"a\":".repeat(10_000) + "1e400" + &"}".repeat(10_000);
+        assert!(is_valid_json(&deep), "no recursion limit in objects");
+        let unclosed = "[".repeat(10_000) + &"]".repeat(9_999);
+        assert!(!is_valid_json(&unclosed));
         assert_eq!(json_or_text("[1]".into()), Value::Json("[1]".into()));
         assert_eq!(json_or_text("[1".into()), Value::Text("[1".into()));
     }

@@ -537,10 +537,10 @@ pub async fn copy_while_streaming(
         return Ok(None);
     }
     // A table altered after the copy's snapshot began cannot be read in it (error 1412): copy
-    // again from a new snapshot. Rows already written are overwritten, and the stream's events
-    // from `at` on (replayed over the copy) remove what a newer snapshot no longer has.
+    // again from a new snapshot. Rows already written are overwritten; the copy counts as read
+    // at the first attempt's position, so the events after it replay over the copy and remove
+    // what an earlier attempt wrote and a newer snapshot no longer has.
     let mut attempt = 1;
-    let mut position = position;
     loop {
         match copy_in_snapshot(&mut conn, &tables, output).await {
             Ok(true) => break,
@@ -554,7 +554,7 @@ pub async fn copy_while_streaming(
                     "a table changed under the copy's snapshot; copying again from a new one"
                 );
                 let mut workers = vec![connect(&config.opts).await?];
-                position = open_snapshot(config, server, &mut workers).await?;
+                open_snapshot(config, server, &mut workers).await?;
                 conn = workers.remove(0);
                 let mut again = Vec::with_capacity(tables.len());
                 for table in &tables {

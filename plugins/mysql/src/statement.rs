@@ -66,17 +66,22 @@ impl Statement {
     /// The statement with the names of existing tables as the server stores them. Under
     /// `lower_case_table_names=2` a statement may name a table in any case, while row events,
     /// the selection and etcd keys carry the stored one: a name equal (ignoring case) to one of
-    /// `known` (tables seen listed, mapped or copied) becomes that name. New names — rename
+    /// `known` (tables seen mapped, copied or listed, in that order of preference) becomes that
+    /// name. New names — rename
     /// targets, and rename sources that are targets earlier in the same statement — stay as
     /// given, as the server stores them. Other settings: unchanged.
     pub fn with_stored_names(self, case: NameCase, known: &[TableId]) -> Statement {
         if case != NameCase::Insensitive {
             return self;
         }
+        // An exact match first, then the first equal ignoring case: `known` lists the tables
+        // mapped most recently first, so a table dropped and created again in another case is
+        // named as it is now.
         let stored = |t: TableId| {
             known
                 .iter()
-                .find(|k| case.same_table(k, &t))
+                .find(|k| **k == t)
+                .or_else(|| known.iter().find(|k| case.same_table(k, &t)))
                 .cloned()
                 .unwrap_or(t)
         };

@@ -160,11 +160,12 @@ impl Registry {
                             continue;
                         }
                     }
-                    if let Some(copied) = self.partitions.get(oid) {
-                        let leaves = crate::relations::partition_fingerprint(client, *oid).await?;
-                        if leaves.as_ref() != Some(copied) {
-                            out.reshaped.push(now.clone());
-                        }
+                    // A partitioned table recorded without its partitions (by a version that
+                    // did not keep them) is copied once: a change made across the upgrade
+                    // would not be found otherwise.
+                    let leaves = crate::relations::partition_fingerprint(client, *oid).await?;
+                    if leaves.is_some() && leaves.as_ref() != self.partitions.get(oid) {
+                        out.reshaped.push(now.clone());
                     }
                 }
                 Some(now) if selection.matches(now) => {

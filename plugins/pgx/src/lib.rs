@@ -13,6 +13,7 @@ pub mod prereq;
 pub mod publication;
 pub mod relations;
 pub mod replication;
+pub mod slot;
 pub mod snapshot;
 pub mod source;
 pub mod types;

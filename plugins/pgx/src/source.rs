@@ -13,6 +13,7 @@ use crate::publication::enforce;
 use crate::publication::publication_tables;
 use crate::relations::{quote_ident, quote_table, resolve_tables, TableInfo, Types};
 use crate::replication::Streamer;
+use crate::slot::slot_answer;
 use crate::snapshot::copy_tables;
 use etcdsync_core::leadership::Fence;
 use etcdsync_core::source::{RowFetcher, Source, SourceContext, SourceIo};
@@ -440,25 +441,6 @@ async fn sync_publications(
         .filter(|t| pending.contains(&t.id))
         .cloned()
         .collect())
-}
-
-/// The consistent point and snapshot name of a `CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT`
-/// answer (columns slot_name, consistent_point, snapshot_name, output_plugin).
-pub fn slot_answer(rows: &[Vec<Option<bytes::Bytes>>]) -> Result<(Lsn, String)> {
-    let text = |i: usize| {
-        rows.first()
-            .and_then(|row| row.get(i))
-            .and_then(|v| v.as_ref())
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-    };
-    let (Some(point), Some(snapshot)) = (text(1), text(2)) else {
-        return Err(Error::fatal(
-            "CREATE_REPLICATION_SLOT returned no consistent point or snapshot name",
-        ));
-    };
-    let point = Lsn::parse(&point)
-        .map_err(|e| Error::fatal(format!("slot consistent point `{point}`: {e}")))?;
-    Ok((point, snapshot))
 }
 
 impl PgxSource {

@@ -283,13 +283,15 @@ impl Writer {
             return Ok(false);
         };
         if let Some(name) = etcdsync_core::source::fill_from_current(table, row, &current) {
-            // The column was renamed, dropped or retyped after this change: the source copies
-            // the table again when it meets that change (or, where it cannot, says to repair).
+            // The column was renamed, dropped or retyped after this change: a source that
+            // follows column changes copies the table again when it meets that change.
             tracing::warn!(
                 table = %table.id,
                 column = name,
                 "an update left a TOASTed column unchanged that the table no longer has ({reason}); \
-                 its put is left out — the column change that follows copies the table again"
+                 its put is left out: the column change that follows copies the table again where \
+                 the source follows column changes (pgx with manage_publication: true); otherwise \
+                 run `etcdsync verify --repair`"
             );
             return Ok(false);
         }

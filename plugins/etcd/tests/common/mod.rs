@@ -224,6 +224,40 @@ pub async fn build(yaml: &str) -> etcdsync_core::Result<Box<dyn Sink>> {
         .await
 }
 
+/// The sink's inspector (`check`, `status`, `verify`, `--repair`) for a YAML config.
+pub async fn inspector(yaml: &str) -> Box<dyn etcdsync_core::inspect::SinkInspector> {
+    parse(yaml)
+        .expect("valid config")
+        .inspect(SinkContext {
+            name: PIPELINE.into(),
+            source_type: SOURCE.into(),
+            former_source_names: Vec::new(),
+            fence: None,
+        })
+        .await
+        .expect("inspector")
+}
+
+/// The checkpoint the sink keeps in etcd, if any.
+pub async fn checkpoint_in_etcd(
+    client: &mut Client,
+    p: &Prefixes,
+) -> Option<etcdsync_core::Checkpoint> {
+    get(client, &p.checkpoint_key())
+        .await
+        .map(|text| serde_json::from_str(&text).expect("checkpoint JSON"))
+}
+
+/// etcd's current revision.
+pub async fn revision_now(etcd: &mut Client) -> i64 {
+    etcd.get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision()
+}
+
 /// A sink running in a task, fed through a channel.
 pub struct Running {
     pub tx: mpsc::Sender<Message>,

@@ -326,6 +326,12 @@ fn mysql_server() -> ServerInfo {
 
 /// Feeds `events` one by one and returns the ids of the rows inserted after each event.
 async fn inserted_per_event(events: &[Event]) -> Vec<Vec<i64>> {
+    inserted_per_event_copied_at(events, None).await
+}
+
+/// As [`inserted_per_event`], with `db.t` copied while streaming at `copied_at` (an offset in
+/// binlog.000003).
+async fn inserted_per_event_copied_at(events: &[Event], copied_at: Option<u64>) -> Vec<Vec<i64>> {
     let config = config();
     let server = mysql_server();
     let (tx, mut rx) = mpsc::channel(64);
@@ -335,6 +341,12 @@ async fn inserted_per_event(events: &[Event]) -> Vec<Vec<i64>> {
         &format!("binlog.000003:50 gtid={U}:1"),
         tx,
     );
+    if let Some(offset) = copied_at {
+        decoder.copied.insert(
+            TableId::new("db", "t"),
+            BinlogPos::new("binlog.000003".to_string(), offset),
+        );
+    }
     let mut out = Vec::new();
     for e in events {
         assert!(decoder.handle(e).await.expect("handle"));
@@ -530,4 +542,17 @@ async fn under_lower_case_table_names_2_a_ddl_names_the_table_as_stored() {
     }
     // The keys are under the stored name (`db.Orders`), which row events carry too.
     assert_eq!(truncated, ["db.Orders", "db.Orders"]);
+}
+
+/// A copy while streaming read the table after an XA transaction committed: the transaction's
+/// held rows are in the copy, and applying them at the commit would undo later changes the copy
+/// also read. Committed after the copy's read, they arrive.
+#[tokio::test]
+async fn xa_rows_committed_before_a_copy_of_their_table_are_left_to_the_copy() {
+    let mut events = mysql_xa_prepared(b"x", false);
+    events.extend([mysql_gtid(3, 3200), query("XA COMMIT 'x'", 3250)]);
+    let per_event = inserted_per_event_copied_at(&events, Some(3260)).await;
+    assert!(per_event.iter().all(Vec::is_empty), "{per_event:?}");
+    let per_event = inserted_per_event_copied_at(&events, Some(3240)).await;
+    assert_eq!(per_event.last().map(Vec::len), Some(300));
 }

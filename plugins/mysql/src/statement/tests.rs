@@ -317,3 +317,19 @@ fn under_lower_case_table_names_2_names_compare_ignoring_case_and_keep_the_store
     assert_eq!(NameCase::from_setting(1), NameCase::Lower);
     assert_eq!(NameCase::from_setting(2), NameCase::Insensitive);
 }
+
+#[test]
+fn an_exact_name_wins_over_an_earlier_one_equal_ignoring_case() {
+    let stale = TableId::new("db", "Foo");
+    let current = TableId::new("db", "FOO");
+    let known = [stale.clone(), current.clone()];
+    let named = |name: &str| Statement::Truncate(vec![TableId::new("db", name)]);
+    assert_eq!(
+        named("FOO").with_stored_names(NameCase::Insensitive, &known),
+        Statement::Truncate(vec![current])
+    );
+    assert_eq!(
+        named("foo").with_stored_names(NameCase::Insensitive, &known),
+        Statement::Truncate(vec![stale])
+    );
+}

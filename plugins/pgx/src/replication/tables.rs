@@ -292,6 +292,17 @@ impl Streamer {
 
     /// Creates the temporary slot whose exported snapshot the pending tables are copied from.
     pub(super) async fn start_copy(&mut self) -> Result<TableCopy> {
+        // Columns and partitions are read before the snapshot is exported: a change between
+        // the two makes the record older than the copy, so the next check copies again (read
+        // after it, a change the copy cannot see would pass for copied).
+        for table in &self.pending {
+            let columns = crate::relations::table_columns(&self.catalog, table.oid).await?;
+            self.shapes.insert(table.id.clone(), columns);
+            if let Some(fingerprint) = partition_fingerprint(&self.catalog, table.oid).await? {
+                self.partitions
+                    .insert(table.id.clone(), (table.oid, fingerprint));
+            }
+        }
         let config = crate::connect::replication_config(&self.valid, Lsn::ZERO, Lsn::ZERO)?;
         let mut session = ReplicationClient::connect_gated(config)
             .await
@@ -303,16 +314,8 @@ impl Streamer {
             ))
             .await
             .map_err(wire(format!("creating temporary slot {slot}")))?;
-        let (point, snapshot) = crate::source::slot_answer(&rows)?;
+        let (point, snapshot) = crate::slot::slot_answer(&rows)?;
         let tables = std::mem::take(&mut self.pending);
-        for table in &tables {
-            let columns = crate::relations::table_columns(&self.catalog, table.oid).await?;
-            self.shapes.insert(table.id.clone(), columns);
-            if let Some(fingerprint) = partition_fingerprint(&self.catalog, table.oid).await? {
-                self.partitions
-                    .insert(table.id.clone(), (table.oid, fingerprint));
-            }
-        }
         let retire = std::mem::take(&mut self.identity.retire_with_copy);
         tracing::info!(point = %point.to_pg_string(), tables = tables.len(), "copy of new tables scheduled");
         Ok(TableCopy {
