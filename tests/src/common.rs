@@ -169,7 +169,14 @@ pub fn run_recorded(source: Box<dyn Source>, ack: bool) -> RecordedSource {
         acked: ack_rx,
         shutdown: shutdown.clone(),
     };
-    let task = tokio::spawn(source.run(io));
+    // A source that fails says why in the test's output (the waits only see that it ended).
+    let task = tokio::spawn(async move {
+        let result = source.run(io).await;
+        if let Err(error) = &result {
+            eprintln!("the source stopped with an error: {error}");
+        }
+        result
+    });
     RecordedSource {
         messages,
         shutdown,

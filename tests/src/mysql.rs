@@ -7,7 +7,7 @@ use etcdsync_core::config::PipelineConfig;
 use etcdsync_core::encode::json::encode_row;
 use etcdsync_core::encode::key::{row_key, table_prefix};
 use etcdsync_core::source::{SourceConfig, SourceContext};
-use etcdsync_core::{Checkpoint, Message, Op, Position};
+use etcdsync_core::{Checkpoint, Message, Op, Position, TableId};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts};
 use std::collections::BTreeMap;
@@ -117,6 +117,7 @@ pub fn source_yaml(include: &[String], extra: &str) -> String {
 
 /// The source alone, with a sink that records every message and acknowledges every position.
 pub struct SourceRun {
+    name: String,
     pub messages: Arc<Mutex<Vec<Message>>>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<etcdsync_core::Result<()>>,
@@ -137,15 +138,43 @@ pub async fn build(
         committed_at: None,
         applied_at: "2000-01-01T00:00:00Z".into(),
     });
+    let written_tables = if resume.is_some() {
+        written_by(name)
+    } else {
+        Default::default()
+    };
     config
         .build(SourceContext {
             name: name.into(),
             resume,
             fence: None,
-            written_tables: Default::default(),
+            written_tables,
         })
         .await
 }
+
+/// Tables a recorded run of pipeline `name` received rows of, as the etcd sink's table markers
+/// keep them: what a resumed source is told the sink holds.
+fn written_by(name: &str) -> std::collections::HashSet<TableId> {
+    WRITTEN
+        .lock()
+        .map(|all| all.get(name).cloned().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+fn record_written(name: &str, messages: &[Message]) {
+    let tables = messages.iter().flat_map(|m| match m {
+        Message::Changes(changes) => changes.iter().map(|c| c.table.id.clone()).collect(),
+        _ => Vec::new(),
+    });
+    if let Ok(mut all) = WRITTEN.lock() {
+        all.entry(name.to_string()).or_default().extend(tables);
+    }
+}
+
+static WRITTEN: std::sync::LazyLock<
+    Mutex<std::collections::HashMap<String, std::collections::HashSet<TableId>>>,
+> = std::sync::LazyLock::new(Default::default);
 
 impl SourceRun {
     pub async fn start(yaml: &str, name: &str, resume: Option<Position>) -> SourceRun {
@@ -154,6 +183,7 @@ impl SourceRun {
             .unwrap_or_else(|e| panic!("build source: {e}"));
         let run = crate::common::run_recorded(source, true);
         SourceRun {
+            name: name.to_string(),
             messages: run.messages,
             shutdown: run.shutdown,
             task: run.task,
@@ -203,6 +233,7 @@ impl SourceRun {
         }
         let last = self.sink.await.unwrap_or(None);
         let messages = self.messages.lock().map(|m| m.clone()).unwrap_or_default();
+        record_written(&self.name, &messages);
         (messages, last)
     }
 }

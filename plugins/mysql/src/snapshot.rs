@@ -596,6 +596,8 @@ async fn discarded(conn: &mut Conn, id: &TableId) -> Result<bool> {
         Err(e) if crate::error::server_code(&e) == Some(crate::error::TABLESPACE_DISCARDED) => {
             Ok(true)
         }
+        // Changed under the copy's snapshot (1412): the copy meets it too and starts over.
+        Err(e) if crate::error::server_code(&e) == Some(1412) => Ok(false),
         Err(e) => Err(crate::error::read_error(id, e)),
     }
 }
