@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod leader;
 pub mod sink;
 pub mod status;
+pub mod store;
 pub mod table_markers;
 #[doc(hidden)]
 pub mod test_hooks;

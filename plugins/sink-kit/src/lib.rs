@@ -2,11 +2,15 @@
 //! sinks of other stores: [`batch`] packs changes into store transactions (coalescing by key,
 //! splitting by op and byte limits, commit marks and change tallies); [`markers`] encodes the
 //! checkpoint, split-transaction and snapshot markers kept beside the data; [`index`] names the
-//! key-index entries of tables whose keys come from a transform. It depends on core only.
+//! key-index entries of tables whose keys come from a transform; [`store`] is what a store
+//! offers the kit's drivers, and [`stale`] the driver that removes the keys a snapshot did not
+//! rewrite. It depends on core only.
 
 pub mod batch;
 pub mod index;
 pub mod markers;
+pub mod stale;
+pub mod store;
 
 /// What the kit itself can refuse: a marker that does not parse, a change the sink cannot key.
 #[derive(Debug, thiserror::Error)]

@@ -2,6 +2,7 @@
 //! end — keys of the snapshot's tables it did not rewrite are deleted, then the checkpoint.
 
 use super::*;
+use etcdsync_sink_kit::store::Store as _;
 
 impl Writer {
     // ---- snapshot --------------------------------------------------------------------------
@@ -21,28 +22,21 @@ impl Writer {
             self.submit_ready().await?;
         }
         self.drain_in_flight().await?;
-        let key = self.settings.snapshot_key();
-        let response = self
-            .client
-            .get(
-                "read the revision a snapshot starts at",
-                key.as_str(),
-                Some(GetOptions::new().with_count_only()),
-                Some(&self.shutdown),
-                None,
-            )
+        let start_revision = self
+            .store()
+            .revision("read the revision a snapshot starts at")
             .await?;
-        let start_revision = response
-            .header()
-            .map(|h| h.revision())
-            .ok_or_else(|| EtcdError::Task("etcd answered without a response header".into()))?;
         let marker = SnapshotMarker::new(SnapshotState::Running, start_revision, &tables);
         let started = Instant::now();
         self.client
             .txn(
                 "record the snapshot start",
                 &self.guards,
-                vec![TxnOp::put(key, marker.to_json(), None)],
+                vec![TxnOp::put(
+                    self.settings.snapshot_key(),
+                    marker.to_json(),
+                    None,
+                )],
                 &self.shutdown,
             )
             .await?;
@@ -147,11 +141,24 @@ impl Writer {
             // Nothing can be stale under a prefix that held no key when the snapshot began
             // (a first snapshot): no scan at all.
             let data = table_prefix(&self.settings.prefix, table);
-            if self.held_keys_at(&data, snapshot.start_revision).await != Some(0) {
-                self.delete_stale(table, snapshot.start_revision).await?;
+            let deleted = etcdsync_sink_kit::stale::delete_stale(
+                &self.store(),
+                &data,
+                snapshot.start_revision,
+                self.settings.max_txn_ops,
+                |count, started| events::txn_applied_since(TxnKind::Snapshot, count, started),
+            )
+            .await?;
+            if deleted > 0 {
+                events::stale_keys_deleted(&table.to_string(), deleted);
             }
             let entries = self.index.table_entries(table);
-            if self.held_keys_at(&entries, snapshot.start_revision).await != Some(0) {
+            if self
+                .store()
+                .count_at(&entries, snapshot.start_revision)
+                .await
+                != Some(0)
+            {
                 let stale = self
                     .delete_indexed(table, Some(snapshot.start_revision))
                     .await?;
@@ -205,91 +212,13 @@ impl Writer {
         Ok(())
     }
 
-    /// How many keys `prefix` held at `revision` (a count, no keys read); `None` when etcd cannot
-    /// say (the revision was compacted): the caller scans.
-    pub(super) async fn held_keys_at(&self, prefix: &str, revision: i64) -> Option<i64> {
-        let options = GetOptions::new()
-            .with_range(prefix_range_end(prefix))
-            .with_count_only()
-            .with_revision(revision);
-        match self
-            .client
-            .get(
-                "count the keys a prefix held when the snapshot began",
-                prefix,
-                Some(options),
-                Some(&self.shutdown),
-                Some(1),
-            )
-            .await
-        {
-            Ok(response) => Some(response.count()),
-            Err(error) => {
-                tracing::debug!(%error, prefix, revision, "cannot count at the snapshot's start revision; scanning");
-                None
-            }
+    /// The kit's view of etcd for this run: writes carry the sink's guards.
+    pub(super) fn store(&self) -> crate::store::EtcdStore<'_> {
+        crate::store::EtcdStore {
+            client: &self.client,
+            guards: &self.guards,
+            shutdown: &self.shutdown,
+            probe_key: self.settings.snapshot_key(),
         }
-    }
-
-    /// Deletes the keys under `table`'s prefix that the snapshot did not rewrite (mod_revision
-    /// at or below its start revision), a page at a time.
-    pub(super) async fn delete_stale(
-        &self,
-        table: &TableId,
-        start_revision: i64,
-    ) -> Result<(), EtcdError> {
-        let mut pages = Pages::of_prefix(
-            &table_prefix(&self.settings.prefix, table),
-            STALE_SCAN_PAGE,
-            true,
-        );
-        let mut stale: Vec<Vec<u8>> = Vec::new();
-        let mut deleted = 0;
-        let chunk = self.settings.max_txn_ops;
-        loop {
-            let page = pages
-                .next(
-                    &self.client,
-                    "list a snapshotted table's keys",
-                    Some(&self.shutdown),
-                    None,
-                )
-                .await?;
-            let last = page.is_none();
-            if let Some(page) = page {
-                stale.extend(
-                    page.kvs()
-                        .iter()
-                        .filter(|kv| kv.mod_revision() <= start_revision)
-                        .map(|kv| kv.key().to_vec()),
-                );
-            }
-            while stale.len() >= chunk || (last && !stale.is_empty()) {
-                let take = stale.len().min(chunk);
-                let ops: Vec<TxnOp> = stale
-                    .drain(..take)
-                    .map(|key| TxnOp::delete(key, None))
-                    .collect();
-                deleted += ops.len();
-                let count = ops.len();
-                let started = Instant::now();
-                self.client
-                    .txn(
-                        "delete keys a snapshot did not rewrite",
-                        &self.guards,
-                        ops,
-                        &self.shutdown,
-                    )
-                    .await?;
-                events::txn_applied_since(TxnKind::Snapshot, count, started);
-            }
-            if last {
-                break;
-            }
-        }
-        if deleted > 0 {
-            events::stale_keys_deleted(&table.to_string(), deleted);
-        }
-        Ok(())
     }
 }

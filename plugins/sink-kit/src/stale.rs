@@ -1,0 +1,189 @@
+//! Keys a snapshot did not rewrite: after a table is copied, every key under its prefix written
+//! at or before the revision the copy started at belongs to a row the copy no longer has
+//! (DESIGN §5). The driver lists them a page at a time and deletes them in writes of at most
+//! `max_ops`, so memory is bounded by a page, never by the table.
+
+use crate::batch::KvOp;
+use crate::store::Store;
+use std::time::Instant;
+
+/// Keys listed per page.
+pub const PAGE: usize = 4096;
+
+/// Deletes the keys under `prefix` last written at or before `start_revision`; returns how many.
+/// A prefix that held no key at `start_revision` (a first copy) is not listed at all.
+/// `applied(ops, started)` is called after each write.
+pub async fn delete_stale<S: Store>(
+    store: &S,
+    prefix: &str,
+    start_revision: i64,
+    max_ops: usize,
+    mut applied: impl FnMut(usize, Instant) + Send,
+) -> Result<usize, S::Error> {
+    if store.count_at(prefix, start_revision).await == Some(0) {
+        return Ok(0);
+    }
+    let max_ops = max_ops.max(1);
+    let mut after: Option<Vec<u8>> = None;
+    let mut stale: Vec<String> = Vec::new();
+    let mut deleted = 0;
+    loop {
+        let page = store.keys_page(prefix, after.as_deref(), PAGE).await?;
+        let last = !page.more;
+        after = page.keys.last().map(|(key, _)| key.clone());
+        for (key, revision) in page.keys {
+            if revision > start_revision {
+                continue;
+            }
+            match String::from_utf8(key) {
+                Ok(key) => stale.push(key),
+                // etcdsync writes UTF-8 keys only: another writer's key is left alone.
+                Err(_) => tracing::debug!(prefix, "a key that is not UTF-8; left alone"),
+            }
+        }
+        while stale.len() >= max_ops || (last && !stale.is_empty()) {
+            let take = stale.len().min(max_ops);
+            let ops: Vec<KvOp> = stale
+                .drain(..take)
+                .map(|key| KvOp::Delete { key })
+                .collect();
+            let count = ops.len();
+            let started = Instant::now();
+            store
+                .apply("delete keys a snapshot did not rewrite", ops)
+                .await?;
+            deleted += count;
+            applied(count, started);
+        }
+        if last || after.is_none() {
+            return Ok(deleted);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KeysPage;
+    use async_trait::async_trait;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// An in-memory store: key → (value, revision).
+    #[derive(Default)]
+    struct Memory {
+        keys: Mutex<BTreeMap<String, i64>>,
+        revision: Mutex<i64>,
+        writes: Mutex<Vec<usize>>,
+        counted: Option<u64>,
+    }
+
+    impl Memory {
+        fn put(&self, key: &str) {
+            let mut revision = self.revision.lock().unwrap_or_else(|p| p.into_inner());
+            *revision += 1;
+            self.keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.to_string(), *revision);
+        }
+        fn keys(&self) -> Vec<String> {
+            let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            keys.keys().cloned().collect()
+        }
+    }
+
+    #[async_trait]
+    impl Store for Memory {
+        type Error = crate::KitError;
+        async fn apply(&self, _what: &'static str, ops: Vec<KvOp>) -> Result<(), Self::Error> {
+            let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            self.writes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(ops.len());
+            for op in ops {
+                match op {
+                    KvOp::Delete { key } => {
+                        keys.remove(&key);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            Ok(())
+        }
+        async fn revision(&self, _what: &'static str) -> Result<i64, Self::Error> {
+            Ok(*self.revision.lock().unwrap_or_else(|p| p.into_inner()))
+        }
+        async fn count_at(&self, _prefix: &str, _revision: i64) -> Option<u64> {
+            self.counted
+        }
+        async fn keys_page(
+            &self,
+            prefix: &str,
+            after: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<KeysPage, Self::Error> {
+            let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            let mut under = keys
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_bytes() > a));
+            let page: Vec<(Vec<u8>, i64)> = under
+                .by_ref()
+                .take(limit)
+                .map(|(k, r)| (k.as_bytes().to_vec(), *r))
+                .collect();
+            Ok(KeysPage {
+                keys: page,
+                more: under.next().is_some(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_written_before_the_copy_go_in_bounded_writes_and_later_ones_stay() {
+        let store = Memory::default();
+        for i in 0..(PAGE + 10) {
+            store.put(&format!("/d/s/t/{i:05}"));
+        }
+        store.put("/d/s/other/1");
+        let start = store.revision("start").await.expect("revision");
+        for i in [3, PAGE + 5] {
+            store.put(&format!("/d/s/t/{i:05}"));
+        }
+        let mut writes = 0;
+        let deleted = delete_stale(&store, "/d/s/t/", start, 100, |_, _| writes += 1)
+            .await
+            .expect("deleted");
+        assert_eq!(deleted, PAGE + 8);
+        assert_eq!(
+            store.keys(),
+            vec![
+                "/d/s/other/1".to_string(),
+                format!("/d/s/t/{:05}", 3),
+                format!("/d/s/t/{:05}", PAGE + 5),
+            ]
+        );
+        let sizes = store
+            .writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        assert!(sizes.iter().all(|&n| n <= 100), "{sizes:?}");
+        assert_eq!(sizes.len(), writes);
+    }
+
+    #[tokio::test]
+    async fn a_prefix_empty_at_the_start_is_not_listed() {
+        let store = Memory {
+            counted: Some(0),
+            ..Memory::default()
+        };
+        store.put("/d/s/t/1");
+        let deleted = delete_stale(&store, "/d/s/t/", 1, 100, |_, _| {})
+            .await
+            .expect("deleted");
+        assert_eq!(deleted, 0);
+        assert_eq!(store.keys(), vec!["/d/s/t/1".to_string()]);
+    }
+}

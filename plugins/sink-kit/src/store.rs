@@ -1,0 +1,44 @@
+//! What a key-value store offers the kit's drivers ([`crate::stale`] so far): atomic writes of
+//! [`KvOp`]s under the store's own guards (a leadership fence), a revision counter that every
+//! write moves forward, and key listings by prefix with the revision each key was written at.
+//! The etcd sink implements it over etcd's transactions and revisions.
+
+use crate::batch::KvOp;
+use async_trait::async_trait;
+
+/// A key-value store the kit writes to.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// The store's errors; the kit's own convert into it.
+    type Error: From<crate::KitError> + Send;
+
+    /// Applies `ops` in one atomic write, conditional on the store's guards. `what` names the
+    /// write in logs and errors.
+    async fn apply(&self, what: &'static str, ops: Vec<KvOp>) -> Result<(), Self::Error>;
+
+    /// The store's revision now: keys written later carry a larger one.
+    async fn revision(&self, what: &'static str) -> Result<i64, Self::Error>;
+
+    /// How many keys under `prefix` there were at `revision`; `None` when the store cannot say
+    /// (history compacted), so the caller lists them instead.
+    async fn count_at(&self, prefix: &str, revision: i64) -> Option<u64>;
+
+    /// Up to `limit` keys under `prefix` in key order, after `after` (exclusive) when given,
+    /// each with the revision it was last written at.
+    async fn keys_page(
+        &self,
+        prefix: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KeysPage, Self::Error>;
+}
+
+/// One page of [`Store::keys_page`].
+#[derive(Debug, Default)]
+pub struct KeysPage {
+    /// Keys as stored (bytes: a store may hold keys etcdsync did not write) and the revision
+    /// each was last written at.
+    pub keys: Vec<(Vec<u8>, i64)>,
+    /// More keys follow the last one.
+    pub more: bool,
+}
