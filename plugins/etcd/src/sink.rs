@@ -24,6 +24,7 @@ use etcdsync_core::telemetry::{self, Phase};
 use etcdsync_core::{
     Change, Checkpoint, Commit, Message, Op, Position, Result, Row, TableId, TableSchema, Value,
 };
+use etcdsync_sink_kit::chain;
 use etcdsync_sink_kit::KitError;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -580,7 +581,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-mod chain;
 mod ops;
 mod snapshot;
 mod stream;

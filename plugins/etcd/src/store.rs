@@ -1,36 +1,81 @@
 //! The sink kit's [`Store`] over etcd: a write is a transaction carrying the sink's guards (the
-//! leadership fence), the revision is etcd's, and listings are keys-only range pages.
+//! leadership fence), a conditional write compares the key's value and, refused, reads it and the
+//! leader key in the same transaction; the revision is etcd's, and listings are keys-only range
+//! pages.
 
 use crate::client::EtcdClient;
 use crate::error::EtcdError;
 use crate::txn::txn_op;
 use async_trait::async_trait;
-use etcd_client::{Compare, GetOptions};
+use etcd_client::{Compare, CompareOp, GetOptions, TxnOp, TxnOpResponse, TxnResponse};
 use etcdsync_core::encode::key::prefix_range_end;
 use etcdsync_sink_kit::batch::KvOp;
-use etcdsync_sink_kit::store::{KeysPage, Store};
+use etcdsync_sink_kit::store::{Condition, KeysPage, Store};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// etcd as the kit sees it, for one sink run.
-pub struct EtcdStore<'a> {
-    pub client: &'a EtcdClient,
+/// etcd as the kit sees it, for one sink run (cheap to clone).
+#[derive(Clone)]
+pub struct EtcdStore {
+    pub client: EtcdClient,
     /// Compares every write carries.
-    pub guards: &'a [Compare],
-    pub shutdown: &'a CancellationToken,
+    pub guards: Arc<Vec<Compare>>,
+    pub shutdown: CancellationToken,
     /// A key the sink may read, for the revision (any read answers with it).
     pub probe_key: String,
+    /// The leader key and this instance's token when writes are fenced: a refused conditional
+    /// write reads it to tell a lost leadership from another value of its key.
+    pub leader: Option<(String, i64)>,
 }
 
 #[async_trait]
-impl Store for EtcdStore<'_> {
+impl Store for EtcdStore {
     type Error = EtcdError;
 
     async fn apply(&self, what: &'static str, ops: Vec<KvOp>) -> Result<(), EtcdError> {
         let ops = ops.iter().map(txn_op).collect();
         self.client
-            .txn(what, self.guards, ops, self.shutdown)
+            .txn(what, &self.guards, ops, &self.shutdown)
             .await
             .map(drop)
+    }
+
+    async fn apply_if(
+        &self,
+        what: &'static str,
+        key: &str,
+        expected: Option<&[u8]>,
+        build: &(dyn Fn() -> Vec<KvOp> + Sync),
+    ) -> Result<Condition, EtcdError> {
+        let mut compares = self.guards.to_vec();
+        compares.push(match expected {
+            Some(value) => Compare::value(key, CompareOp::Equal, value),
+            None => Compare::version(key, CompareOp::Equal, 0),
+        });
+        let mut otherwise = vec![TxnOp::get(key, None)];
+        if let Some((leader_key, _)) = &self.leader {
+            otherwise.push(TxnOp::get(leader_key.as_str(), None));
+        }
+        let response = self
+            .client
+            .txn_or_else(
+                what,
+                &compares,
+                || build().iter().map(txn_op).collect(),
+                otherwise,
+                &self.shutdown,
+            )
+            .await?;
+        if response.succeeded() {
+            return Ok(Condition::Met);
+        }
+        let (current, leader_token) = seen(&response);
+        if let Some((_, token)) = &self.leader {
+            if leader_token != Some(*token) {
+                return Err(EtcdError::CompareFailed(what.to_string()));
+            }
+        }
+        Ok(Condition::Found(current))
     }
 
     async fn revision(&self, what: &'static str) -> Result<i64, EtcdError> {
@@ -40,7 +85,7 @@ impl Store for EtcdStore<'_> {
                 what,
                 self.probe_key.as_str(),
                 Some(GetOptions::new().with_count_only()),
-                Some(self.shutdown),
+                Some(&self.shutdown),
                 None,
             )
             .await?;
@@ -61,7 +106,7 @@ impl Store for EtcdStore<'_> {
                 "count the keys a prefix held at a revision",
                 prefix,
                 Some(options),
-                Some(self.shutdown),
+                Some(&self.shutdown),
                 Some(1),
             )
             .await
@@ -96,7 +141,7 @@ impl Store for EtcdStore<'_> {
                 "list keys under a prefix",
                 from,
                 Some(options),
-                Some(self.shutdown),
+                Some(&self.shutdown),
                 None,
             )
             .await?;
@@ -109,4 +154,18 @@ impl Store for EtcdStore<'_> {
             more: response.more(),
         })
     }
+}
+
+/// The key's value and the leader key's create revision a refused conditional write read.
+fn seen(response: &TxnResponse) -> (Option<Vec<u8>>, Option<i64>) {
+    let mut reads = response.op_responses().into_iter().map(|read| match read {
+        TxnOpResponse::Get(range) => range
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.create_revision())),
+        _ => None,
+    });
+    let checkpoint = reads.next().flatten().map(|(value, _)| value);
+    let leader = reads.next().flatten().map(|(_, created)| created);
+    (checkpoint, leader)
 }

@@ -112,6 +112,15 @@ mod tests {
             }
             Ok(())
         }
+        async fn apply_if(
+            &self,
+            _what: &'static str,
+            _key: &str,
+            _expected: Option<&[u8]>,
+            _build: &(dyn Fn() -> Vec<KvOp> + Sync),
+        ) -> Result<crate::store::Condition, Self::Error> {
+            unreachable!("the clean-up writes unconditionally")
+        }
         async fn revision(&self, _what: &'static str) -> Result<i64, Self::Error> {
             Ok(*self.revision.lock().unwrap_or_else(|p| p.into_inner()))
         }

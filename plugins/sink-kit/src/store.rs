@@ -16,6 +16,18 @@ pub trait Store: Send + Sync {
     /// write in logs and errors.
     async fn apply(&self, what: &'static str, ops: Vec<KvOp>) -> Result<(), Self::Error>;
 
+    /// Applies the ops `build()` returns (called again for each attempt, so a large write is not
+    /// held twice) in one atomic write, only if `key` holds exactly `expected` (`None`: absent)
+    /// and the store's guards hold. A refused guard is the store's error (it was deposed);
+    /// a different value of `key` is [`Condition::Found`] with that value.
+    async fn apply_if(
+        &self,
+        what: &'static str,
+        key: &str,
+        expected: Option<&[u8]>,
+        build: &(dyn Fn() -> Vec<KvOp> + Sync),
+    ) -> Result<Condition, Self::Error>;
+
     /// The store's revision now: keys written later carry a larger one.
     async fn revision(&self, what: &'static str) -> Result<i64, Self::Error>;
 
@@ -31,6 +43,15 @@ pub trait Store: Send + Sync {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<KeysPage, Self::Error>;
+}
+
+/// What [`Store::apply_if`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The key held the expected value: the write is applied.
+    Met,
+    /// The key held this instead (`None`: absent): nothing was written.
+    Found(Option<Vec<u8>>),
 }
 
 /// One page of [`Store::keys_page`].

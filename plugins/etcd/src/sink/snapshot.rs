@@ -176,11 +176,10 @@ impl Writer {
             snapshot.start_revision,
             &snapshot.tables,
         );
-        let mut ops = vec![TxnOp::put(
-            self.settings.snapshot_key(),
-            marker.to_json(),
-            None,
-        )];
+        let mut ops = vec![KvOp::Put {
+            key: self.settings.snapshot_key(),
+            value: marker.to_json(),
+        }];
         // A split-transaction marker outlives only a step at its own checkpoint (removing a
         // dropped table's keys before the transaction replays); after a snapshot that moved
         // the checkpoint it describes nothing any more.
@@ -191,7 +190,9 @@ impl Writer {
             .is_none_or(|replay| replay.after.as_deref() != Some(position_text.as_str()))
         {
             self.replay = None;
-            ops.push(TxnOp::delete(self.settings.partial_key(), None));
+            ops.push(KvOp::Delete {
+                key: self.settings.partial_key(),
+            });
         }
         let started = Instant::now();
         let ops_count = ops.len() + 1;
@@ -213,12 +214,13 @@ impl Writer {
     }
 
     /// The kit's view of etcd for this run: writes carry the sink's guards.
-    pub(super) fn store(&self) -> crate::store::EtcdStore<'_> {
+    pub(super) fn store(&self) -> crate::store::EtcdStore {
         crate::store::EtcdStore {
-            client: &self.client,
-            guards: &self.guards,
-            shutdown: &self.shutdown,
+            client: self.client.clone(),
+            guards: Arc::clone(&self.guards),
+            shutdown: self.shutdown.clone(),
             probe_key: self.settings.snapshot_key(),
+            leader: self.leader.clone(),
         }
     }
 }

@@ -82,7 +82,10 @@ impl Writer {
             seq: self.open_last_seq.map(|seq| seq.to_string()),
         };
         self.open_split = true;
-        let put = TxnOp::put(self.settings.partial_key(), marker.encode(), None);
+        let put = KvOp::Put {
+            key: self.settings.partial_key(),
+            value: marker.encode(),
+        };
         self.submit_with(part, Some(put)).await
     }
 
@@ -92,8 +95,9 @@ impl Writer {
             return Ok(());
         }
         let ready = std::mem::take(&mut self.ready);
-        let clear = std::mem::take(&mut self.ready_clears_partial)
-            .then(|| TxnOp::delete(self.settings.partial_key(), None));
+        let clear = std::mem::take(&mut self.ready_clears_partial).then(|| KvOp::Delete {
+            key: self.settings.partial_key(),
+        });
         self.submit_with(ready, clear).await
     }
 
@@ -194,7 +198,7 @@ impl Writer {
     pub(super) async fn submit_with(
         &mut self,
         batch: Batch,
-        marker: Option<TxnOp>,
+        marker: Option<KvOp>,
     ) -> Result<(), EtcdError> {
         if batch.is_empty() && marker.is_none() {
             return Ok(());
@@ -231,7 +235,6 @@ impl Writer {
             checkpoint_key: self.settings.checkpoint_key(),
             expected: end.value,
             writer,
-            leader: self.leader.clone(),
             predecessor: self.in_flight.back().map(|flight| flight.stage.clone()),
             stage,
         };
@@ -250,27 +253,28 @@ impl Writer {
         }
         let batch = Arc::new(batch);
         let applying = Arc::clone(&batch);
-        let client = self.client.clone();
-        let guards = Arc::clone(&self.guards);
-        let shutdown = self.shutdown.clone();
+        let store = self.store();
         let checkpoint_key = link.checkpoint_key.clone();
         let apply = async move {
             let build = || {
-                let mut ops = crate::txn::txn_ops(&applying);
+                let mut ops: Vec<KvOp> = applying.ops().map(|op| op.into_owned()).collect();
                 if let Some(value) = &checkpoint {
-                    ops.push(TxnOp::put(checkpoint_key.as_str(), value.as_slice(), None));
+                    ops.push(KvOp::Put {
+                        key: checkpoint_key.clone(),
+                        value: value.clone(),
+                    });
                 }
                 ops.extend(marker.iter().cloned());
                 ops
             };
+            crate::test_hooks::before_stream_txn(&checkpoint_key).await;
             let started = Instant::now();
             let applied = link
                 .apply(
-                    &client,
+                    &store,
                     "apply a data transaction",
-                    &guards,
-                    build,
-                    &shutdown,
+                    &build,
+                    &events::txn_resent,
                 )
                 .await;
             applied?;
@@ -327,9 +331,9 @@ impl Writer {
     /// else in flight): a write outside streaming that moves the checkpoint (a snapshot's end).
     pub(super) async fn apply_chained(
         &mut self,
-        op: &str,
+        op: &'static str,
         mark: CommitMark,
-        mut ops: Vec<TxnOp>,
+        mut ops: Vec<KvOp>,
     ) -> Result<(), EtcdError> {
         let end = self.chain_end().await?;
         self.chain_seq += 1;
@@ -340,23 +344,20 @@ impl Writer {
             Some(&format!("{}:{}", writer.0, writer.1)),
         );
         let key = self.settings.checkpoint_key();
-        ops.push(TxnOp::put(key.as_str(), checkpoint.as_slice(), None));
+        ops.push(KvOp::Put {
+            key: key.clone(),
+            value: checkpoint.clone(),
+        });
+        crate::test_hooks::before_stream_txn(&key).await;
         let link = chain::Link {
             checkpoint_key: key,
             expected: end.value,
             writer: Some(writer),
-            leader: self.leader.clone(),
             predecessor: None,
             stage: watch::channel(chain::Stage::Waiting).0,
         };
-        link.apply(
-            &self.client,
-            op,
-            &self.guards,
-            || ops.clone(),
-            &self.shutdown,
-        )
-        .await?;
+        link.apply(&self.store(), op, &|| ops.clone(), &events::txn_resent)
+            .await?;
         self.chain = Some(chain::ChainEnd {
             value: Some(checkpoint),
             mark: Some(mark),
