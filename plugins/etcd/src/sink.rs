@@ -7,13 +7,13 @@
 
 use crate::batch::{Batch, CommitMark, KvOp, Limits, Lookup};
 use crate::checkpoint::{encode_checkpoint, PartialMarker, SnapshotMarker, SnapshotState};
-use crate::client::{EtcdClient, Pages};
+use crate::client::EtcdClient;
 use crate::config::{OnInvalidKey, OnOversize, Settings};
 use crate::error::EtcdError;
 use crate::events::{self, TxnKind};
 use crate::index::KeyIndex;
 use crate::status::StatusWriter;
-use etcd_client::{Compare, TxnOp};
+use etcd_client::Compare;
 use etcdsync_core::change::rfc3339;
 use etcdsync_core::encode::json::encode_row;
 use etcdsync_core::encode::key::{is_valid_relative_key, row_key, table_prefix};
@@ -33,9 +33,6 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-
-/// Keys per page when a finished snapshot lists a table's keys (keys only) to find stale ones.
-pub const STALE_SCAN_PAGE: i64 = 4096;
 
 /// The etcd sink, connected and ready to run.
 pub struct EtcdSink {

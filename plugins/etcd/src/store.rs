@@ -9,8 +9,7 @@ use crate::txn::txn_op;
 use async_trait::async_trait;
 use etcd_client::{Compare, CompareOp, GetOptions, TxnOp, TxnOpResponse, TxnResponse};
 use etcdsync_core::encode::key::prefix_range_end;
-use etcdsync_sink_kit::batch::KvOp;
-use etcdsync_sink_kit::store::{Condition, KeysPage, Store};
+use etcdsync_sink_kit::store::{Condition, Ops, Page, Store, Stored};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -32,20 +31,41 @@ pub struct EtcdStore {
 impl Store for EtcdStore {
     type Error = EtcdError;
 
-    async fn apply(&self, what: &'static str, ops: Vec<KvOp>) -> Result<(), EtcdError> {
-        let ops = ops.iter().map(txn_op).collect();
+    async fn apply<'a>(&self, what: &'static str, build: &Ops<'a>) -> Result<(), EtcdError> {
         self.client
-            .txn(what, &self.guards, ops, &self.shutdown)
+            .txn_with(
+                what,
+                &self.guards,
+                || build().iter().map(|op| txn_op(op)).collect(),
+                &self.shutdown,
+            )
             .await
             .map(drop)
     }
 
-    async fn apply_if(
+    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, EtcdError> {
+        let response = self
+            .client
+            .get(
+                "read a key's current value",
+                key,
+                None,
+                Some(&self.shutdown),
+                None,
+            )
+            .await?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    }
+
+    async fn apply_if<'a>(
         &self,
         what: &'static str,
         key: &str,
         expected: Option<&[u8]>,
-        build: &(dyn Fn() -> Vec<KvOp> + Sync),
+        build: &Ops<'a>,
     ) -> Result<Condition, EtcdError> {
         let mut compares = self.guards.to_vec();
         compares.push(match expected {
@@ -61,7 +81,7 @@ impl Store for EtcdStore {
             .txn_or_else(
                 what,
                 &compares,
-                || build().iter().map(txn_op).collect(),
+                || build().iter().map(|op| txn_op(op)).collect(),
                 otherwise,
                 &self.shutdown,
             )
@@ -121,20 +141,25 @@ impl Store for EtcdStore {
 
     /// No revision filter: etcd reads the whole remaining range for every page of a request
     /// that filters by revision (it drops the limit), so the caller filters a page.
-    async fn keys_page(
+    async fn page(
         &self,
         prefix: &str,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<KeysPage, EtcdError> {
+        keys_only: bool,
+    ) -> Result<Page, EtcdError> {
         let from = match after {
             Some(key) => [key, &[0u8][..]].concat(),
             None => prefix.as_bytes().to_vec(),
         };
         let options = GetOptions::new()
             .with_range(prefix_range_end(prefix))
-            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .with_keys_only();
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let options = if keys_only {
+            options.with_keys_only()
+        } else {
+            options
+        };
         let response = self
             .client
             .get(
@@ -145,11 +170,15 @@ impl Store for EtcdStore {
                 None,
             )
             .await?;
-        Ok(KeysPage {
-            keys: response
+        Ok(Page {
+            entries: response
                 .kvs()
                 .iter()
-                .map(|kv| (kv.key().to_vec(), kv.mod_revision()))
+                .map(|kv| Stored {
+                    key: kv.key().to_vec(),
+                    value: kv.value().to_vec(),
+                    revision: kv.mod_revision(),
+                })
                 .collect(),
             more: response.more(),
         })

@@ -6,9 +6,9 @@
 //! a write of anyone else (another session's late retry, another instance, an operator) breaks
 //! the chain loudly instead of passing for ours. A lost leadership is the store's own refusal.
 
-use crate::batch::{CommitMark, KvOp};
+use crate::batch::CommitMark;
 use crate::markers::{checkpoint_writer, decode_checkpoint};
-use crate::store::{Condition, Store};
+use crate::store::{Condition, Ops, Store};
 use crate::KitError;
 use etcdsync_core::Checkpoint;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,11 +94,11 @@ impl Link {
     /// Applies `build()` in its place: after every write sent before it. Its stage ends
     /// `Applied` or `Failed` with it. `resent(seq)` counts a write sent again after arriving
     /// before its predecessor.
-    pub async fn apply<S: Store>(
+    pub async fn apply<'a, S: Store>(
         mut self,
         store: &S,
         what: &'static str,
-        build: &(dyn Fn() -> Vec<KvOp> + Sync),
+        build: &Ops<'a>,
         resent: &(dyn Fn(u64) + Sync),
     ) -> Result<(), S::Error> {
         let result = self.apply_in_order(store, what, build, resent).await;
@@ -110,11 +110,11 @@ impl Link {
         result
     }
 
-    async fn apply_in_order<S: Store>(
+    async fn apply_in_order<'a, S: Store>(
         &mut self,
         store: &S,
         what: &'static str,
-        build: &(dyn Fn() -> Vec<KvOp> + Sync),
+        build: &Ops<'a>,
         resent: &(dyn Fn(u64) + Sync),
     ) -> Result<(), S::Error> {
         let mut predecessor = self.predecessor.take();

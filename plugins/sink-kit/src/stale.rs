@@ -28,14 +28,14 @@ pub async fn delete_stale<S: Store>(
     let mut stale: Vec<String> = Vec::new();
     let mut deleted = 0;
     loop {
-        let page = store.keys_page(prefix, after.as_deref(), PAGE).await?;
+        let page = store.page(prefix, after.as_deref(), PAGE, true).await?;
         let last = !page.more;
-        after = page.keys.last().map(|(key, _)| key.clone());
-        for (key, revision) in page.keys {
-            if revision > start_revision {
+        after = page.entries.last().map(|stored| stored.key.clone());
+        for stored in page.entries {
+            if stored.revision > start_revision {
                 continue;
             }
-            match String::from_utf8(key) {
+            match String::from_utf8(stored.key) {
                 Ok(key) => stale.push(key),
                 // etcdsync writes UTF-8 keys only: another writer's key is left alone.
                 Err(_) => tracing::debug!(prefix, "a key that is not UTF-8; left alone"),
@@ -50,7 +50,9 @@ pub async fn delete_stale<S: Store>(
             let count = ops.len();
             let started = Instant::now();
             store
-                .apply("delete keys a snapshot did not rewrite", ops)
+                .apply("delete keys a snapshot did not rewrite", &|| {
+                    ops.iter().map(std::borrow::Cow::Borrowed).collect()
+                })
                 .await?;
             deleted += count;
             applied(count, started);
@@ -64,7 +66,7 @@ pub async fn delete_stale<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::KeysPage;
+    use crate::store::{Ops, Page, Stored};
     use async_trait::async_trait;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
@@ -96,7 +98,8 @@ mod tests {
     #[async_trait]
     impl Store for Memory {
         type Error = crate::KitError;
-        async fn apply(&self, _what: &'static str, ops: Vec<KvOp>) -> Result<(), Self::Error> {
+        async fn apply<'a>(&self, _what: &'static str, build: &Ops<'a>) -> Result<(), Self::Error> {
+            let ops: Vec<KvOp> = build().into_iter().map(|op| op.into_owned()).collect();
             let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
             self.writes
                 .lock()
@@ -112,14 +115,18 @@ mod tests {
             }
             Ok(())
         }
-        async fn apply_if(
+        async fn apply_if<'a>(
             &self,
             _what: &'static str,
             _key: &str,
             _expected: Option<&[u8]>,
-            _build: &(dyn Fn() -> Vec<KvOp> + Sync),
+            _build: &Ops<'a>,
         ) -> Result<crate::store::Condition, Self::Error> {
             unreachable!("the clean-up writes unconditionally")
+        }
+        async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, Self::Error> {
+            let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(keys.get(key).map(|revision| (Vec::new(), *revision)))
         }
         async fn revision(&self, _what: &'static str) -> Result<i64, Self::Error> {
             Ok(*self.revision.lock().unwrap_or_else(|p| p.into_inner()))
@@ -127,23 +134,28 @@ mod tests {
         async fn count_at(&self, _prefix: &str, _revision: i64) -> Option<u64> {
             self.counted
         }
-        async fn keys_page(
+        async fn page(
             &self,
             prefix: &str,
             after: Option<&[u8]>,
             limit: usize,
-        ) -> Result<KeysPage, Self::Error> {
+            _keys_only: bool,
+        ) -> Result<Page, Self::Error> {
             let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
             let mut under = keys
                 .iter()
                 .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_bytes() > a));
-            let page: Vec<(Vec<u8>, i64)> = under
+            let entries: Vec<Stored> = under
                 .by_ref()
                 .take(limit)
-                .map(|(k, r)| (k.as_bytes().to_vec(), *r))
+                .map(|(k, r)| Stored {
+                    key: k.as_bytes().to_vec(),
+                    value: Vec::new(),
+                    revision: *r,
+                })
                 .collect();
-            Ok(KeysPage {
-                keys: page,
+            Ok(Page {
+                entries,
                 more: under.next().is_some(),
             })
         }

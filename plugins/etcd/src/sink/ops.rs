@@ -2,6 +2,7 @@
 //! values of rows with unchanged (TOAST) columns filled from what etcd or the source holds.
 
 use super::*;
+use etcdsync_sink_kit::store::Store as _;
 
 impl Writer {
     // ---- changes → etcd operations ---------------------------------------------------------
@@ -14,14 +15,14 @@ impl Writer {
         // writes its keys — in a transaction of its own, so the data transactions keep their
         // limits; written first, it never misses keys that exist.
         if !self.marked.contains(&change.table.id) {
-            let marker = self.settings.table_marker(&change.table.id);
-            self.client
-                .txn(
-                    "record that the pipeline writes a table",
-                    &self.guards,
-                    vec![TxnOp::put(marker, "1", None)],
-                    &self.shutdown,
-                )
+            let marker = KvOp::Put {
+                key: self.settings.table_marker(&change.table.id),
+                value: b"1".to_vec(),
+            };
+            self.store()
+                .apply("record that the pipeline writes a table", &|| {
+                    vec![std::borrow::Cow::Borrowed(&marker)]
+                })
                 .await?;
             self.marked.insert(change.table.id.clone());
         }
@@ -317,21 +318,8 @@ impl Writer {
         Ok(self.stored(key).await?.map(|(value, _)| value))
     }
 
-    /// A key's value and mod_revision in etcd.
+    /// A key's value and the revision it was last written at.
     pub(super) async fn stored(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, EtcdError> {
-        let response = self
-            .client
-            .get(
-                "read a key's current value",
-                key,
-                None,
-                Some(&self.shutdown),
-                None,
-            )
-            .await?;
-        Ok(response
-            .kvs()
-            .first()
-            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+        self.store().get(key).await
     }
 }

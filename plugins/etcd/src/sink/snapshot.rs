@@ -28,17 +28,14 @@ impl Writer {
             .await?;
         let marker = SnapshotMarker::new(SnapshotState::Running, start_revision, &tables);
         let started = Instant::now();
-        self.client
-            .txn(
-                "record the snapshot start",
-                &self.guards,
-                vec![TxnOp::put(
-                    self.settings.snapshot_key(),
-                    marker.to_json(),
-                    None,
-                )],
-                &self.shutdown,
-            )
+        let put = KvOp::Put {
+            key: self.settings.snapshot_key(),
+            value: marker.to_json(),
+        };
+        self.store()
+            .apply("record the snapshot start", &|| {
+                vec![std::borrow::Cow::Borrowed(&put)]
+            })
             .await?;
         events::txn_applied_since(TxnKind::Snapshot, 1, started);
         tracing::info!(tables = tables.len(), start_revision, "snapshot started");
@@ -89,6 +86,7 @@ impl Writer {
     /// Starts applying a snapshot batch, first waiting while `snapshot_txns_in_flight` run.
     pub(super) async fn launch_snapshot_batch(&mut self, batch: Batch) -> Result<(), EtcdError> {
         let max = self.settings.snapshot_txns_in_flight;
+        let store = self.store();
         let Some(snapshot) = self.snapshot.as_mut() else {
             return Ok(());
         };
@@ -100,18 +98,10 @@ impl Writer {
         let batch = Arc::new(batch);
         let applying = Arc::clone(&batch);
         let count = batch.len();
-        let client = self.client.clone();
-        let guards = Arc::clone(&self.guards);
-        let shutdown = self.shutdown.clone();
         let task = snapshot.tasks.spawn(async move {
             let started = Instant::now();
-            client
-                .txn_with(
-                    "apply a snapshot transaction",
-                    &guards,
-                    || crate::txn::txn_ops(&applying),
-                    &shutdown,
-                )
+            store
+                .apply("apply a snapshot transaction", &|| applying.ops().collect())
                 .await?;
             events::txn_applied_since(TxnKind::Snapshot, count, started);
             events::changes_applied(applying.tally());

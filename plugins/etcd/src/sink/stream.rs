@@ -4,6 +4,8 @@
 //! in order, and the stop.
 
 use super::*;
+use etcdsync_sink_kit::store::Store as _;
+use std::borrow::Cow;
 
 impl Writer {
     // ---- streaming -------------------------------------------------------------------------
@@ -257,14 +259,14 @@ impl Writer {
         let checkpoint_key = link.checkpoint_key.clone();
         let apply = async move {
             let build = || {
-                let mut ops: Vec<KvOp> = applying.ops().map(|op| op.into_owned()).collect();
+                let mut ops: Vec<Cow<'_, KvOp>> = applying.ops().collect();
                 if let Some(value) = &checkpoint {
-                    ops.push(KvOp::Put {
+                    ops.push(Cow::Owned(KvOp::Put {
                         key: checkpoint_key.clone(),
                         value: value.clone(),
-                    });
+                    }));
                 }
-                ops.extend(marker.iter().cloned());
+                ops.extend(marker.iter().map(Cow::Borrowed));
                 ops
             };
             crate::test_hooks::before_stream_txn(&checkpoint_key).await;
@@ -312,17 +314,9 @@ impl Writer {
         self.session = chain::new_session();
         self.chain_seq = 0;
         let key = self.settings.checkpoint_key();
-        let response = self
-            .client
-            .get(
-                "read the checkpoint the next transaction follows",
-                key.as_str(),
-                None,
-                Some(&self.shutdown),
-                None,
-            )
-            .await?;
-        let (end, _) = chain::ChainEnd::stored(&key, response.kvs().first().map(|kv| kv.value()))?;
+        let stored = self.store().get(&key).await?;
+        let (end, _) =
+            chain::ChainEnd::stored(&key, stored.as_ref().map(|(value, _)| value.as_slice()))?;
         self.chain = Some(end.clone());
         Ok(end)
     }
@@ -356,8 +350,13 @@ impl Writer {
             predecessor: None,
             stage: watch::channel(chain::Stage::Waiting).0,
         };
-        link.apply(&self.store(), op, &|| ops.clone(), &events::txn_resent)
-            .await?;
+        link.apply(
+            &self.store(),
+            op,
+            &|| ops.iter().map(Cow::Borrowed).collect(),
+            &events::txn_resent,
+        )
+        .await?;
         self.chain = Some(chain::ChainEnd {
             value: Some(checkpoint),
             mark: Some(mark),

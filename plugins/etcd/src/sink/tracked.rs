@@ -2,6 +2,7 @@
 //! transactions as the data, key moves and collisions, truncates, and oversized rows.
 
 use super::*;
+use etcdsync_sink_kit::store::Store as _;
 
 impl Writer {
     // ---- tables with transformed keys (key index) -----------------------------------------
@@ -180,25 +181,28 @@ impl Writer {
         table: &TableId,
         stale_at: Option<i64>,
     ) -> Result<usize, EtcdError> {
-        let mut pages = Pages::of_prefix(&self.index.table_entries(table), STALE_SCAN_PAGE, false);
-        let mut ops: Vec<TxnOp> = Vec::new();
+        let prefix = self.index.table_entries(table);
+        let store = self.store();
+        let mut after: Option<Vec<u8>> = None;
+        let mut ops: Vec<KvOp> = Vec::new();
         let mut deleted = 0;
         let chunk = self.settings.max_txn_ops;
-        while let Some(page) = pages
-            .next(
-                &self.client,
-                "list a table's key index",
-                Some(&self.shutdown),
-                None,
-            )
-            .await?
-        {
-            for kv in page.kvs() {
-                if stale_at.is_some_and(|revision| kv.mod_revision() > revision) {
+        loop {
+            let page = store
+                .page(
+                    &prefix,
+                    after.as_deref(),
+                    etcdsync_sink_kit::stale::PAGE,
+                    false,
+                )
+                .await?;
+            after = page.entries.last().map(|stored| stored.key.clone());
+            for stored in &page.entries {
+                if stale_at.is_some_and(|revision| stored.revision > revision) {
                     continue;
                 }
-                let entry = String::from_utf8_lossy(kv.key()).into_owned();
-                let key = self.index.absolute(&String::from_utf8_lossy(kv.value()));
+                let entry = String::from_utf8_lossy(&stored.key).into_owned();
+                let key = self.index.absolute(&String::from_utf8_lossy(&stored.value));
                 let owner_key = self.index.owner_key(&key);
                 let row_id = self
                     .index
@@ -213,15 +217,18 @@ impl Writer {
                         .is_some_and(|(owner, _)| owner == row_id.as_bytes()),
                 };
                 if owned && key.starts_with(self.settings.data_prefix.as_str()) {
-                    ops.push(TxnOp::delete(key, None));
-                    ops.push(TxnOp::delete(owner_key, None));
+                    ops.push(KvOp::Delete { key });
+                    ops.push(KvOp::Delete { key: owner_key });
                 }
-                ops.push(TxnOp::delete(entry, None));
+                ops.push(KvOp::Delete { key: entry });
                 deleted += 1;
                 if ops.len() + 3 > chunk {
                     let batch = std::mem::take(&mut ops);
                     self.delete_indexed_txn(stale_at, batch).await?;
                 }
+            }
+            if !page.more || after.is_none() {
+                break;
             }
         }
         if !ops.is_empty() {
@@ -234,7 +241,7 @@ impl Writer {
     pub(super) async fn delete_indexed_txn(
         &self,
         stale_at: Option<i64>,
-        ops: Vec<TxnOp>,
+        ops: Vec<KvOp>,
     ) -> Result<(), EtcdError> {
         let kind = if stale_at.is_some() {
             TxnKind::Snapshot
@@ -243,8 +250,10 @@ impl Writer {
         };
         let count = ops.len();
         let started = Instant::now();
-        self.client
-            .txn("delete indexed keys", &self.guards, ops, &self.shutdown)
+        self.store()
+            .apply("delete indexed keys", &|| {
+                ops.iter().map(std::borrow::Cow::Borrowed).collect()
+            })
             .await?;
         events::txn_applied_since(kind, count, started);
         Ok(())
