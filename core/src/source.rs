@@ -39,6 +39,19 @@ pub trait RowFetcher: Send + Sync {
         table: &crate::change::TableSchema,
         key: &[crate::value::Value],
     ) -> Result<Option<Vec<(String, crate::value::Value)>>>;
+
+    /// [`Self::fetch`] for a change with [`crate::Change::seq`] `seq`: a source that streams a
+    /// transaction before other sessions can see it waits until they can (the default reads at
+    /// once).
+    async fn fetch_for(
+        &self,
+        table: &crate::change::TableSchema,
+        key: &[crate::value::Value],
+        seq: Option<u128>,
+    ) -> Result<Option<Vec<(String, crate::value::Value)>>> {
+        let _ = seq;
+        self.fetch(table, key).await
+    }
 }
 
 /// The source's ends of the pipeline.
@@ -98,7 +111,7 @@ pub(crate) async fn fill_unchanged(
             .iter()
             .filter_map(|&i| row.get(i).cloned())
             .collect();
-        let Some(current) = fetcher.fetch(table, &key).await? else {
+        let Some(current) = fetcher.fetch_for(table, &key, change.seq).await? else {
             gone.push(at);
             continue;
         };

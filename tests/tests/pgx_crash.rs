@@ -492,12 +492,10 @@ async fn split_drift(s: &Setup, pg: &tokio_postgres::Client) -> Option<String> {
 /// time. etcd must end equal to the tables with a consistent key index, no `partial` marker, and
 /// no child may ever have reported a key collision.
 ///
-/// Ignored in the suite until a rare loss it found is explained (issue 11): once in CI (not in
-/// about 30 local runs) the replay after a kill between parts lost one key change of a row whose
-/// id was changed and then reused in the same transaction. Run it by hand, in a loop, with
-/// `--ignored` and `RUST_LOG=warn,etcdsync_core::source=debug,etcdsync_etcd::sink::ops=debug`.
+/// It found a loss once in CI: a row moved to a new key was read for its unchanged TOAST value
+/// before its transaction was visible to other sessions, found missing, and its key change
+/// dropped; reads now wait for the transaction ([`etcdsync_pgx::visibility`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug under investigation (issue 11): a rare loss of one key change on replay; run by hand"]
 async fn kill_9_and_sigterm_between_parts_with_template_keys_and_truncates_converge() {
     let s = Setup::with_transforms(
         "crash_split_tpl",

@@ -342,6 +342,9 @@ struct Writer {
     last_position: Option<String>,
     /// The `seq` of the last change in `open` or in parts already sent.
     open_last_seq: Option<u128>,
+    /// The `seq` of the change being turned into operations: a row read for it waits until the
+    /// source's other sessions see its transaction ([`RowFetcher::fetch_for`]).
+    converting_seq: Option<u128>,
     /// The replay of a transaction whose first parts etcd already holds, until it is past them.
     replay: Option<Replay>,
     /// Reads a row from the source when an unchanged TOAST column has no stored value.
@@ -404,6 +407,7 @@ impl Writer {
             ready_clears_partial: false,
             last_position: resumed.position,
             open_last_seq: None,
+            converting_seq: None,
             fetcher: None,
             marked,
             replay: resumed.partial.map(|partial| Replay {

@@ -48,6 +48,16 @@ pub struct PgxInspector {
     absent: HashMap<TableId, std::time::Instant>,
 }
 
+/// Whether a 32-bit xid is visible in a snapshot taken now (PostgreSQL 13+): the full xid takes
+/// the epoch of the snapshot's xmax, or the one before when the xid is above xmax's low half.
+const VISIBLE_13: &str = "SELECT pg_visible_in_snapshot((CASE WHEN $1 <= m % 4294967296 \
+     THEN m - m % 4294967296 + $1 ELSE greatest(m - m % 4294967296 - 4294967296 + $1, 3) END)::text::xid8, \
+     pg_current_snapshot()) FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS m) s";
+
+/// [`VISIBLE_13`] with the txid functions of PostgreSQL 10–12.
+const VISIBLE_10: &str = "SELECT txid_visible_in_snapshot(CASE WHEN $1 <= m % 4294967296 \
+     THEN m - m % 4294967296 + $1 ELSE greatest(m - m % 4294967296 - 4294967296 + $1, 3) END, \
+     txid_current_snapshot()) FROM (SELECT txid_snapshot_xmax(txid_current_snapshot()) AS m) s";
 /// How long a table found absent is taken as absent by [`PgxInspector::fetch_row`].
 const ABSENT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -195,6 +205,34 @@ impl PgxInspector {
                 .zip(row)
                 .collect()
         }))
+    }
+
+    /// Waits until transaction `xid` (of a commit the stream delivered) is visible to new
+    /// snapshots ([`crate::visibility`]); a transient error after about two seconds.
+    pub async fn wait_visible(&mut self, xid: u32) -> Result<()> {
+        self.connected().await?;
+        let sql = if self.server_version >= 130000 {
+            VISIBLE_13
+        } else {
+            VISIBLE_10
+        };
+        let Some(client) = self.client.as_ref() else {
+            return Err(Error::fatal("no PostgreSQL connection"));
+        };
+        for _ in 0..1000 {
+            let visible: bool = client
+                .query_one(sql, &[&i64::from(xid)])
+                .await
+                .map_err(pg("checking that a streamed transaction is visible"))?
+                .get(0);
+            if visible {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        Err(Error::transient(format!(
+            "transaction {xid} was streamed as committed but is not visible to other sessions after 2 s"
+        )))
     }
 
     /// The table as last read, re-read once when unknown or when its columns changed.

@@ -17,6 +17,7 @@ pub mod slot;
 pub mod snapshot;
 pub mod source;
 pub mod types;
+pub mod visibility;
 
 pub use config::PgxConfig;
 

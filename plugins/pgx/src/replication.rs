@@ -48,6 +48,8 @@ pub struct Streamer {
     pub raw_relations: HashMap<u32, RelationMessage>,
     /// The columns (name, type) each table was last copied with ([`crate::relations::table_columns`]).
     pub shapes: HashMap<TableId, Vec<(String, u32)>>,
+    /// Streamed transactions by commit LSN, for the row fetcher ([`crate::visibility`]).
+    pub commits: std::sync::Arc<crate::visibility::Commits>,
 }
 
 /// The stream's side of [`crate::identity`].
@@ -240,7 +242,8 @@ impl Streamer {
                         return Err(Error::transient("the server ended the replication stream"));
                     };
                     match event {
-                        ReplicationEvent::Begin { final_lsn, .. } => {
+                        ReplicationEvent::Begin { final_lsn, xid, .. } => {
+                            self.commits.begun(final_lsn.as_u64(), xid);
                             if st.copy.as_ref().is_some_and(|c| final_lsn >= c.point) {
                                 if let Flow::Stop = self.insert_copy(&mut st, &out).await? {
                                     break;

@@ -47,6 +47,8 @@ pub struct PgxSource {
     identity: IdentityStart,
     /// Each table's columns as read at build ([`crate::relations::table_columns`]).
     shapes: HashMap<TableId, Vec<(String, u32)>>,
+    /// Streamed transactions not yet confirmed visible, for the row fetcher.
+    commits: std::sync::Arc<crate::visibility::Commits>,
 }
 
 pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Source>> {
@@ -138,6 +140,7 @@ pub async fn build(config: &PgxConfig, cx: SourceContext) -> Result<Box<dyn Sour
         fence: cx.fence,
         identity,
         shapes,
+        commits: Default::default(),
     }))
 }
 
@@ -504,6 +507,7 @@ impl PgxSource {
 /// Reads rows by key for the sink ([`RowFetcher`]) on a connection of its own.
 struct PgxFetcher {
     inspector: tokio::sync::Mutex<crate::inspect::PgxInspector>,
+    commits: std::sync::Arc<crate::visibility::Commits>,
 }
 
 #[async_trait]
@@ -515,6 +519,23 @@ impl RowFetcher for PgxFetcher {
     ) -> Result<Option<Vec<(String, etcdsync_core::Value)>>> {
         self.inspector.lock().await.fetch_row(&table.id, key).await
     }
+
+    async fn fetch_for(
+        &self,
+        table: &etcdsync_core::TableSchema,
+        key: &[etcdsync_core::Value],
+        seq: Option<u128>,
+    ) -> Result<Option<Vec<(String, etcdsync_core::Value)>>> {
+        let mut inspector = self.inspector.lock().await;
+        // The high half of a change's seq is its transaction's commit LSN (replication.rs).
+        if let Some(final_lsn) = seq.map(|seq| (seq >> 64) as u64) {
+            if let Some(xid) = self.commits.unconfirmed(final_lsn) {
+                inspector.wait_visible(xid).await?;
+                self.commits.confirmed(final_lsn);
+            }
+        }
+        inspector.fetch_row(&table.id, key).await
+    }
 }
 
 #[async_trait]
@@ -524,6 +545,7 @@ impl Source for PgxSource {
             inspector: tokio::sync::Mutex::new(crate::inspect::PgxInspector::new(
                 self.valid.clone(),
             )),
+            commits: std::sync::Arc::clone(&self.commits),
         }))
     }
 
@@ -579,6 +601,7 @@ impl Source for PgxSource {
             partitions,
             raw_relations: HashMap::new(),
             shapes,
+            commits: self.commits,
         };
         tracing::info!(slot = %self.valid.slot, from = %from.to_pg_string(), "streaming");
         streamer.run(io.output, io.acked, io.shutdown).await

@@ -11,6 +11,7 @@ impl Writer {
     /// range delete for a truncate. Transform routes (`route.key`, `route.old_key`) are relative
     /// to the data prefix.
     pub(super) async fn change_ops(&mut self, change: Change) -> Result<Vec<KvOp>, EtcdError> {
+        self.converting_seq = change.seq;
         // Before its first write in this run, a table's marker records that this pipeline
         // writes its keys — in a transaction of its own, so the data transactions keep their
         // limits; written first, it never misses keys that exist.
@@ -270,7 +271,7 @@ impl Writer {
             .filter_map(|&i| row.get(i).cloned())
             .collect();
         let fetched = fetcher
-            .fetch(table, &key)
+            .fetch_for(table, &key, self.converting_seq)
             .await
             .map_err(|e| EtcdError::Fetch {
                 message: format!(
