@@ -16,9 +16,20 @@ async fn a_read_waits_until_the_transaction_is_visible() {
     let config: PgxConfig = serde_yaml::from_str(&yaml).expect("config");
     let mut inspector = PgxInspector::new(config.validated("visible").expect("valid"));
 
+    // An older transaction holds an xid and stays open: the snapshot's xmax stays below the
+    // transaction waited for.
+    let older = db.client().await;
+    older
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .expect("table");
+    older
+        .batch_execute("BEGIN; SELECT txid_current();")
+        .await
+        .expect("an older open transaction");
     let writer = db.client().await;
     writer
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); BEGIN; INSERT INTO t VALUES (1);")
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1);")
         .await
         .expect("open a transaction");
     let full: i64 = writer
@@ -44,4 +55,5 @@ async fn a_read_waits_until_the_transaction_is_visible() {
 
     // Long committed: no wait at all.
     inspector.wait_visible(xid).await.expect("still visible");
+    older.batch_execute("COMMIT").await.expect("commit");
 }

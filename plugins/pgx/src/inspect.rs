@@ -48,16 +48,19 @@ pub struct PgxInspector {
     absent: HashMap<TableId, std::time::Instant>,
 }
 
-/// Whether a 32-bit xid is visible in a snapshot taken now (PostgreSQL 13+): the full xid takes
-/// the epoch of the snapshot's xmax, or the one before when the xid is above xmax's low half.
-const VISIBLE_13: &str = "SELECT pg_visible_in_snapshot((CASE WHEN $1 <= m % 4294967296 \
-     THEN m - m % 4294967296 + $1 ELSE greatest(m - m % 4294967296 - 4294967296 + $1, 3) END)::text::xid8, \
-     pg_current_snapshot()) FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS m) s";
+/// Whether a 32-bit xid is visible in a snapshot taken now (PostgreSQL 13+). The full xid is the
+/// one nearest the snapshot's xmax (latestCompletedXid + 1; a transaction still committing may be
+/// above it): xmax plus the signed 32-bit distance from xmax's low half, so an xid not yet
+/// completed stays at or above xmax and is not visible. One snapshot serves both.
+const VISIBLE_13: &str = "SELECT pg_visible_in_snapshot(greatest(m + (($1 - m % 4294967296 + 6442450944) \
+     % 4294967296) - 2147483648, 3)::text::xid8, s) FROM (SELECT s, pg_snapshot_xmax(s)::text::bigint AS m \
+     FROM pg_current_snapshot() AS s) q";
 
 /// [`VISIBLE_13`] with the txid functions of PostgreSQL 10–12.
-const VISIBLE_10: &str = "SELECT txid_visible_in_snapshot(CASE WHEN $1 <= m % 4294967296 \
-     THEN m - m % 4294967296 + $1 ELSE greatest(m - m % 4294967296 - 4294967296 + $1, 3) END, \
-     txid_current_snapshot()) FROM (SELECT txid_snapshot_xmax(txid_current_snapshot()) AS m) s";
+const VISIBLE_10: &str =
+    "SELECT txid_visible_in_snapshot(greatest(m + (($1 - m % 4294967296 + 6442450944) \
+     % 4294967296) - 2147483648, 3), s) FROM (SELECT s, txid_snapshot_xmax(s) AS m \
+     FROM txid_current_snapshot() AS s) q";
 /// How long a table found absent is taken as absent by [`PgxInspector::fetch_row`].
 const ABSENT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -99,6 +99,8 @@ struct TableCopy {
 /// The open transaction.
 struct Txn {
     final_lsn: Lsn,
+    /// Its top-level xid, recorded for the row fetcher with its first change.
+    xid: Option<u32>,
     skip: bool,
     changes: usize,
     /// The WAL position of the last change record and how many changes it gave so far (a
@@ -107,9 +109,10 @@ struct Txn {
 }
 
 impl Txn {
-    fn new(final_lsn: Lsn, skip: bool) -> Self {
+    fn new(final_lsn: Lsn, xid: u32, skip: bool) -> Self {
         Self {
             final_lsn,
+            xid: Some(xid),
             skip,
             changes: 0,
             last_record: (Lsn::ZERO, 0),
@@ -243,13 +246,12 @@ impl Streamer {
                     };
                     match event {
                         ReplicationEvent::Begin { final_lsn, xid, .. } => {
-                            self.commits.begun(final_lsn.as_u64(), xid);
                             if st.copy.as_ref().is_some_and(|c| final_lsn >= c.point) {
                                 if let Flow::Stop = self.insert_copy(&mut st, &out).await? {
                                     break;
                                 }
                             }
-                            st.txn = Some(Txn::new(final_lsn, final_lsn < self.resume));
+                            st.txn = Some(Txn::new(final_lsn, xid, final_lsn < self.resume));
                         }
                         ReplicationEvent::XLogData { data, wal_start, .. } => {
                             let message = decode(data).map_err(|e| Error::from(PgxError::Protocol(e.to_string())))?;
@@ -262,6 +264,11 @@ impl Streamer {
                             let Some(open) = st.txn.as_mut() else { continue };
                             if open.skip || changes.is_empty() {
                                 continue;
+                            }
+                            // Only transactions with changes are remembered: reads are for them,
+                            // and few are between the stream and the reads at any time.
+                            if let Some(xid) = open.xid.take() {
+                                self.commits.begun(open.final_lsn.as_u64(), xid);
                             }
                             // tables awaiting their copy: the copy will hold these changes
                             let copy_point = st.copy.as_ref().map(|c| (c.point, &c.tables));
