@@ -234,7 +234,11 @@ impl PgxInspector {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
         Err(Error::transient(format!(
-            "transaction {xid} was streamed as committed but is not visible to other sessions after 2 s"
+            "transaction {xid} was streamed as committed but is not visible to other sessions after 2 s \
+             (etcdsync reads a row of it for an unchanged TOAST value); if synchronous_standby_names matches \
+             etcdsync's replication connection (application_name {}, or '*'), commits wait for etcdsync while \
+             etcdsync waits for them: list the synchronous standbys by name",
+            self.valid.application_name
         )))
     }
 
