@@ -354,12 +354,16 @@ my_start() {
     install -o "$MY_OS_USER" -m 0644 "$TLS_DIR/server.pem" "$MY_DIR/server.pem"
     install -o "$MY_OS_USER" -m 0600 "$TLS_DIR/server-key.pem" "$MY_DIR/server-key.pem"
     install -o "$MY_OS_USER" -m 0644 "$TLS_DIR/ca.pem" "$MY_DIR/ca.pem"
+    # Its own temporary files: not the system's /tmp, shared with other servers and cleaners
+    # (an internal temporary table vanished there once, failing a query).
+    install -d -o "$MY_OS_USER" -m 0700 "$MY_DIR/tmp"
 
     (
         cd /
         exec setsid nohup mariadbd --no-defaults \
             --user="$MY_OS_USER" \
             --datadir="$MY_DATA" \
+            --tmpdir="$MY_DIR/tmp" \
             --socket="$MY_SOCK" \
             --port="$port" \
             --bind-address=127.0.0.1 \
