@@ -265,6 +265,12 @@ pub struct Checkpoint {
     pub applied_at: String,
 }
 
+/// Whether a checkpoint recorded by source `recorded` belongs to `source_type`, which earlier
+/// versions recorded as one of `former` ([`crate::source::SourceConfig::former_names`]).
+pub fn same_source(recorded: &str, source_type: &str, former: &[impl AsRef<str>]) -> bool {
+    recorded == source_type || former.iter().any(|name| name.as_ref() == recorded)
+}
+
 /// RFC 3339 UTC with microseconds.
 pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_micros(time).to_string()

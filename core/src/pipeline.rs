@@ -333,12 +333,11 @@ async fn run_attempt(
     .await?;
     drop(building);
     if let Some(checkpoint) = &resume {
-        if checkpoint.source != source_type
-            && !config
-                .source
-                .former_names()
-                .contains(&checkpoint.source.as_str())
-        {
+        if !crate::change::same_source(
+            &checkpoint.source,
+            &source_type,
+            config.source.former_names(),
+        ) {
             return Err(counted(stage::PIPELINE)(Error::config(format!(
                 "the checkpoint in the sink was written by source `{}` but this config's source is `{source_type}`; \
                  give this pipeline another `name` (or sink `meta_prefix`), or delete the old checkpoint to start over",

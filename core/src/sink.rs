@@ -28,7 +28,7 @@ pub struct SinkContext {
 impl SinkContext {
     /// Whether a checkpoint recorded by source `recorded` belongs to this pipeline's source.
     pub fn is_own_source(&self, recorded: &str) -> bool {
-        recorded == self.source_type || self.former_source_names.iter().any(|name| name == recorded)
+        crate::change::same_source(recorded, &self.source_type, &self.former_source_names)
     }
 }
 

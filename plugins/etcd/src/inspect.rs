@@ -115,7 +115,7 @@ impl EtcdInspector {
     }
 
     fn is_own_source(&self, recorded: &str) -> bool {
-        recorded == self.source_type || self.former_source_names.iter().any(|name| name == recorded)
+        etcdsync_core::change::same_source(recorded, &self.source_type, &self.former_source_names)
     }
 
     /// Makes `repair`'s writes conditional on this leadership (taken by `verify --repair`).
