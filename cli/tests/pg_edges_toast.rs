@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use etcdsync_tests::pg::eventually;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// `big_text(seed, n)`: `n` concatenated md5 digests (32 × n bytes) that pglz cannot shrink, so
 /// with `STORAGE EXTERNAL` (or even without) PostgreSQL stores them out of line and an update
@@ -239,32 +240,46 @@ async fn unchanged_toast_of_a_row_skipped_as_oversize() {
     run.assert_running();
 }
 
-/// A filter keeps rows with `v >= 100`; an update of `v` lets filtered-out rows in while their
-/// TOASTed column is unchanged: their keys hold the whole row. Rows leaving the filter go.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_filter_letting_a_row_in_by_an_update_stores_its_toasted_value() {
-    let pipe = Pipe::new("toastfl").await;
-    pipe.sql(&format!(
-        "{BIG_TEXT}
-         CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, big text);
+/// `public.t (id, v, big)` with 20 rows, `big` out of line; rows `1..=kept_rows` have `v >= 100`.
+fn filtered_table_sql(kept_rows: i32) -> String {
+    format!(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, big text);
          ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL;
-         INSERT INTO t SELECT g, CASE WHEN g <= 10 THEN g + 100 ELSE g END, big_text(g, 100)
+         INSERT INTO t SELECT g, CASE WHEN g <= {kept_rows} THEN g + 100 ELSE g END, big_text(g, 100)
            FROM generate_series(1, 20) g;"
-    ))
-    .await;
+    )
+}
+
+/// A pipeline `tag` on [`filtered_table_sql`]'s table through a filter keeping `v >= 100`,
+/// with `source_extra`, its snapshot synced.
+async fn filtered(tag: &str, kept_rows: i32, source_extra: &str) -> (Pipe, PathBuf, Run) {
+    let pipe = Pipe::new(tag).await;
+    pipe.sql(&format!("{BIG_TEXT}{}", filtered_table_sql(kept_rows)))
+        .await;
     assert_toasted(&pipe, "t").await;
     let config = pipe.config(
-        "toastfl.yaml",
+        &format!("{tag}.yaml"),
         Parts {
             include: "\"public.t\"",
+            source_extra,
             transforms: "transforms:\n  - { type: filter, tables: [\"public.t\"], when: [{ column: v, op: ge, value: \"100\" }] }\n",
             ..Parts::default()
         },
     );
-    let mut run = Run::start(&config, &[]);
+    let run = Run::start(&config, &[]);
+    pipe.wait_data(&run, "snapshot through the filter", || {
+        expected_where(&pipe, "t", "v >= 100")
+    })
+    .await;
+    (pipe, config, run)
+}
+
+/// A filter keeps rows with `v >= 100`; an update of `v` lets filtered-out rows in while their
+/// TOASTed column is unchanged: their keys hold the whole row. Rows leaving the filter go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_letting_a_row_in_by_an_update_stores_its_toasted_value() {
+    let (pipe, config, mut run) = filtered("toastfl", 10, "").await;
     let kept = || expected_where(&pipe, "t", "v >= 100");
-    pipe.wait_data(&run, "snapshot through the filter", kept)
-        .await;
     assert_eq!(pipe.etcd_data().await.len(), 10);
 
     pipe.sql("UPDATE t SET v = v + 100 WHERE id > 15").await;
@@ -278,6 +293,31 @@ async fn a_filter_letting_a_row_in_by_an_update_stores_its_toasted_value() {
     pipe.wait_data(&run, "out of the filter and in again", kept)
         .await;
     assert_eq!(pipe.etcd_data().await.len(), 15);
+    assert_verify_clean(&config).await;
+    run.assert_running();
+}
+
+/// A table dropped (with an update that needed a row read in the same transaction) and created
+/// again under its name at once: updates of the new table that a filter lets in with their
+/// TOASTed column unchanged read the new table's rows — a table found absent a moment before is
+/// looked up again for a change committed after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_and_created_again_is_read_again_at_once() {
+    let (pipe, config, mut run) = filtered("toastre", 5, "  table_refresh_interval: 1s\n").await;
+    let kept = || expected_where(&pipe, "t", "v >= 100");
+    // The row reader learns the table, then finds it gone.
+    pipe.sql("UPDATE t SET v = v + 1 WHERE id = 1").await;
+    pipe.wait_data(&run, "an update read from the table", kept)
+        .await;
+    pipe.sql("BEGIN; UPDATE t SET v = v + 1 WHERE id = 2; DROP TABLE t; COMMIT;")
+        .await;
+    pipe.sql(&filtered_table_sql(5)).await;
+    pipe.wait_data(&run, "the table created again, copied", kept)
+        .await;
+    pipe.sql("UPDATE t SET v = v + 100 WHERE id > 15").await;
+    pipe.wait_data(&run, "rows of the new table let in by an update", kept)
+        .await;
+    assert_eq!(pipe.etcd_data().await.len(), 10);
     assert_verify_clean(&config).await;
     run.assert_running();
 }

@@ -43,9 +43,10 @@ pub struct PgxInspector {
     server_version: i32,
     types: Types,
     known: HashMap<TableId, Arc<Known>>,
-    /// Tables a row read found absent, and when: not looked up again for a while, so a backlog
-    /// of changes of a dropped table costs one catalog read, not one per change.
-    absent: HashMap<TableId, std::time::Instant>,
+    /// Tables a row read found absent: when, and the server's WAL position just before the
+    /// catalog was read. A backlog of changes of a dropped table costs one catalog read, not one
+    /// per change; a change committed after that position (the table recreated) reads again.
+    absent: HashMap<TableId, Absent>,
 }
 
 /// Whether a 32-bit xid is visible in a snapshot taken now (PostgreSQL 13+). The full xid is the
@@ -61,8 +62,34 @@ const VISIBLE_10: &str =
     "SELECT txid_visible_in_snapshot(greatest(m + (($1 - m % 4294967296 + 6442450944) \
      % 4294967296) - 2147483648, 3), s) FROM (SELECT s, txid_snapshot_xmax(s) AS m \
      FROM txid_current_snapshot() AS s) q";
-/// How long a table found absent is taken as absent by [`PgxInspector::fetch_row`].
+/// A table [`PgxInspector::fetch_row`] found absent.
+#[derive(Debug, Clone, Copy)]
+struct Absent {
+    since: std::time::Instant,
+    /// WAL position read before the catalog that lacked the table.
+    wal_before: u64,
+}
+
+/// The server's WAL position (on a standby, the last one replayed).
+const WAL_NOW: &str = "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+     ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::text::numeric::int8";
+
+/// How long a table found absent is taken as absent by [`PgxInspector::fetch_row`] for a read
+/// not tied to a streamed commit.
 const ABSENT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Absent {
+    /// Whether a row read may take the table as still absent without reading the catalog: a
+    /// change committed before the catalog read that lacked its table belongs to a table dropped
+    /// or renamed since (its retirement follows in the stream); a later one may be of a table
+    /// created again under the name. A read for no streamed change trusts the absence a while.
+    fn still_absent_for(&self, committed: Option<u64>) -> bool {
+        match committed {
+            Some(commit_lsn) => commit_lsn <= self.wal_before,
+            None => self.since.elapsed() < ABSENT_FOR,
+        }
+    }
+}
 
 impl PgxInspector {
     /// Does no I/O: `check` reports a failed connection as a failed check.
@@ -144,38 +171,69 @@ impl PgxInspector {
     /// The row of `table` with `key` (values of the stream's key columns) as the table holds it
     /// now, by column name; `None` when it is gone, or the table is (dropped, renamed away).
     /// Columns are matched by name, so a row whose table changed since the change was logged (a
-    /// renamed column) still fills what it can.
+    /// renamed column) still fills what it can. `committed`: the commit LSN of the streamed
+    /// change the row is read for, if any.
     pub async fn fetch_row(
         &mut self,
         table: &TableId,
         key: &[Value],
+        committed: Option<u64>,
     ) -> Result<Option<Vec<(String, Value)>>> {
         if !self.known.contains_key(table) {
             if self
                 .absent
                 .get(table)
-                .is_some_and(|at| at.elapsed() < ABSENT_FOR)
+                .is_some_and(|absent| absent.still_absent_for(committed))
             {
                 return Ok(None);
             }
-            self.load_tables().await?;
-            if !self.known.contains_key(table) {
-                tracing::debug!(table = %table, "reading a row: the table is no longer selected or no longer exists");
-                self.absent.insert(table.clone(), std::time::Instant::now());
+            if !self.reload_has(table).await? {
                 return Ok(None);
             }
-            self.absent.remove(table);
         }
         match self.fetch_row_once(table, key).await {
             Ok(row) => Ok(row),
             Err(first) if first.kind() != etcdsync_core::ErrorKind::Transient => {
-                // The table changed since it was described (a column renamed or dropped).
+                // The table changed since it was described (a column renamed or dropped), or
+                // is gone.
                 tracing::debug!(error = %first, table = %table, "describing the table again");
-                self.load_tables().await?;
+                if !self.reload_has(table).await? {
+                    return Ok(None);
+                }
                 self.fetch_row_once(table, key).await
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Reads the selected tables again; whether `table` is among them (else it is remembered
+    /// as absent).
+    async fn reload_has(&mut self, table: &TableId) -> Result<bool> {
+        let wal_before = self.wal_now().await?;
+        self.load_tables().await?;
+        if self.known.contains_key(table) {
+            self.absent.remove(table);
+            return Ok(true);
+        }
+        tracing::debug!(table = %table, "reading a row: the table is no longer selected or no longer exists");
+        self.absent.insert(
+            table.clone(),
+            Absent {
+                since: std::time::Instant::now(),
+                wal_before,
+            },
+        );
+        Ok(false)
+    }
+
+    async fn wal_now(&mut self) -> Result<u64> {
+        let client = self.connected().await?;
+        let at: i64 = client
+            .query_one(WAL_NOW, &[])
+            .await
+            .map_err(pg("reading the server's WAL position"))?
+            .get(0);
+        Ok(u64::try_from(at).unwrap_or(0))
     }
 
     async fn fetch_row_once(

@@ -517,7 +517,11 @@ impl RowFetcher for PgxFetcher {
         table: &etcdsync_core::TableSchema,
         key: &[etcdsync_core::Value],
     ) -> Result<Option<Vec<(String, etcdsync_core::Value)>>> {
-        self.inspector.lock().await.fetch_row(&table.id, key).await
+        self.inspector
+            .lock()
+            .await
+            .fetch_row(&table.id, key, None)
+            .await
     }
 
     async fn fetch_for(
@@ -528,13 +532,14 @@ impl RowFetcher for PgxFetcher {
     ) -> Result<Option<Vec<(String, etcdsync_core::Value)>>> {
         let mut inspector = self.inspector.lock().await;
         // The high half of a change's seq is its transaction's commit LSN (replication.rs).
-        if let Some(final_lsn) = seq.map(|seq| (seq >> 64) as u64) {
+        let final_lsn = seq.map(|seq| (seq >> 64) as u64);
+        if let Some(final_lsn) = final_lsn {
             if let Some(xid) = self.commits.unconfirmed(final_lsn) {
                 inspector.wait_visible(xid).await?;
                 self.commits.confirmed(final_lsn);
             }
         }
-        inspector.fetch_row(&table.id, key).await
+        inspector.fetch_row(&table.id, key, final_lsn).await
     }
 }
 
