@@ -321,6 +321,47 @@ async fn check_reports_wal_level_and_capacity_on_a_server_without_logical_decodi
     );
 }
 
+/// `synchronous_standby_names = '*'` would make etcdsync's walsender a synchronous standby:
+/// commits would wait for etcdsync while it waits for them. `check` fails and `run` refuses,
+/// both naming the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synchronous_standby_setting_that_names_etcdsync_is_refused() {
+    let server = PrivatePg::start("wal_level = logical\nsynchronous_standby_names = '*'");
+    let pg = etcdsync_tests::pg::connect(&server.url).await;
+    // No standby is connected: only commits that do not wait for one complete.
+    pg.batch_execute("SET synchronous_commit = local; CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .expect("setup");
+    let yaml = format!(
+        "type: pgx\nurl: \"{}\"\ntables: {{ include: [\"public.*\"] }}\nsslmode: disable\n",
+        server.url
+    );
+    let name = unique("p");
+    let results = inspector(&yaml, &name).await.check().await;
+    failed_with(
+        &results,
+        "synchronous_standby_names",
+        "list the synchronous standbys by their own names",
+    );
+    assert!(named(&results, "wal_level").ok);
+    let err = match config(&yaml)
+        .build(SourceContext {
+            name: name.clone(),
+            resume: None,
+            fence: None,
+            written_tables: Default::default(),
+        })
+        .await
+    {
+        Ok(_) => panic!("synchronous_standby_names = '*' was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("synchronous_standby_names") && err.contains(&format!("etcdsync-{name}")),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_fails_on_bad_connection_empty_selection_foreign_slot_and_unmanaged_publication() {
     let db = TestDb::create("pgx_check_misc").await;

@@ -28,6 +28,8 @@ pub struct ServerFacts {
     pub max_wal_senders: i64,
     /// Running walsender processes (each takes one of `max_wal_senders`).
     pub wal_senders: i64,
+    /// `synchronous_standby_names` as set (empty when commits wait for no standby).
+    pub synchronous_standby_names: String,
 }
 
 pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
@@ -40,7 +42,8 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
                     current_setting('max_replication_slots')::int8, \
                     (SELECT count(*) FROM pg_replication_slots), \
                     current_setting('max_wal_senders')::int8, \
-                    (SELECT count(*) FROM pg_stat_replication)",
+                    (SELECT count(*) FROM pg_stat_replication), \
+                    current_setting('synchronous_standby_names')",
             &[],
         )
         .await
@@ -56,6 +59,7 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
         replication_slots: row.get(7),
         max_wal_senders: row.get(8),
         wal_senders: row.get(9),
+        synchronous_standby_names: row.get(10),
     })
 }
 
@@ -132,12 +136,49 @@ impl ServerFacts {
         })
     }
 
+    /// A synchronous standby name that matches etcdsync's replication connection would make
+    /// every commit on the server wait for etcdsync (and stall while it is stopped), and a row
+    /// etcdsync reads for a commit would wait for the commit: neither moves.
+    pub fn sync_standby_problem(&self, application_name: &str) -> Option<Problem> {
+        let matching = standby_names(&self.synchronous_standby_names)
+            .into_iter()
+            .find(|name| name == "*" || name.eq_ignore_ascii_case(application_name))?;
+        Some(Problem::new(
+            format!(
+                "synchronous_standby_names = '{}' names `{matching}`, which matches etcdsync's replication \
+                 connection (application_name {application_name}): commits would wait for etcdsync, and \
+                 etcdsync waits for commits to become visible",
+                self.synchronous_standby_names
+            ),
+            "list the synchronous standbys by their own names (not '*', not etcdsync's application_name), \
+             e.g. ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (replica1)'; SELECT pg_reload_conf();",
+        ))
+    }
+
     /// The first problem that keeps the source from starting at all.
     pub fn start_problem(&self) -> Option<Problem> {
         self.version_problem()
             .or_else(|| self.wal_level_problem())
             .or_else(|| self.role_problem())
     }
+}
+
+/// The standby names of a `synchronous_standby_names` value (`name, …`, `[FIRST] n (name, …)`,
+/// `ANY n (name, …)`), unquoted; `*` stays `*`.
+fn standby_names(setting: &str) -> Vec<String> {
+    let list = match (setting.find('('), setting.rfind(')')) {
+        (Some(open), Some(close)) if open < close => &setting[open + 1..close],
+        _ => setting,
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            name.strip_prefix('"')
+                .and_then(|n| n.strip_suffix('"'))
+                .map_or_else(|| name.to_string(), |n| n.replace("\"\"", "\""))
+        })
+        .collect()
 }
 
 /// The slot as `pg_replication_slots` shows it.
@@ -316,6 +357,44 @@ mod tests {
             replication_slots: 2,
             max_wal_senders: 10,
             wal_senders: 1,
+            synchronous_standby_names: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_synchronous_standby_name_matching_etcdsync_is_a_problem() {
+        let with = |names: &str| ServerFacts {
+            synchronous_standby_names: names.into(),
+            ..facts()
+        };
+        for names in [
+            "",
+            "replica1",
+            "FIRST 1 (replica1, replica2)",
+            "ANY 2 (\"etcdsync-other\", r2)",
+        ] {
+            assert_eq!(
+                with(names).sync_standby_problem("etcdsync-main"),
+                None,
+                "{names}"
+            );
+        }
+        for names in [
+            "*",
+            "etcdsync-main",
+            "replica1, ETCDSYNC-MAIN",
+            "FIRST 1 (replica1, *)",
+            "2 (\"etcdsync-main\", replica1)",
+            "ANY 1 (replica1,etcdsync-main)",
+        ] {
+            let problem = with(names)
+                .sync_standby_problem("etcdsync-main")
+                .unwrap_or_else(|| panic!("{names} names etcdsync"));
+            assert!(
+                problem.fix.contains("synchronous_standby_names"),
+                "{}",
+                problem.fix
+            );
         }
     }
 

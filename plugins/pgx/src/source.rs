@@ -235,7 +235,10 @@ async fn start_identity(
 /// Returns `server_version_num`.
 async fn check_server(client: &Client, valid: &Valid) -> Result<i32> {
     let facts = server_facts(client).await?;
-    if let Some(problem) = facts.start_problem() {
+    if let Some(problem) = facts
+        .start_problem()
+        .or_else(|| facts.sync_standby_problem(&valid.application_name))
+    {
         return Err(Error::config(format!(
             "{}: {}: {}",
             valid.display_url, problem.detail, problem.fix

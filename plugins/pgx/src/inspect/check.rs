@@ -61,6 +61,20 @@ pub(super) async fn check_all(
         };
         format!("role {} has {what}", facts.user)
     }));
+    out.push(result(
+        "synchronous_standby_names",
+        facts.sync_standby_problem(&valid.application_name),
+        || {
+            if facts.synchronous_standby_names.is_empty() {
+                "empty: commits wait for no standby".to_string()
+            } else {
+                format!(
+                    "'{}' does not name etcdsync ({})",
+                    facts.synchronous_standby_names, valid.application_name
+                )
+            }
+        },
+    ));
 
     let slot = slot_state(client, &valid.slot).await?;
     let streaming_here = slot
