@@ -244,22 +244,28 @@ async fn check_names_the_fixes_for_a_restricted_role() {
     assert!(named(&results, "table keys").detail.contains("2 of 3"));
 
     // `run` refuses to start with the same fix
-    let err = match config(&yaml)
+    let err = build_error(&yaml, &name, "a role without REPLICATION was accepted").await;
+    assert!(
+        err.contains(&format!("ALTER ROLE \"{}\" REPLICATION", role.name)),
+        "{err}"
+    );
+}
+
+/// The error of building the source of `yaml` as pipeline `name`; panics with `accepted` when
+/// it builds.
+async fn build_error(yaml: &str, name: &str, accepted: &str) -> String {
+    match config(yaml)
         .build(SourceContext {
-            name: name.clone(),
+            name: name.to_string(),
             resume: None,
             fence: None,
             written_tables: Default::default(),
         })
         .await
     {
-        Ok(_) => panic!("a role without REPLICATION was accepted"),
+        Ok(_) => panic!("{accepted}"),
         Err(e) => e.to_string(),
-    };
-    assert!(
-        err.contains(&format!("ALTER ROLE \"{}\" REPLICATION", role.name)),
-        "{err}"
-    );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,18 +305,7 @@ async fn check_reports_wal_level_and_capacity_on_a_server_without_logical_decodi
     assert!(named(&results, "replication role").ok);
     assert!(named(&results, "table keys").ok);
 
-    let err = match config(&yaml)
-        .build(SourceContext {
-            name: name.clone(),
-            resume: None,
-            fence: None,
-            written_tables: Default::default(),
-        })
-        .await
-    {
-        Ok(_) => panic!("wal_level = replica was accepted"),
-        Err(e) => e.to_string(),
-    };
+    let err = build_error(&yaml, &name, "wal_level = replica was accepted").await;
     assert!(
         err.contains("ALTER SYSTEM SET wal_level = logical"),
         "{err}"
@@ -344,18 +339,7 @@ async fn a_synchronous_standby_setting_that_names_etcdsync_is_refused() {
         "list the synchronous standbys by their own names",
     );
     assert!(named(&results, "wal_level").ok);
-    let err = match config(&yaml)
-        .build(SourceContext {
-            name: name.clone(),
-            resume: None,
-            fence: None,
-            written_tables: Default::default(),
-        })
-        .await
-    {
-        Ok(_) => panic!("synchronous_standby_names = '*' was accepted"),
-        Err(e) => e.to_string(),
-    };
+    let err = build_error(&yaml, &name, "synchronous_standby_names = '*' was accepted").await;
     assert!(
         err.contains("synchronous_standby_names") && err.contains(&format!("etcdsync-{name}")),
         "{err}"
