@@ -268,6 +268,15 @@ impl PgxConfig {
                 "at `source.url`: `{display_url}` names no host; write postgres://user:password@HOST:5432/dbname"
             )));
         }
+        if pg.get_hosts().len() > 1 {
+            return Err(Error::config(format!(
+                "at `source.url`: `{}` names {} hosts; etcdsync streams from one server and reads rows from \
+                 the same one (a second host could be a standby that has not replayed what the stream \
+                 delivered): name one host, e.g. a DNS name or virtual IP that follows the primary",
+                display_of(&pg),
+                pg.get_hosts().len()
+            )));
+        }
         // tokio-postgres ends the user info at the first `@`: a raw `@` in the password leaves the
         // rest of it in the host or (after a raw `/`) the database name, where messages show it.
         let at_in_host = pg.get_hosts().iter().any(
@@ -435,6 +444,22 @@ mod tests {
         .expect_err("a raw &");
         let text = error.to_string();
         assert!(!text.contains("Secret9"), "{text}");
+    }
+
+    #[test]
+    fn a_url_with_several_hosts_is_refused_with_the_fix() {
+        let error = parse(
+            "url: postgres://u:Secret9@db1:5432,db2:5433/app\ntables: { include: [\"public.*\"] }\n",
+        )
+        .validated("demo")
+        .expect_err("two hosts");
+        let text = error.to_string();
+        assert!(
+            text.contains("names 2 hosts")
+                && text.contains("name one host")
+                && !text.contains("Secret9"),
+            "{text}"
+        );
     }
 
     #[test]
