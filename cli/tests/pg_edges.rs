@@ -592,8 +592,10 @@ async fn transforms_see_toasted_columns_of_updates() {
     assert_verify_clean(&config).await;
 }
 
-/// Columns changed while etcdsync is stopped, with no row change after them: the copied columns
-/// are kept with the table registry, so the next start notices and copies the table again.
+/// Columns changed with no row change after them — added, renamed, or dropped and added again
+/// under the same name and type (told apart by its new `attnum`) — while running and while
+/// etcdsync is stopped: the copied columns are kept with the table registry, so the refresh or
+/// the next start notices and copies the table again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn columns_changed_while_stopped_are_noticed_at_start() {
     let pipe = Pipe::new("colstop").await;
@@ -608,14 +610,41 @@ async fn columns_changed_while_stopped_are_noticed_at_start() {
     );
     let mut run = Run::start(&config, &[]);
     pipe.wait_synced("keep_t", "snapshot").await;
-    // Let the registry (written once etcd holds the snapshot) settle, then stop.
+    let reset = |column: &str, to: &str| {
+        format!("ALTER TABLE keep_t DROP COLUMN {column}; ALTER TABLE keep_t ADD COLUMN {column} text NOT NULL DEFAULT '{to}';")
+    };
+    pipe.sql(&reset("v", "reset while running")).await;
+    pipe.wait_synced(
+        "keep_t",
+        "after a column was dropped and added again while running",
+    )
+    .await;
+    // Let the registry (written once etcd holds the copy) settle, then stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     run.stop().await;
-    pipe.sql("ALTER TABLE keep_t ADD COLUMN extra int DEFAULT 7; ALTER TABLE keep_t RENAME COLUMN v TO label;")
-        .await;
-    let run = Run::start(&config, &[]);
+    pipe.sql(&format!(
+        "{} ALTER TABLE keep_t ADD COLUMN extra int DEFAULT 7; ALTER TABLE keep_t RENAME COLUMN v TO label;",
+        reset("v", "reset while stopped")
+    ))
+    .await;
+    let mut run = Run::start(&config, &[]);
     pipe.wait_synced("keep_t", "after column changes while stopped")
         .await;
+    assert!(
+        run.stderr().contains("copying it again"),
+        "{}",
+        run.stderr()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run.stop().await;
+    // Only a drop and add of the same column, name and type unchanged.
+    pipe.sql(&reset("label", "reset again while stopped")).await;
+    let run = Run::start(&config, &[]);
+    pipe.wait_synced(
+        "keep_t",
+        "after a column was dropped and added again while stopped",
+    )
+    .await;
     assert!(
         run.stderr().contains("copying it again"),
         "{}",

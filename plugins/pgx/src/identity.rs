@@ -9,7 +9,7 @@
 //! down (or during an unfinished step) is found again at the next start.
 
 use crate::error::pg;
-use crate::relations::quote_ident;
+use crate::relations::{quote_ident, TableColumns};
 use etcdsync_core::tables::TableSelection;
 use etcdsync_core::{Result, TableId};
 use std::collections::BTreeMap;
@@ -24,6 +24,8 @@ use tokio_postgres::Client;
 pub struct Registry {
     pub tables: BTreeMap<u32, TableId>,
     pub columns: BTreeMap<u32, Vec<(String, u32)>>,
+    /// The `attnum`s of those columns (absent for entries written before they were kept).
+    pub attnums: BTreeMap<u32, Vec<i16>>,
     pub partitions: BTreeMap<u32, Vec<(u32, u32)>>,
 }
 
@@ -35,6 +37,9 @@ struct Entry {
     /// Columns as (name, type OID); absent in entries written before columns were kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     c: Option<Vec<(String, u32)>>,
+    /// The columns' `attnum`s; absent in entries written before they were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<Vec<i16>>,
     /// Leaf partitions as (OID, relfilenode), for a partitioned table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     p: Option<Vec<(u32, u32)>>,
@@ -56,6 +61,12 @@ pub struct Reconciled {
 }
 
 impl Registry {
+    /// Records the columns (as [`synced_columns`] gives them) table `oid` is copied with.
+    pub fn record_columns(&mut self, oid: u32, synced: TableColumns) {
+        self.columns.insert(oid, synced.shape);
+        self.attnums.insert(oid, synced.attnums);
+    }
+
     /// The registry kept with `publication`; `None` when there is none yet.
     pub async fn read(client: &Client, publication: &str) -> Result<Option<Registry>> {
         let row = client
@@ -83,6 +94,9 @@ impl Registry {
             if let Some(columns) = entry.c {
                 registry.columns.insert(oid, columns);
             }
+            if let Some(attnums) = entry.n {
+                registry.attnums.insert(oid, attnums);
+            }
             if let Some(partitions) = entry.p {
                 registry.partitions.insert(oid, partitions);
             }
@@ -100,6 +114,7 @@ impl Registry {
                     Entry {
                         t: format!("{}\u{1f}{}", id.schema, id.table),
                         c: self.columns.get(oid).cloned(),
+                        n: self.attnums.get(oid).cloned(),
                         p: self.partitions.get(oid).cloned(),
                     },
                 )
@@ -155,7 +170,12 @@ impl Registry {
                 Some(now) if now == synced && selection.matches(now) => {
                     if let Some(copied) = self.columns.get(oid) {
                         let columns = crate::relations::table_columns(client, *oid).await?;
-                        if *copied != synced_columns(selection, now, columns) {
+                        let synced = synced_columns(selection, now, columns);
+                        let renumbered = self
+                            .attnums
+                            .get(oid)
+                            .is_some_and(|attnums| *attnums != synced.attnums);
+                        if *copied != synced.shape || renumbered {
                             out.reshaped.push(now.clone());
                             continue;
                         }
@@ -185,12 +205,15 @@ impl Registry {
 pub fn synced_columns(
     selection: &TableSelection,
     table: &TableId,
-    columns: Vec<(String, u32)>,
-) -> Vec<(String, u32)> {
-    columns
+    columns: TableColumns,
+) -> TableColumns {
+    let (shape, attnums) = columns
+        .shape
         .into_iter()
-        .filter(|(name, _)| !selection.column_excluded(table, name))
-        .collect()
+        .zip(columns.attnums)
+        .filter(|((name, _), _)| !selection.column_excluded(table, name))
+        .unzip();
+    TableColumns { shape, attnums }
 }
 
 /// Marks the publication comment as etcdsync's registry.
@@ -211,9 +234,16 @@ mod tests {
             .tables
             .insert(16384, TableId::new("public", "we.ird\"name"));
         registry.tables.insert(16390, TableId::new("s p", "t"));
-        registry
-            .columns
-            .insert(16390, vec![("id".into(), 23), ("note".into(), 25)]);
+        registry.record_columns(
+            16390,
+            TableColumns {
+                shape: vec![("id".into(), 23), ("note".into(), 25)],
+                attnums: vec![1, 3],
+            },
+        );
+        // An entry written before attnums were kept.
+        registry.tables.insert(16391, TableId::new("public", "old"));
+        registry.columns.insert(16391, vec![("id".into(), 23)]);
         registry
             .partitions
             .insert(16390, vec![(16400, 16400), (16405, 16410)]);

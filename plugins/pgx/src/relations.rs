@@ -150,20 +150,32 @@ pub async fn selected_tables(
 
 /// A table's columns as pgoutput describes them (name, type), in table order: not dropped, not
 /// generated. Compared with later Relation messages to notice columns changed since a copy.
-pub async fn table_columns(client: &Client, oid: u32) -> Result<Vec<(String, u32)>> {
+pub async fn table_columns(client: &Client, oid: u32) -> Result<TableColumns> {
     let rows = client
         .query(
-            "SELECT a.attname::text, a.atttypid FROM pg_attribute a \
+            "SELECT a.attname::text, a.atttypid, a.attnum FROM pg_attribute a \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
                AND COALESCE(to_jsonb(a) ->> 'attgenerated', '') = '' ORDER BY a.attnum",
             &[&oid],
         )
         .await
         .map_err(pg("reading a table's columns"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, u32>(1)))
-        .collect())
+    Ok(TableColumns {
+        shape: rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, u32>(1)))
+            .collect(),
+        attnums: rows.iter().map(|r| r.get::<_, i16>(2)).collect(),
+    })
+}
+
+/// A table's columns as the catalog has them, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableColumns {
+    /// (name, type OID): what a Relation message can be compared with.
+    pub shape: Vec<(String, u32)>,
+    /// Their `attnum`s: a column dropped and added again under its name and type has a new one.
+    pub attnums: Vec<i16>,
 }
 
 /// How a query names a table's own rows: `ONLY t` (an inheritance parent's children are tables of

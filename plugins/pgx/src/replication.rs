@@ -47,7 +47,7 @@ pub struct Streamer {
     /// The last Relation message of each relid.
     pub raw_relations: HashMap<u32, RelationMessage>,
     /// The columns (name, type) each table was last copied with ([`crate::relations::table_columns`]).
-    pub shapes: HashMap<TableId, Vec<(String, u32)>>,
+    pub shapes: HashMap<TableId, crate::relations::TableColumns>,
     /// Streamed transactions by commit LSN, for the row fetcher ([`crate::visibility`]).
     pub commits: std::sync::Arc<crate::visibility::Commits>,
 }
@@ -477,7 +477,7 @@ impl Streamer {
                 let reshaped = entry.as_ref().is_some_and(|described| {
                     self.shapes
                         .get(&described.schema.id)
-                        .is_some_and(|copied| *copied != now)
+                        .is_some_and(|copied| copied.shape != now)
                 });
                 let entry = match (reshaped, entry) {
                     // Columns added, dropped, renamed or retyped: the rows etcd holds have the old

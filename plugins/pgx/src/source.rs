@@ -46,7 +46,7 @@ pub struct PgxSource {
     /// Table identities ([`crate::identity`]) and what they asked for at start.
     identity: IdentityStart,
     /// Each table's columns as read at build ([`crate::relations::table_columns`]).
-    shapes: HashMap<TableId, Vec<(String, u32)>>,
+    shapes: HashMap<TableId, crate::relations::TableColumns>,
     /// Streamed transactions not yet confirmed visible, for the row fetcher.
     commits: std::sync::Arc<crate::visibility::Commits>,
 }
@@ -152,7 +152,7 @@ async fn start_identity(
     catalog: &Client,
     valid: &Valid,
     tables: &[TableInfo],
-    shapes: &HashMap<TableId, Vec<(String, u32)>>,
+    shapes: &HashMap<TableId, crate::relations::TableColumns>,
     snapshot_first: bool,
 ) -> Result<(IdentityStart, Vec<TableId>)> {
     // Without copies (`snapshot: never`) a renamed table's old keys go at once.
@@ -166,7 +166,7 @@ async fn start_identity(
     };
     for table in tables {
         let columns = shapes.get(&table.id).cloned().unwrap_or_default();
-        current.columns.insert(
+        current.record_columns(
             table.oid,
             crate::identity::synced_columns(&valid.tables, &table.id, columns),
         );
@@ -219,6 +219,14 @@ async fn start_identity(
             recopy.push(table.id.clone());
         }
         start.ignored.retain(|oid| *oid != table.oid);
+    }
+    // Entries from before attnums were kept take them from now on where the columns match.
+    for (oid, attnums) in &current.attnums {
+        if !registry.attnums.contains_key(oid)
+            && registry.columns.get(oid) == current.columns.get(oid)
+        {
+            registry.attnums.insert(*oid, attnums.clone());
+        }
     }
     if snapshot_first {
         // The snapshot writes every selected table; the registry is what it copies.

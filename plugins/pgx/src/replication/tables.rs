@@ -375,7 +375,7 @@ impl Streamer {
                         &table.id,
                         columns.clone(),
                     );
-                    registry.columns.insert(table.oid, synced);
+                    registry.record_columns(table.oid, synced);
                 }
             }
         }
