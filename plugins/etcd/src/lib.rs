@@ -6,7 +6,6 @@
 pub mod client;
 pub mod config;
 pub mod error;
-pub mod events;
 pub mod inspect;
 pub mod leader;
 pub mod sink;
@@ -24,7 +23,7 @@ pub use sink::EtcdSink;
 
 // The store-neutral parts, from the sink kit (paths kept for this crate's modules).
 pub use etcdsync_sink_kit::markers as checkpoint;
-pub use etcdsync_sink_kit::{batch, index};
+pub use etcdsync_sink_kit::{batch, events, index};
 
 use client::EtcdClient;
 use etcdsync_core::inspect::SinkInspector;

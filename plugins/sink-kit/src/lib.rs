@@ -1,7 +1,8 @@
 //! The store-neutral parts of a key-value sink (DESIGN §2, §4–6), for the etcd sink and for
 //! sinks of other stores: [`batch`] packs changes into store transactions (coalescing by key,
 //! splitting by op and byte limits, commit marks and change tallies); [`markers`] encodes the
-//! checkpoint, split-transaction and snapshot markers kept beside the data; [`chain`] keeps
+//! checkpoint, split-transaction and snapshot markers kept beside the data; [`events`] logs and
+//! counts what a sink does; [`chain`] keeps
 //! streaming writes in flight in their order; [`index`] names the
 //! key-index entries of tables whose keys come from a transform; [`store`] is what a store
 //! offers the kit's drivers, and [`stale`] the driver that removes the keys a snapshot did not
@@ -9,6 +10,7 @@
 
 pub mod batch;
 pub mod chain;
+pub mod events;
 pub mod index;
 pub mod markers;
 pub mod stale;

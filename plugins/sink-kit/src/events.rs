@@ -1,8 +1,9 @@
-//! Notable sink events, each logging and counting in one place (STYLE §5). The counts go to the
-//! process-wide [`telemetry`] (Prometheus, names in `etcdsync_core::telemetry`); this module keeps
-//! no counters of its own except the source transactions applied (see [`transactions_applied`]).
+//! Notable sink events, each logging and counting in one place (STYLE §5), for every sink on the
+//! kit. The counts go to the process-wide [`telemetry`] (Prometheus, names in
+//! `etcdsync_core::telemetry`); this module keeps no counters of its own except the source
+//! transactions applied (see [`transactions_applied`]).
 //!
-//! Errors: an etcd request that fails and is retried counts here as an error (by kind, stage
+//! Errors: a store request that fails and is retried counts here as an error (by kind, stage
 //! `sink`) and a retry; an error the sink returns is counted by whoever receives it (the pipeline,
 //! with stage `sink`), so nothing is counted twice.
 
@@ -12,14 +13,14 @@ use etcdsync_core::ErrorKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Source transactions applied by etcd sinks of this process. Core's telemetry has no counter of
+/// Source transactions applied by the sinks of this process. Core's telemetry has no counter of
 /// source transactions yet (only of sink transactions), and the status key reports this one.
 static SOURCE_TXNS_APPLIED: AtomicU64 = AtomicU64::new(0);
 
 /// Label values of the histograms, which have no labels.
 const NO_LABELS: &[&str] = &[];
 
-/// What an etcd transaction of the sink was for: the `kind` label of
+/// What a store transaction of the sink was for: the `kind` label of
 /// `etcdsync_sink_txns_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxnKind {
@@ -42,7 +43,7 @@ impl TxnKind {
     }
 }
 
-/// An etcd transaction of `ops` operations (checkpoint put included) succeeded `elapsed` after it
+/// A store transaction of `ops` operations (checkpoint put included) succeeded `elapsed` after it
 /// was first sent (retries included).
 pub fn txn_applied(kind: TxnKind, ops: usize, elapsed: Duration) {
     let t = telemetry::get();
@@ -60,8 +61,8 @@ pub fn txn_applied_since(kind: TxnKind, ops: usize, started: Instant) {
     txn_applied(kind, ops, started.elapsed());
 }
 
-/// The changes an applied etcd transaction carried (counted per source change, not per
-/// coalesced etcd operation: a change later overwritten in the same transaction still counts).
+/// The changes an applied store transaction carried (counted per source change, not per
+/// coalesced store operation: a change later overwritten in the same transaction still counts).
 pub fn changes_applied(tally: &ChangeTally) {
     let t = telemetry::get();
     tally.for_each(|table, op, count| {
@@ -76,7 +77,7 @@ pub fn checkpoint_written() {
     telemetry::get().checkpoint_written();
 }
 
-/// `count` source transactions, the last committed at `commit_time`, are durable in etcd.
+/// `count` source transactions, the last committed at `commit_time`, are durable in the store.
 pub fn transactions_applied(count: u64, commit_time: Option<SystemTime>) {
     if count == 0 {
         return;
@@ -85,12 +86,12 @@ pub fn transactions_applied(count: u64, commit_time: Option<SystemTime>) {
     telemetry::get().transaction_applied(commit_time);
 }
 
-/// Source transactions applied by the etcd sinks of this process.
+/// Source transactions applied by the sinks of this process.
 pub fn source_txns_applied() -> u64 {
     SOURCE_TXNS_APPLIED.load(Ordering::Relaxed)
 }
 
-/// A failed etcd request is retried after `backoff`: an error of its kind and a retry.
+/// A failed store request is retried after `backoff`: an error of its kind and a retry.
 pub fn retry(
     op: &str,
     attempt: u32,
@@ -101,7 +102,7 @@ pub fn retry(
     let t = telemetry::get();
     t.error(kind, "sink");
     t.retry("sink");
-    tracing::warn!(error = %error, op, attempt, retry_in = ?backoff, "etcd request failed; retrying");
+    tracing::warn!(error = %error, op, attempt, retry_in = ?backoff, "sink request failed; retrying");
 }
 
 /// A streaming transaction reached etcd before its predecessor: refused by its order compare, it
@@ -135,7 +136,7 @@ pub fn oversize_skipped(table: &str, key: &str, size: usize, limit: usize) {
         size,
         limit,
         skipped_total = counter.get(),
-        "change too large for one etcd request; skipped (sink.on_oversize: skip)"
+        "change too large for one store request; skipped (sink.on_oversize: skip)"
     );
 }
 
