@@ -2,7 +2,6 @@
 //! [`ErrorKind`] (retry / stop / fix the config). Messages name the table, key or config key and
 //! the fix; they never contain secrets.
 
-use etcdsync_core::encode::json::EncodeError;
 use etcdsync_core::{Error, ErrorKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,110 +26,19 @@ pub enum EtcdError {
         source: etcd_client::Error,
     },
 
-    /// One change does not fit into one etcd request.
-    #[error(
-        "table {table}: the change of key `{key}` needs {size} bytes, more than one etcd request may carry \
-         ({limit} bytes with sink.max_request_bytes = {max_request_bytes}); raise sink.max_request_bytes \
-         (and etcd's --max-request-bytes to match), or set sink.on_oversize: skip to skip such values"
-    )]
-    Oversize {
-        table: String,
-        key: String,
-        size: usize,
-        limit: usize,
-        max_request_bytes: usize,
-    },
-
-    /// A row whose key from a transform has an empty component (`on_invalid_key: error`).
-    #[error(
-        "table {table}, row ({row}): its key `{key}` has an empty component, so it cannot be stored (a key \
-         template renders one when a column it names is empty in the row, e.g. `{{name}}` with name = ''; a \
-         transform's key is relative to the data prefix, without a leading `/`); give that column a value in the \
-         row, change the key_template, or set sink.on_invalid_key: skip to skip such rows (each is logged and \
-         counted, and the row's previous key is deleted)"
-    )]
-    InvalidKey {
-        table: String,
-        row: String,
-        key: String,
-    },
-
-    /// A (transformed) key that is not under the data prefix.
-    #[error(
-        "table {table}: key `{key}` is not a key below the data prefix `{prefix}` (transforms give keys relative \
-         to sink.prefix, non-empty and without a leading `/`); etcdsync writes only under sink.prefix and \
-         sink.meta_prefix, so fix the transform that produced this key"
-    )]
-    KeyOutsidePrefix {
-        table: String,
-        key: String,
-        prefix: String,
-    },
-
-    /// Two rows map to the same key (a key template that does not hold the primary key).
-    #[error(
-        "key `{key}` of row {row} is already the key of row {other}: two rows map to one key; make the \
-         key_template hold every primary-key column (e.g. {{id}}) so keys are unique"
-    )]
-    KeyCollision {
-        key: String,
-        row: String,
-        other: String,
-    },
-
-    /// A PostgreSQL TOAST column arrived unchanged and there is no stored value to fill it from.
-    #[error(
-        "table {table}, key `{key}`: column {column} arrived unchanged (TOAST) but {reason}; \
-         to get past this change take a fresh snapshot (stop etcdsync, delete the checkpoint key under the \
-         sink's meta prefix, start it again), and run ALTER TABLE … REPLICA IDENTITY FULL on the table so \
-         later updates carry the value"
-    )]
-    UnresolvedUnchanged {
-        table: String,
-        key: String,
-        column: String,
-        reason: String,
-    },
-
-    /// A row that cannot be encoded as JSON.
-    #[error("table {table}, key `{key}`: {source}")]
-    Encode {
-        table: String,
-        key: String,
-        #[source]
-        source: EncodeError,
-    },
-
-    /// A marker that does not parse, a change the kit cannot key ([`etcdsync_sink_kit`]).
+    /// What any sink on the kit can fail with: a change it cannot store (too large, a bad or
+    /// colliding key, an unresolvable unchanged value), a marker that does not parse
+    /// ([`etcdsync_sink_kit::KitError`]).
     #[error(transparent)]
     Kit(#[from] etcdsync_sink_kit::KitError),
-
-    /// The message stream broke the source contract (e.g. a `Commit` inside a snapshot).
-    #[error("unexpected message from the source: {0}")]
-    Protocol(String),
 
     /// A write's leadership compare failed (DESIGN §7): another instance leads now.
     #[error("etcd refused to {0}: this instance no longer holds the pipeline's leadership; it stops writing")]
     CompareFailed(String),
 
-    /// The checkpoint key changed under the streaming chain (DESIGN §4): something else wrote
-    /// it. The pipeline starts again from the checkpoint etcd holds.
-    #[error(
-        "the checkpoint key `{key}` holds {found}, not what this instance's previous transaction put: something \
-         else wrote it (a late retry of an earlier attempt of this instance, another `etcdsync run` of the same \
-         pipeline without ha, `etcdctl`, or a restore); the pipeline starts again from the checkpoint etcd holds — \
-         if this repeats, stop the other writer"
-    )]
-    ChainBroken { key: String, found: String },
-
     /// Another instance leads the pipeline and `ha.enabled` is off: the message names it.
     #[error("{0}")]
     AlreadyRunning(String),
-
-    /// Reading a row from the source to fill an unchanged value failed; `kind` is the source
-    /// error's (a lost connection is retried).
-    #[error("{message}")]
-    Fetch { message: String, kind: ErrorKind },
 
     /// An internal failure of the sink (a task panicked, etcd answered without a header).
     #[error("etcd sink internal error: {0}")]
@@ -164,18 +72,8 @@ impl EtcdError {
         match self {
             EtcdError::TlsFile { .. } => ErrorKind::Config,
             EtcdError::Kit(error) => error.kind(),
-            EtcdError::Request { kind, .. } | EtcdError::Fetch { kind, .. } => *kind,
-            EtcdError::Oversize { .. }
-            | EtcdError::InvalidKey { .. }
-            | EtcdError::KeyOutsidePrefix { .. }
-            | EtcdError::KeyCollision { .. }
-            | EtcdError::UnresolvedUnchanged { .. }
-            | EtcdError::Encode { .. }
-            | EtcdError::Protocol(_)
-            | EtcdError::AlreadyRunning(_)
-            | EtcdError::Task(_) => ErrorKind::Fatal,
-            // Read the chain again from a restart; a persistent other writer repeats it loudly.
-            EtcdError::ChainBroken { .. } => ErrorKind::Transient,
+            EtcdError::Request { kind, .. } => *kind,
+            EtcdError::AlreadyRunning(_) | EtcdError::Task(_) => ErrorKind::Fatal,
             // The leadership fence (DESIGN §7); streaming order compares report ChainBroken.
             EtcdError::CompareFailed(_) => ErrorKind::Fenced,
             EtcdError::Shutdown => ErrorKind::Transient,

@@ -285,9 +285,9 @@ impl SnapshotRun {
             Ok((id, result)) => (id, result),
             Err(error) => (
                 error.id(),
-                Err(EtcdError::Task(format!(
+                Err(EtcdError::from(KitError::Internal(format!(
                     "an etcd snapshot task failed: {error}"
-                ))),
+                )))),
             ),
         };
         self.applying.retain(|(task, _)| *task != id);
@@ -527,7 +527,7 @@ fn row_label(table: &TableSchema, row: &[Value]) -> String {
 /// The default key of a row; key columns must carry values.
 fn default_key(prefix: &str, table: &TableSchema, row: &[Value]) -> Result<String, EtcdError> {
     if table.key.is_empty() || table.key.iter().any(|&i| row.get(i).is_none()) {
-        return Err(EtcdError::Encode {
+        return Err(EtcdError::from(KitError::Encode {
             table: table.id.to_string(),
             key: String::new(),
             source: etcdsync_core::encode::json::EncodeError::Arity {
@@ -535,7 +535,7 @@ fn default_key(prefix: &str, table: &TableSchema, row: &[Value]) -> Result<Strin
                 expected: table.columns.len(),
                 got: row.len(),
             },
-        });
+        }));
     }
     if let Some(i) = table
         .key
@@ -548,12 +548,12 @@ fn default_key(prefix: &str, table: &TableSchema, row: &[Value]) -> Result<Strin
             .get(i)
             .map(|c| c.name.clone())
             .unwrap_or_default();
-        return Err(EtcdError::UnresolvedUnchanged {
+        return Err(EtcdError::from(KitError::UnresolvedUnchanged {
             table: table.id.to_string(),
             key: row_key(prefix, &table.id, table.key_values(row)),
             column,
             reason: "it is a key column, so the row's key is unknown".into(),
-        });
+        }));
     }
     Ok(row_key(prefix, &table.id, table.key_values(row)))
 }

@@ -13,6 +13,10 @@ use etcdsync_sink_kit::store::{Condition, Ops, Page, Store, Stored};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// How to let a larger change through, for [`etcdsync_sink_kit::KitError::Oversize`].
+pub const RAISE_REQUEST_LIMIT: &str =
+    "raise sink.max_request_bytes (and etcd's --max-request-bytes to match)";
+
 /// etcd as the kit sees it, for one sink run (cheap to clone).
 #[derive(Clone)]
 pub struct EtcdStore {

@@ -16,7 +16,11 @@ pub mod markers;
 pub mod stale;
 pub mod store;
 
-/// What the kit itself can refuse: a marker that does not parse, a change the sink cannot key.
+/// What a sink on the kit can fail with, whatever its store: a marker that does not parse, a
+/// change it cannot store (too large, a bad or colliding key, an unresolvable unchanged value).
+use etcdsync_core::encode::json::EncodeError;
+use etcdsync_core::ErrorKind;
+
 #[derive(Debug, thiserror::Error)]
 pub enum KitError {
     /// A metadata key holds something that is not its marker.
@@ -26,9 +30,94 @@ pub enum KitError {
     )]
     Malformed { key: String, reason: String },
 
-    /// A change that breaks the source contract (a key column without a value).
+    /// A change that breaks the source contract (a key column without a value, a `Commit`
+    /// inside a snapshot).
     #[error("unexpected message from the source: {0}")]
     Protocol(String),
+
+    /// One change does not fit into one store request; `raise` is the store's way to allow more.
+    #[error(
+        "table {table}: the change of key `{key}` needs {size} bytes, more than one request may carry \
+         ({limit} bytes with sink.max_request_bytes = {max_request_bytes}); {raise}, or set \
+         sink.on_oversize: skip to skip such values"
+    )]
+    Oversize {
+        table: String,
+        key: String,
+        size: usize,
+        limit: usize,
+        max_request_bytes: usize,
+        raise: &'static str,
+    },
+
+    /// A row whose key from a transform has an empty component (`on_invalid_key: error`).
+    #[error(
+        "table {table}, row ({row}): its key `{key}` has an empty component, so it cannot be stored (a key \
+         template renders one when a column it names is empty in the row, e.g. `{{name}}` with name = ''; a \
+         transform's key is relative to the data prefix, without a leading `/`); give that column a value in the \
+         row, change the key_template, or set sink.on_invalid_key: skip to skip such rows (each is logged and \
+         counted, and the row's previous key is deleted)"
+    )]
+    InvalidKey {
+        table: String,
+        row: String,
+        key: String,
+    },
+
+    /// A (transformed) key that is not under the data prefix.
+    #[error(
+        "table {table}: key `{key}` is not a key below the data prefix `{prefix}` (transforms give keys relative \
+         to sink.prefix, non-empty and without a leading `/`); etcdsync writes only under sink.prefix and \
+         sink.meta_prefix, so fix the transform that produced this key"
+    )]
+    KeyOutsidePrefix {
+        table: String,
+        key: String,
+        prefix: String,
+    },
+
+    /// Two rows map to the same key (a key template that does not hold the primary key).
+    #[error(
+        "key `{key}` of row {row} is already the key of row {other}: two rows map to one key; make the \
+         key_template hold every primary-key column (e.g. {{id}}) so keys are unique"
+    )]
+    KeyCollision {
+        key: String,
+        row: String,
+        other: String,
+    },
+
+    /// A PostgreSQL TOAST column arrived unchanged and there is no stored value to fill it from.
+    #[error(
+        "table {table}, key `{key}`: column {column} arrived unchanged (TOAST) but {reason}; \
+         to get past this change take a fresh snapshot (stop etcdsync, delete the checkpoint key under the \
+         sink's meta prefix, start it again), and run ALTER TABLE … REPLICA IDENTITY FULL on the table so \
+         later updates carry the value"
+    )]
+    UnresolvedUnchanged {
+        table: String,
+        key: String,
+        column: String,
+        reason: String,
+    },
+
+    /// A row that cannot be encoded as JSON.
+    #[error("table {table}, key `{key}`: {source}")]
+    Encode {
+        table: String,
+        key: String,
+        #[source]
+        source: EncodeError,
+    },
+
+    /// Reading a row from the source to fill an unchanged value failed; `kind` is the source
+    /// error's (a lost connection is retried).
+    #[error("{message}")]
+    Fetch { message: String, kind: ErrorKind },
+
+    /// An internal failure of the sink (a task panicked, a state that cannot happen).
+    #[error("sink internal error: {0}")]
+    Internal(String),
 
     /// The checkpoint key changed under the streaming chain ([`chain`]): something else wrote
     /// it. The pipeline starts again from the checkpoint the store holds.
@@ -47,12 +136,21 @@ pub enum KitError {
 }
 
 impl KitError {
-    pub fn kind(&self) -> etcdsync_core::ErrorKind {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            KitError::Malformed { .. } => etcdsync_core::ErrorKind::Config,
-            KitError::Protocol(_) | KitError::PredecessorFailed => etcdsync_core::ErrorKind::Fatal,
+            KitError::Malformed { .. } => ErrorKind::Config,
+            KitError::Fetch { kind, .. } => *kind,
+            KitError::Protocol(_)
+            | KitError::PredecessorFailed
+            | KitError::Oversize { .. }
+            | KitError::InvalidKey { .. }
+            | KitError::KeyOutsidePrefix { .. }
+            | KitError::KeyCollision { .. }
+            | KitError::UnresolvedUnchanged { .. }
+            | KitError::Encode { .. }
+            | KitError::Internal(_) => ErrorKind::Fatal,
             // Read the chain again from a restart; a persistent other writer repeats it loudly.
-            KitError::ChainBroken { .. } => etcdsync_core::ErrorKind::Transient,
+            KitError::ChainBroken { .. } => ErrorKind::Transient,
         }
     }
 }

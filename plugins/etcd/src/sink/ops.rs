@@ -47,10 +47,10 @@ impl Writer {
         let key = route.key.as_deref().and_then(|k| self.routed_key(k));
         let old_key = route.old_key.as_deref().and_then(|k| self.routed_key(k));
         match op {
-            Op::Truncate if route.tracked => Err(EtcdError::Protocol(format!(
+            Op::Truncate if route.tracked => Err(EtcdError::from(KitError::Protocol(format!(
                 "a truncate of {} (keys from a transform) inside a snapshot",
                 table.id
-            ))),
+            )))),
             Op::Truncate => Ok(vec![KvOp::DeleteRange {
                 prefix: table_prefix(&prefix, &table.id),
             }]),
@@ -126,20 +126,20 @@ impl Writer {
             Op::Insert { row } => (None, row),
             Op::Update { old, row } => (old, row),
             Op::Delete { .. } | Op::Truncate => {
-                return Err(EtcdError::Task(
+                return Err(EtcdError::from(KitError::Internal(
                     "only a new row version has a key to refuse".into(),
-                ))
+                )))
             }
         };
         let relative = route.key.unwrap_or_default();
         let shown_key = format!("{}{relative}", self.settings.data_prefix);
         let row_text = row_label(&table, &row);
         if self.settings.on_invalid_key == OnInvalidKey::Error {
-            return Err(EtcdError::InvalidKey {
+            return Err(EtcdError::from(KitError::InvalidKey {
                 table: table.id.to_string(),
                 row: row_text,
                 key: shown_key,
-            });
+            }));
         }
         let routed_old = route.old_key.as_deref().and_then(|k| self.routed_key(k));
         let mut unit = Vec::new();
@@ -184,11 +184,11 @@ impl Writer {
         if key.starts_with(self.settings.data_prefix.as_str()) {
             Ok(())
         } else {
-            Err(EtcdError::KeyOutsidePrefix {
+            Err(EtcdError::from(KitError::KeyOutsidePrefix {
                 table: table.to_string(),
                 key: key.to_string(),
                 prefix: self.settings.data_prefix.clone(),
-            })
+            }))
         }
     }
 
@@ -203,11 +203,13 @@ impl Writer {
     ) -> Result<Option<Vec<u8>>, EtcdError> {
         if row.iter().any(|v| matches!(v, Value::Unchanged)) {
             let source_key = old_key.unwrap_or(key);
-            let unresolved = |column: &str, reason: String| EtcdError::UnresolvedUnchanged {
-                table: table.id.to_string(),
-                key: source_key.to_string(),
-                column: column.to_string(),
-                reason,
+            let unresolved = |column: &str, reason: String| {
+                EtcdError::from(KitError::UnresolvedUnchanged {
+                    table: table.id.to_string(),
+                    key: source_key.to_string(),
+                    column: column.to_string(),
+                    reason,
+                })
             };
             let stored = self.current_value(source_key).await?;
             let columns: HashMap<String, Box<RawValue>> = match &stored {
@@ -232,13 +234,13 @@ impl Writer {
                 return Ok(None);
             }
         }
-        encode_row(table, &row)
-            .map(Some)
-            .map_err(|source| EtcdError::Encode {
+        encode_row(table, &row).map(Some).map_err(|source| {
+            EtcdError::from(KitError::Encode {
                 table: table.id.to_string(),
                 key: key.to_string(),
                 source,
             })
+        })
     }
 
     /// Fills the unchanged columns etcd could not from the source's current row (a column renamed
@@ -273,13 +275,13 @@ impl Writer {
         let fetched = fetcher
             .fetch_for(table, &key, self.converting_seq)
             .await
-            .map_err(|e| EtcdError::Fetch {
+            .map_err(|e| EtcdError::from(KitError::Fetch {
                 message: format!(
                     "table {}: reading a row from the source to fill unchanged column {first} ({reason}) failed: {e}",
                     table.id
                 ),
                 kind: e.kind(),
-            })?;
+            }))?;
         let Some(current) = fetched else {
             // The row is gone at the source: a later change of this stream deletes it.
             return Ok(false);

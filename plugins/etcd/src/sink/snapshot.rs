@@ -9,14 +9,14 @@ impl Writer {
 
     pub(super) async fn start_snapshot(&mut self, tables: Vec<TableId>) -> Result<(), EtcdError> {
         if self.snapshot.is_some() {
-            return Err(EtcdError::Protocol(
+            return Err(EtcdError::from(KitError::Protocol(
                 "SnapshotStarted while a snapshot is running".into(),
-            ));
+            )));
         }
         if self.open.has_data() {
-            return Err(EtcdError::Protocol(
+            return Err(EtcdError::from(KitError::Protocol(
                 "SnapshotStarted inside an open source transaction".into(),
-            ));
+            )));
         }
         if !self.ready.is_empty() {
             self.submit_ready().await?;
@@ -45,11 +45,11 @@ impl Writer {
 
     pub(super) async fn snapshot_change(&mut self, change: Change) -> Result<(), EtcdError> {
         if matches!(change.op, Op::Delete { .. } | Op::Truncate) {
-            return Err(EtcdError::Protocol(format!(
+            return Err(EtcdError::from(KitError::Protocol(format!(
                 "a {} of {} arrived during a snapshot; a snapshot holds only inserts",
                 change.op_name(),
                 change.table.id
-            )));
+            ))));
         }
         let table = Arc::clone(&change.table);
         let op = (!has_invalid_key(&change)).then(|| change.op_name());
@@ -121,9 +121,9 @@ impl Writer {
             self.launch_snapshot_batch(last).await?;
         }
         let Some(mut snapshot) = self.snapshot.take() else {
-            return Err(EtcdError::Protocol(format!(
+            return Err(EtcdError::from(KitError::Protocol(format!(
                 "SnapshotFinished (position {position}) without SnapshotStarted"
-            )));
+            ))));
         };
         snapshot.join_all().await?;
         let cleanup_started = Instant::now();

@@ -60,7 +60,9 @@ impl Writer {
             if let Err(rest) = self.open.try_add(rest, limits) {
                 self.submit_open_part().await?;
                 self.open.try_add(rest, limits).map_err(|_| {
-                    EtcdError::Task("a delete does not fit an empty etcd transaction".into())
+                    EtcdError::from(KitError::Internal(
+                        "a delete does not fit an empty etcd transaction".into(),
+                    ))
                 })?;
             }
         }
@@ -105,10 +107,10 @@ impl Writer {
 
     pub(super) async fn commit(&mut self, commit: Commit) -> Result<(), EtcdError> {
         if self.snapshot.is_some() {
-            return Err(EtcdError::Protocol(format!(
+            return Err(EtcdError::from(KitError::Protocol(format!(
                 "a Commit (position {}) arrived during a snapshot; a snapshot holds only inserts",
                 commit.position
-            )));
+            ))));
         }
         let committed_at = commit.commit_time.map(rfc3339);
         if committed_at.is_some() {
@@ -395,9 +397,9 @@ impl Writer {
             }
             Ok(Ok(None)) => Ok(()),
             Ok(Err(error)) => Err(error),
-            Err(error) => Err(EtcdError::Task(format!(
+            Err(error) => Err(EtcdError::from(KitError::Internal(format!(
                 "the etcd transaction task failed: {error}"
-            ))),
+            )))),
         }
     }
 

@@ -17,9 +17,9 @@ impl Writer {
         let routed_old = route.old_key.as_deref().and_then(|k| self.routed_key(k));
         let (old, row) = match op {
             Op::Truncate => {
-                return Err(EtcdError::Task(
+                return Err(EtcdError::from(KitError::Internal(
                     "a tracked truncate is not a row change".into(),
-                ))
+                )))
             }
             Op::Delete { old } => {
                 let row_id = index.row_id(&table, &old)?;
@@ -44,16 +44,16 @@ impl Writer {
             Op::Update { old, row } => (old, row),
         };
         let Some(relative) = route.key.as_deref() else {
-            return Err(EtcdError::Protocol(format!(
+            return Err(EtcdError::from(KitError::Protocol(format!(
                 "a change of {} is marked tracked but its transform gave no key",
                 table.id
-            )));
+            ))));
         };
         let Some(key) = self.routed_key(relative) else {
-            return Err(EtcdError::Task(format!(
+            return Err(EtcdError::from(KitError::Internal(format!(
                 "an invalid key of {} reached the key index",
                 table.id
-            )));
+            ))));
         };
         let row_id = index.row_id(&table, &row)?;
         let old_row_id = old
@@ -81,11 +81,11 @@ impl Writer {
                 && Some(owner) != old_row_id.as_ref()
                 && self.owner_is_live(owner).await?
             {
-                return Err(EtcdError::KeyCollision {
+                return Err(EtcdError::from(KitError::KeyCollision {
                     key,
                     row: row_id,
                     other: owner.clone(),
-                });
+                }));
             }
         }
         let value = match route.value {
@@ -278,13 +278,14 @@ impl Writer {
             .or_else(|| unit.iter().find_map(|op| op.key().map(str::to_string)))
             .unwrap_or_default();
         match self.settings.on_oversize {
-            OnOversize::Error => Err(EtcdError::Oversize {
+            OnOversize::Error => Err(EtcdError::from(KitError::Oversize {
                 table: table.to_string(),
                 key,
                 size,
                 limit: limits.max_bytes,
                 max_request_bytes: self.settings.max_request_bytes,
-            }),
+                raise: crate::store::RAISE_REQUEST_LIMIT,
+            })),
             OnOversize::Skip => {
                 events::oversize_skipped(&table.to_string(), &key, size, limits.max_bytes);
                 Ok(unit
