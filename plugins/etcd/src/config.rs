@@ -1,7 +1,6 @@
 //! `sink: { type: etcd, … }`: the etcd sink's options, defaults and checks (DESIGN §2, §4).
 //! `validate` does no I/O and resolves the options into [`Settings`]; only `build` connects.
 
-use crate::batch::Limits;
 use etcdsync_core::encode::key::{normalise_prefix, prefixes_overlap};
 use etcdsync_core::secret::Secret;
 use etcdsync_core::{Error, Result};
@@ -99,23 +98,7 @@ pub struct TlsConfig {
     pub domain: Option<String>,
 }
 
-/// `sink.on_oversize`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnOversize {
-    #[default]
-    Error,
-    Skip,
-}
-
-/// `sink.on_invalid_key`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnInvalidKey {
-    #[default]
-    Error,
-    Skip,
-}
+pub use etcdsync_sink_kit::settings::{OnInvalidKey, OnOversize, SinkSettings};
 
 fn default_endpoints() -> Vec<String> {
     vec!["http://127.0.0.1:2379".into()]
@@ -199,81 +182,17 @@ pub const MAX_SNAPSHOT_TXNS_IN_FLIGHT: usize = 64;
 /// than the extra parallelism gains.
 pub const MAX_STREAM_TXNS_IN_FLIGHT: usize = 16;
 
-/// The checked, resolved configuration the running sink uses.
+/// The checked, resolved configuration the running sink uses: the kit's settings of its writer
+/// ([`SinkSettings`]: prefixes, metadata keys, limits) and how to reach etcd.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub kv: SinkSettings,
     pub endpoints: Vec<String>,
-    /// The data prefix as given (normalised, no trailing `/`), for `row_key`/`table_prefix`.
-    pub prefix: String,
-    /// `{prefix}/`: every data key starts with this.
-    pub data_prefix: String,
-    /// `{meta_prefix}/`: every metadata key starts with this.
-    pub meta_prefix: String,
     pub credentials: Option<(String, Secret)>,
     pub tls: Option<TlsConfig>,
-    pub max_txn_ops: usize,
-    pub max_request_bytes: usize,
-    pub on_oversize: OnOversize,
-    pub on_invalid_key: OnInvalidKey,
-    pub snapshot_txns_in_flight: usize,
-    pub stream_txns_in_flight: usize,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
-    pub heartbeat_interval: Duration,
     pub retry_max_backoff: Duration,
-}
-
-impl Settings {
-    /// `{meta}/checkpoint`.
-    pub fn checkpoint_key(&self) -> String {
-        format!("{}checkpoint", self.meta_prefix)
-    }
-
-    /// `{meta}/snapshot`.
-    pub fn snapshot_key(&self) -> String {
-        format!("{}snapshot", self.meta_prefix)
-    }
-
-    /// `{meta}/status`: written only by the running sink ([`crate::status`]).
-    pub fn partial_key(&self) -> String {
-        format!("{}partial", self.meta_prefix)
-    }
-
-    pub fn status_key(&self) -> String {
-        format!("{}status", self.meta_prefix)
-    }
-
-    /// `{meta}/tables/`: one key per table this pipeline has written rows of (`verify --repair`
-    /// deletes keys of no other table outside the selection).
-    pub fn table_markers(&self) -> String {
-        format!("{}tables/", self.meta_prefix)
-    }
-
-    /// `{meta}/tables/{schema}/{table}` (components escaped as in data keys).
-    pub fn table_marker(&self, table: &etcdsync_core::TableId) -> String {
-        use etcdsync_core::encode::key::escape_component;
-        format!(
-            "{}{}/{}",
-            self.table_markers(),
-            escape_component(&table.schema),
-            escape_component(&table.table)
-        )
-    }
-
-    /// `{meta}/leader`: the HA election key (DESIGN §7).
-    pub fn leader_key(&self) -> String {
-        format!("{}leader", self.meta_prefix)
-    }
-
-    /// Packing limits of streaming transactions (one op and some bytes kept for the checkpoint).
-    pub fn stream_limits(&self) -> Limits {
-        Limits::with_checkpoint(self.max_txn_ops, self.max_request_bytes)
-    }
-
-    /// Packing limits of snapshot transactions (no checkpoint).
-    pub fn snapshot_limits(&self) -> Limits {
-        Limits::without_checkpoint(self.max_txn_ops, self.max_request_bytes)
-    }
 }
 
 impl EtcdConfig {
@@ -371,21 +290,23 @@ impl EtcdConfig {
             }
         }
         Ok(Settings {
+            kv: SinkSettings {
+                prefix,
+                data_prefix,
+                meta_prefix,
+                max_txn_ops: self.max_txn_ops,
+                max_request_bytes: self.max_request_bytes,
+                on_oversize: self.on_oversize,
+                on_invalid_key: self.on_invalid_key,
+                snapshot_txns_in_flight: self.snapshot_txns_in_flight,
+                stream_txns_in_flight: self.stream_txns_in_flight,
+                heartbeat_interval: self.heartbeat_interval,
+            },
             endpoints,
-            prefix,
-            data_prefix,
-            meta_prefix,
             credentials,
             tls: self.tls.clone(),
-            max_txn_ops: self.max_txn_ops,
-            max_request_bytes: self.max_request_bytes,
-            on_oversize: self.on_oversize,
-            on_invalid_key: self.on_invalid_key,
-            snapshot_txns_in_flight: self.snapshot_txns_in_flight,
-            stream_txns_in_flight: self.stream_txns_in_flight,
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,
-            heartbeat_interval: self.heartbeat_interval,
             retry_max_backoff: self.retry_max_backoff,
         })
     }
@@ -494,11 +415,14 @@ mod tests {
         let config: EtcdConfig = serde_yaml::from_str("{}").expect("parse");
         assert_eq!(config, EtcdConfig::default());
         let settings = config.settings("demo").expect("valid");
-        assert_eq!(settings.data_prefix, "/etcdsync/");
-        assert_eq!(settings.meta_prefix, "/etcdsync-meta/demo/");
-        assert_eq!(settings.checkpoint_key(), "/etcdsync-meta/demo/checkpoint");
-        assert_eq!(settings.max_txn_ops, 128);
-        assert_eq!(settings.max_request_bytes, 1_572_864);
+        assert_eq!(settings.kv.data_prefix, "/etcdsync/");
+        assert_eq!(settings.kv.meta_prefix, "/etcdsync-meta/demo/");
+        assert_eq!(
+            settings.kv.checkpoint_key(),
+            "/etcdsync-meta/demo/checkpoint"
+        );
+        assert_eq!(settings.kv.max_txn_ops, 128);
+        assert_eq!(settings.kv.max_request_bytes, 1_572_864);
         assert_eq!(settings.request_timeout, Duration::from_secs(10));
     }
 

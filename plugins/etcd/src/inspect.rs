@@ -66,8 +66,8 @@ impl std::fmt::Debug for EtcdInspector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdInspector")
             .field("endpoints", &self.settings.endpoints)
-            .field("data_prefix", &self.settings.data_prefix)
-            .field("meta_prefix", &self.settings.meta_prefix)
+            .field("data_prefix", &self.settings.kv.data_prefix)
+            .field("meta_prefix", &self.settings.kv.meta_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -95,7 +95,7 @@ impl EtcdInspector {
     /// An inspector for checked settings (nothing connects yet). `source_type` is the configured
     /// source's plugin name, compared with the checkpoint's.
     pub fn new(settings: Settings, source_type: impl Into<String>) -> Self {
-        let index = KeyIndex::new(&settings.data_prefix, &settings.meta_prefix);
+        let index = KeyIndex::new(&settings.kv.data_prefix, &settings.kv.meta_prefix);
         Self {
             settings: Arc::new(settings),
             source_type: source_type.into(),
@@ -198,7 +198,7 @@ impl EtcdInspector {
     /// response is too large for the client is split in halves.
     async fn get_values(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, EtcdError> {
         let mut out = Vec::with_capacity(keys.len());
-        let chunk = self.settings.max_txn_ops.max(1);
+        let chunk = self.settings.kv.max_txn_ops.max(1);
         let mut pending: Vec<&[String]> = keys.chunks(chunk).rev().collect();
         while let Some(part) = pending.pop() {
             let ops = part.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
@@ -279,7 +279,7 @@ impl EtcdInspector {
     /// The relative part of a key under the data prefix (`None` for other keys and the prefix
     /// itself).
     fn relative<'a>(&self, key: &'a str) -> Option<&'a str> {
-        key.strip_prefix(self.settings.data_prefix.as_str())
+        key.strip_prefix(self.settings.kv.data_prefix.as_str())
             .filter(|r| !r.is_empty())
     }
 
@@ -294,7 +294,7 @@ impl EtcdInspector {
             if self.relative(key).is_none() {
                 return Err(Error::fatal(format!(
                     "verify --repair writes only keys below sink.prefix `{}`, and `{key}` is not one; nothing was written",
-                    self.settings.data_prefix
+                    self.settings.kv.data_prefix
                 )));
             }
         }
@@ -317,8 +317,10 @@ impl EtcdInspector {
             .zip(self.get_values(&entry_keys).await?)
             .collect();
 
-        let limits =
-            Limits::without_checkpoint(self.settings.max_txn_ops, self.settings.max_request_bytes);
+        let limits = Limits::without_checkpoint(
+            self.settings.kv.max_txn_ops,
+            self.settings.kv.max_request_bytes,
+        );
         let mut units: Vec<Vec<KvOp>> = Vec::with_capacity(deletes.len() + puts.len());
         for (key, owner) in deletes.into_iter().zip(owned) {
             let mut unit = vec![KvOp::Delete { key: key.clone() }];
@@ -375,10 +377,10 @@ impl EtcdInspector {
                     )
                     .await?;
                 if let Err(unit) = batch.try_add(unit, limits) {
-                    return Err(repair_oversize(&unit, self.settings.max_request_bytes));
+                    return Err(repair_oversize(&unit, self.settings.kv.max_request_bytes));
                 }
             } else {
-                return Err(repair_oversize(&unit, self.settings.max_request_bytes));
+                return Err(repair_oversize(&unit, self.settings.kv.max_request_bytes));
             }
         }
         if batch.has_data() {
@@ -402,7 +404,7 @@ impl EtcdInspector {
                  rebuild the index with a fresh snapshot (stop `etcdsync run`, etcdctl del '{}', start it again), \
                  then run verify again. Everything else was repaired",
                 unexplained.len(),
-                self.settings.checkpoint_key()
+                self.settings.kv.checkpoint_key()
             ))),
         }
     }
@@ -462,7 +464,7 @@ impl SinkInspector for EtcdInspector {
     }
 
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
-        let key = self.settings.checkpoint_key();
+        let key = self.settings.kv.checkpoint_key();
         let values = self.get_values(std::slice::from_ref(&key)).await?;
         match values.into_iter().next().flatten() {
             None => Ok(None),
@@ -473,7 +475,7 @@ impl SinkInspector for EtcdInspector {
     async fn metadata(&mut self) -> Result<BTreeMap<String, serde_json::Value>> {
         let keys: Vec<String> = METADATA_KEYS
             .iter()
-            .map(|name| format!("{}{name}", self.settings.meta_prefix))
+            .map(|name| format!("{}{name}", self.settings.kv.meta_prefix))
             .collect();
         let values = self.get_values(&keys).await?;
         Ok(METADATA_KEYS
@@ -490,11 +492,11 @@ impl SinkInspector for EtcdInspector {
     }
 
     fn row_key(&self, table: &TableId, key: &[Value]) -> String {
-        row_key(&self.settings.prefix, table, key)
+        row_key(&self.settings.kv.prefix, table, key)
     }
 
     fn route_key(&self, route_key: &str) -> String {
-        format!("{}{route_key}", self.settings.data_prefix)
+        format!("{}{route_key}", self.settings.kv.data_prefix)
     }
 
     async fn get(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -509,7 +511,7 @@ impl SinkInspector for EtcdInspector {
     }
 
     async fn scan(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
-        let data = self.settings.data_prefix.clone();
+        let data = self.settings.kv.data_prefix.clone();
         let end = prefix_range_end(&data);
         let mut from: Vec<u8> = match after {
             Some(after) if after.as_bytes() >= data.as_bytes() => {
@@ -571,7 +573,7 @@ impl SinkInspector for EtcdInspector {
     }
 
     async fn count(&mut self, table: &TableId) -> Result<u64> {
-        let default_prefix = table_prefix(&self.settings.prefix, table);
+        let default_prefix = table_prefix(&self.settings.kv.prefix, table);
         // Keys under the table's prefix that the owner index gives to a row (of any table with
         // transformed keys) are counted with that row's table, not here.
         let owned_prefix = format!(

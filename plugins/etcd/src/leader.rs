@@ -38,7 +38,7 @@ impl Drop for EtcdLeadership {
 
 /// The compare every write of the leader carries (DESIGN §7).
 pub fn fence_guard(settings: &Settings, fence: &Fence) -> Compare {
-    Compare::create_revision(settings.leader_key(), CompareOp::Equal, fence.token)
+    Compare::create_revision(settings.kv.leader_key(), CompareOp::Equal, fence.token)
 }
 
 /// Campaigns for `{meta}/leader`. With `ha.enabled` waits until won (returns `Ok(None)` if
@@ -50,7 +50,7 @@ pub async fn campaign(
     campaign: &Campaign,
     shutdown: &CancellationToken,
 ) -> Result<Option<EtcdLeadership>, EtcdError> {
-    let key = settings.leader_key();
+    let key = settings.kv.leader_key();
     let ttl = campaign.ha.lease_ttl;
     let me = &campaign.candidate;
     let mut standing_by_for: Option<i64> = None;

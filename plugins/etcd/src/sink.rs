@@ -62,8 +62,8 @@ impl std::fmt::Debug for EtcdSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdSink")
             .field("endpoints", &self.settings.endpoints)
-            .field("data_prefix", &self.settings.data_prefix)
-            .field("meta_prefix", &self.settings.meta_prefix)
+            .field("data_prefix", &self.settings.kv.data_prefix)
+            .field("meta_prefix", &self.settings.kv.meta_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -78,8 +78,8 @@ impl EtcdSink {
         let client = EtcdClient::connect(&settings).await?;
         tracing::info!(
             endpoints = ?settings.endpoints,
-            prefix = %settings.data_prefix,
-            meta_prefix = %settings.meta_prefix,
+            prefix = %settings.kv.data_prefix,
+            meta_prefix = %settings.kv.meta_prefix,
             "etcd sink connected"
         );
         Ok(Self {
@@ -119,14 +119,14 @@ impl EtcdSink {
 #[async_trait::async_trait]
 impl Sink for EtcdSink {
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
-        let key = self.settings.checkpoint_key();
+        let key = self.settings.kv.checkpoint_key();
         let response = self
             .client
             .get("read the checkpoint", key.as_str(), None, None, Some(3))
             .await?;
         let (chain, checkpoint) =
             chain::ChainEnd::stored(&key, response.kvs().first().map(|kv| kv.value()))?;
-        let partial_key = self.settings.partial_key();
+        let partial_key = self.settings.kv.partial_key();
         let response = self
             .client
             .get(
@@ -167,7 +167,7 @@ impl Sink for EtcdSink {
         self.marked.clone_from(&tables);
         // A copy that did not finish wrote some of its tables' rows: they count as not written,
         // so a source that copies never-written tables copies them again.
-        let key = self.settings.snapshot_key();
+        let key = self.settings.kv.snapshot_key();
         let response = self
             .client
             .get(
@@ -376,8 +376,8 @@ impl Writer {
             fence,
             marked,
         } = sink;
-        let leader = fence.map(|fence| (settings.leader_key(), fence.token));
-        let index = KeyIndex::new(&settings.data_prefix, &settings.meta_prefix);
+        let leader = fence.map(|fence| (settings.kv.leader_key(), fence.token));
+        let index = KeyIndex::new(&settings.kv.data_prefix, &settings.kv.meta_prefix);
         // Before the status writer starts, so its first write says so.
         telemetry::get().set_phase(Phase::Starting);
         let status = StatusWriter::start(
@@ -387,8 +387,8 @@ impl Writer {
             shutdown.clone(),
         );
         Self {
-            stream_limits: settings.stream_limits(),
-            snapshot_limits: settings.snapshot_limits(),
+            stream_limits: settings.kv.stream_limits(),
+            snapshot_limits: settings.kv.snapshot_limits(),
             client,
             settings,
             source_type,

@@ -176,7 +176,7 @@ impl StatusWriter {
     ) -> Self {
         let publisher = Publisher {
             client,
-            key: settings.status_key(),
+            key: settings.kv.status_key(),
             guards,
         };
         let wake = Arc::new(Notify::new());

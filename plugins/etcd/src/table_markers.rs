@@ -18,7 +18,7 @@ pub async fn read(
     settings: &Settings,
     attempts: Option<u32>,
 ) -> Result<HashSet<TableId>, EtcdError> {
-    let markers = settings.table_markers();
+    let markers = settings.kv.table_markers();
     let mut pages = Pages::of_prefix(&markers, PAGE, true);
     let mut tables = HashSet::new();
     while let Some(page) = pages

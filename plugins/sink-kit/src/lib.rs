@@ -13,6 +13,7 @@ pub mod chain;
 pub mod events;
 pub mod index;
 pub mod markers;
+pub mod settings;
 pub mod stale;
 pub mod store;
 

@@ -234,7 +234,7 @@ impl EtcdInspector {
             Some((user, _)) => CheckResult::pass(name, format!("user `{user}` accepted")),
             None => {
                 // Without a user, find out whether etcd wants one.
-                let key = self.settings.checkpoint_key();
+                let key = self.settings.kv.checkpoint_key();
                 let read = self
                     .bounded(client.get(
                         "read the checkpoint key",
@@ -338,7 +338,7 @@ impl EtcdInspector {
     /// `sink.prefix / sink.meta_prefix`: the two prefixes do not overlap.
     fn prefix_check(&self) -> CheckResult {
         let name = "sink.prefix / sink.meta_prefix";
-        let (data, meta) = (&self.settings.data_prefix, &self.settings.meta_prefix);
+        let (data, meta) = (&self.settings.kv.data_prefix, &self.settings.kv.meta_prefix);
         if prefixes_overlap(data, meta) {
             CheckResult::fail(
                 name,
@@ -363,7 +363,7 @@ impl EtcdInspector {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!(
             "{}check/{}-{}-{nanos:x}-{}",
-            self.settings.meta_prefix,
+            self.settings.kv.meta_prefix,
             escape_component(host.trim()),
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -399,7 +399,7 @@ impl EtcdInspector {
     /// count-only reads: etcd checks the count of every transaction).
     async fn txn_ops_check(&self, client: &EtcdClient) -> CheckResult {
         let name = "sink.max_txn_ops";
-        let configured = self.settings.max_txn_ops;
+        let configured = self.settings.kv.max_txn_ops;
         let base = self.probe_key();
         let probe = |n: usize| {
             let ops = (0..n)
@@ -464,7 +464,7 @@ impl EtcdInspector {
     /// with `--write-probe`: etcd checks the size of write requests only).
     async fn request_bytes_check(&self, client: &EtcdClient, writes: Writes) -> CheckResult {
         let name = "sink.max_request_bytes";
-        let configured = self.settings.max_request_bytes;
+        let configured = self.settings.kv.max_request_bytes;
         match writes {
             Writes::Probe => {}
             Writes::NotAsked => {
@@ -556,8 +556,8 @@ impl EtcdInspector {
     /// `checkpoint`: informational; fails when it cannot be used.
     async fn checkpoint_check(&self, client: &EtcdClient) -> CheckResult {
         let name = "checkpoint";
-        let key = self.settings.checkpoint_key();
-        let snapshot_key = self.settings.snapshot_key();
+        let key = self.settings.kv.checkpoint_key();
+        let snapshot_key = self.settings.kv.snapshot_key();
         let read = async {
             let response = client
                 .retry(

@@ -17,7 +17,7 @@ impl Writer {
         // limits; written first, it never misses keys that exist.
         if !self.marked.contains(&change.table.id) {
             let marker = KvOp::Put {
-                key: self.settings.table_marker(&change.table.id),
+                key: self.settings.kv.table_marker(&change.table.id),
                 value: b"1".to_vec(),
             };
             self.store()
@@ -43,7 +43,7 @@ impl Writer {
         let Change {
             table, op, route, ..
         } = change;
-        let prefix = self.settings.prefix.clone();
+        let prefix = self.settings.kv.prefix.clone();
         let key = route.key.as_deref().and_then(|k| self.routed_key(k));
         let old_key = route.old_key.as_deref().and_then(|k| self.routed_key(k));
         match op {
@@ -85,7 +85,7 @@ impl Writer {
     ) -> Result<Vec<KvOp>, EtcdError> {
         let key = match key {
             Some(key) => key,
-            None => default_key(&self.settings.prefix, table, &row)?,
+            None => default_key(&self.settings.kv.prefix, table, &row)?,
         };
         self.check_key(&table.id, &key)?;
         let old_key = old_key.filter(|old| *old != key);
@@ -111,7 +111,8 @@ impl Writer {
     /// (empty, a leading `/`, an empty component): no such key is ever written, so none needs
     /// deleting either.
     pub(super) fn routed_key(&self, relative: &str) -> Option<String> {
-        is_valid_relative_key(relative).then(|| format!("{}{relative}", self.settings.data_prefix))
+        is_valid_relative_key(relative)
+            .then(|| format!("{}{relative}", self.settings.kv.data_prefix))
     }
 
     /// A row whose new key from a transform is invalid (`sink.on_invalid_key`): an error naming
@@ -132,9 +133,9 @@ impl Writer {
             }
         };
         let relative = route.key.unwrap_or_default();
-        let shown_key = format!("{}{relative}", self.settings.data_prefix);
+        let shown_key = format!("{}{relative}", self.settings.kv.data_prefix);
         let row_text = row_label(&table, &row);
-        if self.settings.on_invalid_key == OnInvalidKey::Error {
+        if self.settings.kv.on_invalid_key == OnInvalidKey::Error {
             return Err(EtcdError::from(KitError::InvalidKey {
                 table: table.id.to_string(),
                 row: row_text,
@@ -173,7 +174,7 @@ impl Writer {
         }
         let deleted = unit.iter().any(|op| {
             op.key()
-                .is_some_and(|k| !k.starts_with(&self.settings.meta_prefix))
+                .is_some_and(|k| !k.starts_with(&self.settings.kv.meta_prefix))
         });
         events::invalid_key_skipped(&table.id.to_string(), &row_text, &shown_key, deleted);
         Ok(unit)
@@ -181,13 +182,13 @@ impl Writer {
 
     /// Every data key is under the data prefix (the tool writes nothing else, DESIGN §2).
     pub(super) fn check_key(&self, table: &TableId, key: &str) -> Result<(), EtcdError> {
-        if key.starts_with(self.settings.data_prefix.as_str()) {
+        if key.starts_with(self.settings.kv.data_prefix.as_str()) {
             Ok(())
         } else {
             Err(EtcdError::from(KitError::KeyOutsidePrefix {
                 table: table.to_string(),
                 key: key.to_string(),
-                prefix: self.settings.data_prefix.clone(),
+                prefix: self.settings.kv.data_prefix.clone(),
             }))
         }
     }

@@ -29,7 +29,7 @@ impl Writer {
         let marker = SnapshotMarker::new(SnapshotState::Running, start_revision, &tables);
         let started = Instant::now();
         let put = KvOp::Put {
-            key: self.settings.snapshot_key(),
+            key: self.settings.kv.snapshot_key(),
             value: marker.to_json(),
         };
         self.store()
@@ -85,7 +85,7 @@ impl Writer {
 
     /// Starts applying a snapshot batch, first waiting while `snapshot_txns_in_flight` run.
     pub(super) async fn launch_snapshot_batch(&mut self, batch: Batch) -> Result<(), EtcdError> {
-        let max = self.settings.snapshot_txns_in_flight;
+        let max = self.settings.kv.snapshot_txns_in_flight;
         let store = self.store();
         let Some(snapshot) = self.snapshot.as_mut() else {
             return Ok(());
@@ -130,12 +130,12 @@ impl Writer {
         for table in &snapshot.tables {
             // Nothing can be stale under a prefix that held no key when the snapshot began
             // (a first snapshot): no scan at all.
-            let data = table_prefix(&self.settings.prefix, table);
+            let data = table_prefix(&self.settings.kv.prefix, table);
             let deleted = etcdsync_sink_kit::stale::delete_stale(
                 &self.store(),
                 &data,
                 snapshot.start_revision,
-                self.settings.max_txn_ops,
+                self.settings.kv.max_txn_ops,
                 |count, started| events::txn_applied_since(TxnKind::Snapshot, count, started),
             )
             .await?;
@@ -167,7 +167,7 @@ impl Writer {
             &snapshot.tables,
         );
         let mut ops = vec![KvOp::Put {
-            key: self.settings.snapshot_key(),
+            key: self.settings.kv.snapshot_key(),
             value: marker.to_json(),
         }];
         // A split-transaction marker outlives only a step at its own checkpoint (removing a
@@ -181,7 +181,7 @@ impl Writer {
         {
             self.replay = None;
             ops.push(KvOp::Delete {
-                key: self.settings.partial_key(),
+                key: self.settings.kv.partial_key(),
             });
         }
         let started = Instant::now();
@@ -209,7 +209,7 @@ impl Writer {
             client: self.client.clone(),
             guards: Arc::clone(&self.guards),
             shutdown: self.shutdown.clone(),
-            probe_key: self.settings.snapshot_key(),
+            probe_key: self.settings.kv.snapshot_key(),
             leader: self.leader.clone(),
         }
     }

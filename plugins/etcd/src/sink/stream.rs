@@ -87,7 +87,7 @@ impl Writer {
         };
         self.open_split = true;
         let put = KvOp::Put {
-            key: self.settings.partial_key(),
+            key: self.settings.kv.partial_key(),
             value: marker.encode(),
         };
         self.submit_with(part, Some(put)).await
@@ -100,7 +100,7 @@ impl Writer {
         }
         let ready = std::mem::take(&mut self.ready);
         let clear = std::mem::take(&mut self.ready_clears_partial).then(|| KvOp::Delete {
-            key: self.settings.partial_key(),
+            key: self.settings.kv.partial_key(),
         });
         self.submit_with(ready, clear).await
     }
@@ -173,14 +173,14 @@ impl Writer {
             return Ok(());
         }
         if self.ready.has_data() {
-            if self.in_flight.len() >= self.settings.stream_txns_in_flight {
+            if self.in_flight.len() >= self.settings.kv.stream_txns_in_flight {
                 return Ok(());
             }
         } else {
             let due = self.in_flight.is_empty()
                 && self
                     .last_checkpoint_write
-                    .is_none_or(|at| at.elapsed() >= self.settings.heartbeat_interval);
+                    .is_none_or(|at| at.elapsed() >= self.settings.kv.heartbeat_interval);
             if !due {
                 return Ok(());
             }
@@ -193,7 +193,7 @@ impl Writer {
         if !self.in_flight.is_empty() || self.ready.has_data() || self.ready.commit().is_none() {
             return None;
         }
-        let at = self.last_checkpoint_write? + self.settings.heartbeat_interval;
+        let at = self.last_checkpoint_write? + self.settings.kv.heartbeat_interval;
         Some(tokio::time::Instant::from_std(at))
     }
 
@@ -207,7 +207,7 @@ impl Writer {
         if batch.is_empty() && marker.is_none() {
             return Ok(());
         }
-        while self.in_flight.len() >= self.settings.stream_txns_in_flight
+        while self.in_flight.len() >= self.settings.kv.stream_txns_in_flight
             || self.in_flight.back().is_some_and(|flight| flight.alone)
         {
             self.wait_and_complete_oldest().await?;
@@ -236,7 +236,7 @@ impl Writer {
         let alone = writer.is_none();
         let (stage, stage_seen) = watch::channel(chain::Stage::Waiting);
         let link = chain::Link {
-            checkpoint_key: self.settings.checkpoint_key(),
+            checkpoint_key: self.settings.kv.checkpoint_key(),
             expected: end.value,
             writer,
             predecessor: self.in_flight.back().map(|flight| flight.stage.clone()),
@@ -315,7 +315,7 @@ impl Writer {
         self.drain_in_flight().await?;
         self.session = chain::new_session();
         self.chain_seq = 0;
-        let key = self.settings.checkpoint_key();
+        let key = self.settings.kv.checkpoint_key();
         let stored = self.store().get(&key).await?;
         let (end, _) =
             chain::ChainEnd::stored(&key, stored.as_ref().map(|(value, _)| value.as_slice()))?;
@@ -339,7 +339,7 @@ impl Writer {
             &mark,
             Some(&format!("{}:{}", writer.0, writer.1)),
         );
-        let key = self.settings.checkpoint_key();
+        let key = self.settings.kv.checkpoint_key();
         ops.push(KvOp::Put {
             key: key.clone(),
             value: checkpoint.clone(),

@@ -186,7 +186,7 @@ impl Writer {
         let mut after: Option<Vec<u8>> = None;
         let mut ops: Vec<KvOp> = Vec::new();
         let mut deleted = 0;
-        let chunk = self.settings.max_txn_ops;
+        let chunk = self.settings.kv.max_txn_ops;
         loop {
             let page = store
                 .page(
@@ -216,7 +216,7 @@ impl Writer {
                         .await?
                         .is_some_and(|(owner, _)| owner == row_id.as_bytes()),
                 };
-                if owned && key.starts_with(self.settings.data_prefix.as_str()) {
+                if owned && key.starts_with(self.settings.kv.data_prefix.as_str()) {
                     ops.push(KvOp::Delete { key });
                     ops.push(KvOp::Delete { key: owner_key });
                 }
@@ -277,13 +277,13 @@ impl Writer {
             })
             .or_else(|| unit.iter().find_map(|op| op.key().map(str::to_string)))
             .unwrap_or_default();
-        match self.settings.on_oversize {
+        match self.settings.kv.on_oversize {
             OnOversize::Error => Err(EtcdError::from(KitError::Oversize {
                 table: table.to_string(),
                 key,
                 size,
                 limit: limits.max_bytes,
-                max_request_bytes: self.settings.max_request_bytes,
+                max_request_bytes: self.settings.kv.max_request_bytes,
                 raise: crate::store::RAISE_REQUEST_LIMIT,
             })),
             OnOversize::Skip => {

@@ -13,7 +13,7 @@ impl EtcdInspector {
         roles: &mut Option<Result<Roles, String>>,
     ) -> CheckResult {
         let name = "permissions on sink.meta_prefix";
-        let meta = self.settings.meta_prefix.clone();
+        let meta = self.settings.kv.meta_prefix.clone();
         let fail = |failed: Failed| {
             let fix = if failed.detail.contains("permission denied") {
                 self.grant_fix("sink.meta_prefix", &meta)
@@ -22,7 +22,7 @@ impl EtcdInspector {
             };
             CheckResult::fail(name, failed.detail, fix)
         };
-        let checkpoint = self.settings.checkpoint_key();
+        let checkpoint = self.settings.kv.checkpoint_key();
         if let Err(failed) = self
             .bounded(client.get(
                 "read the checkpoint key",
@@ -81,7 +81,7 @@ impl EtcdInspector {
         roles: &mut Option<Result<Roles, String>>,
     ) -> CheckResult {
         let name = "permissions on sink.prefix";
-        let data = self.settings.data_prefix.clone();
+        let data = self.settings.kv.data_prefix.clone();
         let fail = |failed: Failed| {
             let fix = if failed.detail.contains("permission denied") {
                 self.grant_fix("sink.prefix", &data)
