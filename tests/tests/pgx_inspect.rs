@@ -316,12 +316,15 @@ async fn check_reports_wal_level_and_capacity_on_a_server_without_logical_decodi
     );
 }
 
-/// `synchronous_standby_names = '*'` would make etcdsync's walsender a synchronous standby:
-/// commits would wait for etcdsync while it waits for them. `check` fails and `run` refuses,
-/// both naming the fix.
+/// `synchronous_standby_names` naming etcdsync's replication connection would make it a
+/// synchronous standby: commits would wait for etcdsync while it waits for them. `check` fails
+/// and `run` refuses, both naming the fix; a `*` is a warning `check` shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synchronous_standby_setting_that_names_etcdsync_is_refused() {
-    let server = PrivatePg::start("wal_level = logical\nsynchronous_standby_names = '*'");
+    let name = unique("p");
+    let server = PrivatePg::start(&format!(
+        "wal_level = logical\nsynchronous_standby_names = 'FIRST 1 (replica1, \"etcdsync-{name}\", *)'"
+    ));
     let pg = etcdsync_tests::pg::connect(&server.url).await;
     // No standby is connected: only commits that do not wait for one complete.
     pg.batch_execute("SET synchronous_commit = local; CREATE TABLE t (id int PRIMARY KEY)")
@@ -331,19 +334,32 @@ async fn a_synchronous_standby_setting_that_names_etcdsync_is_refused() {
         "type: pgx\nurl: \"{}\"\ntables: {{ include: [\"public.*\"] }}\nsslmode: disable\n",
         server.url
     );
-    let name = unique("p");
     let results = inspector(&yaml, &name).await.check().await;
     failed_with(
         &results,
         "synchronous_standby_names",
-        "list the synchronous standbys by their own names",
+        "list only the real synchronous standbys",
     );
     assert!(named(&results, "wal_level").ok);
-    let err = build_error(&yaml, &name, "synchronous_standby_names = '*' was accepted").await;
+    let err = build_error(&yaml, &name, "a setting naming etcdsync was accepted").await;
     assert!(
         err.contains("synchronous_standby_names") && err.contains(&format!("etcdsync-{name}")),
         "{err}"
     );
+    // ALTER SYSTEM runs alone (not in a transaction block).
+    for sql in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (replica1, *)'",
+        "SELECT pg_reload_conf()",
+    ] {
+        pg.batch_execute(sql).await.expect(sql);
+    }
+    let warned = eventually(WAIT, || async {
+        let results = inspector(&yaml, &name).await.check().await;
+        let standby = named(&results, "synchronous_standby_names");
+        standby.ok && standby.detail.contains("warning") && standby.detail.contains("`*`")
+    })
+    .await;
+    assert!(warned, "check did not warn about `*`");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -268,15 +268,6 @@ impl PgxConfig {
                 "at `source.url`: `{display_url}` names no host; write postgres://user:password@HOST:5432/dbname"
             )));
         }
-        if pg.get_hosts().len() > 1 {
-            return Err(Error::config(format!(
-                "at `source.url`: `{}` names {} hosts; etcdsync streams from one server and reads rows from \
-                 the same one (a second host could be a standby that has not replayed what the stream \
-                 delivered): name one host, e.g. a DNS name or virtual IP that follows the primary",
-                display_of(&pg),
-                pg.get_hosts().len()
-            )));
-        }
         // tokio-postgres ends the user info at the first `@`: a raw `@` in the password leaves the
         // rest of it in the host or (after a raw `/`) the database name, where messages show it.
         let at_in_host = pg.get_hosts().iter().any(
@@ -289,6 +280,15 @@ impl PgxConfig {
         }
         // From here on the URL is shown from its parsed parts: nothing of the password text.
         let display_url = display_of(&pg);
+        if pg.get_hosts().len() > 1 {
+            return Err(Error::config(format!(
+                "at `source.url`: `{}` names {} hosts; etcdsync streams from one server and reads rows from \
+                 the same one (a second host could be a standby that has not replayed what the stream \
+                 delivered): name one host, e.g. a DNS name or virtual IP that follows the primary",
+                display_url,
+                pg.get_hosts().len()
+            )));
+        }
         let sslmode = match (self.sslmode, url_mode) {
             (Some(mode), _) => mode,
             (None, Some(text)) => SslMode::parse(&text).ok_or_else(|| {
@@ -460,6 +460,13 @@ mod tests {
                 && !text.contains("Secret9"),
             "{text}"
         );
+        // A raw `@` in the password splits it into "hosts": refused for the `@`, never shown.
+        let error =
+            parse("url: postgres://u:Pa@ss,wd@db/app\ntables: { include: [\"public.*\"] }\n")
+                .validated("demo")
+                .expect_err("a raw @ before a comma");
+        let text = error.to_string();
+        assert!(text.contains("%40") && !text.contains("ss,wd"), "{text}");
     }
 
     #[test]

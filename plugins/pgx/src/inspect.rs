@@ -66,26 +66,25 @@ const VISIBLE_10: &str =
 #[derive(Debug, Clone, Copy)]
 struct Absent {
     since: std::time::Instant,
-    /// WAL position read before the catalog that lacked the table.
-    wal_before: u64,
+    /// The commit LSN of the latest streamed change a read found the table absent for (0: none).
+    /// That change's transaction was visible to the catalog read ([`crate::visibility`]).
+    seen_for: u64,
 }
-
-/// The server's WAL position (on a standby, the last one replayed).
-const WAL_NOW: &str = "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
-     ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::text::numeric::int8";
 
 /// How long a table found absent is taken as absent by [`PgxInspector::fetch_row`] for a read
 /// not tied to a streamed commit.
 const ABSENT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Absent {
-    /// Whether a row read may take the table as still absent without reading the catalog: a
-    /// change committed before the catalog read that lacked its table belongs to a table dropped
-    /// or renamed since (its retirement follows in the stream); a later one may be of a table
-    /// created again under the name. A read for no streamed change trusts the absence a while.
+    /// Whether a row read may take the table as still absent without reading the catalog. A
+    /// change committed no later than one the table was found absent for belongs to the table
+    /// that was dropped or renamed (its retirement follows in the stream): a table created again
+    /// under the name was created after that drop, and so was every change of it — its
+    /// transaction, visible before the read, saw the new table. A read for no streamed change
+    /// trusts the absence a while.
     fn still_absent_for(&self, committed: Option<u64>) -> bool {
         match committed {
-            Some(commit_lsn) => commit_lsn <= self.wal_before,
+            Some(commit_lsn) => commit_lsn <= self.seen_for,
             None => self.since.elapsed() < ABSENT_FOR,
         }
     }
@@ -180,14 +179,18 @@ impl PgxInspector {
         committed: Option<u64>,
     ) -> Result<Option<Vec<(String, Value)>>> {
         if !self.known.contains_key(table) {
-            if self
-                .absent
-                .get(table)
-                .is_some_and(|absent| absent.still_absent_for(committed))
-            {
-                return Ok(None);
+            if let Some(absent) = self.absent.get(table).copied() {
+                if absent.still_absent_for(committed) {
+                    return Ok(None);
+                }
+                // One cheap lookup by name before the whole selection is read again: changes
+                // of a renamed table stream under its old name until it is copied.
+                if !self.name_exists(table).await? {
+                    self.remember_absent(table, committed);
+                    return Ok(None);
+                }
             }
-            if !self.reload_has(table).await? {
+            if !self.reload_has(table, committed).await? {
                 return Ok(None);
             }
         }
@@ -197,7 +200,7 @@ impl PgxInspector {
                 // The table changed since it was described (a column renamed or dropped), or
                 // is gone.
                 tracing::debug!(error = %first, table = %table, "describing the table again");
-                if !self.reload_has(table).await? {
+                if !self.reload_has(table, committed).await? {
                     return Ok(None);
                 }
                 self.fetch_row_once(table, key).await
@@ -207,33 +210,41 @@ impl PgxInspector {
     }
 
     /// Reads the selected tables again; whether `table` is among them (else it is remembered
-    /// as absent).
-    async fn reload_has(&mut self, table: &TableId) -> Result<bool> {
-        let wal_before = self.wal_now().await?;
+    /// as absent for the change committed at `committed`).
+    async fn reload_has(&mut self, table: &TableId, committed: Option<u64>) -> Result<bool> {
         self.load_tables().await?;
         if self.known.contains_key(table) {
             self.absent.remove(table);
             return Ok(true);
         }
         tracing::debug!(table = %table, "reading a row: the table is no longer selected or no longer exists");
+        self.remember_absent(table, committed);
+        Ok(false)
+    }
+
+    fn remember_absent(&mut self, table: &TableId, committed: Option<u64>) {
+        let seen_for = self.absent.get(table).map_or(0, |a| a.seen_for);
         self.absent.insert(
             table.clone(),
             Absent {
                 since: std::time::Instant::now(),
-                wal_before,
+                seen_for: seen_for.max(committed.unwrap_or(0)),
             },
         );
-        Ok(false)
     }
 
-    async fn wal_now(&mut self) -> Result<u64> {
+    /// Whether a relation of that name exists now.
+    async fn name_exists(&mut self, table: &TableId) -> Result<bool> {
         let client = self.connected().await?;
-        let at: i64 = client
-            .query_one(WAL_NOW, &[])
+        let found: bool = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&crate::relations::quote_table(table)],
+            )
             .await
-            .map_err(pg("reading the server's WAL position"))?
+            .map_err(pg(format!("looking up table {table}")))?
             .get(0);
-        Ok(u64::try_from(at).unwrap_or(0))
+        Ok(found)
     }
 
     async fn fetch_row_once(

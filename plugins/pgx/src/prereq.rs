@@ -30,6 +30,10 @@ pub struct ServerFacts {
     pub wal_senders: i64,
     /// `synchronous_standby_names` as set (empty when commits wait for no standby).
     pub synchronous_standby_names: String,
+    /// `synchronous_commit` (`off` and `local` wait for no standby).
+    pub synchronous_commit: String,
+    /// The server is a standby (its walsenders are never synchronous standbys).
+    pub in_recovery: bool,
 }
 
 pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
@@ -43,7 +47,8 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
                     (SELECT count(*) FROM pg_replication_slots), \
                     current_setting('max_wal_senders')::int8, \
                     (SELECT count(*) FROM pg_stat_replication), \
-                    current_setting('synchronous_standby_names')",
+                    current_setting('synchronous_standby_names'), \
+                    current_setting('synchronous_commit'), pg_is_in_recovery()",
             &[],
         )
         .await
@@ -60,6 +65,8 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
         max_wal_senders: row.get(8),
         wal_senders: row.get(9),
         synchronous_standby_names: row.get(10),
+        synchronous_commit: row.get(11),
+        in_recovery: row.get(12),
     })
 }
 
@@ -136,23 +143,58 @@ impl ServerFacts {
         })
     }
 
-    /// A synchronous standby name that matches etcdsync's replication connection would make
-    /// every commit on the server wait for etcdsync (and stall while it is stopped), and a row
-    /// etcdsync reads for a commit would wait for the commit: neither moves.
-    pub fn sync_standby_problem(&self, application_name: &str) -> Option<Problem> {
-        let matching = standby_names(&self.synchronous_standby_names)
+    /// The synchronous standby names that could make etcdsync's replication connection a
+    /// synchronous standby; none when commits wait for no standby.
+    fn standby_names_for(&self, application_name: &str) -> Vec<String> {
+        if self.in_recovery || matches!(self.synchronous_commit.as_str(), "off" | "local") {
+            return Vec::new();
+        }
+        // The server keeps the first 63 bytes of an application_name.
+        let mut end = application_name.len().min(63);
+        while !application_name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let ours = &application_name[..end];
+        standby_names(&self.synchronous_standby_names)
             .into_iter()
-            .find(|name| name == "*" || name.eq_ignore_ascii_case(application_name))?;
+            .filter(|name| name == "*" || name.eq_ignore_ascii_case(ours))
+            .collect()
+    }
+
+    /// `synchronous_standby_names` naming etcdsync's replication connection: every commit on
+    /// the server would wait for etcdsync (and stall while it is stopped), and a row etcdsync
+    /// reads for a commit would wait for the commit — neither moves.
+    pub fn sync_standby_problem(&self, application_name: &str) -> Option<Problem> {
+        let named = self
+            .standby_names_for(application_name)
+            .into_iter()
+            .find(|name| name != "*")?;
         Some(Problem::new(
             format!(
-                "synchronous_standby_names = '{}' names `{matching}`, which matches etcdsync's replication \
-                 connection (application_name {application_name}): commits would wait for etcdsync, and \
-                 etcdsync waits for commits to become visible",
+                "synchronous_standby_names = '{}' names `{named}`, etcdsync's replication connection \
+                 (application_name {application_name}): commits would wait for etcdsync, and etcdsync \
+                 waits for commits to become visible",
                 self.synchronous_standby_names
             ),
-            "list the synchronous standbys by their own names (not '*', not etcdsync's application_name), \
-             e.g. ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (replica1)'; SELECT pg_reload_conf();",
+            "list only the real synchronous standbys, e.g. ALTER SYSTEM SET synchronous_standby_names = \
+             'FIRST 1 (replica1)'; SELECT pg_reload_conf();",
         ))
+    }
+
+    /// A `*` in `synchronous_standby_names` lets the server pick etcdsync as a synchronous
+    /// standby when the standbys before it are not connected: said, not refused.
+    pub fn sync_standby_risk(&self, application_name: &str) -> Option<String> {
+        self.standby_names_for(application_name)
+            .iter()
+            .any(|name| name == "*")
+            .then(|| {
+                format!(
+                    "synchronous_standby_names = '{}' has `*`, which also matches etcdsync's replication \
+                     connection (application_name {application_name}): if the server picks it, commits wait \
+                     for etcdsync while etcdsync waits for them; list the standbys by name",
+                    self.synchronous_standby_names
+                )
+            })
     }
 
     /// The first problem that keeps the source from starting at all.
@@ -358,6 +400,8 @@ mod tests {
             max_wal_senders: 10,
             wal_senders: 1,
             synchronous_standby_names: String::new(),
+            synchronous_commit: "on".into(),
+            in_recovery: false,
         }
     }
 
@@ -372,6 +416,8 @@ mod tests {
             "replica1",
             "FIRST 1 (replica1, replica2)",
             "ANY 2 (\"etcdsync-other\", r2)",
+            "*",
+            "ANY 1 (replica1, *)",
         ] {
             assert_eq!(
                 with(names).sync_standby_problem("etcdsync-main"),
@@ -380,10 +426,9 @@ mod tests {
             );
         }
         for names in [
-            "*",
             "etcdsync-main",
             "replica1, ETCDSYNC-MAIN",
-            "FIRST 1 (replica1, *)",
+            "FIRST 1 (replica1, etcdsync-main)",
             "2 (\"etcdsync-main\", replica1)",
             "ANY 1 (replica1,etcdsync-main)",
         ] {
@@ -395,7 +440,29 @@ mod tests {
                 "{}",
                 problem.fix
             );
+            assert_eq!(with(names).sync_standby_risk("etcdsync-main"), None);
         }
+        // `*` is a risk, said at start and by `check`, not refused.
+        assert!(with("FIRST 1 (replica1, *)")
+            .sync_standby_risk("etcdsync-main")
+            .is_some_and(|risk| risk.contains("list the standbys by name")));
+        // Commits that wait for no standby, and a standby source, are no problem at all.
+        for quiet in [
+            ServerFacts {
+                synchronous_commit: "local".into(),
+                ..with("etcdsync-main")
+            },
+            ServerFacts {
+                in_recovery: true,
+                ..with("etcdsync-main, *")
+            },
+        ] {
+            assert_eq!(quiet.sync_standby_problem("etcdsync-main"), None);
+            assert_eq!(quiet.sync_standby_risk("etcdsync-main"), None);
+        }
+        // The server cuts application names at 63 bytes.
+        let long = format!("etcdsync-{}", "p".repeat(70));
+        assert!(with(&long[..63]).sync_standby_problem(&long).is_some());
     }
 
     #[test]

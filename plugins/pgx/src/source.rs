@@ -252,6 +252,9 @@ async fn check_server(client: &Client, valid: &Valid) -> Result<i32> {
             valid.display_url, problem.detail, problem.fix
         )));
     }
+    if let Some(risk) = facts.sync_standby_risk(&valid.application_name) {
+        tracing::warn!("{risk}");
+    }
     Ok(facts.version_num)
 }
 

@@ -65,7 +65,9 @@ pub(super) async fn check_all(
         "synchronous_standby_names",
         facts.sync_standby_problem(&valid.application_name),
         || {
-            if facts.synchronous_standby_names.is_empty() {
+            if let Some(risk) = facts.sync_standby_risk(&valid.application_name) {
+                format!("warning: {risk}")
+            } else if facts.synchronous_standby_names.is_empty() {
                 "empty: commits wait for no standby".to_string()
             } else {
                 format!(
