@@ -12,8 +12,6 @@ pub mod sink;
 pub mod status;
 pub mod store;
 pub mod table_markers;
-#[doc(hidden)]
-pub mod test_hooks;
 pub mod txn;
 
 pub use config::{EtcdConfig, OnInvalidKey, OnOversize, Settings, TlsConfig};
@@ -23,7 +21,7 @@ pub use sink::EtcdSink;
 
 // The store-neutral parts, from the sink kit (paths kept for this crate's modules).
 pub use etcdsync_sink_kit::markers as checkpoint;
-pub use etcdsync_sink_kit::{batch, events, index};
+pub use etcdsync_sink_kit::{batch, events, index, test_hooks};
 
 use client::EtcdClient;
 use etcdsync_core::inspect::SinkInspector;

@@ -188,9 +188,9 @@ impl StatusWriter {
         }
     }
 
-    /// Writes the status soon (a phase changed).
-    pub fn phase_changed(&self) {
-        self.wake.notify_one();
+    /// Notified when the phase changed: the status is written soon.
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
     }
 
     /// Stops the periodic writes; with `last_write`, writes the status a last time (bounded wait).

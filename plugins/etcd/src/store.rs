@@ -13,10 +13,6 @@ use etcdsync_sink_kit::store::{Condition, Ops, Page, Store, Stored};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// How to let a larger change through, for [`etcdsync_sink_kit::KitError::Oversize`].
-pub const RAISE_REQUEST_LIMIT: &str =
-    "raise sink.max_request_bytes (and etcd's --max-request-bytes to match)";
-
 /// etcd as the kit sees it, for one sink run (cheap to clone).
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -34,6 +30,9 @@ pub struct EtcdStore {
 #[async_trait]
 impl Store for EtcdStore {
     type Error = EtcdError;
+
+    const RAISE_REQUEST_LIMIT: &'static str =
+        "raise sink.max_request_bytes (and etcd's --max-request-bytes to match)";
 
     async fn apply<'a>(&self, what: &'static str, build: &Ops<'a>) -> Result<(), EtcdError> {
         self.client

@@ -1,12 +1,11 @@
 //! The store-neutral parts of a key-value sink (DESIGN §2, §4–6), for the etcd sink and for
-//! sinks of other stores: [`batch`] packs changes into store transactions (coalescing by key,
-//! splitting by op and byte limits, commit marks and change tallies); [`markers`] encodes the
-//! checkpoint, split-transaction and snapshot markers kept beside the data; [`events`] logs and
-//! counts what a sink does; [`chain`] keeps
-//! streaming writes in flight in their order; [`index`] names the
-//! key-index entries of tables whose keys come from a transform; [`store`] is what a store
-//! offers the kit's drivers, and [`stale`] the driver that removes the keys a snapshot did not
-//! rewrite. It depends on core only.
+//! sinks of other stores. A store implements [`store::Store`] (atomic guarded writes, reads, a
+//! revision, paged listings); [`writer::Writer`] does the rest: ordering and group commit,
+//! coalescing by key and splitting by the limits of [`settings::SinkSettings`] ([`batch`]), the
+//! checkpoint in the same write ([`markers`]), acknowledgement after durability, snapshot batches
+//! in flight, stale-key clean-up ([`stale`]), the key index of tables whose keys come from a
+//! transform ([`index`]), and streaming writes in flight in their order ([`chain`]); [`events`]
+//! logs and counts what it does. It depends on core only.
 
 pub mod batch;
 pub mod chain;
@@ -16,6 +15,9 @@ pub mod markers;
 pub mod settings;
 pub mod stale;
 pub mod store;
+#[doc(hidden)]
+pub mod test_hooks;
+pub mod writer;
 
 /// What a sink on the kit can fail with, whatever its store: a marker that does not parse, a
 /// change it cannot store (too large, a bad or colliding key, an unresolvable unchanged value).

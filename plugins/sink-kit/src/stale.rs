@@ -69,14 +69,14 @@ mod tests {
     use crate::store::{Ops, Page, Stored};
     use async_trait::async_trait;
     use std::collections::BTreeMap;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
-    /// An in-memory store: key → (value, revision).
-    #[derive(Default)]
+    /// An in-memory store: key → (value, revision); clones share it.
+    #[derive(Default, Clone)]
     struct Memory {
-        keys: Mutex<BTreeMap<String, i64>>,
-        revision: Mutex<i64>,
-        writes: Mutex<Vec<usize>>,
+        keys: Arc<Mutex<BTreeMap<String, i64>>>,
+        revision: Arc<Mutex<i64>>,
+        writes: Arc<Mutex<Vec<usize>>>,
         counted: Option<u64>,
     }
 
@@ -98,6 +98,7 @@ mod tests {
     #[async_trait]
     impl Store for Memory {
         type Error = crate::KitError;
+        const RAISE_REQUEST_LIMIT: &'static str = "raise the limit";
         async fn apply<'a>(&self, _what: &'static str, build: &Ops<'a>) -> Result<(), Self::Error> {
             let ops: Vec<KvOp> = build().into_iter().map(|op| op.into_owned()).collect();
             let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());

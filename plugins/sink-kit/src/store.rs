@@ -1,4 +1,4 @@
-//! What a key-value store offers the kit's drivers ([`crate::stale`] so far): atomic writes of
+//! What a key-value store offers the kit's drivers ([`crate::writer`], [`crate::stale`]): atomic writes of
 //! [`KvOp`]s under the store's own guards (a leadership fence), a revision counter that every
 //! write moves forward, and key listings by prefix with the revision each key was written at.
 //! The etcd sink implements it over etcd's transactions and revisions.
@@ -12,9 +12,13 @@ pub type Ops<'a> = dyn Fn() -> Vec<Cow<'a, KvOp>> + Sync + 'a;
 
 /// A key-value store the kit writes to.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: Clone + Send + Sync + 'static {
     /// The store's errors; the kit's own convert into it.
-    type Error: From<crate::KitError> + Send;
+    type Error: From<crate::KitError> + std::error::Error + Send + Sync + 'static;
+
+    /// How to let a larger change through, for [`crate::KitError::Oversize`] (e.g. "raise
+    /// sink.max_request_bytes").
+    const RAISE_REQUEST_LIMIT: &'static str;
 
     /// Applies the ops `build()` returns (called again for each attempt; borrowed from a batch
     /// the caller keeps, so a large write is not held twice) in one atomic write, conditional

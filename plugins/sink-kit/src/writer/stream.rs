@@ -1,19 +1,18 @@
-//! Streaming: changes grouped into transactions within etcd's limits (group commit while
+//! Streaming: changes grouped into transactions within the store's limits (group commit while
 //! `stream_txns_in_flight` are being applied, in order: [`super::chain`]), each closing with the
 //! checkpoint of the source transaction it ends; heartbeats, acknowledgements after durability,
 //! in order, and the stop.
 
 use super::*;
-use etcdsync_sink_kit::store::Store as _;
 use std::borrow::Cow;
 
-impl Writer {
+impl<S: Store> Writer<S> {
     // ---- streaming -------------------------------------------------------------------------
 
-    pub(super) async fn stream_change(&mut self, change: Change) -> Result<(), EtcdError> {
+    pub(super) async fn stream_change(&mut self, change: Change) -> Result<(), S::Error> {
         if let Some(replay) = &mut self.replay {
             if replay.holds(change.seq) {
-                // Already in etcd: applied by a part before the restart.
+                // Already in the store: applied by a part before the restart.
                 replay.remaining = replay.remaining.saturating_sub(1);
                 self.open_changes += 1;
                 self.open_split = true;
@@ -31,7 +30,7 @@ impl Writer {
 
     /// Adds one change of the open source transaction, sending earlier parts when it does not
     /// fit.
-    pub(super) async fn add_open_change(&mut self, change: Change) -> Result<(), EtcdError> {
+    pub(super) async fn add_open_change(&mut self, change: Change) -> Result<(), S::Error> {
         if change.route.tracked && matches!(change.op, Op::Truncate) {
             return self.truncate_tracked(&change.table.id).await;
         }
@@ -44,7 +43,7 @@ impl Writer {
             return Ok(());
         };
         let unit = if self.open.has_data() {
-            // The source transaction is larger than one etcd transaction, or writes into a range
+            // The source transaction is larger than one store transaction, or writes into a range
             // it truncated: apply it in parts, in order; only its last part carries the checkpoint.
             self.submit_open_part().await?;
             let Err(unit) = self.open.try_add_change(unit, limits, &table.id, op) else {
@@ -60,8 +59,8 @@ impl Writer {
             if let Err(rest) = self.open.try_add(rest, limits) {
                 self.submit_open_part().await?;
                 self.open.try_add(rest, limits).map_err(|_| {
-                    EtcdError::from(KitError::Internal(
-                        "a delete does not fit an empty etcd transaction".into(),
+                    S::Error::from(KitError::Internal(
+                        "a delete does not fit an empty store transaction".into(),
                     ))
                 })?;
             }
@@ -71,14 +70,14 @@ impl Writer {
 
     /// Sends what the open source transaction has so far as a part of it (no checkpoint), after
     /// the committed transactions waiting before it.
-    pub(super) async fn submit_open_part(&mut self) -> Result<(), EtcdError> {
+    pub(super) async fn submit_open_part(&mut self) -> Result<(), S::Error> {
         self.submit_ready().await?;
         let part = std::mem::take(&mut self.open);
         tracing::debug!(
             ops = part.len(),
             bytes = part.bytes(),
             changes = self.open_changes,
-            "source transaction split across etcd transactions"
+            "source transaction split across store transactions"
         );
         let marker = PartialMarker {
             after: self.last_position.clone(),
@@ -87,27 +86,27 @@ impl Writer {
         };
         self.open_split = true;
         let put = KvOp::Put {
-            key: self.settings.kv.partial_key(),
+            key: self.settings.partial_key(),
             value: marker.encode(),
         };
         self.submit_with(part, Some(put)).await
     }
 
     /// Sends `ready` (with the marker's delete when it completes a split transaction).
-    pub(super) async fn submit_ready(&mut self) -> Result<(), EtcdError> {
+    pub(super) async fn submit_ready(&mut self) -> Result<(), S::Error> {
         if self.ready.is_empty() {
             return Ok(());
         }
         let ready = std::mem::take(&mut self.ready);
         let clear = std::mem::take(&mut self.ready_clears_partial).then(|| KvOp::Delete {
-            key: self.settings.kv.partial_key(),
+            key: self.settings.partial_key(),
         });
         self.submit_with(ready, clear).await
     }
 
-    pub(super) async fn commit(&mut self, commit: Commit) -> Result<(), EtcdError> {
+    pub(super) async fn commit(&mut self, commit: Commit) -> Result<(), S::Error> {
         if self.snapshot.is_some() {
-            return Err(EtcdError::from(KitError::Protocol(format!(
+            return Err(S::Error::from(KitError::Protocol(format!(
                 "a Commit (position {}) arrived during a snapshot; a snapshot holds only inserts",
                 commit.position
             ))));
@@ -148,7 +147,7 @@ impl Writer {
 
     /// Records an idle position: it rides with the data waiting (if any) or is written alone,
     /// at most once per `heartbeat_interval`.
-    pub(super) async fn heartbeat(&mut self, position: Position) -> Result<(), EtcdError> {
+    pub(super) async fn heartbeat(&mut self, position: Position) -> Result<(), S::Error> {
         if self.replay.is_some() {
             // The partly applied transaction has not been replayed yet: a checkpoint now would
             // leave its marker behind (it names the checkpoint it follows).
@@ -168,19 +167,19 @@ impl Writer {
 
     /// Sends `ready` when it holds data and a slot is free, or when it holds only a checkpoint,
     /// nothing is in flight and `heartbeat_interval` passed since the last checkpoint write.
-    pub(super) async fn submit_ready_if_due(&mut self) -> Result<(), EtcdError> {
+    pub(super) async fn submit_ready_if_due(&mut self) -> Result<(), S::Error> {
         if self.ready.commit().is_none() {
             return Ok(());
         }
         if self.ready.has_data() {
-            if self.in_flight.len() >= self.settings.kv.stream_txns_in_flight {
+            if self.in_flight.len() >= self.settings.stream_txns_in_flight {
                 return Ok(());
             }
         } else {
             let due = self.in_flight.is_empty()
                 && self
                     .last_checkpoint_write
-                    .is_none_or(|at| at.elapsed() >= self.settings.kv.heartbeat_interval);
+                    .is_none_or(|at| at.elapsed() >= self.settings.heartbeat_interval);
             if !due {
                 return Ok(());
             }
@@ -193,7 +192,7 @@ impl Writer {
         if !self.in_flight.is_empty() || self.ready.has_data() || self.ready.commit().is_none() {
             return None;
         }
-        let at = self.last_checkpoint_write? + self.settings.kv.heartbeat_interval;
+        let at = self.last_checkpoint_write? + self.settings.heartbeat_interval;
         Some(tokio::time::Instant::from_std(at))
     }
 
@@ -203,11 +202,11 @@ impl Writer {
         &mut self,
         batch: Batch,
         marker: Option<KvOp>,
-    ) -> Result<(), EtcdError> {
+    ) -> Result<(), S::Error> {
         if batch.is_empty() && marker.is_none() {
             return Ok(());
         }
-        while self.in_flight.len() >= self.settings.kv.stream_txns_in_flight
+        while self.in_flight.len() >= self.settings.stream_txns_in_flight
             || self.in_flight.back().is_some_and(|flight| flight.alone)
         {
             self.wait_and_complete_oldest().await?;
@@ -236,7 +235,7 @@ impl Writer {
         let alone = writer.is_none();
         let (stage, stage_seen) = watch::channel(chain::Stage::Waiting);
         let link = chain::Link {
-            checkpoint_key: self.settings.kv.checkpoint_key(),
+            checkpoint_key: self.settings.checkpoint_key(),
             expected: end.value,
             writer,
             predecessor: self.in_flight.back().map(|flight| flight.stage.clone()),
@@ -251,13 +250,13 @@ impl Writer {
         let data_ops = batch.len();
         let has_data = batch.has_data();
         let position = batch.commit().map(|mark| mark.position.clone());
-        tracing::debug!(ops = data_ops, bytes = batch.bytes(), position = ?position, in_flight = self.in_flight.len(), "applying etcd transaction");
+        tracing::debug!(ops = data_ops, bytes = batch.bytes(), position = ?position, in_flight = self.in_flight.len(), "applying a store transaction");
         if let Some(received) = batch.first_received() {
             etcdsync_core::telemetry::get().batch_waited(received.elapsed());
         }
         let batch = Arc::new(batch);
         let applying = Arc::clone(&batch);
-        let store = self.store();
+        let store = self.store.clone();
         let checkpoint_key = link.checkpoint_key.clone();
         let apply = async move {
             let build = || {
@@ -306,17 +305,17 @@ impl Writer {
         Ok(())
     }
 
-    /// The checkpoint key as the newest transaction in flight leaves it, read from etcd when
+    /// The checkpoint key as the newest transaction in flight leaves it, read from the store when
     /// not known (nothing is in flight then). A chain read anew starts a new session.
-    async fn chain_end(&mut self) -> Result<chain::ChainEnd, EtcdError> {
+    async fn chain_end(&mut self) -> Result<chain::ChainEnd, S::Error> {
         if let Some(end) = &self.chain {
             return Ok(end.clone());
         }
         self.drain_in_flight().await?;
         self.session = chain::new_session();
         self.chain_seq = 0;
-        let key = self.settings.kv.checkpoint_key();
-        let stored = self.store().get(&key).await?;
+        let key = self.settings.checkpoint_key();
+        let stored = self.store.get(&key).await?;
         let (end, _) =
             chain::ChainEnd::stored(&key, stored.as_ref().map(|(value, _)| value.as_slice()))?;
         self.chain = Some(end.clone());
@@ -330,7 +329,7 @@ impl Writer {
         op: &'static str,
         mark: CommitMark,
         mut ops: Vec<KvOp>,
-    ) -> Result<(), EtcdError> {
+    ) -> Result<(), S::Error> {
         let end = self.chain_end().await?;
         self.chain_seq += 1;
         let writer = (Arc::clone(&self.session), self.chain_seq);
@@ -339,7 +338,7 @@ impl Writer {
             &mark,
             Some(&format!("{}:{}", writer.0, writer.1)),
         );
-        let key = self.settings.kv.checkpoint_key();
+        let key = self.settings.checkpoint_key();
         ops.push(KvOp::Put {
             key: key.clone(),
             value: checkpoint.clone(),
@@ -353,7 +352,7 @@ impl Writer {
             stage: watch::channel(chain::Stage::Waiting).0,
         };
         link.apply(
-            &self.store(),
+            &self.store,
             op,
             &|| ops.iter().map(Cow::Borrowed).collect(),
             &events::txn_resent,
@@ -367,14 +366,14 @@ impl Writer {
     }
 
     /// Waits for every streaming transaction in flight, acknowledging each in order.
-    pub(super) async fn drain_in_flight(&mut self) -> Result<(), EtcdError> {
+    pub(super) async fn drain_in_flight(&mut self) -> Result<(), S::Error> {
         while !self.in_flight.is_empty() {
             self.wait_and_complete_oldest().await?;
         }
         Ok(())
     }
 
-    async fn wait_and_complete_oldest(&mut self) -> Result<(), EtcdError> {
+    async fn wait_and_complete_oldest(&mut self) -> Result<(), S::Error> {
         if let Some(flight) = self.in_flight.front_mut() {
             let done = (&mut flight.handle).await;
             self.complete_oldest(done)?;
@@ -386,8 +385,8 @@ impl Writer {
     /// position: every transaction before it is applied too.
     pub(super) fn complete_oldest(
         &mut self,
-        done: Result<Result<Option<Position>, EtcdError>, JoinError>,
-    ) -> Result<(), EtcdError> {
+        done: Result<Result<Option<Position>, S::Error>, JoinError>,
+    ) -> Result<(), S::Error> {
         self.in_flight.pop_front();
         match done {
             Ok(Ok(Some(position))) => {
@@ -397,15 +396,15 @@ impl Writer {
             }
             Ok(Ok(None)) => Ok(()),
             Ok(Err(error)) => Err(error),
-            Err(error) => Err(EtcdError::from(KitError::Internal(format!(
-                "the etcd transaction task failed: {error}"
+            Err(error) => Err(S::Error::from(KitError::Internal(format!(
+                "a store transaction task failed: {error}"
             )))),
         }
     }
 
     /// Shutdown: stop reading, apply what is complete (no retries once stopping), return.
-    pub(super) async fn stop(&mut self) -> Result<(), EtcdError> {
-        tracing::info!("etcd sink stopping");
+    pub(super) async fn stop(&mut self) -> Result<(), S::Error> {
+        tracing::info!("sink stopping");
         if self.snapshot.is_none() && self.ready.commit().is_some() {
             self.submit_ready().await?;
         }
@@ -413,7 +412,7 @@ impl Writer {
     }
 
     /// Input closed: flush completed transactions, drop an unfinished trailing one.
-    pub(super) async fn finish(&mut self) -> Result<(), EtcdError> {
+    pub(super) async fn finish(&mut self) -> Result<(), S::Error> {
         if let Some(mut snapshot) = self.snapshot.take() {
             tracing::info!("input closed during a snapshot; it starts over on the next run");
             snapshot.join_all().await?;
@@ -433,7 +432,7 @@ impl Writer {
 
     /// Stops the in-flight and snapshot transactions where they are (also when the pipeline
     /// aborts the sink's task: see `Drop`).
-    pub(super) fn abort(&mut self) {
+    pub fn abort(&mut self) {
         for flight in self.in_flight.drain(..) {
             flight.handle.abort();
         }
@@ -446,7 +445,7 @@ impl Writer {
 /// Spawns `task` after polling it once here, which hands its request to the connection now: the
 /// transactions go out in the order they were submitted. A task spawned without that first poll
 /// may run after one spawned later (the runtime runs the newest task first), so its successors
-/// would reach etcd first, fail their order compare and cost a second round trip each.
+/// would reach the store first, fail their order compare and cost a second round trip each.
 fn spawn_started<T: Send + 'static>(
     task: impl std::future::Future<Output = T> + Send + 'static,
 ) -> JoinHandle<T> {

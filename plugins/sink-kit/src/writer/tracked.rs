@@ -2,14 +2,13 @@
 //! transactions as the data, key moves and collisions, truncates, and oversized rows.
 
 use super::*;
-use etcdsync_sink_kit::store::Store as _;
 
-impl Writer {
+impl<S: Store> Writer<S> {
     // ---- tables with transformed keys (key index) -----------------------------------------
 
     /// The operations of a change of a tracked table: the data op plus the key index entry
     /// (`{meta}/index/{row}` → key) and owner (`{meta}/owner/{key}` → row), in one unit.
-    pub(super) async fn tracked_ops(&mut self, change: Change) -> Result<Vec<KvOp>, EtcdError> {
+    pub(super) async fn tracked_ops(&mut self, change: Change) -> Result<Vec<KvOp>, S::Error> {
         let Change {
             table, op, route, ..
         } = change;
@@ -17,7 +16,7 @@ impl Writer {
         let routed_old = route.old_key.as_deref().and_then(|k| self.routed_key(k));
         let (old, row) = match op {
             Op::Truncate => {
-                return Err(EtcdError::from(KitError::Internal(
+                return Err(S::Error::from(KitError::Internal(
                     "a tracked truncate is not a row change".into(),
                 )))
             }
@@ -44,13 +43,13 @@ impl Writer {
             Op::Update { old, row } => (old, row),
         };
         let Some(relative) = route.key.as_deref() else {
-            return Err(EtcdError::from(KitError::Protocol(format!(
+            return Err(S::Error::from(KitError::Protocol(format!(
                 "a change of {} is marked tracked but its transform gave no key",
                 table.id
             ))));
         };
         let Some(key) = self.routed_key(relative) else {
-            return Err(EtcdError::from(KitError::Internal(format!(
+            return Err(S::Error::from(KitError::Internal(format!(
                 "an invalid key of {} reached the key index",
                 table.id
             ))));
@@ -81,7 +80,7 @@ impl Writer {
                 && Some(owner) != old_row_id.as_ref()
                 && self.owner_is_live(owner).await?
             {
-                return Err(EtcdError::from(KitError::KeyCollision {
+                return Err(S::Error::from(KitError::KeyCollision {
                     key,
                     row: row_id,
                     other: owner.clone(),
@@ -129,14 +128,14 @@ impl Writer {
     }
 
     /// The data key the index holds for a row.
-    pub(super) async fn indexed_key(&self, row_id: &str) -> Result<Option<String>, EtcdError> {
+    pub(super) async fn indexed_key(&self, row_id: &str) -> Result<Option<String>, S::Error> {
         let entry = self.current_value(&self.index.entry_key(row_id)).await?;
         Ok(entry.map(|relative| self.index.absolute(&String::from_utf8_lossy(&relative))))
     }
 
     /// Whether the row owning a key still exists: always while streaming; during a snapshot only
     /// if the snapshot wrote it (an owner it did not rewrite is stale and gives the key up).
-    pub(super) async fn owner_is_live(&self, owner: &str) -> Result<bool, EtcdError> {
+    pub(super) async fn owner_is_live(&self, owner: &str) -> Result<bool, S::Error> {
         let Some(snapshot) = &self.snapshot else {
             return Ok(true);
         };
@@ -156,10 +155,10 @@ impl Writer {
             .is_some_and(|(_, revision)| revision > snapshot.start_revision))
     }
 
-    /// A truncate of a tracked table: everything before it goes to etcd, then each indexed key
+    /// A truncate of a tracked table: everything before it goes to the store, then each indexed key
     /// of the table is deleted with its entry and owner, a page at a time (the truncate splits
     /// its source transaction, as DESIGN §4 allows).
-    pub(super) async fn truncate_tracked(&mut self, table: &TableId) -> Result<(), EtcdError> {
+    pub(super) async fn truncate_tracked(&mut self, table: &TableId) -> Result<(), S::Error> {
         if self.open.has_data() {
             self.submit_open_part().await?;
         } else if !self.ready.is_empty() {
@@ -180,21 +179,16 @@ impl Writer {
         &self,
         table: &TableId,
         stale_at: Option<i64>,
-    ) -> Result<usize, EtcdError> {
+    ) -> Result<usize, S::Error> {
         let prefix = self.index.table_entries(table);
-        let store = self.store();
+        let store = self.store.clone();
         let mut after: Option<Vec<u8>> = None;
         let mut ops: Vec<KvOp> = Vec::new();
         let mut deleted = 0;
-        let chunk = self.settings.kv.max_txn_ops;
+        let chunk = self.settings.max_txn_ops;
         loop {
             let page = store
-                .page(
-                    &prefix,
-                    after.as_deref(),
-                    etcdsync_sink_kit::stale::PAGE,
-                    false,
-                )
+                .page(&prefix, after.as_deref(), crate::stale::PAGE, false)
                 .await?;
             after = page.entries.last().map(|stored| stored.key.clone());
             for stored in &page.entries {
@@ -216,7 +210,7 @@ impl Writer {
                         .await?
                         .is_some_and(|(owner, _)| owner == row_id.as_bytes()),
                 };
-                if owned && key.starts_with(self.settings.kv.data_prefix.as_str()) {
+                if owned && key.starts_with(self.settings.data_prefix.as_str()) {
                     ops.push(KvOp::Delete { key });
                     ops.push(KvOp::Delete { key: owner_key });
                 }
@@ -242,7 +236,7 @@ impl Writer {
         &self,
         stale_at: Option<i64>,
         ops: Vec<KvOp>,
-    ) -> Result<(), EtcdError> {
+    ) -> Result<(), S::Error> {
         let kind = if stale_at.is_some() {
             TxnKind::Snapshot
         } else {
@@ -250,7 +244,7 @@ impl Writer {
         };
         let count = ops.len();
         let started = Instant::now();
-        self.store()
+        self.store
             .apply("delete indexed keys", &|| {
                 ops.iter().map(std::borrow::Cow::Borrowed).collect()
             })
@@ -266,7 +260,7 @@ impl Writer {
         table: &TableId,
         unit: Vec<KvOp>,
         limits: Limits,
-    ) -> Result<Vec<KvOp>, EtcdError> {
+    ) -> Result<Vec<KvOp>, S::Error> {
         let size: usize = unit.iter().map(KvOp::size).sum();
         let key = unit
             .iter()
@@ -277,14 +271,14 @@ impl Writer {
             })
             .or_else(|| unit.iter().find_map(|op| op.key().map(str::to_string)))
             .unwrap_or_default();
-        match self.settings.kv.on_oversize {
-            OnOversize::Error => Err(EtcdError::from(KitError::Oversize {
+        match self.settings.on_oversize {
+            OnOversize::Error => Err(S::Error::from(KitError::Oversize {
                 table: table.to_string(),
                 key,
                 size,
                 limit: limits.max_bytes,
-                max_request_bytes: self.settings.kv.max_request_bytes,
-                raise: crate::store::RAISE_REQUEST_LIMIT,
+                max_request_bytes: self.settings.max_request_bytes,
+                raise: S::RAISE_REQUEST_LIMIT,
             })),
             OnOversize::Skip => {
                 events::oversize_skipped(&table.to_string(), &key, size, limits.max_bytes);

@@ -1,7 +1,7 @@
-//! Fault injection for integration tests (feature `integration-tests`): delay one streaming
+//! Fault injection for integration tests (feature `test-hooks`): delay one streaming
 //! transaction so the one after it reaches etcd first. Without the feature nothing is delayed.
 
-#[cfg(feature = "integration-tests")]
+#[cfg(feature = "test-hooks")]
 mod hooks {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
@@ -32,16 +32,16 @@ mod hooks {
     }
 }
 
-#[cfg(feature = "integration-tests")]
+#[cfg(feature = "test-hooks")]
 pub use hooks::delay_stream_txn;
 
 /// Waits as a test asked before the first send of a streaming transaction.
-#[cfg(feature = "integration-tests")]
+#[cfg(feature = "test-hooks")]
 pub(crate) async fn before_stream_txn(checkpoint_key: &str) {
     if let Some(delay) = hooks::stream_txn_delay(checkpoint_key) {
         tokio::time::sleep(delay).await;
     }
 }
 
-#[cfg(not(feature = "integration-tests"))]
+#[cfg(not(feature = "test-hooks"))]
 pub(crate) async fn before_stream_txn(_checkpoint_key: &str) {}

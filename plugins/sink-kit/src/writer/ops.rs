@@ -1,26 +1,25 @@
-//! Changes into etcd operations: default-layout keys, transform routes, invalid keys, and the
-//! values of rows with unchanged (TOAST) columns filled from what etcd or the source holds.
+//! Changes into store operations: default-layout keys, transform routes, invalid keys, and the
+//! values of rows with unchanged (TOAST) columns filled from what the store or the source holds.
 
 use super::*;
-use etcdsync_sink_kit::store::Store as _;
 
-impl Writer {
-    // ---- changes → etcd operations ---------------------------------------------------------
+impl<S: Store> Writer<S> {
+    // ---- changes → store operations --------------------------------------------------------
 
-    /// The etcd operations of one change: a put, a delete, delete + put for a key change, or a
+    /// The store operations of one change: a put, a delete, delete + put for a key change, or a
     /// range delete for a truncate. Transform routes (`route.key`, `route.old_key`) are relative
     /// to the data prefix.
-    pub(super) async fn change_ops(&mut self, change: Change) -> Result<Vec<KvOp>, EtcdError> {
+    pub(super) async fn change_ops(&mut self, change: Change) -> Result<Vec<KvOp>, S::Error> {
         self.converting_seq = change.seq;
         // Before its first write in this run, a table's marker records that this pipeline
         // writes its keys — in a transaction of its own, so the data transactions keep their
         // limits; written first, it never misses keys that exist.
         if !self.marked.contains(&change.table.id) {
             let marker = KvOp::Put {
-                key: self.settings.kv.table_marker(&change.table.id),
+                key: self.settings.table_marker(&change.table.id),
                 value: b"1".to_vec(),
             };
-            self.store()
+            self.store
                 .apply("record that the pipeline writes a table", &|| {
                     vec![std::borrow::Cow::Borrowed(&marker)]
                 })
@@ -30,10 +29,7 @@ impl Writer {
         self.table_change_ops(change).await
     }
 
-    pub(super) async fn table_change_ops(
-        &mut self,
-        change: Change,
-    ) -> Result<Vec<KvOp>, EtcdError> {
+    pub(super) async fn table_change_ops(&mut self, change: Change) -> Result<Vec<KvOp>, S::Error> {
         if has_invalid_key(&change) {
             return self.invalid_key_ops(change).await;
         }
@@ -43,11 +39,11 @@ impl Writer {
         let Change {
             table, op, route, ..
         } = change;
-        let prefix = self.settings.kv.prefix.clone();
+        let prefix = self.settings.prefix.clone();
         let key = route.key.as_deref().and_then(|k| self.routed_key(k));
         let old_key = route.old_key.as_deref().and_then(|k| self.routed_key(k));
         match op {
-            Op::Truncate if route.tracked => Err(EtcdError::from(KitError::Protocol(format!(
+            Op::Truncate if route.tracked => Err(S::Error::from(KitError::Protocol(format!(
                 "a truncate of {} (keys from a transform) inside a snapshot",
                 table.id
             )))),
@@ -82,10 +78,10 @@ impl Writer {
         old_key: Option<String>,
         row: Row,
         value: Option<Vec<u8>>,
-    ) -> Result<Vec<KvOp>, EtcdError> {
+    ) -> Result<Vec<KvOp>, S::Error> {
         let key = match key {
             Some(key) => key,
-            None => default_key(&self.settings.kv.prefix, table, &row)?,
+            None => default_key(&self.settings.prefix, table, &row)?,
         };
         self.check_key(&table.id, &key)?;
         let old_key = old_key.filter(|old| *old != key);
@@ -111,15 +107,14 @@ impl Writer {
     /// (empty, a leading `/`, an empty component): no such key is ever written, so none needs
     /// deleting either.
     pub(super) fn routed_key(&self, relative: &str) -> Option<String> {
-        is_valid_relative_key(relative)
-            .then(|| format!("{}{relative}", self.settings.kv.data_prefix))
+        is_valid_relative_key(relative).then(|| format!("{}{relative}", self.settings.data_prefix))
     }
 
     /// A row whose new key from a transform is invalid (`sink.on_invalid_key`): an error naming
     /// table, row and key, or, with `skip`, a warning and the deletes that leave no stale key:
     /// the row's previous key (the transform's old key, or the key index's) with its owner and
     /// index entries.
-    pub(super) async fn invalid_key_ops(&mut self, change: Change) -> Result<Vec<KvOp>, EtcdError> {
+    pub(super) async fn invalid_key_ops(&mut self, change: Change) -> Result<Vec<KvOp>, S::Error> {
         let Change {
             table, op, route, ..
         } = change;
@@ -127,16 +122,16 @@ impl Writer {
             Op::Insert { row } => (None, row),
             Op::Update { old, row } => (old, row),
             Op::Delete { .. } | Op::Truncate => {
-                return Err(EtcdError::from(KitError::Internal(
+                return Err(S::Error::from(KitError::Internal(
                     "only a new row version has a key to refuse".into(),
                 )))
             }
         };
         let relative = route.key.unwrap_or_default();
-        let shown_key = format!("{}{relative}", self.settings.kv.data_prefix);
+        let shown_key = format!("{}{relative}", self.settings.data_prefix);
         let row_text = row_label(&table, &row);
-        if self.settings.kv.on_invalid_key == OnInvalidKey::Error {
-            return Err(EtcdError::from(KitError::InvalidKey {
+        if self.settings.on_invalid_key == OnInvalidKey::Error {
+            return Err(S::Error::from(KitError::InvalidKey {
                 table: table.id.to_string(),
                 row: row_text,
                 key: shown_key,
@@ -174,38 +169,38 @@ impl Writer {
         }
         let deleted = unit.iter().any(|op| {
             op.key()
-                .is_some_and(|k| !k.starts_with(&self.settings.kv.meta_prefix))
+                .is_some_and(|k| !k.starts_with(&self.settings.meta_prefix))
         });
         events::invalid_key_skipped(&table.id.to_string(), &row_text, &shown_key, deleted);
         Ok(unit)
     }
 
     /// Every data key is under the data prefix (the tool writes nothing else, DESIGN §2).
-    pub(super) fn check_key(&self, table: &TableId, key: &str) -> Result<(), EtcdError> {
-        if key.starts_with(self.settings.kv.data_prefix.as_str()) {
+    pub(super) fn check_key(&self, table: &TableId, key: &str) -> Result<(), S::Error> {
+        if key.starts_with(self.settings.data_prefix.as_str()) {
             Ok(())
         } else {
-            Err(EtcdError::from(KitError::KeyOutsidePrefix {
+            Err(S::Error::from(KitError::KeyOutsidePrefix {
                 table: table.to_string(),
                 key: key.to_string(),
-                prefix: self.settings.kv.data_prefix.clone(),
+                prefix: self.settings.data_prefix.clone(),
             }))
         }
     }
 
     /// The JSON value of a row; unchanged TOAST columns are filled from the row's current value
-    /// (pending batches first, then etcd), read under `old_key` when the key changed.
+    /// (pending batches first, then the store), read under `old_key` when the key changed.
     pub(super) async fn encode(
         &mut self,
         table: &TableSchema,
         key: &str,
         old_key: Option<&str>,
         mut row: Row,
-    ) -> Result<Option<Vec<u8>>, EtcdError> {
+    ) -> Result<Option<Vec<u8>>, S::Error> {
         if row.iter().any(|v| matches!(v, Value::Unchanged)) {
             let source_key = old_key.unwrap_or(key);
             let unresolved = |column: &str, reason: String| {
-                EtcdError::from(KitError::UnresolvedUnchanged {
+                S::Error::from(KitError::UnresolvedUnchanged {
                     table: table.id.to_string(),
                     key: source_key.to_string(),
                     column: column.to_string(),
@@ -236,7 +231,7 @@ impl Writer {
             }
         }
         encode_row(table, &row).map(Some).map_err(|source| {
-            EtcdError::from(KitError::Encode {
+            S::Error::from(KitError::Encode {
                 table: table.id.to_string(),
                 key: key.to_string(),
                 source,
@@ -244,7 +239,7 @@ impl Writer {
         })
     }
 
-    /// Fills the unchanged columns etcd could not from the source's current row (a column renamed
+    /// Fills the unchanged columns the store could not from the source's current row (a column renamed
     /// or no longer excluded, a row never copied): it may be newer than this change, and the
     /// change that wrote it follows.
     pub(super) async fn fetch_unchanged(
@@ -252,8 +247,8 @@ impl Writer {
         table: &TableSchema,
         row: &mut Row,
         had_stored: bool,
-        unresolved: &(dyn Fn(&str, String) -> EtcdError + Sync),
-    ) -> Result<bool, EtcdError> {
+        unresolved: &(dyn Fn(&str, String) -> S::Error + Sync),
+    ) -> Result<bool, S::Error> {
         let first = row
             .iter()
             .position(|v| matches!(v, Value::Unchanged))
@@ -263,7 +258,7 @@ impl Writer {
         let reason = if had_stored {
             "its stored value has no such column"
         } else {
-            "the key holds no value in etcd or earlier in the stream"
+            "the key holds no value in the store or earlier in the stream"
         };
         let Some(fetcher) = &self.fetcher else {
             return Err(unresolved(&first, reason.into()));
@@ -276,7 +271,7 @@ impl Writer {
         let fetched = fetcher
             .fetch_for(table, &key, self.converting_seq)
             .await
-            .map_err(|e| EtcdError::from(KitError::Fetch {
+            .map_err(|e| S::Error::from(KitError::Fetch {
                 message: format!(
                     "table {}: reading a row from the source to fill unchanged column {first} ({reason}) failed: {e}",
                     table.id
@@ -305,7 +300,7 @@ impl Writer {
     }
 
     /// The value `key` will hold once everything sent so far is applied.
-    pub(super) async fn current_value(&self, key: &str) -> Result<Option<Vec<u8>>, EtcdError> {
+    pub(super) async fn current_value(&self, key: &str) -> Result<Option<Vec<u8>>, S::Error> {
         let pending = [&self.open, &self.ready]
             .into_iter()
             .chain(self.in_flight.iter().rev().map(|f| f.batch.as_ref()));
@@ -323,7 +318,7 @@ impl Writer {
     }
 
     /// A key's value and the revision it was last written at.
-    pub(super) async fn stored(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, EtcdError> {
-        self.store().get(key).await
+    pub(super) async fn stored(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, S::Error> {
+        self.store.get(key).await
     }
 }

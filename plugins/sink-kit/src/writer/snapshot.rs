@@ -2,19 +2,18 @@
 //! end — keys of the snapshot's tables it did not rewrite are deleted, then the checkpoint.
 
 use super::*;
-use etcdsync_sink_kit::store::Store as _;
 
-impl Writer {
+impl<S: Store> Writer<S> {
     // ---- snapshot --------------------------------------------------------------------------
 
-    pub(super) async fn start_snapshot(&mut self, tables: Vec<TableId>) -> Result<(), EtcdError> {
+    pub(super) async fn start_snapshot(&mut self, tables: Vec<TableId>) -> Result<(), S::Error> {
         if self.snapshot.is_some() {
-            return Err(EtcdError::from(KitError::Protocol(
+            return Err(S::Error::from(KitError::Protocol(
                 "SnapshotStarted while a snapshot is running".into(),
             )));
         }
         if self.open.has_data() {
-            return Err(EtcdError::from(KitError::Protocol(
+            return Err(S::Error::from(KitError::Protocol(
                 "SnapshotStarted inside an open source transaction".into(),
             )));
         }
@@ -23,16 +22,16 @@ impl Writer {
         }
         self.drain_in_flight().await?;
         let start_revision = self
-            .store()
+            .store
             .revision("read the revision a snapshot starts at")
             .await?;
         let marker = SnapshotMarker::new(SnapshotState::Running, start_revision, &tables);
         let started = Instant::now();
         let put = KvOp::Put {
-            key: self.settings.kv.snapshot_key(),
+            key: self.settings.snapshot_key(),
             value: marker.to_json(),
         };
-        self.store()
+        self.store
             .apply("record the snapshot start", &|| {
                 vec![std::borrow::Cow::Borrowed(&put)]
             })
@@ -43,9 +42,9 @@ impl Writer {
         Ok(())
     }
 
-    pub(super) async fn snapshot_change(&mut self, change: Change) -> Result<(), EtcdError> {
+    pub(super) async fn snapshot_change(&mut self, change: Change) -> Result<(), S::Error> {
         if matches!(change.op, Op::Delete { .. } | Op::Truncate) {
-            return Err(EtcdError::from(KitError::Protocol(format!(
+            return Err(S::Error::from(KitError::Protocol(format!(
                 "a {} of {} arrived during a snapshot; a snapshot holds only inserts",
                 change.op_name(),
                 change.table.id
@@ -84,9 +83,9 @@ impl Writer {
     }
 
     /// Starts applying a snapshot batch, first waiting while `snapshot_txns_in_flight` run.
-    pub(super) async fn launch_snapshot_batch(&mut self, batch: Batch) -> Result<(), EtcdError> {
-        let max = self.settings.kv.snapshot_txns_in_flight;
-        let store = self.store();
+    pub(super) async fn launch_snapshot_batch(&mut self, batch: Batch) -> Result<(), S::Error> {
+        let max = self.settings.snapshot_txns_in_flight;
+        let store = self.store.clone();
         let Some(snapshot) = self.snapshot.as_mut() else {
             return Ok(());
         };
@@ -111,7 +110,7 @@ impl Writer {
         Ok(())
     }
 
-    pub(super) async fn finish_snapshot(&mut self, position: Position) -> Result<(), EtcdError> {
+    pub(super) async fn finish_snapshot(&mut self, position: Position) -> Result<(), S::Error> {
         if self.snapshot.as_ref().is_some_and(|s| s.batch.has_data()) {
             let last = self
                 .snapshot
@@ -121,7 +120,7 @@ impl Writer {
             self.launch_snapshot_batch(last).await?;
         }
         let Some(mut snapshot) = self.snapshot.take() else {
-            return Err(EtcdError::from(KitError::Protocol(format!(
+            return Err(S::Error::from(KitError::Protocol(format!(
                 "SnapshotFinished (position {position}) without SnapshotStarted"
             ))));
         };
@@ -130,12 +129,12 @@ impl Writer {
         for table in &snapshot.tables {
             // Nothing can be stale under a prefix that held no key when the snapshot began
             // (a first snapshot): no scan at all.
-            let data = table_prefix(&self.settings.kv.prefix, table);
-            let deleted = etcdsync_sink_kit::stale::delete_stale(
-                &self.store(),
+            let data = table_prefix(&self.settings.prefix, table);
+            let deleted = crate::stale::delete_stale(
+                &self.store,
                 &data,
                 snapshot.start_revision,
-                self.settings.kv.max_txn_ops,
+                self.settings.max_txn_ops,
                 |count, started| events::txn_applied_since(TxnKind::Snapshot, count, started),
             )
             .await?;
@@ -143,12 +142,7 @@ impl Writer {
                 events::stale_keys_deleted(&table.to_string(), deleted);
             }
             let entries = self.index.table_entries(table);
-            if self
-                .store()
-                .count_at(&entries, snapshot.start_revision)
-                .await
-                != Some(0)
-            {
+            if self.store.count_at(&entries, snapshot.start_revision).await != Some(0) {
                 let stale = self
                     .delete_indexed(table, Some(snapshot.start_revision))
                     .await?;
@@ -167,7 +161,7 @@ impl Writer {
             &snapshot.tables,
         );
         let mut ops = vec![KvOp::Put {
-            key: self.settings.kv.snapshot_key(),
+            key: self.settings.snapshot_key(),
             value: marker.to_json(),
         }];
         // A split-transaction marker outlives only a step at its own checkpoint (removing a
@@ -181,7 +175,7 @@ impl Writer {
         {
             self.replay = None;
             ops.push(KvOp::Delete {
-                key: self.settings.kv.partial_key(),
+                key: self.settings.partial_key(),
             });
         }
         let started = Instant::now();
@@ -201,16 +195,5 @@ impl Writer {
         );
         self.acked.send_replace(Some(position));
         Ok(())
-    }
-
-    /// The kit's view of etcd for this run: writes carry the sink's guards.
-    pub(super) fn store(&self) -> crate::store::EtcdStore {
-        crate::store::EtcdStore {
-            client: self.client.clone(),
-            guards: Arc::clone(&self.guards),
-            shutdown: self.shutdown.clone(),
-            probe_key: self.settings.kv.snapshot_key(),
-            leader: self.leader.clone(),
-        }
     }
 }
