@@ -3,7 +3,7 @@
 //! [`crate::status`] keeps `{meta}/status` current. A write refused by the leadership fence
 //! ends the run as deposed (DESIGN §7).
 
-use crate::checkpoint::{PartialMarker, SnapshotMarker, SnapshotState};
+use crate::checkpoint::{SnapshotMarker, SnapshotState};
 use crate::client::EtcdClient;
 use crate::config::Settings;
 use crate::error::EtcdError;
@@ -14,7 +14,6 @@ use etcdsync_core::leadership::Fence;
 use etcdsync_core::sink::{Sink, SinkIo};
 use etcdsync_core::telemetry::{self, Phase};
 use etcdsync_core::{Checkpoint, Result, TableId};
-use etcdsync_sink_kit::chain;
 use etcdsync_sink_kit::writer::{Resumed, Writer, WriterParts};
 use etcdsync_sink_kit::KitError;
 use std::collections::HashSet;
@@ -100,8 +99,7 @@ impl Sink for EtcdSink {
             .client
             .get("read the checkpoint", key.as_str(), None, None, Some(3))
             .await?;
-        let (chain, checkpoint) =
-            chain::ChainEnd::stored(&key, response.kvs().first().map(|kv| kv.value()))?;
+        let checkpoint_value = response.kvs().first().map(|kv| kv.value().to_vec());
         let partial_key = self.settings.kv.partial_key();
         let response = self
             .client
@@ -113,28 +111,12 @@ impl Sink for EtcdSink {
                 Some(3),
             )
             .await?;
-        let partial = match response.kvs().first() {
-            None => None,
-            Some(kv) => Some(PartialMarker::decode(&partial_key, kv.value())?),
-        };
-        let position = checkpoint.as_ref().map(|c| c.position.to_string());
-        self.resumed = Resumed {
-            partial: partial.filter(|p| {
-                let current = p.after == position;
-                if !current {
-                    tracing::warn!(marker = ?p, checkpoint = ?position, "ignoring a split-transaction marker of another checkpoint");
-                }
-                current
-            }),
-            position,
-            chain: Some(chain),
-        };
-        if let Some(partial) = &self.resumed.partial {
-            tracing::info!(
-                changes = partial.changes,
-                "the transaction after the checkpoint was partly applied; its replay skips what is in etcd"
-            );
-        }
+        let (checkpoint, resumed) = Resumed::from_stored(
+            &self.settings.kv,
+            checkpoint_value.as_deref(),
+            response.kvs().first().map(|kv| kv.value()),
+        )?;
+        self.resumed = resumed;
         Ok(checkpoint)
     }
 

@@ -36,6 +36,41 @@ pub struct Resumed {
     pub chain: Option<chain::ChainEnd>,
 }
 
+impl Resumed {
+    /// Where the previous run stopped, from the values of the checkpoint key and the
+    /// split-transaction marker as the store holds them (`None`: absent), and the checkpoint.
+    pub fn from_stored(
+        settings: &SinkSettings,
+        checkpoint: Option<&[u8]>,
+        partial: Option<&[u8]>,
+    ) -> Result<(Option<etcdsync_core::Checkpoint>, Resumed), KitError> {
+        let (chain, checkpoint) = chain::ChainEnd::stored(&settings.checkpoint_key(), checkpoint)?;
+        let partial = partial
+            .map(|value| PartialMarker::decode(&settings.partial_key(), value))
+            .transpose()?;
+        let position = checkpoint.as_ref().map(|c| c.position.to_string());
+        let partial = partial.filter(|p| {
+            let current = p.after == position;
+            if !current {
+                tracing::warn!(marker = ?p, checkpoint = ?position, "ignoring a split-transaction marker of another checkpoint");
+            }
+            current
+        });
+        if let Some(partial) = &partial {
+            tracing::info!(
+                changes = partial.changes,
+                "the transaction after the checkpoint was partly applied; its replay skips what is in the store"
+            );
+        }
+        let resumed = Resumed {
+            position,
+            partial,
+            chain: Some(chain),
+        };
+        Ok((checkpoint, resumed))
+    }
+}
+
 /// Replaying the transaction a split-transaction marker describes ([`PartialMarker`]).
 #[derive(Debug)]
 struct Replay {
