@@ -140,34 +140,39 @@ async fn example_plugin_binary_runs_against_postgres() {
     assert!(status.success(), "etcdsync-jsonl exited with {status}");
 
     let written = lines(&out);
-    let (inserts, deletes): (Vec<_>, Vec<_>) = written.iter().partition(|l| l["op"] == "insert");
-    let mut labels: Vec<_> = inserts
+    let (puts, deletes): (Vec<_>, Vec<_>) = written.iter().partition(|l| l["op"] == "put");
+    let mut labels: Vec<_> = puts
         .iter()
-        .map(|l| l["row"]["label"].as_str().unwrap_or("").to_string())
+        .map(|l| l["value"]["label"].as_str().unwrap_or("").to_string())
         .collect();
     labels.sort();
     assert_eq!(labels, ["one", "three", "two"]);
-    assert!(inserts
-        .iter()
-        .all(|l| l["row"]["origin"] == "eu-1" && l["table"] == "public.items"));
+    assert!(puts.iter().all(|l| l["value"]["origin"] == "eu-1"
+        && l["key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("/data/public/items/"))));
     // A delete carries the key of the row it removes.
     assert_eq!(deletes.len(), 1, "{written:?}");
     assert_eq!(deletes[0]["op"], "delete");
-    assert_eq!(deletes[0]["key"], serde_json::json!(["1"]));
-    assert_eq!(deletes[0]["row"], serde_json::Value::Null);
-    // The checkpoint records the file's length: nothing after it, nothing missing before it.
-    let checkpoint: serde_json::Value = serde_json::from_slice(
+    assert_eq!(deletes[0]["key"], "/data/public/items/1");
+    assert_eq!(deletes[0].get("value"), None);
+    // The sidecar records the checkpoint and the file's length: nothing after it, nothing
+    // missing before it.
+    let sidecar: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join("changes.jsonl.checkpoint")).expect("checkpoint file"),
     )
-    .expect("checkpoint JSON");
+    .expect("sidecar JSON");
+    let stored: Vec<u8> = serde_json::from_value(sidecar["meta"]["/meta/checkpoint"][0].clone())
+        .expect("a checkpoint in the sidecar");
+    let checkpoint: serde_json::Value = serde_json::from_slice(&stored).expect("checkpoint JSON");
     assert_eq!(checkpoint["source"], "pgx");
     let length = std::fs::metadata(&out).expect("data file").len();
-    assert_eq!(checkpoint["offset"].as_u64(), Some(length));
+    assert_eq!(sidecar["offset"].as_u64(), Some(length));
 
     // Lines past the checkpoint (a crash between writing and checkpointing) are cut off at the
     // next start; what follows arrives once.
     let mut torn = std::fs::read(&out).expect("data file");
-    torn.extend_from_slice(b"{\"table\":\"public.items\",\"op\":\"insert\",\"torn\":true}\n");
+    torn.extend_from_slice(b"{\"op\":\"put\",\"key\":\"/data/public/items/9\",\"torn\":true}\n");
     std::fs::write(&out, torn).expect("append a torn line");
     let mut child = Command::new(&binary)
         .args(["run", "--config-file"])
@@ -181,7 +186,7 @@ async fn example_plugin_binary_runs_against_postgres() {
         .expect("insert");
     let resumed = pg::eventually(Duration::from_secs(30), || {
         let out = out.clone();
-        async move { lines(&out).iter().any(|l| l["row"]["label"] == "four") }
+        async move { lines(&out).iter().any(|l| l["value"]["label"] == "four") }
     })
     .await;
     assert!(resumed, "the insert after the restart never arrived");

@@ -1,18 +1,30 @@
-//! `type: jsonl` — appends each change as a JSON line (with its key, also for deletes) to a file
-//! and keeps the checkpoint in a sidecar file, replaced atomically after the lines are durable,
-//! with the file's length at that point: a restart cuts off lines after it and resumes after the
-//! checkpoint, so each change is in the file once. Memory stays bounded: lines are written out
-//! every [`FLUSH_BYTES`], a snapshot is never held whole.
+//! `type: jsonl` — a sink on etcdsync's sink kit: the kit's [`Writer`] does the ordering,
+//! batching, checkpointing and acknowledgements; this file is only the store. Every write appends
+//! its data operations to a file as JSON lines (`put` with key and value, `delete` with the key,
+//! `delete_prefix` for a truncated table) and keeps the metadata keys (checkpoint, markers) in a
+//! sidecar file, replaced atomically after the lines are durable, with the file's length at that
+//! point: a restart cuts off lines after it, so every change is in the file exactly once. Memory
+//! holds one write; the kit never buffers a whole snapshot.
+//!
+//! A change log lists no rows, so reads of data keys find nothing: an unchanged TOAST value is
+//! read from the source, and a snapshot deletes no keys it did not rewrite. Transformed keys
+//! need a key index, which this store does not keep: such tables are refused.
 
-use etcdsync_core::change::{rfc3339, Change, Checkpoint, Message, Op, Position};
-use etcdsync_core::encode::json::{encode_row, write_str};
+use etcdsync_core::change::Checkpoint;
 use etcdsync_core::registry::{PluginInfo, PluginKind};
 use etcdsync_core::sink::{Sink, SinkConfig, SinkContext, SinkIo};
-use etcdsync_core::{async_trait, Error, ErrorKind, Result, Value};
+use etcdsync_core::{async_trait, Error, Result};
+use etcdsync_sink_kit::batch::KvOp;
+use etcdsync_sink_kit::keys::Keys;
+use etcdsync_sink_kit::settings::{OnInvalidKey, OnOversize, SinkSettings};
+use etcdsync_sink_kit::store::{Condition, Ops, Page, Store};
+use etcdsync_sink_kit::writer::{Resumed, Writer, WriterParts};
+use etcdsync_sink_kit::KitError;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
-use std::time::SystemTime;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,8 +37,24 @@ inventory::submit! {
     PluginInfo {
         kind: PluginKind::Sink,
         name: "jsonl",
-        summary: "appends every change as a JSON line to a file (example plugin)",
+        summary: "appends every change as a JSON line to a file (example plugin on the sink kit)",
         example: "type: jsonl\npath: /tmp/changes.jsonl\n",
+    }
+}
+
+/// Where the kit's keys live: data under `/data/`, metadata under `/meta/`.
+fn settings() -> SinkSettings {
+    SinkSettings {
+        prefix: "/data".into(),
+        data_prefix: "/data/".into(),
+        meta_prefix: "/meta/".into(),
+        max_txn_ops: 1024,
+        max_request_bytes: 4 << 20,
+        on_oversize: OnOversize::Error,
+        on_invalid_key: OnInvalidKey::Error,
+        snapshot_txns_in_flight: 1,
+        stream_txns_in_flight: 1,
+        heartbeat_interval: std::time::Duration::from_secs(1),
     }
 }
 
@@ -48,206 +76,224 @@ impl SinkConfig for JsonlConfig {
             .append(true)
             .open(&self.path)
             .await
-            .map_err(|e| io_error("open", &self.path, e))?;
-        Ok(Box::new(JsonlSink {
+            .map_err(|e| io("open", &self.path)(e))?;
+        let state = State {
             path: self.path.clone(),
             file,
+            sidecar: Sidecar::default(),
+        };
+        Ok(Box::new(JsonlSink {
+            store: JsonlStore(Arc::new(Mutex::new(state))),
             source_type: cx.source_type,
+            resumed: Resumed::default(),
         }))
     }
 }
 
-fn io_error(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
-    Error::new(
-        ErrorKind::Fatal,
-        format!("jsonl sink: cannot {what} {}: {e}", path.display()),
-    )
+/// A file operation that failed, as the kit's error.
+fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> KitError {
+    let text = format!("jsonl sink: cannot {what} {}", path.display());
+    move |e| KitError::Store(format!("{text}: {e}"))
 }
 
-struct JsonlSink {
+/// The sidecar file: the metadata keys (value, revision), the store's revision, and the data
+/// file's length when it was written.
+#[derive(Default, Serialize, Deserialize)]
+struct Sidecar {
+    offset: u64,
+    revision: i64,
+    meta: Keys,
+}
+
+struct State {
     path: PathBuf,
     file: tokio::fs::File,
-    source_type: String,
+    sidecar: Sidecar,
 }
 
-/// Lines kept in memory before they are written (without a checkpoint): a snapshot or a large
-/// source transaction never sits in memory whole.
-const FLUSH_BYTES: usize = 1 << 20;
+/// The change file as the kit's store (clones share it).
+#[derive(Clone)]
+pub struct JsonlStore(Arc<Mutex<State>>);
 
-/// The sidecar file: the checkpoint and the data file's length when it was written. Lines past
-/// that length belong to transactions after the checkpoint; a restart cuts them off and the
-/// source sends them again, so every change is in the file exactly once.
-#[derive(Serialize, Deserialize)]
-struct Sidecar {
-    #[serde(flatten)]
-    checkpoint: Checkpoint,
-    offset: u64,
-}
-
-impl JsonlSink {
-    fn checkpoint_path(&self) -> PathBuf {
+impl State {
+    fn sidecar_path(&self) -> PathBuf {
         let mut path = self.path.clone().into_os_string();
         path.push(".checkpoint");
         path.into()
     }
 
-    async fn write_lines(&mut self, lines: &mut Vec<u8>) -> Result<()> {
+    /// Appends the data ops as lines; metadata ops change the sidecar, which is then replaced
+    /// after the lines are durable (write, fsync, rename, fsync of the directory).
+    async fn apply(&mut self, ops: Vec<std::borrow::Cow<'_, KvOp>>) -> Result<(), KitError> {
+        let (mut lines, mut meta_changed) = (Vec::new(), false);
+        let revision = self.sidecar.revision + 1;
+        for op in ops {
+            let (name, key, value) = match op.as_ref() {
+                KvOp::Put { key, value } => ("put", key, Some(value)),
+                KvOp::Delete { key } => ("delete", key, None),
+                KvOp::DeleteRange { prefix } => ("delete_prefix", prefix, None),
+            };
+            if key.starts_with("/meta/index/") || key.starts_with("/meta/owner/") {
+                return Err(KitError::Unsupported(
+                    "jsonl sink: table keys from a transform need a key index, which a change log \
+                     does not keep; remove the key_template transform"
+                        .into(),
+                ));
+            }
+            if key.starts_with("/meta/") {
+                self.sidecar.meta.apply(&op, revision);
+                meta_changed = true;
+                continue;
+            }
+            let value = value.map(|v| serde_json::from_slice::<serde_json::Value>(v));
+            let value = value
+                .transpose()
+                .map_err(|e| KitError::Internal(e.to_string()))?;
+            let mut line = serde_json::json!({ "op": name, "key": key });
+            if let Some(value) = value {
+                line["value"] = value;
+            }
+            lines.extend_from_slice(line.to_string().as_bytes());
+            lines.push(b'\n');
+        }
+        let path = self.path.clone();
         self.file
-            .write_all(lines)
+            .write_all(&lines)
             .await
-            .map_err(|e| io_error("write", &self.path, e))?;
-        lines.clear();
+            .map_err(io("write", &path))?;
+        self.sidecar.revision = revision;
+        if meta_changed {
+            self.file.sync_data().await.map_err(io("sync", &path))?;
+            let metadata = self.file.metadata().await;
+            self.sidecar.offset = metadata.map_err(io("stat", &path))?.len();
+            self.write_sidecar().await?;
+        }
         Ok(())
     }
 
-    /// Makes the lines durable, then replaces the sidecar atomically (write, fsync, rename,
-    /// fsync of the directory): a crash leaves the old checkpoint or the new one, never a torn one.
-    async fn commit(&mut self, lines: &mut Vec<u8>, position: &Position) -> Result<()> {
-        self.write_lines(lines).await?;
-        self.file
-            .sync_data()
-            .await
-            .map_err(|e| io_error("sync", &self.path, e))?;
-        let offset = self
-            .file
-            .metadata()
-            .await
-            .map_err(|e| io_error("stat", &self.path, e))?
-            .len();
-        let sidecar = Sidecar {
-            checkpoint: Checkpoint {
-                source: self.source_type.clone(),
-                position: position.clone(),
-                committed_at: None,
-                applied_at: rfc3339(SystemTime::now()),
-            },
-            offset,
-        };
-        let text = serde_json::to_vec(&sidecar).map_err(|e| Error::fatal(e.to_string()))?;
-        let target = self.checkpoint_path();
-        let mut temporary = target.clone().into_os_string();
-        temporary.push(".tmp");
-        let temporary = PathBuf::from(temporary);
+    async fn write_sidecar(&self) -> Result<(), KitError> {
+        let text =
+            serde_json::to_vec(&self.sidecar).map_err(|e| KitError::Internal(e.to_string()))?;
+        let target = self.sidecar_path();
+        let temporary = target.with_extension("checkpoint.tmp");
         let mut file = tokio::fs::File::create(&temporary)
             .await
-            .map_err(|e| io_error("create", &temporary, e))?;
+            .map_err(io("create", &temporary))?;
         file.write_all(&text)
             .await
-            .map_err(|e| io_error("write", &temporary, e))?;
-        file.sync_all()
-            .await
-            .map_err(|e| io_error("sync", &temporary, e))?;
+            .map_err(io("write", &temporary))?;
+        file.sync_all().await.map_err(io("sync", &temporary))?;
         tokio::fs::rename(&temporary, &target)
             .await
-            .map_err(|e| io_error("rename", &temporary, e))?;
+            .map_err(io("rename", &temporary))?;
         let dir = target.parent().filter(|d| !d.as_os_str().is_empty());
-        let dir = dir.unwrap_or(std::path::Path::new("."));
-        let directory = tokio::fs::File::open(dir)
-            .await
-            .map_err(|e| io_error("open", dir, e))?;
-        directory
-            .sync_all()
-            .await
-            .map_err(|e| io_error("sync", dir, e))?;
-        Ok(())
+        let dir = dir.unwrap_or(Path::new("."));
+        let directory = tokio::fs::File::open(dir).await.map_err(io("open", dir))?;
+        directory.sync_all().await.map_err(io("sync", dir))
     }
 }
 
-/// One change as a line: table, op, the row's key (a delete's too; an update that moved the row
-/// also names its old key) and the row's JSON (`null` for deletes and truncates).
-fn append_line(lines: &mut Vec<u8>, change: &Change) -> Result<()> {
-    let table = &change.table;
-    let key = |row: &[Value]| -> Result<Vec<u8>> {
-        let values: Vec<String> = table.key_values(row).map(Value::to_text).collect();
-        serde_json::to_vec(&values).map_err(|e| Error::fatal(e.to_string()))
-    };
-    let (row, key, old_key) = match &change.op {
-        Op::Insert { row } => (Some(row), Some(key(row)?), None),
-        Op::Update { row, old } => {
-            let moved = old
-                .as_ref()
-                .filter(|old| table.key_of(old) != table.key_of(row));
-            (
-                Some(row),
-                Some(key(row)?),
-                moved.map(|old| key(old)).transpose()?,
-            )
+#[async_trait]
+impl Store for JsonlStore {
+    type Error = KitError;
+    const RAISE_REQUEST_LIMIT: &'static str = "split the row's large values";
+
+    async fn apply<'a>(&self, _what: &'static str, build: &Ops<'a>) -> Result<(), KitError> {
+        self.0.lock().await.apply(build()).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, KitError> {
+        Ok(self.0.lock().await.sidecar.meta.get(key))
+    }
+
+    async fn apply_if<'a>(
+        &self,
+        _what: &'static str,
+        key: &str,
+        expected: Option<&[u8]>,
+        build: &Ops<'a>,
+    ) -> Result<Condition, KitError> {
+        let mut state = self.0.lock().await;
+        let current = state.sidecar.meta.get(key).map(|(value, _)| value);
+        if current.as_deref() != expected {
+            return Ok(Condition::Found(current));
         }
-        Op::Delete { old } => (None, Some(key(old)?), None),
-        Op::Truncate => (None, None, None),
-    };
-    lines.extend_from_slice(b"{\"table\":");
-    write_str(lines, &table.id.to_string());
-    lines.extend_from_slice(b",\"op\":");
-    write_str(lines, change.op_name());
-    lines.extend_from_slice(b",\"key\":");
-    lines.extend_from_slice(key.as_deref().unwrap_or(b"null"));
-    if let Some(old_key) = old_key {
-        lines.extend_from_slice(b",\"old_key\":");
-        lines.extend_from_slice(&old_key);
+        state.apply(build()).await?;
+        Ok(Condition::Met)
     }
-    lines.extend_from_slice(b",\"row\":");
-    match row {
-        Some(row) => lines
-            .extend_from_slice(&encode_row(table, row).map_err(|e| Error::fatal(e.to_string()))?),
-        None => lines.extend_from_slice(b"null"),
+
+    async fn revision(&self, _what: &'static str) -> Result<i64, KitError> {
+        Ok(self.0.lock().await.sidecar.revision)
     }
-    lines.extend_from_slice(b"}\n");
-    Ok(())
+
+    async fn count_at(&self, prefix: &str, _revision: i64) -> Option<u64> {
+        Some(self.0.lock().await.sidecar.meta.count(prefix))
+    }
+
+    async fn page(
+        &self,
+        prefix: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<Page, KitError> {
+        let state = self.0.lock().await;
+        Ok(state.sidecar.meta.page(prefix, after, limit, keys_only))
+    }
+}
+
+struct JsonlSink {
+    store: JsonlStore,
+    source_type: String,
+    resumed: Resumed,
 }
 
 #[async_trait]
 impl Sink for JsonlSink {
     /// Reads the sidecar and cuts the data file back to the length it records.
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
-        let path = self.checkpoint_path();
-        let sidecar: Sidecar = match tokio::fs::read(&path).await {
+        let mut state = self.store.0.lock().await;
+        let path = state.sidecar_path();
+        state.sidecar = match tokio::fs::read(&path).await {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 Error::config(format!(
                     "jsonl sink: {} is not a checkpoint ({e}); delete it and {} to start over",
                     path.display(),
-                    self.path.display()
+                    state.path.display()
                 ))
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // No checkpoint: whatever the file holds is from a run that never committed.
-                self.file
-                    .set_len(0)
-                    .await
-                    .map_err(|e| io_error("truncate", &self.path, e))?;
-                return Ok(None);
-            }
-            Err(e) => return Err(io_error("read", &path, e)),
+            // No checkpoint: whatever the file holds is from a run that never committed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Sidecar::default(),
+            Err(e) => return Err(io("read", &path)(e).into()),
         };
-        self.file
-            .set_len(sidecar.offset)
-            .await
-            .map_err(|e| io_error("truncate", &self.path, e))?;
-        Ok(Some(sidecar.checkpoint))
+        let (offset, data) = (state.sidecar.offset, state.path.clone());
+        let cut = state.file.set_len(offset).await;
+        cut.map_err(io("truncate", &data))?;
+        let settings = settings();
+        let value = |key: String| state.sidecar.meta.get(&key).map(|(value, _)| value);
+        let (checkpoint, resumed) = Resumed::from_stored(
+            &settings,
+            value(settings.checkpoint_key()).as_deref(),
+            value(settings.partial_key()).as_deref(),
+        )?;
+        self.resumed = resumed;
+        Ok(checkpoint)
     }
 
-    async fn run(mut self: Box<Self>, mut io: SinkIo) -> Result<()> {
-        let mut lines = Vec::new();
-        while let Some(message) = io.input.recv().await {
-            let position = match message {
-                Message::Changes(changes) => {
-                    for change in &changes {
-                        append_line(&mut lines, change)?;
-                    }
-                    if lines.len() >= FLUSH_BYTES {
-                        self.write_lines(&mut lines).await?;
-                    }
-                    continue;
-                }
-                Message::Commit(commit) => commit.position,
-                Message::SnapshotFinished { position } | Message::Heartbeat { position } => {
-                    position
-                }
-                Message::SnapshotStarted { .. } => continue,
-            };
-            self.commit(&mut lines, &position).await?;
-            io.acked.send_replace(Some(position));
-        }
-        Ok(())
+    async fn run(self: Box<Self>, io: SinkIo) -> Result<()> {
+        let mut writer = Writer::new(WriterParts {
+            store: self.store,
+            settings: Arc::new(settings()),
+            source_type: self.source_type,
+            resumed: self.resumed,
+            marked: Default::default(),
+            acked: io.acked,
+            shutdown: io.shutdown,
+            fetcher: io.fetcher,
+            phase_changed: Default::default(),
+        });
+        let result = writer.run(io.input).await;
+        writer.abort();
+        Ok(result?)
     }
 }

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod chain;
 pub mod events;
 pub mod index;
+pub mod keys;
 pub mod markers;
 pub mod settings;
 pub mod stale;
@@ -122,6 +123,14 @@ pub enum KitError {
     #[error("sink internal error: {0}")]
     Internal(String),
 
+    /// The store failed in a way it cannot retry (a file that cannot be written).
+    #[error("{0}")]
+    Store(String),
+
+    /// The store cannot do what the configuration asks (the message names the fix).
+    #[error("{0}")]
+    Unsupported(String),
+
     /// The checkpoint key changed under the streaming chain ([`chain`]): something else wrote
     /// it. The pipeline starts again from the checkpoint the store holds.
     #[error(
@@ -151,7 +160,9 @@ impl KitError {
             | KitError::KeyCollision { .. }
             | KitError::UnresolvedUnchanged { .. }
             | KitError::Encode { .. }
-            | KitError::Internal(_) => ErrorKind::Fatal,
+            | KitError::Internal(_)
+            | KitError::Store(_) => ErrorKind::Fatal,
+            KitError::Unsupported(_) => ErrorKind::Config,
             // Read the chain again from a restart; a persistent other writer repeats it loudly.
             KitError::ChainBroken { .. } => ErrorKind::Transient,
         }

@@ -66,15 +66,14 @@ pub async fn delete_stale<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Ops, Page, Stored};
+    use crate::store::{Ops, Page};
     use async_trait::async_trait;
-    use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
     /// An in-memory store: key → (value, revision); clones share it.
     #[derive(Default, Clone)]
     struct Memory {
-        keys: Arc<Mutex<BTreeMap<String, i64>>>,
+        keys: Arc<Mutex<crate::keys::Keys>>,
         revision: Arc<Mutex<i64>>,
         writes: Arc<Mutex<Vec<usize>>>,
         counted: Option<u64>,
@@ -84,14 +83,19 @@ mod tests {
         fn put(&self, key: &str) {
             let mut revision = self.revision.lock().unwrap_or_else(|p| p.into_inner());
             *revision += 1;
-            self.keys
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key.to_string(), *revision);
+            let put = KvOp::Put {
+                key: key.to_string(),
+                value: Vec::new(),
+            };
+            let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            keys.apply(&put, *revision);
         }
         fn keys(&self) -> Vec<String> {
             let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-            keys.keys().cloned().collect()
+            let all = keys.page("", None, usize::MAX, true).entries;
+            all.into_iter()
+                .map(|k| String::from_utf8_lossy(&k.key).into_owned())
+                .collect()
         }
     }
 
@@ -107,12 +111,8 @@ mod tests {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(ops.len());
             for op in ops {
-                match op {
-                    KvOp::Delete { key } => {
-                        keys.remove(&key);
-                    }
-                    other => panic!("unexpected {other:?}"),
-                }
+                assert!(matches!(op, KvOp::Delete { .. }), "unexpected {op:?}");
+                keys.apply(&op, 0);
             }
             Ok(())
         }
@@ -127,7 +127,7 @@ mod tests {
         }
         async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, Self::Error> {
             let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-            Ok(keys.get(key).map(|revision| (Vec::new(), *revision)))
+            Ok(keys.get(key))
         }
         async fn revision(&self, _what: &'static str) -> Result<i64, Self::Error> {
             Ok(*self.revision.lock().unwrap_or_else(|p| p.into_inner()))
@@ -140,25 +140,10 @@ mod tests {
             prefix: &str,
             after: Option<&[u8]>,
             limit: usize,
-            _keys_only: bool,
+            keys_only: bool,
         ) -> Result<Page, Self::Error> {
             let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-            let mut under = keys
-                .iter()
-                .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_bytes() > a));
-            let entries: Vec<Stored> = under
-                .by_ref()
-                .take(limit)
-                .map(|(k, r)| Stored {
-                    key: k.as_bytes().to_vec(),
-                    value: Vec::new(),
-                    revision: *r,
-                })
-                .collect();
-            Ok(Page {
-                entries,
-                more: under.next().is_some(),
-            })
+            Ok(keys.page(prefix, after, limit, keys_only))
         }
     }
 
