@@ -43,6 +43,27 @@ fn build_example_once() -> PathBuf {
     target.join("debug/etcdsync-jsonl")
 }
 
+/// Starts `etcdsync-jsonl run` on `config`.
+fn run_example(binary: &Path, config: &Path) -> std::process::Child {
+    Command::new(binary)
+        .args(["run", "--config-file"])
+        .arg(config)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcdsync-jsonl run")
+}
+
+/// Stops a run with SIGTERM; it must exit cleanly.
+fn stop_cleanly(mut child: std::process::Child) {
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "etcdsync-jsonl exited with {status}");
+}
+
 fn lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -97,12 +118,7 @@ async fn example_plugin_binary_runs_against_postgres() {
     )
     .expect("write config");
 
-    let mut child = Command::new(&binary)
-        .args(["run", "--config-file"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start etcdsync-jsonl run");
+    let child = run_example(&binary, &config);
 
     let arrived = pg::eventually(Duration::from_secs(60), || {
         let out = out.clone();
@@ -131,13 +147,7 @@ async fn example_plugin_binary_runs_against_postgres() {
     .await;
     assert!(deleted, "the delete never reached the jsonl file");
 
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(term.success());
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "etcdsync-jsonl exited with {status}");
+    stop_cleanly(child);
 
     let written = lines(&out);
     let (puts, deletes): (Vec<_>, Vec<_>) = written.iter().partition(|l| l["op"] == "put");
@@ -174,12 +184,7 @@ async fn example_plugin_binary_runs_against_postgres() {
     let mut torn = std::fs::read(&out).expect("data file");
     torn.extend_from_slice(b"{\"op\":\"put\",\"key\":\"/data/public/items/9\",\"torn\":true}\n");
     std::fs::write(&out, torn).expect("append a torn line");
-    let mut child = Command::new(&binary)
-        .args(["run", "--config-file"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start etcdsync-jsonl run again");
+    let child = run_example(&binary, &config);
     client
         .batch_execute("INSERT INTO items VALUES (4, 'four')")
         .await
@@ -190,12 +195,7 @@ async fn example_plugin_binary_runs_against_postgres() {
     })
     .await;
     assert!(resumed, "the insert after the restart never arrived");
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(term.success());
-    assert!(child.wait().expect("wait").success());
+    stop_cleanly(child);
     let written = lines(&out);
     assert!(
         written.iter().all(|l| l.get("torn").is_none()),
@@ -242,23 +242,8 @@ async fn example_source_follows_a_change_file_into_etcd() {
         ),
     )
     .expect("write config");
-    let run = || {
-        Command::new(&binary)
-            .args(["run", "--config-file"])
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcdsync-jsonl run")
-    };
-    let stop = |mut child: std::process::Child| {
-        let term = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(term.success());
-        let status = child.wait().expect("wait");
-        assert!(status.success(), "etcdsync-jsonl exited with {status}");
-    };
+    let run = || run_example(&binary, &config);
+    let stop = stop_cleanly;
     let etcd_now = || {
         let prefix = prefix.clone();
         async move { pg::etcd_dump(&mut pg::etcd().await, &format!("{prefix}/")).await }
@@ -328,5 +313,95 @@ async fn example_source_follows_a_change_file_into_etcd() {
             .any(|v| v.contains(&format!("\"position\":\"{length}\""))),
         "the checkpoint is the end of the file ({length}): {checkpoint:?}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The jsonl sink killed (-9) in the middle of its first snapshot, after the first of two tables
+/// (copied one after the other) and the marker of the second: the lines of the unfinished
+/// snapshot are cut at the restart (no checkpoint covers them), so the file ends with each row
+/// once, and with the length its sidecar records.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_jsonl_sink_killed_mid_snapshot_writes_each_row_once() {
+    let binary = build_example();
+    let db = TestDb::create("plugin_snapshot_kill").await;
+    let rows = 200_000;
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE a_first (id int PRIMARY KEY, label text);
+             INSERT INTO a_first SELECT g, 'row ' || g FROM generate_series(1, 20000) g;
+             CREATE TABLE b_second (id int PRIMARY KEY, label text);
+             INSERT INTO b_second SELECT g, 'row ' || g FROM generate_series(1, {}) g;",
+            rows - 20_000
+        ))
+        .await
+        .expect("schema");
+    let dir = std::env::temp_dir().join(pg::unique("etcdsync_plugin_kill"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (out, sidecar) = (
+        dir.join("changes.jsonl"),
+        dir.join("changes.jsonl.checkpoint"),
+    );
+    let config = dir.join("config.yaml");
+    let name = pg::unique("plugkill").replace('_', "-").to_lowercase();
+    let source = pg::source_yaml(
+        &db,
+        &["public.a_first", "public.b_second"],
+        "snapshot_workers: 1\n",
+    )
+    .replace('\n', "\n  ");
+    std::fs::write(
+        &config,
+        format!(
+            "name: {name}\nsource:\n  {source}\nsink: {{ type: jsonl, path: \"{}\" }}\n",
+            out.display()
+        ),
+    )
+    .expect("write config");
+    let start = || run_example(&binary, &config);
+    let checkpointed = |sidecar: &Path| {
+        std::fs::read(sidecar)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|s| s["meta"].get("/meta/checkpoint").is_some())
+    };
+
+    let mut child = start();
+    let second = pg::eventually(Duration::from_secs(60), || {
+        let out = out.clone();
+        async move {
+            std::fs::read_to_string(&out).is_ok_and(|text| text.contains("/data/public/b_second/"))
+        }
+    })
+    .await;
+    assert!(second, "the snapshot never reached the second table");
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    assert!(
+        !checkpointed(&sidecar),
+        "the snapshot finished before the kill: the test needs more rows"
+    );
+    assert!(!lines(&out).is_empty());
+
+    let child = start();
+    let finished = pg::eventually(Duration::from_secs(120), || {
+        let sidecar = sidecar.clone();
+        async move { checkpointed(&sidecar) }
+    })
+    .await;
+    assert!(finished, "the snapshot after the restart never finished");
+    stop_cleanly(child);
+    let written = lines(&out);
+    let keys: std::collections::BTreeSet<_> = written
+        .iter()
+        .filter(|l| l["op"] == "put")
+        .map(|l| l["key"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(written.len(), rows, "each row once");
+    assert_eq!(keys.len(), rows);
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sidecar).expect("sidecar")).expect("JSON");
+    let length = std::fs::metadata(&out).expect("data file").len();
+    assert_eq!(recorded["offset"].as_u64(), Some(length));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,22 +1,18 @@
-//! `type: jsonl` — a sink on etcdsync's sink kit: the kit's [`Writer`] does the ordering,
-//! batching, checkpointing and acknowledgements; this file is only the store. Every write appends
-//! its data operations to a file as JSON lines (`put` with key and value, `delete` with the key,
-//! `delete_prefix` for a truncated table) and keeps the metadata keys (checkpoint, markers) in a
-//! sidecar file, replaced atomically after the lines are durable, with the file's length at that
-//! point: a restart cuts off lines after it, so every change is in the file exactly once. Memory
-//! holds one write; the kit never buffers a whole snapshot.
-//!
-//! A change log lists no rows, so reads of data keys find nothing: an unchanged TOAST value is
-//! read from the source, and a snapshot deletes no keys it did not rewrite. Transformed keys
-//! need a key index, which this store does not keep: such tables are refused.
+//! `type: jsonl` — a sink on etcdsync's sink kit: the kit's [`Writer`] orders, batches,
+//! checkpoints and acknowledges; this file is the store. A write appends its data ops as JSON
+//! lines (`put` with key and value, `delete` with its key, `delete_prefix` for a truncate) — a
+//! key-value log: the kit merges one key's changes within a write. A write carrying the checkpoint
+//! (or a split transaction's progress) fsyncs the lines, then atomically replaces a sidecar with
+//! the metadata keys and the file's length; a restart cuts lines after it, so each write is in
+//! the file once. A log lists no rows: TOAST values come from the source, snapshots delete
+//! nothing, transformed keys (a key index) are refused. Memory holds one write.
 
-use etcdsync_core::change::Checkpoint;
 use etcdsync_core::registry::{PluginInfo, PluginKind};
 use etcdsync_core::sink::{Sink, SinkConfig, SinkContext, SinkIo};
-use etcdsync_core::{async_trait, Error, Result};
+use etcdsync_core::{async_trait, Checkpoint, Error, Result};
 use etcdsync_sink_kit::batch::KvOp;
 use etcdsync_sink_kit::keys::Keys;
-use etcdsync_sink_kit::settings::{OnInvalidKey, OnOversize, SinkSettings};
+use etcdsync_sink_kit::settings::SinkSettings;
 use etcdsync_sink_kit::store::{Condition, Ops, Page, Store};
 use etcdsync_sink_kit::writer::{Resumed, Writer, WriterParts};
 use etcdsync_sink_kit::KitError;
@@ -42,22 +38,6 @@ inventory::submit! {
     }
 }
 
-/// Where the kit's keys live: data under `/data/`, metadata under `/meta/`.
-fn settings() -> SinkSettings {
-    SinkSettings {
-        prefix: "/data".into(),
-        data_prefix: "/data/".into(),
-        meta_prefix: "/meta/".into(),
-        max_txn_ops: 1024,
-        max_request_bytes: 4 << 20,
-        on_oversize: OnOversize::Error,
-        on_invalid_key: OnInvalidKey::Error,
-        snapshot_txns_in_flight: 1,
-        stream_txns_in_flight: 1,
-        heartbeat_interval: std::time::Duration::from_secs(1),
-    }
-}
-
 #[async_trait]
 #[typetag::serde(name = "jsonl")]
 impl SinkConfig for JsonlConfig {
@@ -76,9 +56,12 @@ impl SinkConfig for JsonlConfig {
             .append(true)
             .open(&self.path)
             .await
-            .map_err(|e| io("open", &self.path)(e))?;
+            .map_err(io("open", &self.path))?;
+        let mut sidecar_path = self.path.clone().into_os_string();
+        sidecar_path.push(".checkpoint");
         let state = State {
             path: self.path.clone(),
+            sidecar_path: sidecar_path.into(),
             file,
             sidecar: Sidecar::default(),
         };
@@ -90,14 +73,19 @@ impl SinkConfig for JsonlConfig {
     }
 }
 
+/// Writes `bytes` out: a tokio file reports a failed write at the flush, not at `write_all`.
+async fn write_out(file: &mut tokio::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    file.write_all(bytes).await?;
+    file.flush().await
+}
+
 /// A file operation that failed, as the kit's error.
 fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> KitError {
     let text = format!("jsonl sink: cannot {what} {}", path.display());
     move |e| KitError::Store(format!("{text}: {e}"))
 }
 
-/// The sidecar file: the metadata keys (value, revision), the store's revision, and the data
-/// file's length when it was written.
+/// The sidecar: metadata keys (value, revision), the revision, and the data file's length.
 #[derive(Default, Serialize, Deserialize)]
 struct Sidecar {
     offset: u64,
@@ -107,25 +95,23 @@ struct Sidecar {
 
 struct State {
     path: PathBuf,
+    sidecar_path: PathBuf,
     file: tokio::fs::File,
     sidecar: Sidecar,
 }
+
+const NO_KEY_INDEX: &str = "jsonl sink: keys from a transform need a key index, which a \
+     change log does not keep; remove the key_template transform";
 
 /// The change file as the kit's store (clones share it).
 #[derive(Clone)]
 pub struct JsonlStore(Arc<Mutex<State>>);
 
 impl State {
-    fn sidecar_path(&self) -> PathBuf {
-        let mut path = self.path.clone().into_os_string();
-        path.push(".checkpoint");
-        path.into()
-    }
-
     /// Appends the data ops as lines; metadata ops change the sidecar, which is then replaced
     /// after the lines are durable (write, fsync, rename, fsync of the directory).
     async fn apply(&mut self, ops: Vec<std::borrow::Cow<'_, KvOp>>) -> Result<(), KitError> {
-        let (mut lines, mut meta_changed) = (Vec::new(), false);
+        let (mut lines, mut durable) = (Vec::new(), false);
         let revision = self.sidecar.revision + 1;
         for op in ops {
             let (name, key, value) = match op.as_ref() {
@@ -134,15 +120,12 @@ impl State {
                 KvOp::DeleteRange { prefix } => ("delete_prefix", prefix, None),
             };
             if key.starts_with("/meta/index/") || key.starts_with("/meta/owner/") {
-                return Err(KitError::Unsupported(
-                    "jsonl sink: table keys from a transform need a key index, which a change log \
-                     does not keep; remove the key_template transform"
-                        .into(),
-                ));
+                return Err(KitError::Unsupported(NO_KEY_INDEX.into()));
             }
             if key.starts_with("/meta/") {
                 self.sidecar.meta.apply(&op, revision);
-                meta_changed = true;
+                // What a restart resumes from; other metadata (table markers) follows it.
+                durable |= key == "/meta/checkpoint" || key == "/meta/partial";
                 continue;
             }
             let value = value.map(|v| serde_json::from_slice::<serde_json::Value>(v));
@@ -157,12 +140,11 @@ impl State {
             lines.push(b'\n');
         }
         let path = self.path.clone();
-        self.file
-            .write_all(&lines)
+        write_out(&mut self.file, &lines)
             .await
             .map_err(io("write", &path))?;
         self.sidecar.revision = revision;
-        if meta_changed {
+        if durable {
             self.file.sync_data().await.map_err(io("sync", &path))?;
             let metadata = self.file.metadata().await;
             self.sidecar.offset = metadata.map_err(io("stat", &path))?.len();
@@ -174,12 +156,12 @@ impl State {
     async fn write_sidecar(&self) -> Result<(), KitError> {
         let text =
             serde_json::to_vec(&self.sidecar).map_err(|e| KitError::Internal(e.to_string()))?;
-        let target = self.sidecar_path();
+        let target = self.sidecar_path.clone();
         let temporary = target.with_extension("checkpoint.tmp");
         let mut file = tokio::fs::File::create(&temporary)
             .await
             .map_err(io("create", &temporary))?;
-        file.write_all(&text)
+        write_out(&mut file, &text)
             .await
             .map_err(io("write", &temporary))?;
         file.sync_all().await.map_err(io("sync", &temporary))?;
@@ -237,8 +219,13 @@ impl Store for JsonlStore {
         limit: usize,
         keys_only: bool,
     ) -> Result<Page, KitError> {
-        let state = self.0.lock().await;
-        Ok(state.sidecar.meta.page(prefix, after, limit, keys_only))
+        Ok(self
+            .0
+            .lock()
+            .await
+            .sidecar
+            .meta
+            .page(prefix, after, limit, keys_only))
     }
 }
 
@@ -253,7 +240,7 @@ impl Sink for JsonlSink {
     /// Reads the sidecar and cuts the data file back to the length it records.
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
         let mut state = self.store.0.lock().await;
-        let path = state.sidecar_path();
+        let path = state.sidecar_path.clone();
         state.sidecar = match tokio::fs::read(&path).await {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 Error::config(format!(
@@ -262,14 +249,25 @@ impl Sink for JsonlSink {
                     state.path.display()
                 ))
             })?,
-            // No checkpoint: whatever the file holds is from a run that never committed.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Sidecar::default(),
+            // A first run: the file must be new, or it is not this sink's.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let found = state.file.metadata().await.map_err(io("stat", &path))?;
+                if found.len() > 0 {
+                    return Err(Error::config(format!(
+                        "jsonl sink: {} has data but no {}; give a new file",
+                        state.path.display(),
+                        path.display()
+                    )));
+                }
+                state.write_sidecar().await?;
+                Sidecar::default()
+            }
             Err(e) => return Err(io("read", &path)(e).into()),
         };
         let (offset, data) = (state.sidecar.offset, state.path.clone());
         let cut = state.file.set_len(offset).await;
         cut.map_err(io("truncate", &data))?;
-        let settings = settings();
+        let settings = SinkSettings::new("/data", "/meta"); // data and metadata keys
         let value = |key: String| state.sidecar.meta.get(&key).map(|(value, _)| value);
         let (checkpoint, resumed) = Resumed::from_stored(
             &settings,
@@ -283,7 +281,7 @@ impl Sink for JsonlSink {
     async fn run(self: Box<Self>, io: SinkIo) -> Result<()> {
         let mut writer = Writer::new(WriterParts {
             store: self.store,
-            settings: Arc::new(settings()),
+            settings: Arc::new(SinkSettings::new("/data", "/meta")),
             source_type: self.source_type,
             resumed: self.resumed,
             marked: Default::default(),

@@ -48,6 +48,25 @@ pub struct SinkSettings {
 }
 
 impl SinkSettings {
+    /// Data keys under `{prefix}/`, metadata under `{meta_prefix}/` (both given without the
+    /// trailing `/`), with the etcd sink's defaults for the rest: 128 ops and 1.5 MiB per write,
+    /// oversized changes and invalid keys are errors, 4 snapshot writes and 1 streaming write in
+    /// flight, a heartbeat checkpoint every 5 s.
+    pub fn new(prefix: &str, meta_prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            data_prefix: format!("{prefix}/"),
+            meta_prefix: format!("{meta_prefix}/"),
+            max_txn_ops: 128,
+            max_request_bytes: 1_572_864,
+            on_oversize: OnOversize::Error,
+            on_invalid_key: OnInvalidKey::Error,
+            snapshot_txns_in_flight: 4,
+            stream_txns_in_flight: 1,
+            heartbeat_interval: Duration::from_secs(5),
+        }
+    }
+
     /// `{meta}/checkpoint`.
     pub fn checkpoint_key(&self) -> String {
         format!("{}checkpoint", self.meta_prefix)
