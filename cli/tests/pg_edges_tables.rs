@@ -13,13 +13,15 @@ use std::collections::BTreeMap;
 /// A table matching the selection created without a primary key while running is left out with
 /// one warning naming the fix; its updates and deletes still work (it is not in the
 /// publication), the other tables keep streaming; once it has a primary key it is copied and
-/// streamed.
+/// streamed. So is an UNLOGGED table (no publication may list it) once it is made logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_table_without_a_key_is_picked_up_once_it_has_one() {
     let pipe = Pipe::new("nokey").await;
     pipe.sql(
         "CREATE TABLE a (id int PRIMARY KEY, v text NOT NULL);
-         INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 10) g;",
+         INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 10) g;
+         CREATE UNLOGGED TABLE ul (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO ul SELECT g, 'ul' || g FROM generate_series(1, 5) g;",
     )
     .await;
     let config = pipe.config(
@@ -31,6 +33,11 @@ async fn a_new_table_without_a_key_is_picked_up_once_it_has_one() {
     );
     let mut run = Run::start(&config, &[]);
     pipe.wait_synced("a", "snapshot").await;
+    assert!(
+        run.stderr().contains("UNLOGGED") && run.stderr().contains("SET LOGGED"),
+        "no warning naming the fix for the unlogged table: {}",
+        run.stderr()
+    );
 
     pipe.sql(
         "CREATE TABLE nk (id int NOT NULL, v text NOT NULL);
@@ -75,6 +82,15 @@ async fn a_new_table_without_a_key_is_picked_up_once_it_has_one() {
         .await;
     pipe.wait_exactly(&run, &[("a", &["id"]), ("nk", &["id"])], "streaming nk")
         .await;
+    assert_verify_clean(&config).await;
+
+    pipe.sql("ALTER TABLE ul SET LOGGED; INSERT INTO ul VALUES (6, 'ul6');")
+        .await;
+    let all: &[(&str, &[&str])] = &[("a", &["id"]), ("nk", &["id"]), ("ul", &["id"])];
+    pipe.wait_exactly(&run, all, "after SET LOGGED").await;
+    pipe.sql("UPDATE ul SET v = 'streamed' WHERE id = 1; DELETE FROM ul WHERE id = 2;")
+        .await;
+    pipe.wait_exactly(&run, all, "streaming ul").await;
     assert_verify_clean(&config).await;
     run.assert_running();
 }

@@ -808,3 +808,34 @@ async fn snapshot_progress_and_source_retries_reach_the_telemetry() {
     );
     second.stop().await;
 }
+
+/// A selected UNLOGGED table: no publication may list it, so `check` fails naming the fix, and
+/// the selection lists only the logged tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fails_on_a_selected_unlogged_table() {
+    let db = TestDb::create("pgx_check_unlogged").await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY); CREATE UNLOGGED TABLE u (id int PRIMARY KEY);",
+        )
+        .await
+        .expect("setup");
+    let results = inspector(&source_yaml(&db, &["public.*"], ""), &unique("p"))
+        .await
+        .check()
+        .await;
+    failed_with(
+        &results,
+        "unlogged tables",
+        "ALTER TABLE \"public\".\"u\" SET LOGGED;",
+    );
+    let selection = named(&results, "table selection");
+    assert!(
+        selection.ok
+            && selection.detail.contains("public.t")
+            && !selection.detail.contains("public.u"),
+        "{}",
+        show(&results)
+    );
+}

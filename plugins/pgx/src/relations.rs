@@ -9,6 +9,7 @@ use crate::error::pg;
 use crate::error::Problem;
 use crate::types::{builtin_kind, parse_value, TypeKind};
 use etcdsync_core::change::Column;
+use etcdsync_core::inspect::table_list;
 use etcdsync_core::tables::TableSelection;
 use etcdsync_core::{Error, Result, Row, TableId, TableSchema, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -120,11 +121,51 @@ pub async fn selected_tables(
     client: &Client,
     selection: &TableSelection,
 ) -> Result<Vec<(u32, TableId, String)>> {
+    let (logged, unlogged) = selected_by_persistence(client, selection).await?;
+    for id in &unlogged {
+        warn_once("unlogged", id, || {
+            let problem = unlogged_problem(std::slice::from_ref(id));
+            tracing::warn!(
+                table = %id,
+                fix = %problem.fix,
+                "{}; the table is not synced until it is logged (looked for again every table_refresh_interval)",
+                problem.detail
+            );
+        });
+    }
+    Ok(logged)
+}
+
+/// Selected UNLOGGED tables: PostgreSQL writes no WAL for them, so no publication may list them
+/// and no change of theirs is ever decoded.
+pub fn unlogged_problem(tables: &[TableId]) -> Problem {
+    Problem::new(
+        format!(
+            "UNLOGGED (no WAL, so logical replication cannot follow it): {}",
+            table_list(tables.iter())
+        ),
+        format!(
+            "make it logged ({}) or leave it out with `source.tables.exclude`",
+            tables
+                .iter()
+                .map(|id| format!("ALTER TABLE {} SET LOGGED;", quote_table(id)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    )
+}
+
+/// The selected tables, and apart the selected UNLOGGED ones.
+pub async fn selected_by_persistence(
+    client: &Client,
+    selection: &TableSelection,
+) -> Result<(Vec<(u32, TableId, String)>, Vec<TableId>)> {
     // Partitioned tables are synced whole, under their own name (their publication publishes
     // through the root); their partitions never under theirs.
     let rows = client
         .query(
-            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text \
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, \
+                    c.relpersistence = 'u' \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE (c.relkind = 'r' OR (c.relkind = 'p' AND current_setting('server_version_num')::int >= 130000)) \
                AND NOT c.relispartition \
@@ -135,17 +176,19 @@ pub async fn selected_tables(
         )
         .await
         .map_err(pg("listing tables"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            (
-                r.get::<_, u32>(0),
-                TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
-                r.get::<_, String>(3),
-            )
-        })
-        .filter(|(_, id, _)| selection.matches(id))
-        .collect())
+    let (mut logged, mut unlogged) = (Vec::new(), Vec::new());
+    for r in rows {
+        let id = TableId::new(r.get::<_, String>(1), r.get::<_, String>(2));
+        if !selection.matches(&id) {
+            continue;
+        }
+        if r.get::<_, bool>(4) {
+            unlogged.push(id);
+        } else {
+            logged.push((r.get::<_, u32>(0), id, r.get::<_, String>(3)));
+        }
+    }
+    Ok((logged, unlogged))
 }
 
 /// A table's columns as pgoutput describes them (name, type), in table order: not dropped, not
@@ -311,23 +354,31 @@ impl KeyIssue {
     }
 }
 
-/// Logs a keyless table once per process (the table refresh looks at it again and again).
-fn warn_keyless_once(id: &TableId, problem: &Problem) {
-    static WARNED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<TableId>>> =
-        std::sync::OnceLock::new();
+/// Runs `warn` once per process, table and `what` (the table refresh looks at a table again and
+/// again).
+fn warn_once(what: &'static str, id: &TableId, warn: impl FnOnce()) {
+    type Warned = std::collections::HashSet<(&'static str, TableId)>;
+    static WARNED: std::sync::OnceLock<std::sync::Mutex<Warned>> = std::sync::OnceLock::new();
     let first = WARNED
         .get_or_init(Default::default)
         .lock()
-        .map(|mut warned| warned.insert(id.clone()))
+        .map(|mut warned| warned.insert((what, id.clone())))
         .unwrap_or(true);
     if first {
+        warn();
+    }
+}
+
+/// Logs a keyless table once per process.
+fn warn_keyless_once(id: &TableId, problem: &Problem) {
+    warn_once("keyless", id, || {
         tracing::warn!(
             table = %id,
             fix = %problem.fix,
             "{}; the table is not synced until it has one (looked for again every table_refresh_interval)",
             problem.detail
         );
-    }
+    });
 }
 
 /// [`table_key`] for `check`: the outer error is a failed query, the inner one a table whose

@@ -5,7 +5,7 @@ use crate::config::Valid;
 use crate::error::pg;
 use crate::prereq::{server_facts, slot_state, Problem, SlotState};
 use crate::publication::publication_tables;
-use crate::relations::{quote_ident, quote_table, resolve_key, selected_tables};
+use crate::relations::{quote_ident, quote_table, resolve_key, selected_by_persistence};
 use etcdsync_core::inspect::{plural, table_list, CheckResult};
 use etcdsync_core::{Error, Result, TableId};
 use std::collections::BTreeSet;
@@ -111,8 +111,16 @@ pub(super) async fn check_all(
         },
     ));
 
-    let tables = selected_tables(client, &valid.tables).await?;
+    let (tables, unlogged) = selected_by_persistence(client, &valid.tables).await?;
     check_selection(valid, &tables, out);
+    if !unlogged.is_empty() {
+        let problem = crate::relations::unlogged_problem(&unlogged);
+        out.push(CheckResult::fail(
+            "unlogged tables",
+            problem.detail,
+            problem.fix,
+        ));
+    }
     check_select_privilege(client, &facts.user, &tables, out).await?;
     check_keys(client, valid, &tables, out).await?;
     check_publication(client, valid, &facts.user, &tables, out).await?;
