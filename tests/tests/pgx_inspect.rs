@@ -839,3 +839,38 @@ async fn check_fails_on_a_selected_unlogged_table() {
         show(&results)
     );
 }
+
+/// An unmanaged `FOR ALL TABLES` publication that lists a selected partitioned table only by its
+/// partitions (not through the root): the fix `check` names is the publication's
+/// `publish_via_partition_root`, not an `ADD TABLE` such a publication refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_all_tables_publication_missing_a_partitioned_table_names_the_root_fix() {
+    let db = TestDb::create("pgx_check_alltables").await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE m (id int PRIMARY KEY, at int NOT NULL) PARTITION BY RANGE (id);
+             CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO (100);
+             CREATE PUBLICATION everything FOR ALL TABLES;",
+        )
+        .await
+        .expect("setup");
+    let yaml = source_yaml(
+        &db,
+        &["public.m"],
+        "manage_publication: false\npublication: everything\n",
+    );
+    let results = inspector(&yaml, &unique("p")).await.check().await;
+    let publication = results
+        .iter()
+        .filter(|r| r.name == "publication everything" && !r.ok)
+        .filter_map(|r| r.fix.as_deref())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    assert!(
+        publication.contains("publish_via_partition_root = true")
+            && !publication.contains("ADD TABLE"),
+        "{}",
+        show(&results)
+    );
+}

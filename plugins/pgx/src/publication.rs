@@ -167,11 +167,14 @@ pub async fn enforce(
 }
 
 /// With `source.manage_publication: false`: the selected tables `publication` does not list —
-/// their changes would never arrive. `check` reports it and `run` refuses to start.
+/// their changes would never arrive. `check` reports it and `run` refuses to start. A
+/// `FOR ALL TABLES` publication (`all_tables`) lists every logged table but a partitioned one
+/// only by its partitions, unless it publishes through the root; it takes no `ADD TABLE`.
 pub fn unpublished(
     publication: &str,
     wanted: &BTreeSet<TableId>,
     listed: &BTreeSet<TableId>,
+    all_tables: bool,
 ) -> Option<Problem> {
     let missing: Vec<&TableId> = wanted.difference(listed).collect();
     if missing.is_empty() {
@@ -182,12 +185,32 @@ pub fn unpublished(
             "publication {publication} does not publish {}, so their changes would never arrive (`source.manage_publication: false`)",
             table_list(missing.iter().copied())
         ),
-        format!(
-            "run ALTER PUBLICATION {} ADD TABLE {};",
-            quote_ident(publication),
-            missing.iter().map(|id| quote_table(id)).collect::<Vec<_>>().join(", ")
-        ),
+        if all_tables {
+            format!(
+                "run ALTER PUBLICATION {} SET (publish_via_partition_root = true); (a FOR ALL TABLES \
+                 publication lists a partitioned table by its partitions otherwise)",
+                quote_ident(publication)
+            )
+        } else {
+            format!(
+                "run ALTER PUBLICATION {} ADD TABLE {};",
+                quote_ident(publication),
+                missing.iter().map(|id| quote_table(id)).collect::<Vec<_>>().join(", ")
+            )
+        },
     ))
+}
+
+/// Whether `publication` is `FOR ALL TABLES`.
+pub async fn is_all_tables(client: &Client, publication: &str) -> Result<bool> {
+    let row = client
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(pg(format!("looking up publication {publication}")))?;
+    Ok(row.is_some_and(|r| r.get(0)))
 }
 
 /// The tables a publication lists by name; `None` when it does not exist.

@@ -395,9 +395,14 @@ async fn sync_publications(
         match publication_tables(client, &valid.publication).await? {
             None => set_publication(client, &valid.publication, &wanted).await?,
             Some(current) => {
-                if let Some(problem) =
-                    crate::publication::unpublished(&valid.publication, &wanted, &current)
-                {
+                let all_tables =
+                    crate::publication::is_all_tables(client, &valid.publication).await?;
+                if let Some(problem) = crate::publication::unpublished(
+                    &valid.publication,
+                    &wanted,
+                    &current,
+                    all_tables,
+                ) {
                     return Err(problem.into_error());
                 }
                 let published: Vec<TableId> = current.into_iter().collect();

@@ -374,6 +374,7 @@ pub(super) async fn check_publication(
             &valid.publication,
             &wanted,
             current,
+            all_tables,
         ));
     }
     if !problems.is_empty() {
