@@ -185,17 +185,7 @@ pub async fn stream(
 /// first key) has rows etcd lacks; an empty one has nothing to copy, nor has a table whose
 /// tablespace is discarded (`IMPORT TABLESPACE` copies it).
 async fn has_rows(conn: &mut Conn, table: &TableId) -> Result<bool> {
-    let probe = format!(
-        "SELECT 1 FROM {} LIMIT 1",
-        crate::statement::quote_table(table)
-    );
-    match conn.query_first::<u8, _>(probe).await {
-        Ok(row) => Ok(row.is_some()),
-        Err(e) if crate::error::server_code(&e) == Some(crate::error::TABLESPACE_DISCARDED) => {
-            Ok(false)
-        }
-        Err(e) => Err(crate::error::read_error(table, e)),
-    }
+    Ok(crate::snapshot::probe_row(conn, table).await? == crate::snapshot::RowProbe::Row)
 }
 
 /// Maps a binlog stream error: purged binlog and server-id clashes get their own messages.

@@ -88,6 +88,10 @@ pub fn is_transient(error: &mysql_async::Error) -> bool {
 /// rows cannot be read until `ALTER TABLE … IMPORT TABLESPACE`.
 pub const TABLESPACE_DISCARDED: u16 = 1814;
 
+/// "Table definition has changed, please retry transaction": a table altered after a
+/// consistent snapshot began is read in it.
+pub const TABLE_DEFINITION_CHANGED: u16 = 1412;
+
 /// An error reading the rows of `table` (snapshot or copy): without SELECT privilege (1142) it
 /// is a prerequisite naming the grant; a discarded tablespace (1814) is transient — the read is
 /// retried from the checkpoint (with backoff) until `IMPORT TABLESPACE` or `DROP TABLE` — since

@@ -505,7 +505,7 @@ pub async fn copy_while_streaming(
             // A discarded tablespace (`ALTER TABLE … DISCARD TABLESPACE`) keeps its keys as they
             // are until `IMPORT TABLESPACE` copies it (its rows are expected back, and none
             // change meanwhile): neither copied nor removed, and the stream is not held up.
-            KeyState::Usable if discarded(&mut conn, id).await? => {
+            KeyState::Usable if probe_row(&mut conn, id).await? == RowProbe::Discarded => {
                 tracing::info!(table = %id, "the table's tablespace is discarded; its keys are kept until IMPORT TABLESPACE copies it again");
             }
             KeyState::Usable => tables.push(table),
@@ -546,7 +546,9 @@ pub async fn copy_while_streaming(
             Ok(true) => break,
             Ok(false) => return Ok(None),
             Err(MysqlError::Connection { source, .. })
-                if crate::error::server_code(&source) == Some(1412) && attempt < COPY_ATTEMPTS =>
+                if crate::error::server_code(&source)
+                    == Some(crate::error::TABLE_DEFINITION_CHANGED)
+                    && attempt < COPY_ATTEMPTS =>
             {
                 attempt += 1;
                 tracing::info!(
@@ -585,20 +587,31 @@ pub async fn copy_while_streaming(
     }))
 }
 
-/// Whether `id`'s tablespace is discarded, in the connection's snapshot (reading a row fails
-/// with error 1814; `LIMIT 0` would not read one).
-async fn discarded(conn: &mut Conn, id: &TableId) -> Result<bool> {
-    match conn
-        .query_drop(format!("SELECT 1 FROM {} LIMIT 1", quote_table(id)))
-        .await
-    {
-        Ok(()) => Ok(false),
-        Err(e) if crate::error::server_code(&e) == Some(crate::error::TABLESPACE_DISCARDED) => {
-            Ok(true)
-        }
-        // Changed under the copy's snapshot (1412): the copy meets it too and starts over.
-        Err(e) if crate::error::server_code(&e) == Some(1412) => Ok(false),
-        Err(e) => Err(crate::error::read_error(id, e)),
+/// What reading one row of a table finds (in the connection's snapshot, if it has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowProbe {
+    Row,
+    Empty,
+    /// The tablespace is discarded (error 1814; `LIMIT 0` would not read a row to tell).
+    Discarded,
+    /// The table changed under the connection's snapshot (error 1412): a copy meets it too and
+    /// starts over.
+    Redefined,
+}
+
+pub(crate) async fn probe_row(conn: &mut Conn, id: &TableId) -> Result<RowProbe> {
+    let probe = format!("SELECT 1 FROM {} LIMIT 1", quote_table(id));
+    match conn.query_first::<u8, _>(probe).await {
+        Ok(row) => Ok(if row.is_some() {
+            RowProbe::Row
+        } else {
+            RowProbe::Empty
+        }),
+        Err(e) => match crate::error::server_code(&e) {
+            Some(crate::error::TABLESPACE_DISCARDED) => Ok(RowProbe::Discarded),
+            Some(crate::error::TABLE_DEFINITION_CHANGED) => Ok(RowProbe::Redefined),
+            _ => Err(crate::error::read_error(id, e)),
+        },
     }
 }
 
