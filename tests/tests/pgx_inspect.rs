@@ -838,6 +838,13 @@ async fn check_fails_on_a_selected_unlogged_table() {
         "{}",
         show(&results)
     );
+    // With `manage_publication: false` etcdsync could not copy it once logged: `run` refuses.
+    let yaml = source_yaml(&db, &["public.*"], "manage_publication: false\n");
+    let err = build_error(&yaml, &unique("p"), "an unlogged table was accepted").await;
+    assert!(
+        err.contains("UNLOGGED") && err.contains("SET LOGGED"),
+        "{err}"
+    );
 }
 
 /// An unmanaged `FOR ALL TABLES` publication that lists a selected partitioned table only by its

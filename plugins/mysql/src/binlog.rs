@@ -185,7 +185,13 @@ pub async fn stream(
 /// first key) has rows etcd lacks; an empty one has nothing to copy, nor has a table whose
 /// tablespace is discarded (`IMPORT TABLESPACE` copies it).
 async fn has_rows(conn: &mut Conn, table: &TableId) -> Result<bool> {
-    Ok(crate::snapshot::probe_row(conn, table).await? == crate::snapshot::RowProbe::Row)
+    use crate::snapshot::RowProbe;
+    // A table redefined under a read view (the server's autocommit off) is taken as having rows:
+    // copying it again costs time, missing its rows would lose them.
+    Ok(matches!(
+        crate::snapshot::probe_row(conn, table).await?,
+        RowProbe::Row | RowProbe::Redefined
+    ))
 }
 
 /// Maps a binlog stream error: purged binlog and server-id clashes get their own messages.

@@ -609,9 +609,18 @@ impl Relation {
 }
 
 /// The selected tables with their keys, in table-id order. A table without a primary key or
-/// identity index is left out with a warning (the table refresh picks it up once it has one);
-/// a configured key that cannot work is an error naming the fix.
+/// identity index, or an UNLOGGED one, is left out with a warning (the table refresh picks it up
+/// once it can be synced; with `manage_publication: false` either is an error naming the fix); a
+/// configured key that cannot work is an error naming the fix.
 pub(crate) async fn resolve_tables(client: &Client, valid: &Valid) -> Result<Vec<TableInfo>> {
+    if !valid.manage_publication {
+        // Not left out quietly: a publication that does not name its tables (FOR ALL TABLES)
+        // lets a synced table become unlogged, and its changes stop.
+        let (_, unlogged) = selected_by_persistence(client, &valid.tables).await?;
+        if !unlogged.is_empty() {
+            return Err(unlogged_problem(&unlogged).into_error());
+        }
+    }
     let mut tables = Vec::new();
     for (oid, id, replident) in selected_tables(client, &valid.tables).await? {
         let Some(key) = table_key(

@@ -26,13 +26,24 @@ impl Streamer {
             .collect();
         if !self.valid.manage_publication {
             if let Some(first) = removed.first() {
-                let exists = self
+                let persistence: Option<String> = self
                     .catalog
-                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&quote_table(first)])
+                    .query_one(
+                        "SELECT (SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass($1))",
+                        &[&quote_table(first)],
+                    )
                     .await
                     .map_err(pg(format!("looking up table {first}")))?
-                    .get::<_, bool>(0);
-                return Err(Error::config(if exists {
+                    .get(0);
+                if persistence.as_deref() == Some("u") {
+                    let problem = crate::relations::unlogged_problem(std::slice::from_ref(first));
+                    return Err(Error::config(format!(
+                        "publication {publication} no longer publishes {first}: {}; {}, then run \
+                         `etcdsync verify --repair` (its changes while unlogged were not logged)",
+                        problem.detail, problem.fix
+                    )));
+                }
+                return Err(Error::config(if persistence.is_some() {
                     format!(
                         "publication {publication} no longer publishes {first}, so its changes would not arrive: \
                          run ALTER PUBLICATION {} ADD TABLE {}; and `etcdsync verify --repair` once it runs again",
