@@ -114,19 +114,19 @@ pub fn default_meta_prefix(pipeline_name: &str) -> String {
 }
 
 fn default_max_txn_ops() -> usize {
-    128
+    SinkSettings::DEFAULT_MAX_TXN_OPS
 }
 
 fn default_max_request_bytes() -> usize {
-    1_572_864
+    SinkSettings::DEFAULT_MAX_REQUEST_BYTES
 }
 
 fn default_snapshot_txns_in_flight() -> usize {
-    4
+    SinkSettings::DEFAULT_SNAPSHOT_TXNS_IN_FLIGHT
 }
 
 fn default_stream_txns_in_flight() -> usize {
-    1
+    SinkSettings::DEFAULT_STREAM_TXNS_IN_FLIGHT
 }
 
 fn default_request_timeout() -> Duration {
@@ -138,7 +138,7 @@ fn default_connect_timeout() -> Duration {
 }
 
 fn default_heartbeat_interval() -> Duration {
-    Duration::from_secs(5)
+    SinkSettings::DEFAULT_HEARTBEAT_INTERVAL
 }
 
 fn default_retry_max_backoff() -> Duration {

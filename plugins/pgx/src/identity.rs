@@ -15,17 +15,16 @@ use etcdsync_core::{Result, TableId};
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
 
-/// OID → the name its keys are under, and the columns (name, type) its rows were copied with:
-/// the synced ones, so a change of `exclude_columns` counts as a change of columns too. For a
+/// OID → the name its keys are under, and the columns (name, type, attnum) its rows were copied
+/// with: the synced ones, so a change of `exclude_columns` counts as a change of columns too
+/// (no attnums in entries written before they were kept). For a
 /// partitioned table also its leaf partitions as copied
 /// ([`crate::relations::partition_fingerprint`]), so a partition attached, detached or
 /// truncated while etcdsync was stopped is found at the next start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
     pub tables: BTreeMap<u32, TableId>,
-    pub columns: BTreeMap<u32, Vec<(String, u32)>>,
-    /// The `attnum`s of those columns (absent for entries written before they were kept).
-    pub attnums: BTreeMap<u32, Vec<i16>>,
+    pub columns: BTreeMap<u32, TableColumns>,
     pub partitions: BTreeMap<u32, Vec<(u32, u32)>>,
 }
 
@@ -61,12 +60,6 @@ pub struct Reconciled {
 }
 
 impl Registry {
-    /// Records the columns (as [`synced_columns`] gives them) table `oid` is copied with.
-    pub fn record_columns(&mut self, oid: u32, synced: TableColumns) {
-        self.columns.insert(oid, synced.shape);
-        self.attnums.insert(oid, synced.attnums);
-    }
-
     /// The registry kept with `publication`; `None` when there is none yet.
     pub async fn read(client: &Client, publication: &str) -> Result<Option<Registry>> {
         let row = client
@@ -91,11 +84,11 @@ impl Registry {
             let oid: u32 = oid.parse().ok()?;
             let (schema, table) = split_name(&entry.t)?;
             registry.tables.insert(oid, TableId::new(schema, table));
-            if let Some(columns) = entry.c {
-                registry.columns.insert(oid, columns);
-            }
-            if let Some(attnums) = entry.n {
-                registry.attnums.insert(oid, attnums);
+            if let Some(shape) = entry.c {
+                let attnums = entry.n.unwrap_or_default();
+                registry
+                    .columns
+                    .insert(oid, TableColumns { shape, attnums });
             }
             if let Some(partitions) = entry.p {
                 registry.partitions.insert(oid, partitions);
@@ -113,8 +106,12 @@ impl Registry {
                     oid.to_string(),
                     Entry {
                         t: format!("{}\u{1f}{}", id.schema, id.table),
-                        c: self.columns.get(oid).cloned(),
-                        n: self.attnums.get(oid).cloned(),
+                        c: self.columns.get(oid).map(|c| c.shape.clone()),
+                        n: self
+                            .columns
+                            .get(oid)
+                            .filter(|c| !c.attnums.is_empty())
+                            .map(|c| c.attnums.clone()),
                         p: self.partitions.get(oid).cloned(),
                     },
                 )
@@ -171,11 +168,9 @@ impl Registry {
                     if let Some(copied) = self.columns.get(oid) {
                         let columns = crate::relations::table_columns(client, *oid).await?;
                         let synced = synced_columns(selection, now, columns);
-                        let renumbered = self
-                            .attnums
-                            .get(oid)
-                            .is_some_and(|attnums| *attnums != synced.attnums);
-                        if *copied != synced.shape || renumbered {
+                        let renumbered =
+                            !copied.attnums.is_empty() && copied.attnums != synced.attnums;
+                        if copied.shape != synced.shape || renumbered {
                             out.reshaped.push(now.clone());
                             continue;
                         }
@@ -234,7 +229,7 @@ mod tests {
             .tables
             .insert(16384, TableId::new("public", "we.ird\"name"));
         registry.tables.insert(16390, TableId::new("s p", "t"));
-        registry.record_columns(
+        registry.columns.insert(
             16390,
             TableColumns {
                 shape: vec![("id".into(), 23), ("note".into(), 25)],
@@ -243,7 +238,11 @@ mod tests {
         );
         // An entry written before attnums were kept.
         registry.tables.insert(16391, TableId::new("public", "old"));
-        registry.columns.insert(16391, vec![("id".into(), 23)]);
+        let shape = vec![("id".into(), 23)];
+        let attnums = Vec::new();
+        registry
+            .columns
+            .insert(16391, TableColumns { shape, attnums });
         registry
             .partitions
             .insert(16390, vec![(16400, 16400), (16405, 16410)]);

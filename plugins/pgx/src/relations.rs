@@ -122,7 +122,13 @@ pub async fn selected_tables(
     selection: &TableSelection,
 ) -> Result<Vec<(u32, TableId, String)>> {
     let (logged, unlogged) = selected_by_persistence(client, selection).await?;
-    for id in &unlogged {
+    warn_unlogged(&unlogged);
+    Ok(logged)
+}
+
+/// Logs each selected UNLOGGED table once per process.
+fn warn_unlogged(unlogged: &[TableId]) {
+    for id in unlogged {
         warn_once("unlogged", id, || {
             let problem = unlogged_problem(std::slice::from_ref(id));
             tracing::warn!(
@@ -133,7 +139,6 @@ pub async fn selected_tables(
             );
         });
     }
-    Ok(logged)
 }
 
 /// Selected UNLOGGED tables: PostgreSQL writes no WAL for them, so no publication may list them
@@ -218,6 +223,7 @@ pub struct TableColumns {
     /// (name, type OID): what a Relation message can be compared with.
     pub shape: Vec<(String, u32)>,
     /// Their `attnum`s: a column dropped and added again under its name and type has a new one.
+    /// Empty in a registry entry written before they were kept ([`crate::identity::Registry`]).
     pub attnums: Vec<i16>,
 }
 
@@ -613,16 +619,15 @@ impl Relation {
 /// once it can be synced; with `manage_publication: false` either is an error naming the fix); a
 /// configured key that cannot work is an error naming the fix.
 pub(crate) async fn resolve_tables(client: &Client, valid: &Valid) -> Result<Vec<TableInfo>> {
-    if !valid.manage_publication {
+    let (selected, unlogged) = selected_by_persistence(client, &valid.tables).await?;
+    if !unlogged.is_empty() && !valid.manage_publication {
         // Not left out quietly: a publication that does not name its tables (FOR ALL TABLES)
         // lets a synced table become unlogged, and its changes stop.
-        let (_, unlogged) = selected_by_persistence(client, &valid.tables).await?;
-        if !unlogged.is_empty() {
-            return Err(unlogged_problem(&unlogged).into_error());
-        }
+        return Err(unlogged_problem(&unlogged).into_error());
     }
+    warn_unlogged(&unlogged);
     let mut tables = Vec::new();
-    for (oid, id, replident) in selected_tables(client, &valid.tables).await? {
+    for (oid, id, replident) in selected {
         let Some(key) = table_key(
             client,
             oid,

@@ -166,7 +166,7 @@ async fn start_identity(
     };
     for table in tables {
         let columns = shapes.get(&table.id).cloned().unwrap_or_default();
-        current.record_columns(
+        current.columns.insert(
             table.oid,
             crate::identity::synced_columns(&valid.tables, &table.id, columns),
         );
@@ -221,11 +221,11 @@ async fn start_identity(
         start.ignored.retain(|oid| *oid != table.oid);
     }
     // Entries from before attnums were kept take them from now on where the columns match.
-    for (oid, attnums) in &current.attnums {
-        if !registry.attnums.contains_key(oid)
-            && registry.columns.get(oid) == current.columns.get(oid)
-        {
-            registry.attnums.insert(*oid, attnums.clone());
+    for (oid, now) in &current.columns {
+        if let Some(recorded) = registry.columns.get_mut(oid) {
+            if recorded.attnums.is_empty() && recorded.shape == now.shape {
+                recorded.attnums.clone_from(&now.attnums);
+            }
         }
     }
     if snapshot_first {

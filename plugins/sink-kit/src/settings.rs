@@ -48,22 +48,27 @@ pub struct SinkSettings {
 }
 
 impl SinkSettings {
+    pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+    /// etcd's own default `--max-request-bytes`.
+    pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1_572_864;
+    pub const DEFAULT_SNAPSHOT_TXNS_IN_FLIGHT: usize = 4;
+    pub const DEFAULT_STREAM_TXNS_IN_FLIGHT: usize = 1;
+    pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
     /// Data keys under `{prefix}/`, metadata under `{meta_prefix}/` (both given without the
-    /// trailing `/`), with the etcd sink's defaults for the rest: 128 ops and 1.5 MiB per write,
-    /// oversized changes and invalid keys are errors, 4 snapshot writes and 1 streaming write in
-    /// flight, a heartbeat checkpoint every 5 s.
+    /// trailing `/`), the defaults for the rest (oversized changes and invalid keys are errors).
     pub fn new(prefix: &str, meta_prefix: &str) -> Self {
         Self {
             prefix: prefix.to_string(),
             data_prefix: format!("{prefix}/"),
             meta_prefix: format!("{meta_prefix}/"),
-            max_txn_ops: 128,
-            max_request_bytes: 1_572_864,
+            max_txn_ops: Self::DEFAULT_MAX_TXN_OPS,
+            max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
             on_oversize: OnOversize::Error,
             on_invalid_key: OnInvalidKey::Error,
-            snapshot_txns_in_flight: 4,
-            stream_txns_in_flight: 1,
-            heartbeat_interval: Duration::from_secs(5),
+            snapshot_txns_in_flight: Self::DEFAULT_SNAPSHOT_TXNS_IN_FLIGHT,
+            stream_txns_in_flight: Self::DEFAULT_STREAM_TXNS_IN_FLIGHT,
+            heartbeat_interval: Self::DEFAULT_HEARTBEAT_INTERVAL,
         }
     }
 

@@ -386,7 +386,7 @@ impl Streamer {
                         &table.id,
                         columns.clone(),
                     );
-                    registry.record_columns(table.oid, synced);
+                    registry.columns.insert(table.oid, synced);
                 }
             }
         }
